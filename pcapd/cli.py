@@ -1,0 +1,211 @@
+"""The ``pcapd`` command: one executable, its first word picks the role.
+
+This is the only place that turns errors into exit codes and one-line messages: every
+:class:`~pcapd.errors.PcapdError` becomes ``pcapd: error: …`` on stderr and exit status 1;
+usage errors and roles that are not built yet exit 2. Nothing else (a traceback, an
+ExceptionGroup) should ever reach a person.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pcapd import __version__
+from pcapd.errors import NotImplementedYetError, PcapdError, UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_common_capture_options(parser: argparse.ArgumentParser, default_device: str) -> None:
+    """The options every capture target shares (SPEC §8 "common")."""
+    parser.add_argument("-i", "--interface", default=default_device, metavar="DEV",
+                        help=f"device to capture on (default {default_device})")
+    parser.add_argument("-f", "--filter", default="", metavar="BPF",
+                        help="BPF filter, as for tcpdump (checked before any agent is contacted)")
+    parser.add_argument("-s", "--snaplen", type=int, default=65535, metavar="N",
+                        help="bytes to keep of each packet (original lengths are kept)")
+    parser.add_argument("-w", "--write", default=None, metavar="FILE",
+                        help="pcapng file to write ('-' = stdout, e.g. | wireshark -k -i -)")
+    parser.add_argument("-c", "--count", type=int, default=None, metavar="N",
+                        help="stop after N packets")
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after this many seconds")
+    parser.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                        help="stop after N bytes of packet data")
+    parser.add_argument("--upload", action="store_true",
+                        help="store the capture in the bucket and print a download URL")
+    parser.add_argument("--api", default=None, metavar="URL",
+                        help="pcapd api URL (env PCAPD_API)")
+    parser.add_argument("--cacert", default=None, metavar="FILE",
+                        help="CA certificate to verify the api with")
+    parser.add_argument("-k", "--insecure", action="store_true",
+                        help="do not verify the api's TLS certificate")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line interface of SPEC §8; names here are a public contract."""
+    parser = argparse.ArgumentParser(
+        prog="pcapd",
+        description="tcpdump for everyone on Cloud Foundry and BOSH: one merged pcapng "
+                    "of many app instances or VMs.",
+    )
+    roles = parser.add_subparsers(dest="role", metavar="ROLE", required=True)
+
+    for role in ("agent", "api"):
+        p = roles.add_parser(role, help=f"run the {role} service")
+        p.add_argument("--config", required=True, type=Path, metavar="FILE",
+                       help=f"{role} config (YAML)")
+        p.add_argument("--check", action="store_true",
+                       help="validate the config, print every problem, exit 0 or 1")
+        p.set_defaults(handler=_run_agent if role == "agent" else _run_api)
+
+    certs = roles.add_parser("certs", help="development certificates for mutual TLS")
+    certs_sub = certs.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
+    init = certs_sub.add_parser("init", help="write a dev CA and agent/api/client certificates")
+    init.add_argument("directory", type=Path, metavar="DIR")
+    init.add_argument("--agent-host", action="append", default=[], metavar="H",
+                      help="extra host name or IP address for the agent certificate")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(handler=_certs_init)
+
+    version = roles.add_parser("version", help="print the version")
+    version.set_defaults(handler=_version)
+
+    capture = roles.add_parser("capture", help="capture traffic into one merged pcapng")
+    targets = capture.add_subparsers(dest="target", metavar="TARGET", required=True)
+    local = targets.add_parser("local", help="this machine: host interfaces or named netns")
+    local.add_argument("--netns", action="append", default=[], metavar="NAME",
+                       help="network namespace to capture in (repeatable; default: host)")
+    local.add_argument("--agent", action="append", default=[], metavar="ADDR[#NETNS]",
+                       help="capture through a running agent instead (repeatable)")
+    local.add_argument("--certs", type=Path, default=None, metavar="DIR",
+                       help="certificates from 'pcapd certs init' (with --agent)")
+    _add_common_capture_options(local, default_device="lo")
+    cf = targets.add_parser("cf", help="Cloud Foundry app instances")
+    cf.add_argument("app", metavar="APP", help="app name in the targeted space, or app guid")
+    cf.add_argument("--instance", action="append", type=int, default=[], metavar="N")
+    cf.add_argument("--process-type", default="web")
+    _add_common_capture_options(cf, default_device="eth0")
+    bosh = targets.add_parser("bosh", help="BOSH instances")
+    bosh.add_argument("-d", "--deployment", required=True)
+    bosh.add_argument("-g", "--group", action="append", required=True, metavar="GROUP")
+    bosh.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID")
+    bosh.add_argument("-e", "--environment", default=None, metavar="ENV")
+    _add_common_capture_options(bosh, default_device="eth0")
+    for p in (local, cf, bosh):
+        p.set_defaults(handler=_capture)
+
+    captures = roles.add_parser("captures", help="captures stored for you")
+    captures_sub = captures.add_subparsers(dest="captures_command", metavar="COMMAND",
+                                           required=True)
+    listing = captures_sub.add_parser("list", help="your stored captures")
+    download = captures_sub.add_parser("download", help="download a stored capture")
+    download.add_argument("capture_id", metavar="ID")
+    download.add_argument("-w", "--write", default=None, metavar="FILE")
+    for p in (listing, download):
+        p.add_argument("--api", default=None, metavar="URL")
+        p.set_defaults(handler=_captures)
+
+    merge = roles.add_parser("merge", help="merge pcap/pcapng files by timestamp, like mergecap")
+    merge.add_argument("-w", "--write", required=True, metavar="FILE",
+                       help="output pcapng ('-' = stdout)")
+    merge.add_argument("inputs", nargs="+", metavar="INPUT")
+    merge.set_defaults(handler=_merge)
+    return parser
+
+
+def _version(args: argparse.Namespace) -> int:
+    from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION
+
+    print(f"pcapd {__version__} (protocol {PROTOCOL_VERSION}, "
+          f"accepts {MIN_COMPATIBLE_VERSION}–{PROTOCOL_VERSION})")
+    return EXIT_OK
+
+
+def _check_config(role: str, path: Path) -> int:
+    from pcapd import config
+
+    check = config.check_agent_config_file if role == "agent" else config.check_api_config_file
+    result = check(path)
+    for warning in result.warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
+    for problem in result.problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if not result.ok:
+        return EXIT_FAILED
+    print(f"{path}: ok ({role} config)")
+    return EXIT_OK
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    if args.check:
+        return _check_config("agent", args.config)
+    raise NotImplementedYetError("pcapd agent is not implemented yet (issue #3): "
+                                 "only 'pcapd agent --config FILE --check' works in this release")
+
+
+def _run_api(args: argparse.Namespace) -> int:
+    if args.check:
+        return _check_config("api", args.config)
+    raise NotImplementedYetError("pcapd api is not implemented yet (issue #3): "
+                                 "only 'pcapd api --config FILE --check' works in this release")
+
+
+def _certs_init(args: argparse.Namespace) -> int:
+    from pcapd.certs import init_certs
+
+    paths = init_certs(args.directory, args.agent_host, force=args.force)
+    print(f"wrote certificates to {paths.directory}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _capture(args: argparse.Namespace) -> int:
+    issue = {"local": 3, "cf": 4, "bosh": 4}[args.target]
+    raise NotImplementedYetError(f"pcapd capture {args.target} is not implemented yet "
+                                 f"(issue #{issue})")
+
+
+def _captures(args: argparse.Namespace) -> int:
+    raise NotImplementedYetError(f"pcapd captures {args.captures_command} is not implemented "
+                                 "yet (issue #5)")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pcapd.mergefiles import merge_files
+
+    result = merge_files(args.inputs, args.write)
+    print(f"merged {result.packets} packets from {len(args.inputs)} files "
+          f"({result.interfaces} interfaces) into {args.write}", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pcapd`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except NotImplementedYetError as exc:
+        print(f"pcapd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"pcapd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PcapdError as exc:
+        print(f"pcapd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

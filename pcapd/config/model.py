@@ -1,0 +1,332 @@
+"""The config objects of the agent and the api: frozen msgspec Structs, the single source of truth.
+
+The types carry the per-value rules (``Meta`` constraints, literals, required or defaulted); the
+few rules that tie two values together live in each Struct's ``_rules`` method, which the parser
+calls once the Struct's own values are well typed. No function here reads a file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+from collections.abc import Iterator
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta
+
+DEFAULT_AGENT_PORT = 9494
+DEFAULT_AGENT_SERVER_NAME = "pcap-agent.service.cf.internal"
+
+
+class Secret:
+    """A string that never shows itself: not in ``repr``, ``str``, logs, tracebacks or errors.
+
+    Call :meth:`reveal` at the one place that must hand the value on (the S3 client).
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
+
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+def _why(description: str) -> Meta:
+    """Say what a required value is for; the "missing" message repeats it."""
+    return Meta(description=description)
+
+
+FilePath = Annotated[str, Meta(min_length=1, extra={"what": "a file path"})]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Count = Annotated[int, Meta(ge=1)]
+Seconds = Annotated[float, Meta(gt=0)]
+Snaplen = Annotated[int, Meta(ge=1, le=262144)]
+Url = Annotated[str, Meta(min_length=1, extra={"what": "an http(s) URL"})]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+Rule = tuple[str, str]
+"""A cross-value problem: (key relative to the Struct, ``what is wrong — what to do``)."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    def _rules(self) -> Iterator[Rule]:
+        return iter(())
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def is_host(text: str) -> bool:
+    """True for an IP address or a DNS host name (what a listener or a SAN accepts)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        last = text.rstrip(".").rpartition(".")[2]
+        # an all-numeric last label is a mistyped IP address, not a name
+        return len(text) <= 253 and _HOSTNAME.fullmatch(text) is not None and not last.isdigit()
+    return True
+
+
+def _host_rule(key: str, value: str) -> Iterator[Rule]:
+    if not is_host(value):
+        yield key, f"expected an IP address or host name, got {value!r}"
+
+
+def _url_rule(key: str, value: str, example: str) -> Iterator[Rule]:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        yield key, f"expected an http(s) URL such as {example}, got {value!r}"
+
+
+# -- shared sections ---------------------------------------------------------------------------
+
+
+class BufferConfig(_Section, frozen=True):
+    """A bounded packet buffer with hysteresis, so congestion neither grows memory nor flaps.
+
+    Past ``upper_limit`` packets are dropped (and counted) until the buffer drains to
+    ``lower_limit``; ``size`` is the hard cap. Hence ``0 < lower_limit < upper_limit <= size``.
+    """
+
+    size: Count
+    upper_limit: Count
+    lower_limit: Count
+
+    def _rules(self) -> Iterator[Rule]:
+        if self.upper_limit > self.size:
+            yield (
+                "upper_limit",
+                f"must not exceed buffer.size ({self.upper_limit} > {self.size}) — "
+                "lower it or raise buffer.size",
+            )
+        if self.lower_limit >= self.upper_limit:
+            yield (
+                "lower_limit",
+                f"must be below buffer.upper_limit ({self.lower_limit} ≥ {self.upper_limit}) — "
+                "the gap between them is the hysteresis",
+            )
+
+
+class LogConfig(_Section, frozen=True):
+    level: LogLevel = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class ServerTlsConfig(_Section, frozen=True):
+    """A server certificate and its key (PEM files)."""
+
+    certificate: FilePath
+    private_key: FilePath
+
+
+# -- agent -------------------------------------------------------------------------------------
+
+
+class AgentListenConfig(_Section, frozen=True):
+    address: NonEmpty = "0.0.0.0"
+    port: Port = DEFAULT_AGENT_PORT
+
+    def _rules(self) -> Iterator[Rule]:
+        yield from _host_rule("address", self.address)
+
+
+class AgentTlsConfig(_Section, frozen=True):
+    """The agent's server certificate and the CA its clients' certificates must come from."""
+
+    certificate: Annotated[FilePath, _why("the agent's server certificate (PEM file)")]
+    private_key: Annotated[FilePath, _why("the key of tls.certificate (PEM file, mode 0600)")]
+    client_ca: Annotated[
+        FilePath,
+        _why(
+            "the CA file (PEM) that issued the api's client certificate; "
+            "the agent accepts only clients with a certificate from it"
+        ),
+    ]
+
+
+class ContainersConfig(_Section, frozen=True):
+    """Where a Diego cell keeps its containers' network namespaces and their metadata."""
+
+    netns_dir: FilePath | None = None
+    metadata_store: FilePath | None = None  # garden's container-metadata store.json
+
+
+class AgentLimitsConfig(_Section, frozen=True):
+    concurrent_captures: Count = 5
+    max_snaplen: Snaplen = 65535
+
+
+class AgentBufferConfig(BufferConfig, frozen=True):
+    size: Count = 1000
+    upper_limit: Count = 950
+    lower_limit: Count = 800
+
+
+class AgentConfig(_Section, frozen=True):
+    """``pcapd agent --config FILE`` (SPEC §8)."""
+
+    id: Annotated[NonEmpty, _why("the origin shown to users, e.g. router/d55baeba-...")]
+    tls: AgentTlsConfig
+    listen: AgentListenConfig = msgspec.field(default_factory=AgentListenConfig)
+    containers: ContainersConfig = msgspec.field(default_factory=ContainersConfig)
+    limits: AgentLimitsConfig = msgspec.field(default_factory=AgentLimitsConfig)
+    buffer: AgentBufferConfig = msgspec.field(default_factory=AgentBufferConfig)
+    drain_timeout: Seconds = 30.0
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+# -- api ---------------------------------------------------------------------------------------
+
+
+class ApiListenConfig(_Section, frozen=True):
+    address: NonEmpty = "0.0.0.0"
+    port: Port = 8080
+    tls: ServerTlsConfig | None = None  # behind gorouter, TLS usually ends at the router
+
+    def _rules(self) -> Iterator[Rule]:
+        yield from _host_rule("address", self.address)
+
+
+class AgentsTlsConfig(_Section, frozen=True):
+    """The api's client certificate for agents, and the CA the agents' certificates come from."""
+
+    certificate: Annotated[FilePath, _why("the api's client certificate for agents (PEM file)")]
+    private_key: Annotated[FilePath, _why("the key of agents.tls.certificate (PEM file)")]
+    ca: Annotated[FilePath, _why("the CA file (PEM) that issued the agents' certificates")]
+
+
+class AgentsConfig(_Section, frozen=True):
+    tls: AgentsTlsConfig
+    port: Port = DEFAULT_AGENT_PORT
+    server_name: NonEmpty = DEFAULT_AGENT_SERVER_NAME  # checked in every agent's certificate
+
+    def _rules(self) -> Iterator[Rule]:
+        if not is_host(self.server_name):
+            yield "server_name", f"expected a DNS name, got {self.server_name!r}"
+
+
+class CfConfig(_Section, frozen=True):
+    api: Url  # UAA is found from the Cloud Controller's root document
+    ca: FilePath | None = None
+
+    def _rules(self) -> Iterator[Rule]:
+        yield from _url_rule("api", self.api, "https://api.sys.example.com")
+
+
+class BoshConfig(_Section, frozen=True):
+    director: Url  # UAA is found from the director's /info
+    ca: FilePath | None = None
+
+    def _rules(self) -> Iterator[Rule]:
+        yield from _url_rule("director", self.director, "https://10.0.0.6:25555")
+
+
+class LocalStorageConfig(_Section, frozen=True, tag="local", tag_field="kind"):
+    """Captures on the api VM's disk; a sweeper deletes them after ``retention_days``."""
+
+    path: FilePath
+    retention_days: Count = 7
+
+    @property
+    def kind(self) -> Literal["local"]:
+        return "local"
+
+
+class S3StorageConfig(_Section, frozen=True, tag="s3", tag_field="kind"):
+    """Captures in an S3/MinIO bucket; a bucket lifecycle rule deletes them after retention."""
+
+    endpoint: NonEmpty  # host:port, no scheme: ``secure`` picks https
+    bucket: NonEmpty
+    access_key: NonEmpty
+    secret_key: Secret
+    secure: bool = True
+    region: NonEmpty | None = None
+    retention_days: Count = 7
+
+    @property
+    def kind(self) -> Literal["s3"]:
+        return "s3"
+
+    def _rules(self) -> Iterator[Rule]:
+        if "://" in self.endpoint or "/" in self.endpoint:
+            yield (
+                "endpoint",
+                f"expected host:port without scheme or path, got {self.endpoint!r} — "
+                "use secure: true/false to choose https or http",
+            )
+        else:
+            host, sep, port = self.endpoint.rpartition(":")
+            if not sep or host.endswith(":"):  # no port, or an unbracketed IPv6 address
+                host, port = self.endpoint, ""
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if not is_host(host) or (port and not (port.isdigit() and 1 <= int(port) <= 65535)):
+                yield "endpoint", f"expected host:port, got {self.endpoint!r}"
+        if not _BUCKET.fullmatch(self.bucket) or ".." in self.bucket:
+            yield (
+                "bucket",
+                f"{self.bucket!r} is not a valid bucket name — use 3 to 63 lower-case letters, "
+                "digits, dots and hyphens, starting and ending with a letter or digit",
+            )
+
+
+StorageConfig = LocalStorageConfig | S3StorageConfig
+
+
+class ApiLimitsConfig(_Section, frozen=True):
+    concurrent_captures_per_user: Count = 5
+    concurrent_captures: Count = 100
+    max_duration: Seconds = 3600.0
+    max_bytes: Count = 1 << 30
+    max_packets: Count | None = None
+
+
+class ApiBufferConfig(BufferConfig, frozen=True):
+    size: Count = 10000
+    upper_limit: Count = 9500
+    lower_limit: Count = 8000
+
+
+class MergeConfig(_Section, frozen=True):
+    lateness: Seconds = 1.0  # how long the merge waits for a silent stream before moving on
+
+
+class ApiConfig(_Section, frozen=True):
+    """``pcapd api --config FILE`` (SPEC §8). ``cf`` and ``bosh`` are both optional here."""
+
+    id: Annotated[NonEmpty, _why("this api's name in logs and /status, e.g. pcap-api/0")]
+    agents: AgentsConfig
+    storage: StorageConfig
+    listen: ApiListenConfig = msgspec.field(default_factory=ApiListenConfig)
+    cf: CfConfig | None = None
+    bosh: BoshConfig | None = None
+    limits: ApiLimitsConfig = msgspec.field(default_factory=ApiLimitsConfig)
+    buffer: ApiBufferConfig = msgspec.field(default_factory=ApiBufferConfig)
+    merge: MergeConfig = msgspec.field(default_factory=MergeConfig)
+    drain_timeout: Seconds = 30.0
+    log: LogConfig = msgspec.field(default_factory=LogConfig)

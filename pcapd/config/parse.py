@@ -1,0 +1,386 @@
+"""From YAML text (or a mapping built in code) to a validated, frozen config object.
+
+Every problem is reported, not just the first: the parser walks the raw mapping alongside the
+Struct types, checks each value on its own with ``msgspec.convert`` (so the types stay the one
+source of truth), and turns each failure into ``key: what is wrong — what to do``. A Struct whose
+values are all well typed is then converted and its cross-value ``_rules`` run. Only the two
+``load_*`` functions read a file; everything else is pure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import msgspec.inspect as mi
+import yaml
+
+from pcapd.config.model import AgentConfig, ApiConfig, Secret
+from pcapd.errors import ConfigError
+
+T = TypeVar("T", bound=msgspec.Struct)
+ConfigSource = str | bytes | Mapping[str, object]
+"""YAML text, or a mapping built in code (the local mode, tests)."""
+
+_TOP = "config"  # the "key" of a problem with the whole document
+
+
+def parse_agent_config(data: ConfigSource, source: str = "<agent config>") -> AgentConfig:
+    """Validate an agent config; raise :class:`ConfigError` naming ``source`` and every problem."""
+    problems: list[str] = []
+    config = _parse(_load_yaml(data, problems), AgentConfig, problems)
+    if config is None or problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def parse_api_config(
+    data: ConfigSource, source: str = "<api config>", *, require_platform: bool = True
+) -> ApiConfig:
+    """Validate an api config; raise :class:`ConfigError` naming ``source`` and every problem.
+
+    A config file must name ``cf`` or ``bosh`` (or both), or the api could authorize nothing;
+    the in-process local mode, which has neither, passes ``require_platform=False``.
+    """
+    problems: list[str] = []
+    raw = _load_yaml(data, problems)
+    config = _parse(raw, ApiConfig, problems)
+    platforms = [raw.get(key) for key in ("cf", "bosh")] if isinstance(raw, Mapping) else []
+    if require_platform and platforms and all(p is None for p in platforms):
+        problems.append(
+            "cf, bosh: neither is configured — add cf: {api: URL} to capture apps, "
+            "bosh: {director: URL} to capture BOSH VMs, or both"
+        )
+    if config is None or problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read and validate the agent config file at ``path``."""
+    return parse_agent_config(_read(path), os.fspath(path))
+
+
+def load_api_config(path: str | os.PathLike[str]) -> ApiConfig:
+    """Read and validate the api config file at ``path``."""
+    return parse_api_config(_read(path), os.fspath(path))
+
+
+def local_api_config(
+    agents_tls: Mapping[str, str], storage_path: str, *, api_id: str = "local", **sections: object
+) -> ApiConfig:
+    """The api config of ``pcapd capture local``: no cf/bosh, the local-disk store.
+
+    Built through the same validation as a file, so a bad value still names its key.
+    ``sections`` overrides or adds top-level sections (``limits={...}``, ``merge={...}``).
+    """
+    data: dict[str, object] = {
+        "id": api_id,
+        "agents": {"tls": dict(agents_tls)},
+        "storage": {"kind": "local", "path": storage_path},
+        **sections,
+    }
+    return parse_api_config(data, "<local mode>", require_platform=False)
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            os.fspath(path), [f"{_TOP}: cannot read the file ({reason}) — check the path"]
+        ) from exc
+
+
+# -- YAML ----------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, plus a note of duplicate keys (YAML keeps the last silently)."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in first:
+                self.duplicates.append(
+                    f"{key_node.value}: duplicate key (lines {first[key_node.value]} and {line}) "
+                    "— keep one; YAML would silently use the last"
+                )
+            else:
+                first[key_node.value] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(data: ConfigSource, problems: list[str]) -> object:
+    if isinstance(data, Mapping):
+        return data
+    try:
+        loader = _Loader(data)  # the reader decodes (and may refuse) the bytes right here
+    except yaml.YAMLError as exc:
+        problems.append(_yaml_problem(exc))
+        return None
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        problems.append(_yaml_problem(exc))
+        return None
+    finally:
+        problems.extend(loader.duplicates)
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # Built from the parts, never str(exc): that quotes the offending line, which may hold a
+    # secret.
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = exc.problem or exc.context or "invalid YAML"
+        return f"{_TOP}: YAML syntax error {where}{what} — fix the YAML"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{_TOP}: not YAML text ({exc.reason} at byte {exc.position}) — save it as UTF-8"
+    return f"{_TOP}: not YAML text ({type(exc).__name__}) — save it as UTF-8"
+
+
+# -- the walk ------------------------------------------------------------------------------------
+
+
+def _dec_hook(tp: type, obj: object) -> object:
+    if tp is Secret:
+        if isinstance(obj, Secret):
+            return obj
+        if isinstance(obj, str) and obj:
+            return Secret(obj)
+        raise ValueError("expected a non-empty string")
+    raise NotImplementedError(f"no conversion to {tp!r}")
+
+
+def _parse(raw: object, cls: type[T], problems: list[str]) -> T | None:
+    before = len(problems)
+    normal = _walk_struct(raw, cls, "", problems)
+    if len(problems) > before or normal is None:
+        return None
+    try:
+        return msgspec.convert(normal, cls, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:  # a rule the walk does not know: still name the key
+        problems.append(_translate(exc))
+        return None
+
+
+def _walk_struct(
+    raw: object, cls: type[msgspec.Struct], path: str, problems: list[str]
+) -> dict[str, object] | None:
+    """Check ``raw`` against ``cls``; return it with empty sections (``null``) made ``{}``."""
+    if raw is None and path:
+        raw = {}  # "containers:" with every line commented out means "the defaults"
+    if raw is None:
+        needed = [f.encode_name for f in msgspec.structs.fields(cls) if _required(f)]
+        problems.append(f"{_TOP}: the document is empty — add at least {', '.join(needed)}")
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path or _TOP}: expected a mapping of settings, got {_shown(raw)}")
+        return None
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    tag_field = cls.__struct_config__.tag_field
+    before = len(problems)
+    normal: dict[str, object] = {}
+    for key, value in raw.items():  # in the document's order, so problems read top to bottom
+        if key == tag_field:
+            normal[key] = value
+        elif not isinstance(key, str):
+            problems.append(f"{path or _TOP}: key {key!r} is not a string — quote it or remove it")
+        elif key not in fields:
+            problems.append(_unknown(_join(path, key), key, list(fields)))
+        else:
+            normal[key] = _walk_value(value, fields[key].type, _join(path, key), problems)
+    for name, field in fields.items():
+        if name not in raw and _required(field):
+            problems.append(f"{_join(path, name)}: missing — {_how_to_add(name, field.type)}")
+    if len(problems) == before:
+        try:
+            section = msgspec.convert(normal, cls, dec_hook=_dec_hook)
+        except msgspec.ValidationError as exc:
+            problems.append(_translate(exc, path))
+        else:
+            rules = getattr(section, "_rules", None)
+            for key, what in rules() if rules else ():
+                problems.append(f"{_join(path, key)}: {what}")
+    return normal
+
+
+def _walk_value(value: object, tp: Any, path: str, problems: list[str]) -> object:
+    members = _union_members(tp)
+    structs = [m for m in members if _is_struct(m)]
+    if structs and len(structs) == len(members):
+        if value is None and _is_optional(tp):
+            return None  # an optional section left empty: not configured
+        if len(structs) == 1:
+            return _walk_struct(value, structs[0], path, problems)
+        return _walk_tagged(value, structs, path, problems)
+    try:
+        msgspec.convert(value, tp, dec_hook=_dec_hook)
+    except msgspec.ValidationError:
+        shown = _shown(value, hide=_holds_secret(tp))
+        problems.append(f"{path}: expected {_describe(mi.type_info(tp))}, got {shown}")
+    return value
+
+
+def _walk_tagged(
+    raw: object, structs: list[type[msgspec.Struct]], path: str, problems: list[str]
+) -> dict[str, object] | None:
+    """A section whose ``kind`` picks the Struct; keys of the other kinds are refused by name."""
+    tag_field = structs[0].__struct_config__.tag_field or "kind"
+    by_tag = {str(s.__struct_config__.tag): s for s in structs}
+    choices = ", ".join(by_tag)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: expected a mapping of settings, got {_shown(raw)}")
+        return None
+    tag = raw.get(tag_field)
+    if tag_field not in raw:
+        problems.append(f"{path}.{tag_field}: missing — set it to one of {choices}")
+        return None
+    if not isinstance(tag, str) or tag not in by_tag:
+        problems.append(f"{path}.{tag_field}: expected one of {choices}, got {_shown(tag)}")
+        return None
+    own = {f.encode_name for f in msgspec.structs.fields(by_tag[tag])}
+    kept: dict[object, object] = {}
+    for key, value in raw.items():
+        other = [t for t, s in by_tag.items() if t != tag and _has_field(s, key)]
+        if key not in own and key != tag_field and other:
+            problems.append(
+                f"{path}.{key}: not used with {tag_field}: {tag} — remove it, "
+                f"or set {tag_field}: {other[0]}"
+            )
+        else:
+            kept[key] = value
+    return _walk_struct(kept, by_tag[tag], path, problems)
+
+
+# -- wording -------------------------------------------------------------------------------------
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _unknown(path: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f"{path}: unknown key (did you mean {close[0]}?)"
+    return f"{path}: unknown key — expected one of {', '.join(valid)}"
+
+
+def _how_to_add(name: str, tp: Any) -> str:
+    members = [m for m in _union_members(tp) if _is_struct(m)]
+    if len(members) > 1:
+        kinds = " or ".join(str(m.__struct_config__.tag) for m in members)
+        return f"add {name}: with kind: {kinds} and its settings"
+    if members:
+        fields = msgspec.structs.fields(members[0])
+        required = [f"{f.encode_name}: ..." for f in fields if _required(f)]
+        return f"add {name}: {{{', '.join(required)}}}"
+    info = mi.type_info(tp)
+    if isinstance(info, mi.Metadata) and info.extra_json_schema:
+        return f"add it: {info.extra_json_schema['description']}"
+    return f"add it ({_describe(info)})"
+
+
+def _describe(info: mi.Type) -> str:
+    if isinstance(info, mi.Metadata):
+        return str((info.extra or {}).get("what") or _describe(info.type))
+    if isinstance(info, mi.UnionType):
+        return " or ".join(_describe(t) for t in info.types if not isinstance(t, mi.NoneType))
+    if isinstance(info, mi.IntType | mi.FloatType):
+        noun = "an integer" if isinstance(info, mi.IntType) else "a number"
+        if info.ge is not None and info.le is not None:
+            return f"{noun} between {info.ge} and {info.le}"
+        if info.ge is not None:
+            return f"{noun} of at least {info.ge}"
+        if info.gt is not None:
+            return f"{noun} greater than {info.gt}"
+        return noun
+    if isinstance(info, mi.StrType):
+        return "a non-empty string" if info.min_length else "a string"
+    if isinstance(info, mi.BoolType):
+        return "true or false"
+    if isinstance(info, mi.LiteralType):
+        return "one of " + ", ".join(str(v) for v in info.values)
+    if isinstance(info, mi.CustomType):  # Secret
+        return "a non-empty string"
+    if isinstance(info, mi.StructType):
+        return "a mapping of settings"
+    return type(info).__name__
+
+
+def _shown(value: object, *, hide: bool = False) -> str:
+    """How a bad value appears in a message: quoted when short and not secret, else its kind."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if not hide and isinstance(value, int | float | str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "...'"
+    kinds = {str: "a string", int: "an integer", float: "a number", list: "a list"}
+    for kind, name in kinds.items():
+        if isinstance(value, kind):
+            return name
+    return "a mapping" if isinstance(value, Mapping) else f"a {type(value).__name__}"
+
+
+def _translate(exc: msgspec.ValidationError, prefix: str = "") -> str:
+    """msgspec's ``Expected `int`, got `str` - at `$.buffer.size``` → ``buffer.size: ...``."""
+    message, sep, where = str(exc).rpartition(" - at `")
+    if not sep:
+        return f"{prefix or _TOP}: {exc}"
+    key = where.rstrip("`").removeprefix("$").removeprefix(".")
+    return f"{_join(prefix, key) if key else prefix or _TOP}: {message[:1].lower()}{message[1:]}"
+
+
+# -- types ---------------------------------------------------------------------------------------
+
+
+def _union_members(tp: Any) -> list[Any]:
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [m for m in typing.get_args(tp) if m is not type(None)]
+    return [tp]
+
+
+def _required(field: msgspec.structs.FieldInfo) -> bool:
+    return field.default is msgspec.NODEFAULT and field.default_factory is msgspec.NODEFAULT
+
+
+def _is_optional(tp: Any) -> bool:
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return type(None) in typing.get_args(tp)
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _has_field(cls: type[msgspec.Struct], key: object) -> bool:
+    return any(f.encode_name == key for f in msgspec.structs.fields(cls))
+
+
+def _holds_secret(tp: Any) -> bool:
+    return Secret in _union_members(tp)

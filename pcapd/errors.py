@@ -1,0 +1,60 @@
+"""The small tree of errors pcapd raises on purpose.
+
+Every error that can reach a person carries a message that says what was wrong, where (config
+key, flag, instance, byte offset) and, where it helps, what to do. The CLI prints ``str(error)``
+as one line; nothing else is shown, so the message must stand alone. Never put a secret in one.
+"""
+
+from __future__ import annotations
+
+
+class PcapdError(Exception):
+    """Base of every error pcapd raises for a person to read."""
+
+
+class UsageError(PcapdError):
+    """A command-line flag or argument is wrong."""
+
+
+class ConfigError(PcapdError):
+    """A config file is wrong. ``problems`` lists each fault as ``key: what is wrong``."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        summary = "; ".join(self.problems[:3])
+        more = f" (and {len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
+        super().__init__(f"{path}: {summary}{more}")
+
+
+class PcapngFormatError(PcapdError):
+    """Input that claims to be pcap/pcapng is malformed; ``offset`` is where, in bytes."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        self.offset = offset
+        super().__init__(f"{message} (at byte offset {offset})")
+
+
+class ProtocolError(PcapdError):
+    """The pcapd wire protocol was violated.
+
+    Split as h11 does: :class:`LocalProtocolError` means we tried something the protocol forbids
+    (a bug on our side); :class:`RemoteProtocolError` means the peer sent something malformed,
+    oversized, unknown or out of order. ``code`` is the message type to answer the peer with.
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_REQUEST") -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow in this state."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed, oversized, unknown or out of order."""
+
+
+class NotImplementedYetError(PcapdError):
+    """A role or target that a later release builds; exits 2 with a clear line."""
