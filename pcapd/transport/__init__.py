@@ -1,0 +1,1 @@
+"""Shared Trio I/O for the roles: TLS contexts and WebSocket glue."""

@@ -1,0 +1,75 @@
+"""TLS contexts for pcapd's links, built one way everywhere.
+
+Agents only talk to clients holding a certificate from their configured CA (mutual TLS), and
+the api only trusts agents whose certificate chains to ``agents.tls.ca`` *and* names
+``agents.server_name``. TLS 1.2 is the floor: older versions are refused in both directions.
+Files are read here, once, at start-up; a failure names the file and the config key it came from.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from pcapd.errors import PcapdError
+
+
+class TlsSetupError(PcapdError):
+    """A certificate, key or CA file could not be loaded."""
+
+
+def _load_chain(ctx: ssl.SSLContext, certificate: Path | str, private_key: Path | str,
+                what: str) -> None:
+    try:
+        ctx.load_cert_chain(certfile=str(certificate), keyfile=str(private_key))
+    except FileNotFoundError as exc:
+        raise TlsSetupError(f"{what}: file not found: {exc.filename}") from exc
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsSetupError(f"{what}: cannot load certificate {certificate} with key "
+                            f"{private_key}: {exc.strerror or exc}") from exc
+
+
+def _load_ca(ctx: ssl.SSLContext, ca: Path | str, what: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except FileNotFoundError as exc:
+        raise TlsSetupError(f"{what}: CA file not found: {ca}") from exc
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsSetupError(f"{what}: cannot load CA {ca}: {exc}") from exc
+
+
+def server_context(certificate: Path | str, private_key: Path | str, *,
+                   client_ca: Path | str | None = None, what: str = "tls") -> ssl.SSLContext:
+    """A server context; with ``client_ca`` it requires a client certificate from that CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(ctx, certificate, private_key, what)
+    if client_ca is not None:
+        _load_ca(ctx, client_ca, f"{what}.client_ca")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(*, ca: Path | str | None = None, certificate: Path | str | None = None,
+                   private_key: Path | str | None = None, insecure: bool = False,
+                   what: str = "tls") -> ssl.SSLContext:
+    """A client context that checks the server's chain and name (unless ``insecure``).
+
+    With ``ca`` only that CA is trusted (an agent signed by any other CA, public ones included,
+    is refused); without it the system trust store is used (the api behind gorouter). With
+    ``certificate`` the context presents it (the api's client certificate toward agents).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name by default
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca is None:
+        ctx.load_default_certs()
+    else:
+        _load_ca(ctx, ca, f"{what}.ca")
+    if certificate is not None:
+        if private_key is None:
+            raise TlsSetupError(f"{what}: a certificate needs its private_key")
+        _load_chain(ctx, certificate, private_key, what)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
