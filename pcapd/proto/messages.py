@@ -1,0 +1,327 @@
+"""The message types of the pcapd wire protocol: the contract between client, api and agent.
+
+Every control message is one JSON object in a WebSocket TEXT message, tagged by ``"type"``; packet
+data travels in BINARY messages (see :mod:`pcapd.proto.codec`). The types below *are* the schema:
+field limits live in the annotations (``msgspec.Meta``), so the decoder enforces them while it
+parses and a peer can never hand us a 10 MB filter or a negative snaplen. They are part of the
+wire contract and therefore module constants, not per-session settings: two peers that disagreed
+about them would refuse each other's messages. Structs are frozen and reject unknown fields, so a
+typo in a field name is an error at the peer instead of a silently ignored option.
+
+Both links (client→api and api→agent) use the same set; which side may send what, and when, is
+the session's business (:mod:`pcapd.proto.session`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal, get_args
+
+import msgspec
+from msgspec import Meta
+
+from pcapd import __version__
+
+PROTOCOL_VERSION: Final = 1
+"""The protocol level this build speaks. Bump it for any change a level-1 peer cannot read."""
+MIN_COMPATIBLE_VERSION: Final = 1
+"""The oldest peer level this build still talks to; older peers are refused at ``hello``."""
+SOFTWARE: Final = f"pcapd {__version__}"
+
+MAX_NAME: Final = 256
+"""Characters in a name: app, netns, device, group, instance id, source, origin, software."""
+MAX_TEXT: Final = 4096
+"""Characters in a human-readable text."""
+MAX_FILTER: Final = 8192
+"""Characters in a BPF filter expression."""
+MAX_LIST: Final = 1024
+"""Items in any list: instances, groups, namespaces, sources, capture ids."""
+MAX_UINT: Final = 2**63 - 1
+"""Every counter and size fits a signed 64-bit integer, so no peer language needs bignums."""
+MAX_SOURCE_ID: Final = 2**32 - 1
+"""Source ids become pcapng interface ids, which are 32 bits."""
+MAX_SNAPLEN: Final = 262144
+"""libpcap's own maximum snapshot length."""
+MAX_DURATION: Final = 1e9
+"""Seconds; far beyond any policy, yet ``duration * 1e9`` still fits a signed 64-bit int."""
+MAX_LEVEL: Final = 65535
+
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
+Label = Annotated[str, Meta(max_length=MAX_NAME)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+Filter = Annotated[str, Meta(max_length=MAX_FILTER)]
+Count = Annotated[int, Meta(ge=0, le=MAX_UINT)]
+Level = Annotated[int, Meta(ge=0, le=MAX_LEVEL)]
+SourceId = Annotated[int, Meta(ge=0, le=MAX_SOURCE_ID)]
+Index = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+Snaplen = Annotated[int, Meta(ge=1, le=MAX_SNAPLEN)]
+Seconds = Annotated[float, Meta(gt=0, le=MAX_DURATION)]
+CaptureId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
+"""Safe in a file name, an object-store key and a log line (``\\Z``: ``$`` would let "id\\n" in)."""
+
+Code = Literal[
+    "INSTANCE_UNAVAILABLE",
+    "START_CAPTURE_FAILED",
+    "INVALID_REQUEST",
+    "CONGESTED",
+    "LIMIT_REACHED",
+    "CAPTURE_STOPPED",
+    "CONNECTION_ERROR",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+]
+"""The message codes users see (SPEC §6, as in pcap-release)."""
+CODES: Final[tuple[Code, ...]] = get_args(Code)
+
+InitiatorRole = Literal["client", "api"]
+ResponderRole = Literal["api", "agent"]
+SourceState = Literal["starting", "capturing", "stopped", "unavailable"]
+EndReason = Literal["completed", "stopped", "limit", "drained", "failed"]
+StopReason = Literal["requested", "limit", "drained", "client_gone"]
+Party = Literal["agent", "api"]
+
+
+class _Wire(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """Shared struct config: immutable, keyword-only, strict; optional fields left out of JSON."""
+
+
+class _Tagged(_Wire, tag_field="type", frozen=True):
+    """A top-level message: the ``type`` member picks the class."""
+
+
+# --- nested parts ------------------------------------------------------------------------------
+
+
+class LocalTarget(_Wire, tag_field="kind", tag="local", frozen=True, kw_only=True):
+    """Namespaces on the machine of an embedded api; an empty list means the host namespace."""
+
+    netns: Annotated[list[Name], Meta(max_length=MAX_LIST)] = []
+
+
+class CfTarget(_Wire, tag_field="kind", tag="cf", frozen=True, kw_only=True):
+    """Instances of a Cloud Foundry app; an empty ``instances`` list means all of them."""
+
+    app: Name
+    """App name (resolved in ``space``) or app guid."""
+    space: Name | None = None
+    instances: Annotated[list[Index], Meta(max_length=MAX_LIST)] = []
+    process_type: Name = "web"
+
+
+class BoshTarget(_Wire, tag_field="kind", tag="bosh", frozen=True, kw_only=True):
+    """VMs of a BOSH deployment; an empty ``instances`` list means every VM of the groups."""
+
+    deployment: Name
+    groups: Annotated[list[Name], Meta(min_length=1, max_length=MAX_LIST)]
+    instances: Annotated[list[Name], Meta(max_length=MAX_LIST)] = []
+
+
+class AgentTarget(_Wire, tag_field="kind", tag="agent", frozen=True, kw_only=True):
+    """What the api asks one agent to capture: exactly one namespace, resolved already."""
+
+    namespace: Name
+    """``host`` or the instance guid naming a container's network namespace."""
+    app_guid: Name | None = None
+    source: Name
+    """The ``if_name`` prefix, e.g. ``my-app/2`` or ``router/d55b…``; the device is appended."""
+
+
+Target = LocalTarget | CfTarget | BoshTarget | AgentTarget
+
+
+class CaptureOptions(_Wire, frozen=True, kw_only=True):
+    """What libpcap is asked for."""
+
+    device: Name
+    filter: Filter = ""
+    snaplen: Snaplen = 65535
+
+
+class CaptureLimits(_Wire, frozen=True, kw_only=True):
+    """Limits the initiator asks for; the server may lower them to its policy, never raise."""
+
+    max_duration: Seconds | None = None
+    max_packets: Count | None = None
+    max_bytes: Count | None = None
+
+
+class Source(_Wire, frozen=True, kw_only=True):
+    """One captured interface of a capture; ``id`` becomes its pcapng interface id."""
+
+    id: SourceId
+    name: Name
+    """The pcapng ``if_name``, e.g. ``my-app/2:eth0``."""
+    description: Label = ""
+    """The pcapng ``if_description``: instance guid or agent id."""
+
+
+class Counters(_Wire, frozen=True, kw_only=True):
+    """Packet accounting. ``packets == written + agent_dropped + api_dropped`` once a capture ends.
+
+    ``packets``/``bytes`` count what libpcap handed to pcapd; ``kernel_*`` and
+    ``interface_dropped`` are libpcap's own statistics; ``late`` counts packets the merge wrote
+    out of timestamp order (they are part of ``written``, never lost).
+    """
+
+    packets: Count = 0
+    bytes: Count = 0
+    kernel_received: Count = 0
+    kernel_dropped: Count = 0
+    interface_dropped: Count = 0
+    agent_dropped: Count = 0
+    api_dropped: Count = 0
+    written: Count = 0
+    late: Count = 0
+
+
+class SourceStatistics(Counters, frozen=True, kw_only=True):
+    """Counters of one source plus its state."""
+
+    source: SourceId
+    state: SourceState
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+class Hello(_Tagged, tag="hello", frozen=True, kw_only=True):
+    """Initiator → responder, first message on every link: who I am and what I speak."""
+
+    protocol: Level
+    min_protocol: Level
+    software: Name
+    role: InitiatorRole
+
+
+class Welcome(_Tagged, tag="welcome", frozen=True, kw_only=True):
+    """Responder → initiator, answer to ``hello`` when the levels are compatible."""
+
+    protocol: Level
+    min_protocol: Level
+    software: Name
+    role: ResponderRole
+    server_id: Name
+
+
+class Start(_Tagged, tag="start", frozen=True, kw_only=True):
+    """Initiator → responder: start the one capture of this link."""
+
+    capture_id: CaptureId | None = None
+    """Optional from a client (the api assigns one); required from the api to an agent."""
+    target: Target
+    options: CaptureOptions
+    limits: CaptureLimits = CaptureLimits()
+    upload: bool = False
+
+
+class Stop(_Tagged, tag="stop", frozen=True, kw_only=True):
+    """Initiator → responder: stop the capture gracefully; an ``end`` follows."""
+
+    reason: StopReason = "requested"
+
+
+class Status(_Tagged, tag="status", frozen=True, kw_only=True):
+    """Initiator → responder, before ``start``: ask for a ``status_reply``."""
+
+
+class StatusReply(_Tagged, tag="status_reply", frozen=True, kw_only=True):
+    """Responder → initiator: health and compatibility of the server."""
+
+    healthy: bool
+    draining: bool
+    software: Name
+    protocol: Level
+    min_protocol: Level
+    server_id: Name
+    captures: Count
+    capture_ids: Annotated[list[CaptureId], Meta(max_length=MAX_LIST)] = []
+
+
+class Started(_Tagged, tag="started", frozen=True, kw_only=True):
+    """Responder → initiator: the capture runs; these are its sources (known so far)."""
+
+    capture_id: CaptureId
+    sources: Annotated[list[Source], Meta(max_length=MAX_LIST)]
+
+
+class Notice(_Tagged, tag="message", frozen=True, kw_only=True):
+    """Responder → initiator: something the user should read; the capture goes on."""
+
+    code: Code
+    text: Text
+    origin: Name | None = None
+    """Which instance or agent this is about."""
+    source: SourceId | None = None
+    party: Party | None = None
+    """Who dropped packets (``CONGESTED``)."""
+    count: Count | None = None
+    limit: Name | None = None
+    """Which limit was reached (``LIMIT_REACHED``), e.g. ``max_bytes``."""
+
+
+class Statistics(_Tagged, tag="statistics", frozen=True, kw_only=True):
+    """Responder → initiator, periodic and once more (``final``) before ``end``."""
+
+    sources: Annotated[list[SourceStatistics], Meta(max_length=MAX_LIST)]
+    final: bool = False
+
+
+class End(_Tagged, tag="end", frozen=True, kw_only=True):
+    """Responder → initiator, the last message of a capture: why it ended, and totals."""
+
+    reason: EndReason
+    text: Text = ""
+    limit: Name | None = None
+    totals: Counters = Counters()
+
+
+class Error(_Tagged, tag="error", frozen=True, kw_only=True):
+    """Either side, any time: the link is over (refusal or protocol violation); close it."""
+
+    code: Code
+    text: Text
+    origin: Name | None = None
+
+
+Message = (
+    Hello
+    | Welcome
+    | Start
+    | Stop
+    | Status
+    | StatusReply
+    | Started
+    | Notice
+    | Statistics
+    | End
+    | Error
+)
+"""Any control message."""
+MESSAGE_TYPES: Final[tuple[type[Message], ...]] = get_args(Message)
+
+
+def type_code(msg: Message | type[Message]) -> str:
+    """The wire ``type`` of a message or message class, e.g. ``status_reply``."""
+    tag = msg.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A BINARY message: pcapng blocks (opaque here) and a watermark.
+
+    ``watermark`` (ns since the epoch, 0 = none) promises that no later packet on this link has
+    an earlier timestamp; it is what lets the api's merge move on past an idle source. An empty
+    ``payload`` with a watermark is a heartbeat. Decoded, ``payload`` is a view into the received
+    message (no copy), which it keeps alive: copy out with ``bytes(...)`` whatever is kept long.
+    """
+
+    watermark: int
+    payload: bytes | memoryview = b""
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return not self.payload
