@@ -1,0 +1,169 @@
+"""Incremental, sans-I/O pcapng decoder in h11's vocabulary.
+
+Theory of operation: bytes arrive in chunks of any size (``receive_data``); each call to
+``next_raw`` either frames one whole block or says "need more" (``None``). Framing reads the
+12 bytes every block starts with, checks the length against the limit *before* buffering the
+body (so a bogus length cannot make us buffer gigabytes), then waits for the whole block and
+compares the trailing length. The buffer (:class:`InputBuffer`) holds at most one block plus the
+unread input, and reading is linear in the input however it is chunked.
+
+Section Header and Interface Description Blocks are rare, so ``next_raw`` parses them as they
+pass: it learns each section's byte order and the interfaces' timestamp resolutions, and can
+refuse packets of undefined interfaces without parsing packet options (``next_block`` does).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from pcapd.errors import PcapngFormatError
+from pcapd.pcapng.blocks import (
+    BYTE_ORDER_MAGIC,
+    EPB,
+    IDB,
+    ISB,
+    SHB,
+    SPB,
+    Block,
+    EnhancedPacket,
+    InterfaceDescription,
+    InterfaceStatistics,
+    RawBlock,
+    SectionHeader,
+    ticks_to_ns,
+)
+from pcapd.pcapng.buffer import InputBuffer
+from pcapd.pcapng.parse import (
+    MIN_LENGTH,
+    parse,
+    parse_interface_description,
+    parse_section_header,
+)
+
+DEFAULT_MAX_BLOCK_SIZE = 16 * 1024 * 1024
+_SHB_TYPE = struct.pack("<I", SHB)
+_U32 = {False: struct.Struct("<I"), True: struct.Struct(">I")}
+_U16 = {False: struct.Struct("<H"), True: struct.Struct(">H")}
+_PACKET_HEAD = {False: struct.Struct("<I8xI"), True: struct.Struct(">I8xI")}
+_SWAPPED_MAGIC = 0x4D3C2B1A
+
+
+class PcapngDecoder(InputBuffer):
+    """Feed bytes with :meth:`receive_data`; take blocks with :meth:`next_raw`/:meth:`next_block`.
+
+    Malformed input raises :class:`PcapngFormatError` naming the byte offset; the decoder then
+    stays where it was, so calling again raises again. Empty input is zero blocks, not an error.
+    """
+
+    def __init__(self, *, max_block_size: int = DEFAULT_MAX_BLOCK_SIZE) -> None:
+        if max_block_size < 28:
+            raise ValueError("max_block_size must allow at least a 28-byte section header")
+        super().__init__()
+        self.max_block_size = max_block_size
+        self._big: bool | None = None  # None until the first section header
+        self._interfaces: list[InterfaceDescription] = []
+        self.section: SectionHeader | None = None
+        """The current section's header, once one was read."""
+
+    @property
+    def interfaces(self) -> Sequence[InterfaceDescription]:
+        """The current section's interfaces, in id order."""
+        return self._interfaces
+
+    def next_raw(self) -> RawBlock | None:
+        """Frame the next whole block without parsing packet options; ``None``: need more."""
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        start = self._base + pos
+        big = self._big
+        if big is None and avail >= 4 and buf[pos : pos + 4] != _SHB_TYPE:
+            raise PcapngFormatError("not pcapng: does not start with a section header block", 0)
+        if avail < 12:
+            if avail and self._eof:
+                raise PcapngFormatError(f"input ends {avail} bytes into a block", start)
+            return None
+        block_type = _U32[bool(big)].unpack_from(buf, pos)[0]
+        if block_type == SHB:
+            magic = _U32[False].unpack_from(buf, pos + 8)[0]
+            if magic not in (BYTE_ORDER_MAGIC, _SWAPPED_MAGIC):
+                raise PcapngFormatError(f"bad byte-order magic {magic:#010x}", start + 8)
+            big = magic == _SWAPPED_MAGIC
+        assert big is not None  # the first block is a section header
+        u32 = _U32[big]
+        total = u32.unpack_from(buf, pos + 4)[0]
+        self._check_length(block_type, total, start)
+        if avail < total:
+            if self._eof:
+                raise PcapngFormatError(
+                    f"input ends {avail} bytes into a block of {total} bytes", start
+                )
+            return None
+        end = pos + total
+        trailer = u32.unpack_from(buf, end - 4)[0]
+        if trailer != total:
+            raise PcapngFormatError(
+                f"trailing block length {trailer} differs from the leading {total}",
+                start + total - 4,
+            )
+        raw = RawBlock(block_type, bytes(buf[pos:end]), start, big)
+        if block_type in (EPB, ISB):
+            self._check_packet(raw)
+        elif block_type == IDB:
+            self._interfaces.append(parse_interface_description(raw))
+        elif block_type == SHB:
+            self._start_section(raw)
+        elif block_type == SPB and not self._interfaces:
+            raise PcapngFormatError("simple packet block before any interface", start)
+        self._consume(end)
+        return raw
+
+    def next_block(self) -> Block | None:
+        """Frame and parse the next block; ``None``: need more input (or none is left)."""
+        raw = self.next_raw()
+        if raw is None:
+            return None
+        if raw.block_type == SHB:
+            assert self.section is not None
+            return self.section
+        if raw.block_type == IDB:
+            return self._interfaces[-1]
+        return parse(raw, self._interfaces)
+
+    def timestamp_ns(self, block: EnhancedPacket | InterfaceStatistics) -> int:
+        """``block.timestamp`` in nanoseconds, by its interface in the *current* section."""
+        if not 0 <= block.interface_id < len(self._interfaces):
+            raise ValueError(f"interface {block.interface_id} is not in the current section")
+        return ticks_to_ns(block.timestamp, self._interfaces[block.interface_id].tsresol)
+
+    def _check_length(self, block_type: int, total: int, start: int) -> None:
+        if total < MIN_LENGTH.get(block_type, 12):
+            raise PcapngFormatError(
+                f"block length {total} is too short for block type {block_type:#x}", start + 4
+            )
+        if total & 3:
+            raise PcapngFormatError(f"block length {total} is not a multiple of 4", start + 4)
+        if total > self.max_block_size:
+            raise PcapngFormatError(
+                f"block length {total} exceeds the limit of {self.max_block_size} bytes",
+                start + 4,
+            )
+
+    def _check_packet(self, raw: RawBlock) -> None:
+        interface_id, caplen = _PACKET_HEAD[raw.big_endian].unpack_from(raw.data, 8)
+        if interface_id >= len(self._interfaces):
+            raise PcapngFormatError(
+                f"block refers to interface {interface_id}, but the section defines"
+                f" {len(self._interfaces)}",
+                raw.offset + 8,
+            )
+        if raw.block_type == EPB and caplen > len(raw.data) - 32:
+            raise PcapngFormatError(f"captured length {caplen} overruns its block", raw.offset + 20)
+
+    def _start_section(self, raw: RawBlock) -> None:
+        major = _U16[raw.big_endian].unpack_from(raw.data, 12)[0]
+        if major != 1:
+            raise PcapngFormatError(f"unsupported pcapng major version {major}", raw.offset + 12)
+        self.section = parse_section_header(raw)
+        self._big = raw.big_endian
+        self._interfaces = []

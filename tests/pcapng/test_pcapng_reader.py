@@ -1,0 +1,317 @@
+"""The incremental decoder: round trips in any chunking, both byte orders, every error case."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from pcapng_samples import (
+    BASE_NS,
+    INTERFACES,
+    SNAPLEN,
+    big_endian_section,
+    chunked,
+    decode_all,
+    raw_all,
+    sample_capture,
+)
+
+from pcapd.errors import PcapngFormatError
+from pcapd.pcapng import (
+    EPB,
+    IDB,
+    ISB,
+    NRB,
+    SHB,
+    SPB,
+    EnhancedPacket,
+    InterfaceDescription,
+    InterfaceStatistics,
+    NameResolution,
+    PcapngDecoder,
+    SectionHeader,
+    SimplePacket,
+    UnknownBlock,
+    encode_enhanced_packet,
+    encode_interface_description,
+    encode_interface_statistics,
+    encode_section_header,
+    parse,
+    ticks_to_ns,
+)
+
+SHB_LE = encode_section_header()
+IDB_LE = encode_interface_description(link_type=1, snaplen=0)
+
+
+def _le_block(block_type: int, body: bytes, total: int | None = None) -> bytes:
+    total = len(body) + 12 if total is None else total
+    return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
+
+
+def _epb(interface_id: int = 0, caplen: int = 4, room: int = 4, options: bytes = b"") -> bytes:
+    body = struct.pack("<5I", interface_id, 0, 0, caplen, caplen) + b"\0" * room + options
+    return _le_block(EPB, body)
+
+
+HEAD = len(SHB_LE + IDB_LE)
+_IDB_FIXED = struct.pack("<HHI", 1, 0, 0)
+
+
+def expected_blocks() -> list[object]:
+    _, packets = sample_capture()
+    blocks: list[object] = [SectionHeader(False, 1, 0, -1, "pcapd-tests 0.1", None, "Linux", ())]
+    for name, description in INTERFACES:
+        blocks.append(InterfaceDescription(1, SNAPLEN, name, description, 10**9))
+    for p in packets:
+        comments = () if p.comment is None else (p.comment,)
+        blocks.append(
+            EnhancedPacket(
+                p.interface_id, p.ts_ns, len(p.data), p.original_length, p.data, None, comments
+            )
+        )
+    blocks.append(NameResolution((("10.0.1.1", ("dns.example",)), ("::1", ("localhost",)))))
+    end = packets[-1].ts_ns + 1000
+    for interface_id in (0, 1):
+        blocks.append(InterfaceStatistics(interface_id, end, BASE_NS, end, 3, 1, 0, None, 3, 2))
+    return blocks
+
+
+def test_round_trip_every_block_type() -> None:
+    data, _ = sample_capture()
+    blocks = decode_all([data])
+    assert blocks == expected_blocks()
+    assert b"".join(block.raw for block in blocks) == data
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_any_chunking_gives_the_same_blocks(seed: int) -> None:
+    data, _ = sample_capture()
+    rng = random.Random(seed)
+    sizes = [rng.randint(1, 200) for _ in range(50)]
+    assert decode_all(chunked(data, sizes)) == expected_blocks()
+
+
+def test_byte_by_byte() -> None:
+    data, _ = sample_capture()
+    assert decode_all(chunked(data, [1])) == expected_blocks()
+
+
+def test_raw_blocks_carry_offsets_types_and_exact_bytes() -> None:
+    data, _ = sample_capture()
+    raws = raw_all(chunked(data, [7]))
+    offset = 0
+    for raw in raws:
+        assert raw.offset == offset
+        assert raw.data == data[offset : offset + len(raw.data)]
+        assert raw.big_endian is False
+        offset += len(raw.data)
+    assert offset == len(data)
+    assert [raw.block_type for raw in raws] == [SHB, IDB, IDB] + [EPB] * 6 + [NRB, ISB, ISB]
+    assert [parse(raw) for raw in raws] == expected_blocks()
+
+
+def test_decoder_tracks_section_and_interfaces() -> None:
+    data, packets = sample_capture()
+    dec = PcapngDecoder()
+    dec.receive_data(data)
+    first = dec.next_block()
+    assert first is dec.section
+    assert [dec.next_block(), dec.next_block()] == list(dec.interfaces)
+    epb = dec.next_block()
+    assert isinstance(epb, EnhancedPacket)
+    assert dec.timestamp_ns(epb) == packets[0].ts_ns
+    assert dec.offset == sum(len(b.raw) for b in decode_all([data])[:4])
+
+
+def test_empty_input_is_no_blocks() -> None:
+    assert decode_all([]) == []
+
+
+def test_truncated_tail_raises_at_the_partial_block_after_the_whole_ones() -> None:
+    data, _ = sample_capture()
+    boundaries = [0]
+    for block in decode_all([data]):
+        boundaries.append(boundaries[-1] + len(block.raw))
+    for cut in range(len(data) + 1):
+        dec = PcapngDecoder()
+        dec.receive_data(data[:cut])
+        dec.receive_data(b"")
+        whole = [b for b in boundaries if b <= cut]
+        for _ in whole[1:]:
+            assert dec.next_raw() is not None
+        if cut in boundaries:
+            assert dec.next_raw() is None
+        else:
+            with pytest.raises(PcapngFormatError) as info:
+                dec.next_raw()
+            assert info.value.offset == whole[-1]
+
+
+@pytest.mark.parametrize(
+    ("garbage", "offset_from_end"),
+    [
+        (b"\0\1", 0),
+        (b"garbage!", 0),
+        (b"\xff" * 16, 4),
+        (b"\x06\0\0\0\x0c" + bytes(7), 4),
+        (_epb(interface_id=7), 8),
+    ],
+)
+def test_trailing_garbage(garbage: bytes, offset_from_end: int) -> None:
+    data, _ = sample_capture()
+    dec = PcapngDecoder()
+    dec.receive_data(data + garbage)
+    dec.receive_data(b"")
+    for _ in range(len(expected_blocks())):
+        assert dec.next_block() is not None
+    with pytest.raises(PcapngFormatError) as info:
+        dec.next_block()
+    assert info.value.offset == len(data) + offset_from_end
+    assert f"offset {info.value.offset}" in str(info.value)
+    with pytest.raises(PcapngFormatError):  # the decoder stays where the fault is
+        dec.next_block()
+
+
+MALFORMED = [
+    (IDB_LE, 0, "section header"),
+    (b"\x0a\x0d\x0d\x0a\x1c\0\0\0\x4d\x3c\x2b\x1b" + bytes(16), 8, "byte-order magic"),
+    (_le_block(SHB, struct.pack("<IHHq", 0x1A2B3C4D, 2, 0, -1)), 12, "major version"),
+    (SHB_LE + _le_block(IDB, b"", total=8), 28 + 4, "too short"),
+    (SHB_LE + _le_block(0x99, b"", total=8), 28 + 4, "too short"),
+    (SHB_LE + _le_block(IDB, bytes(9), total=21), 28 + 4, "multiple of 4"),
+    (SHB_LE + _le_block(0x99, bytes(1024)), 28 + 4, "limit"),
+    (SHB_LE + _le_block(IDB, bytes(8))[:-4] + b"\0\0\0\0", 28 + 16, "trailing"),
+    (SHB_LE + _epb(), 28 + 8, "interface 0"),
+    (SHB_LE + IDB_LE + _epb(interface_id=1), HEAD + 8, "interface 1"),
+    (SHB_LE + IDB_LE + _le_block(ISB, struct.pack("<3I", 3, 0, 0)), HEAD + 8, "interface 3"),
+    (SHB_LE + IDB_LE + _epb(caplen=5), HEAD + 20, "captured length"),
+    (SHB_LE + _le_block(SPB, bytes(4)), 28, "simple packet"),
+    (SHB_LE + _le_block(IDB, _IDB_FIXED + b"\x02\0\x09\0abcd"), 28 + 16, "overruns"),
+    (SHB_LE + _le_block(IDB, _IDB_FIXED + b"\x09\0\x02\0\x06\x06\0\0"), 28, "if_tsresol"),
+    (SHB_LE + IDB_LE + _epb(options=b"\x02\0\x02\0\1\0\0\0"), HEAD, "option 2 must be 4"),
+    (SHB_LE + IDB_LE + _epb(options=b"\x01\0\x05\0abcd"), HEAD + 32, "overruns"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stream", "offset", "words"), MALFORMED, ids=[case[2] for case in MALFORMED]
+)
+def test_malformed_input_names_the_offset(stream: bytes, offset: int, words: str) -> None:
+    for chunks in ([stream], chunked(stream, [1]), chunked(stream, [5, 11])):
+        with pytest.raises(PcapngFormatError) as info:
+            decode_all(chunks, max_block_size=1024)
+        assert info.value.offset == offset
+        assert words in str(info.value)
+
+
+def test_epb_flags_option() -> None:
+    (*_, epb) = decode_all([SHB_LE + IDB_LE + _epb(options=b"\x02\0\x04\0\1\0\0\0")])
+    assert isinstance(epb, EnhancedPacket)
+    assert epb.flags == 1
+
+
+def test_receive_data_after_end_is_a_local_error() -> None:
+    dec = PcapngDecoder()
+    dec.receive_data(b"")
+    dec.receive_data(b"")
+    with pytest.raises(RuntimeError):
+        dec.receive_data(SHB_LE)
+
+
+def test_big_endian_section_then_little_endian_section() -> None:
+    second = SHB_LE + encode_interface_description(link_type=101, snaplen=9, tsresol=9)
+    second += encode_enhanced_packet(interface_id=0, timestamp=5, data=b"ok")
+    for sizes in ([10**6], [1], [3, 17]):
+        dec = PcapngDecoder()
+        blocks = []
+        for chunk in [*chunked(big_endian_section() + second, sizes), b""]:
+            dec.receive_data(chunk)
+            while (block := dec.next_block()) is not None:
+                blocks.append(block)
+        assert blocks == [
+            SectionHeader(True, 1, 0, 4096, "be-app"),
+            InterfaceDescription(1, 128, "be0", tsresol=10**6),
+            EnhancedPacket(0, 1 << 32 | 2, 3, 70, b"xyz", 3, ("c",)),
+            InterfaceStatistics(0, 9, start_time=1 << 32 | 2, received=10, kernel_dropped=5,
+                                pcapd_dropped=4),
+            NameResolution((("10.0.0.1", ("a",)),)),
+            SimplePacket(200, b"abcdefgh"),
+            UnknownBlock(0x0BAD, b"body"),
+            SectionHeader(False, 1, 0, -1),
+            InterfaceDescription(101, 9, tsresol=10**9),
+            EnhancedPacket(0, 5, 2, 2, b"ok"),
+        ]  # fmt: skip
+        assert dec.interfaces == [InterfaceDescription(101, 9, tsresol=10**9)]
+
+
+def test_new_section_forgets_old_interfaces() -> None:
+    stream = SHB_LE + IDB_LE + IDB_LE + SHB_LE + IDB_LE + _epb(interface_id=1)
+    with pytest.raises(PcapngFormatError, match="interface 1"):
+        decode_all([stream])
+
+
+@pytest.mark.parametrize(
+    ("option", "tsresol"),
+    [(b"", 10**6), (b"\x09\0\x01\0\x06\0\0\0", 10**6), (b"\x09\0\x01\0\x09\0\0\0", 10**9),
+     (b"\x09\0\x01\0\x00\0\0\0", 1), (b"\x09\0\x01\0\x8a\0\0\0", 1024)],
+)  # fmt: skip
+def test_tsresol(option: bytes, tsresol: int) -> None:
+    idb = _le_block(IDB, _IDB_FIXED + option)
+    epb = encode_enhanced_packet(interface_id=0, timestamp=3 * tsresol + tsresol // 2, data=b"")
+    dec = PcapngDecoder()
+    dec.receive_data(SHB_LE + idb + epb)
+    blocks = [dec.next_block() for _ in range(3)]
+    assert dec.interfaces[0].tsresol == tsresol
+    assert isinstance(blocks[2], EnhancedPacket)
+    assert dec.timestamp_ns(blocks[2]) == ticks_to_ns(blocks[2].timestamp, tsresol)
+    assert dec.timestamp_ns(blocks[2]) == 3_000_000_000 + (500_000_000 if tsresol > 1 else 0)
+    with pytest.raises(ValueError):
+        dec.timestamp_ns(EnhancedPacket(1, 0, 0, 0, b""))
+
+
+def test_options_without_end_of_options_unknown_and_lenient_strings() -> None:
+    options = (
+        b"\x02\0\x05\0eth0\0\0\0\0"  # NUL-terminated, as some writers do
+        + b"\x03\0\x02\0\xff\xfe\0\0"  # not UTF-8
+        + b"\x63\0\x01\0\x01\0\0\0"  # unknown code
+        + b"\xad\x0b\x04\0abcd"  # custom option 2989
+        + b"\x0b\0\x03\0\x01\x02\x03\0"  # BPF byte code filter: not a string
+    )
+    (_, idb) = decode_all([SHB_LE + _le_block(IDB, _IDB_FIXED + options)])
+    assert idb == InterfaceDescription(1, 0, "eth0", "\ufffd\ufffd", filter=None)
+
+
+@pytest.mark.parametrize(
+    "text", ["pcapd-dropped: x", "pcapd-dropped: " + "9" * 21, f"pcapd-dropped: {2**64}", "a"]
+)
+def test_other_isb_comments_stay_comments(text: str) -> None:
+    isb = encode_interface_statistics(interface_id=0, timestamp=0, comment=text, pcapd_dropped=1)
+    (*_, block) = decode_all([SHB_LE + IDB_LE + isb])
+    assert block == InterfaceStatistics(0, 0, pcapd_dropped=1, comments=(text,))
+
+
+def test_simple_packet_is_cut_to_interface_zero_snaplen() -> None:
+    idb = encode_interface_description(link_type=1, snaplen=5)
+    spb = _le_block(SPB, struct.pack("<I", 7) + b"abcdefg\0")
+    (*_, block) = decode_all([SHB_LE + idb + spb])
+    assert block == SimplePacket(7, b"abcde")
+
+
+def test_buffer_stays_bounded_and_offsets_hold_across_compaction() -> None:
+    packet = encode_enhanced_packet(interface_id=0, timestamp=1, data=bytes(1000))
+    stream = SHB_LE + IDB_LE + packet * 3000
+    dec = PcapngDecoder()
+    count = 0
+    largest = 0
+    for chunk in chunked(stream, [65536 + 13]):
+        dec.receive_data(chunk)
+        while (raw := dec.next_raw()) is not None:
+            count += 1
+            if count > 2:
+                assert raw.offset == len(SHB_LE + IDB_LE) + (count - 3) * len(packet)
+        largest = max(largest, len(dec._buf))
+    assert count == 3002
+    assert largest < 2 * (65536 + 13) + len(packet)
+    assert dec.offset == len(stream)
