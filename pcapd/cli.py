@@ -169,9 +169,18 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    issue = {"local": 3, "cf": 4, "bosh": 4}[args.target]
-    raise NotImplementedYetError(f"pcapd capture {args.target} is not implemented yet "
-                                 f"(issue #{issue})")
+    if args.target != "local":
+        raise NotImplementedYetError(f"pcapd capture {args.target} is not implemented yet "
+                                     "(issue #4)")
+    if args.upload:
+        raise NotImplementedYetError("--upload is not implemented yet (issue #5)")
+    import trio
+
+    from pcapd.client.local import capture_local, local_plan
+
+    with local_plan(args) as plan:
+        end = trio.run(capture_local, plan)
+    return EXIT_OK if end.reason != "failed" else EXIT_FAILED
 
 
 def _captures(args: argparse.Namespace) -> int:

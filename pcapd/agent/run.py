@@ -1,0 +1,196 @@
+"""One capture on an agent: libpcap → bounded queue → the api's link, until told to stop.
+
+Theory of operation. Three tasks share one nursery: the *reader* takes batches from libpcap and
+offers them to the queue (the drop gate keeps the agent's memory bounded when the api reads too
+slowly, counting what it drops), the *sender* coalesces queued batches into binary messages with
+their watermark, and the *reporter* sends statistics once a second and a CONGESTED message when
+a drop episode starts. The link's own receiver waits for ``stop``. Stopping is always the same
+path — the reader is cancelled (it loses nothing: libpcap keeps unread packets in the ring), the
+ring is drained, the queue flushed, then the interface statistics block, final statistics and
+``end`` — so the api's file ends complete whether the user stopped, a limit hit, or the agent
+drains. Only a vanished api skips the farewell: there is nobody left to tell.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from pcapd.agent.capture import Batch, Capture, CaptureStats
+from pcapd.flow import DropGate
+from pcapd.pcapng import encode_interface_description, encode_interface_statistics, split_packets
+from pcapd.proto import Counters, Data, End, Notice, SourceStatistics, Start, Statistics, Stop
+from pcapd.proto.messages import EndReason, SourceState
+from pcapd.transport.queue import PacketQueue
+from pcapd.transport.ws import Link, LinkClosed
+
+log = logging.getLogger(__name__)
+
+READ_WAIT = 0.2
+"""Seconds a read waits before returning empty: the heartbeat period of an idle source."""
+STATS_PERIOD = 1.0
+MAX_PAYLOAD = 1024 * 1024
+"""Bytes per binary message: large enough to amortise framing, far below the 8 MiB limit."""
+FLUSH_TIMEOUT = 10.0
+"""Seconds the farewell (tail, statistics, end) may take before the link is given up."""
+
+
+@dataclass
+class RunCounters:
+    """What this capture saw and did with it."""
+
+    packets: int = 0
+    bytes: int = 0
+    sent: int = 0
+    kernel: CaptureStats = field(default_factory=lambda: CaptureStats(0, 0, 0))
+
+
+@dataclass
+class CaptureRun:
+    """A running capture; :class:`~pcapd.agent.server.Agent` keeps these to stop them."""
+
+    capture_id: str
+    start: Start
+    name: str
+    description: str
+    started_ns: int = field(default_factory=time.time_ns)
+    counters: RunCounters = field(default_factory=RunCounters)
+    end_reason: EndReason = "stopped"
+    end_text: str = ""
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+    farewell_sent: bool = False
+
+    def request_stop(self, reason: EndReason, text: str = "") -> None:
+        """Stop gracefully (first caller's reason wins)."""
+        if not self.stop_requested.is_set():
+            self.end_reason, self.end_text = reason, text
+            self.stop_requested.set()
+
+    async def run(self, link: Link, capture: Capture, gate: DropGate) -> None:
+        """Stream until stopped; then the farewell. Returns when ``end`` was sent."""
+        queue = PacketQueue(gate)
+        idb = encode_interface_description(
+            link_type=capture.link_type, snaplen=capture.snaplen, name=self.name,
+            description=self.description, tsresol=9, filter=self.start.options.filter or None)
+        queue.put_unbounded(idb)
+        limits = self.start.limits
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send, link, queue)
+            nursery.start_soon(self._report, link, capture, gate)
+            nursery.start_soon(self._listen, link)
+            if limits.max_duration is not None:
+                nursery.start_soon(self._stop_after, limits.max_duration)
+            with trio.CancelScope() as reading:
+                nursery.start_soon(self._wait_stop, reading)
+                await self._read(capture, queue)
+            tail = await capture.drain()
+            self._offer(queue, tail)
+            self.counters.kernel = capture.stats()
+            isb = self._statistics_block(gate)
+            queue.put_unbounded(isb)
+            queue.close()
+            with trio.move_on_after(FLUSH_TIMEOUT) as flush:
+                await queue.wait_empty()
+                await self._farewell(link, gate)
+            if flush.cancelled_caught:
+                log.warning("capture %s: the api did not take the tail within %ss",
+                            self.capture_id, FLUSH_TIMEOUT)
+            nursery.cancel_scope.cancel()
+
+    async def _wait_stop(self, reading: trio.CancelScope) -> None:
+        await self.stop_requested.wait()
+        reading.cancel()
+
+    async def _stop_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.request_stop("limit", f"max_duration of {seconds:g}s reached")
+
+    async def _read(self, capture: Capture, queue: PacketQueue) -> None:
+        limits = self.start.limits
+        while True:
+            batch = await capture.read_batch(max_packets=4096, max_wait=READ_WAIT)
+            self._offer(queue, batch)
+            c = self.counters
+            if limits.max_packets is not None and c.packets >= limits.max_packets:
+                self.request_stop("limit", f"max_packets of {limits.max_packets} reached")
+            if limits.max_bytes is not None and c.bytes >= limits.max_bytes:
+                self.request_stop("limit", f"max_bytes of {limits.max_bytes} reached")
+
+    def _offer(self, queue: PacketQueue, batch: Batch) -> None:
+        self.counters.packets += batch.packets
+        self.counters.bytes += batch.captured_bytes
+        if batch.packets == 0:
+            queue.offer([], batch.watermark)
+            return
+        admit = queue.gate.admit(queue.depth, batch.packets)  # decided once, for the batch
+        if admit == batch.packets:
+            queue.put_unbounded(batch.blocks, batch.packets, batch.watermark)
+        elif admit:
+            blocks = split_packets(batch.blocks).blocks[:admit]
+            queue.put_unbounded(b"".join(blocks), admit, batch.watermark)
+        else:
+            queue.offer([], batch.watermark)
+
+    async def _send(self, link: Link, queue: PacketQueue) -> None:
+        while (chunk := await queue.take(MAX_PAYLOAD)) is not None:
+            await link.send(Data(watermark=chunk.watermark, payload=chunk.payload))
+            self.counters.sent += chunk.packets
+
+    async def _listen(self, link: Link) -> None:
+        """The api's side of the link: ``stop`` (or nothing) until the end."""
+        while True:
+            try:
+                msg = await link.receive()
+            except LinkClosed:
+                if self.farewell_sent:
+                    return
+                raise
+            if isinstance(msg, Stop):
+                reason: EndReason = "drained" if msg.reason == "drained" else "stopped"
+                self.request_stop(reason, f"stopped by the api ({msg.reason})")
+
+    async def _report(self, link: Link, capture: Capture, gate: DropGate) -> None:
+        episodes = 0
+        while True:
+            await trio.sleep(STATS_PERIOD)
+            self.counters.kernel = capture.stats()
+            stats = gate.statistics()
+            if stats.episodes > episodes:
+                episodes = stats.episodes
+                await link.send(Notice(
+                    code="CONGESTED", party="agent", count=stats.dropped, origin=self.name,
+                    source=0, text=f"{self.name}: the api reads too slowly; the agent dropped "
+                                   f"{stats.dropped} packets so far"))
+            await link.send(Statistics(sources=[self._source_statistics(gate, "capturing")]))
+
+    def _counters(self, gate: DropGate) -> Counters:
+        c, k = self.counters, self.counters.kernel
+        return Counters(packets=c.packets, bytes=c.bytes, kernel_received=k.received,
+                        kernel_dropped=k.kernel_dropped, interface_dropped=k.interface_dropped,
+                        agent_dropped=gate.statistics().dropped, written=c.sent)
+
+    def _source_statistics(self, gate: DropGate, state: SourceState) -> SourceStatistics:
+        return SourceStatistics(source=0, state=state,
+                                **msgspec.structs.asdict(self._counters(gate)))
+
+    def _statistics_block(self, gate: DropGate) -> bytes:
+        c, k = self.counters, self.counters.kernel
+        now = time.time_ns()
+        return encode_interface_statistics(
+            interface_id=0, timestamp=now, start_time=self.started_ns, end_time=now,
+            received=k.received, kernel_dropped=k.kernel_dropped,
+            interface_dropped=k.interface_dropped, delivered=c.packets - gate.statistics().dropped,
+            pcapd_dropped=gate.statistics().dropped)
+
+    async def _farewell(self, link: Link, gate: DropGate) -> None:
+        self.counters.sent = self.counters.packets - gate.statistics().dropped
+        await link.send(Statistics(sources=[self._source_statistics(gate, "stopped")],
+                                   final=True))
+        self.farewell_sent = True
+        await link.send(End(reason=self.end_reason, text=self.end_text,
+                            totals=self._counters(gate)))
+

@@ -1,0 +1,189 @@
+"""The agent role: a mutual-TLS WebSocket server that runs captures for the api.
+
+Each connection is one link (``hello``, then ``status`` requests or one ``start``). Requests are
+checked here, before libpcap sees them: the concurrency limit, the snaplen limit, and the
+namespace — ``host`` or an instance guid that must name a file in ``containers.netns_dir``. The
+agent's own link to the api is left out of host captures, or a capture of the interface
+carrying it would capture itself capturing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+from trio_websocket import Endpoint, WebSocketConnection
+
+from pcapd.agent.capture import (
+    CaptureError,
+    CaptureFailed,
+    InvalidDevice,
+    InvalidFilter,
+    InvalidSnaplen,
+    open_capture,
+)
+from pcapd.agent.capture import (
+    Link as TcpLink,
+)
+from pcapd.agent.netns import NamespaceError, resolve_container_netns
+from pcapd.agent.run import CaptureRun
+from pcapd.config import AgentConfig
+from pcapd.flow import DropGate
+from pcapd.proto import (
+    MIN_COMPATIBLE_VERSION,
+    PROTOCOL_VERSION,
+    SOFTWARE,
+    AgentTarget,
+    Code,
+    Error,
+    Hello,
+    ResponderSession,
+    Source,
+    Start,
+    Started,
+    Status,
+    StatusReply,
+)
+from pcapd.transport.tls import server_context
+from pcapd.transport.ws import Link, LinkClosed, serve_websocket
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_TIMEOUT = 10.0
+
+
+class Refusal(Exception):
+    """A start request the agent will not run; becomes an ``error`` message."""
+
+    def __init__(self, code: Code, text: str) -> None:
+        super().__init__(text)
+        self.code: Code = code
+        self.text = text
+
+
+class Agent:
+    """The captures of one agent process, and the rules for starting more."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.runs: dict[str, CaptureRun] = {}
+        self.draining = False
+
+    def status(self) -> StatusReply:
+        return StatusReply(healthy=True, draining=self.draining, software=SOFTWARE,
+                           protocol=PROTOCOL_VERSION, min_protocol=MIN_COMPATIBLE_VERSION,
+                           server_id=self.config.id, captures=len(self.runs),
+                           capture_ids=sorted(self.runs)[:1024])
+
+    def stop_all(self, reason: str = "drained") -> None:
+        """Ask every running capture to stop gracefully (drain)."""
+        self.draining = True
+        for run in self.runs.values():
+            run.request_stop("drained", f"agent {self.config.id} is shutting down")
+
+    async def handle(self, ws: WebSocketConnection, peer: str) -> None:
+        """One link from the api, from ``hello`` to close."""
+        link = Link(ws, ResponderSession("agent"), peer)
+        try:
+            hello = await link.receive()
+            assert isinstance(hello, Hello)  # the session refuses anything else first
+            await link.send(link.session.make_welcome(self.config.id))  # type: ignore[union-attr]
+            while True:
+                msg = await link.receive()
+                if isinstance(msg, Status):
+                    await link.send(self.status())
+                elif isinstance(msg, Start):
+                    await self._capture(link, msg)
+                    return
+                elif isinstance(msg, Error):
+                    return
+        except LinkClosed as exc:
+            log.info("link from %s closed: %s", peer, exc)
+
+    async def _capture(self, link: Link, start: Start) -> None:
+        target = start.target
+        assert isinstance(target, AgentTarget) and start.capture_id is not None  # session checks
+        try:
+            netns = self._admit(start, target)
+        except Refusal as refusal:
+            await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
+            return
+        device = start.options.device
+        name = f"{target.source}:{device}"
+        description = target.namespace if netns is not None else self.config.id
+        exclude = [] if netns is not None else _own_link(link.ws)
+        run = CaptureRun(start.capture_id, start, name, description)
+        self.runs[start.capture_id] = run  # reserved before the await: counts toward the limit
+        try:
+            try:
+                capture_cm = open_capture(device, filter=start.options.filter,
+                                          snaplen=start.options.snaplen, netns=netns,
+                                          exclude=exclude)
+                async with capture_cm as capture:
+                    log.info("capture %s started: %s filter=%r for %s", start.capture_id, name,
+                             start.options.filter, link.peer)
+                    await link.send(Started(capture_id=start.capture_id, sources=[
+                        Source(id=0, name=name, description=description)]))
+                    buf = self.config.buffer
+                    gate = DropGate(buf.size, buf.upper_limit, buf.lower_limit)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+                        await run.run(link, capture, gate)
+                        nursery.cancel_scope.cancel()
+            except (InvalidFilter, InvalidDevice, InvalidSnaplen) as exc:
+                await link.send(Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
+                                      origin=self.config.id))
+                return
+            except (CaptureFailed, CaptureError) as exc:
+                await link.send(Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
+                                      origin=self.config.id))
+                return
+        finally:
+            del self.runs[start.capture_id]
+        c = run.counters
+        log.info("capture %s ended (%s): %d packets, %d sent, kernel dropped %d", run.capture_id,
+                 run.end_reason, c.packets, c.sent, c.kernel.kernel_dropped)
+
+    def _admit(self, start: Start, target: AgentTarget) -> Path | None:
+        """The namespace to capture in, or a :class:`Refusal` saying why not."""
+        limits = self.config.limits
+        if self.draining:
+            raise Refusal("START_CAPTURE_FAILED", f"agent {self.config.id} is shutting down")
+        if len(self.runs) >= limits.concurrent_captures:
+            raise Refusal("LIMIT_REACHED", f"agent {self.config.id} already runs "
+                          f"{len(self.runs)} captures (limits.concurrent_captures)")
+        if start.capture_id in self.runs:
+            raise Refusal("INVALID_REQUEST", f"capture {start.capture_id} is already running")
+        if start.options.snaplen > limits.max_snaplen:
+            raise Refusal("INVALID_REQUEST", f"snaplen {start.options.snaplen} is above this "
+                          f"agent's maximum of {limits.max_snaplen} (limits.max_snaplen)")
+        if target.namespace == "host":
+            return None
+        netns_dir = self.config.containers.netns_dir
+        if netns_dir is None:
+            raise Refusal("INVALID_REQUEST", f"agent {self.config.id} hosts no containers "
+                          f"(containers.netns_dir is not set): cannot capture {target.namespace}")
+        try:
+            return resolve_container_netns(Path(netns_dir), target.namespace)
+        except NamespaceError as exc:
+            raise Refusal("INSTANCE_UNAVAILABLE", f"{self.config.id}: {exc}") from None
+
+
+def _own_link(ws: WebSocketConnection) -> list[TcpLink]:
+    local, remote = ws.local, ws.remote
+    if isinstance(local, Endpoint) and isinstance(remote, Endpoint):
+        return [(str(local.address), local.port, str(remote.address), remote.port)]
+    return []
+
+
+async def serve_agent(config: AgentConfig, agent: Agent | None = None, *,
+                      task_status: trio.TaskStatus[list[trio.SocketListener]]
+                      = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the agent until cancelled; reports the listeners (for the bound port)."""
+    tls = config.tls
+    ctx = server_context(tls.certificate, tls.private_key, client_ca=tls.client_ca, what="tls")
+    agent = agent or Agent(config)
+    await serve_websocket(agent.handle, config.listen.address, config.listen.port, ctx,
+                          task_status=task_status)

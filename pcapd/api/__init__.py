@@ -1,0 +1,1 @@
+"""The api role: authenticate, authorize, fan out to agents, merge, stream or store."""

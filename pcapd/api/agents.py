@@ -1,0 +1,165 @@
+"""The api's link to one agent: connect over mutual TLS, start, and turn the stream into events.
+
+The agent's stream is pcapng blocks of one interface (id 0): its Interface Description Block
+first, Enhanced Packet Blocks with watermarks, an Interface Statistics Block at the end. This
+module splits payloads into those kinds and hands packets on with their timestamps; the merge
+and the interface-id rewrite happen in :mod:`pcapd.api.capture`.
+"""
+
+from __future__ import annotations
+
+import ssl
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from pcapd.errors import PcapngFormatError
+from pcapd.pcapng import IDB, ISB, split_packets
+from pcapd.proto import (
+    AgentTarget,
+    CaptureLimits,
+    CaptureOptions,
+    Data,
+    End,
+    Error,
+    InitiatorSession,
+    Message,
+    Start,
+    Started,
+    Welcome,
+)
+from pcapd.transport.ws import Link, LinkClosed, open_websocket
+
+_HEAD = struct.Struct("<II")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentJob:
+    """One capture the api asks of one agent."""
+
+    host: str
+    port: int
+    target: AgentTarget
+    origin: str
+    """How users know this source: ``my-app/2``, ``router/d55b…``, ``a`` (local netns)."""
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPayload:
+    """One binary message from an agent, split by block kind."""
+
+    interfaces: list[bytes]
+    """Whole IDBs, forwarded unchanged: they carry no interface id."""
+    packets: list[bytes]
+    timestamps: list[int]
+    statistics: list[bytes]
+    watermark: int
+
+
+class AgentRefused(Exception):
+    """The agent answered the start with an ``error`` (or ``end`` before ``started``)."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def split_payload(payload: bytes | memoryview, watermark: int) -> AgentPayload:
+    """Sort an agent payload into IDBs, EPBs (with timestamps) and ISBs.
+
+    IDBs can only lead a payload and ISBs only end one (the agent sends them first and last),
+    so they are peeled off the edges and the middle is split as EPBs in one pass. Anything else
+    is a protocol fault of the agent: :class:`PcapngFormatError`.
+    """
+    data = bytes(payload)
+    interfaces: list[bytes] = []
+    start = 0
+    while len(data) - start >= 12 and _HEAD.unpack_from(data, start)[0] == IDB:
+        length = _block_length(data, start)
+        interfaces.append(data[start:start + length])
+        start += length
+    tail = _trailing_statistics(data, start)
+    end = tail[0][0] if tail else len(data)
+    statistics = [data[offset:offset + length] for offset, length in tail]
+    if start == end:
+        return AgentPayload(interfaces, [], [], statistics, watermark)
+    batch = split_packets(data[start:end], start)
+    return AgentPayload(interfaces, batch.blocks, batch.timestamps, statistics, watermark)
+
+
+def _block_length(data: bytes, offset: int) -> int:
+    length = int(_HEAD.unpack_from(data, offset)[1])
+    if length < 12 or length & 3 or offset + length > len(data):
+        raise PcapngFormatError(f"bad block length {length} in an agent payload", offset)
+    return length
+
+
+def _trailing_statistics(data: bytes, start: int) -> list[tuple[int, int]]:
+    """(offset, length) of the ISBs that end a payload: found by walking back from the end."""
+    found: list[tuple[int, int]] = []
+    end = len(data)
+    while end - start >= 12:
+        length = struct.unpack_from("<I", data, end - 4)[0]
+        offset = end - length
+        if length < 12 or offset < start or _HEAD.unpack_from(data, offset) != (ISB, length):
+            break
+        found.insert(0, (offset, length))
+        end = offset
+    return found
+
+
+class AgentLink:
+    """A started capture on one agent."""
+
+    def __init__(self, job: AgentJob, link: Link, started: Started) -> None:
+        self.job = job
+        self.link = link
+        self.started = started
+
+    async def receive(self) -> Message | AgentPayload:
+        msg = await self.link.receive()
+        if isinstance(msg, Data):
+            return split_payload(msg.payload, msg.watermark)
+        return msg
+
+
+@asynccontextmanager
+async def open_agent_capture(job: AgentJob, *, capture_id: str, options: CaptureOptions,
+                             limits: CaptureLimits, ssl_context: ssl.SSLContext | None,
+                             server_name: str, connect_timeout: float
+                             ) -> AsyncIterator[AgentLink]:
+    """Connect, shake hands and start the capture on one agent; yield once it has started.
+
+    Raises :class:`LinkClosed` when the agent cannot be reached or the link breaks, and
+    :class:`AgentRefused` when it answers the start with an ``error``.
+    """
+    async with open_websocket(job.host, job.port, ssl_context=ssl_context,
+                              server_hostname=server_name,
+                              connect_timeout=connect_timeout) as ws:
+        link = Link(ws, InitiatorSession("api"), f"agent {job.address}")
+        await link.send(link.session.make_hello())  # type: ignore[union-attr]
+        welcome = await link.receive()
+        if isinstance(welcome, Error):
+            raise AgentRefused(welcome.code, welcome.text)
+        assert isinstance(welcome, Welcome)
+        await link.send(Start(capture_id=capture_id, target=job.target, options=options,
+                              limits=limits))
+        while True:
+            msg = await link.receive()
+            if isinstance(msg, Started):
+                break
+            if isinstance(msg, Error):
+                raise AgentRefused(msg.code, msg.text)
+            if isinstance(msg, End):
+                raise AgentRefused("START_CAPTURE_FAILED", msg.text or "the agent ended at once")
+        yield AgentLink(job, link, msg)
+
+
+__all__ = ["AgentJob", "AgentLink", "AgentPayload", "AgentRefused", "LinkClosed",
+           "open_agent_capture", "split_payload"]

@@ -1,0 +1,484 @@
+"""One capture on the api: fan out to the agents, merge their streams, feed one output.
+
+Theory of operation. Every source (agent × namespace × device) gets a task that connects over
+mutual TLS, starts the agent's capture and pushes what arrives into the live merge. The api
+waits until each source has either sent its Interface Description Block or failed (bounded by
+``START_TIMEOUT``), then fixes the output's interface ids in request order, writes the Section
+Header and every IDB, and tells the user which sources run and which are unavailable — so the
+ids the user sees are the pcapng interface ids. From then on a *writer* task pops the merge
+whenever data arrives or the merge asks for a wake-up, and offers the packets to a bounded queue
+(drop-and-count when the user reads too slowly); a *sender* task drains the queue to the output.
+Stopping (user, limit, drain, every source gone) sends ``stop`` to each agent, waits for each
+one's tail and ``end``, flushes the merge, writes one Interface Statistics Block per source with
+the counts of every party, and ends. A source that fails mid-way is reported and the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+import trio
+
+from pcapd import __version__
+from pcapd.api.agents import AgentJob, AgentLink, AgentPayload, AgentRefused, open_agent_capture
+from pcapd.config import ApiConfig
+from pcapd.errors import PcapngFormatError
+from pcapd.flow import DropGate
+from pcapd.merge import Merge
+from pcapd.pcapng import encode_interface_statistics, encode_section_header, with_interface_id
+from pcapd.proto import (
+    CaptureLimits,
+    Code,
+    Counters,
+    End,
+    Notice,
+    Source,
+    SourceStatistics,
+    Start,
+    Started,
+    Statistics,
+    Stop,
+)
+from pcapd.proto.messages import EndReason, SourceState, StopReason
+from pcapd.transport.queue import PacketQueue
+from pcapd.transport.ws import LinkClosed
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 15.0
+"""Seconds for every agent to connect and start before the capture goes on without it."""
+STOP_TIMEOUT = 15.0
+"""Seconds each agent gets to send its tail and ``end`` after ``stop``."""
+STATS_PERIOD = 1.0
+MAX_PAYLOAD = 1024 * 1024
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_TIMEOUT = 10.0
+AGENT_DURATION_MARGIN = 30.0
+"""Agents stop by themselves this long after the api's duration: a safety net, never the rule."""
+_IFACE = struct.Struct("<I")
+
+
+class Output(Protocol):
+    """Where a capture goes: the user's link (streaming) or a store (upload)."""
+
+    async def send_data(self, payload: bytes) -> None: ...
+    async def send_message(self, msg: Started | Notice | Statistics) -> None: ...
+
+
+class CaptureFailed(Exception):
+    """No source could be started; ``code`` and ``text`` are for the user."""
+
+    def __init__(self, code: Code, text: str) -> None:
+        super().__init__(text)
+        self.code: Code = code
+        self.text = text
+
+
+@dataclass
+class SourceRun:
+    """One source of the capture, as the api sees it."""
+
+    index: int
+    job: AgentJob
+    id: int = -1
+    """Output interface id, fixed when the headers are written; -1 before."""
+    name: str = ""
+    description: str = ""
+    state: SourceState = "starting"
+    idb: bytes | None = None
+    failure: tuple[Code, str] | None = None
+    agent: AgentLink | None = None
+    merge_id: int | None = None
+    pending: list[AgentPayload] = field(default_factory=list)
+    counters: Counters = field(default_factory=Counters)
+    api_dropped: int = 0
+    written: int = 0
+    end: End | None = None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def statistics(self) -> SourceStatistics:
+        c = msgspec.structs.replace(self.counters, api_dropped=self.api_dropped,
+                                    written=self.written)
+        return SourceStatistics(source=max(self.id, 0), state=self.state,
+                                **msgspec.structs.asdict(c))
+
+
+class ApiCapture:
+    """Runs one capture to its end; :meth:`request_stop` ends it gracefully."""
+
+    def __init__(self, config: ApiConfig, capture_id: str, start: Start, jobs: list[AgentJob],
+                 output: Output, agent_tls: ssl.SSLContext | None) -> None:
+        self.config = config
+        self.capture_id = capture_id
+        self.start = start
+        self.output = output
+        self.agent_tls = agent_tls
+        self.sources = [SourceRun(i, job) for i, job in enumerate(jobs)]
+        self.merge = Merge(lateness=config.merge.lateness,
+                           max_buffered=max(10 * config.buffer.size, 10_000))
+        buf = config.buffer
+        self.queue = PacketQueue(DropGate(buf.size, buf.upper_limit, buf.lower_limit))
+        self.started_ns = time.time_ns()
+        self.end_reason: EndReason = "stopped"
+        self.end_text = ""
+        self.end_limit: str | None = None
+        self._stop = trio.Event()
+        self._settled = trio.Event()
+        self._data = trio.Event()
+        self._closing = False
+        self._congestion_episodes = 0
+        self._limits = self._effective_limits()
+        self._written_packets = 0
+        self._written_bytes = 0
+
+    # --- control ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: EndReason, text: str = "", limit: str | None = None) -> None:
+        """Stop gracefully; the first reason given is the one the user sees."""
+        if not self._stop.is_set():
+            self.end_reason, self.end_text, self.end_limit = reason, text, limit
+            self._stop.set()
+
+    def _effective_limits(self) -> dict[str, tuple[float, bool]]:
+        """Each limit as (value, is_policy): the request may ask for less, never more."""
+        asked, policy = self.start.limits, self.config.limits
+        limits: dict[str, tuple[float, bool]] = {}
+        for name, mine, cap in (("max_duration", asked.max_duration, policy.max_duration),
+                                ("max_packets", asked.max_packets, policy.max_packets),
+                                ("max_bytes", asked.max_bytes, policy.max_bytes)):
+            if cap is not None and (mine is None or mine > cap):
+                limits[name] = (cap, True)
+            elif mine is not None:
+                limits[name] = (mine, False)
+        return limits
+
+    # --- the whole capture -----------------------------------------------------------------
+
+    async def run(self) -> End:
+        """Start every source, stream until stopped, end. Raises :class:`CaptureFailed`."""
+        async with trio.open_nursery() as agents:
+            for source in self.sources:
+                agents.start_soon(self._source_task, source)
+            with trio.move_on_after(START_TIMEOUT):
+                await self._settled.wait()
+            for source in self.sources:
+                if source.idb is None and source.failure is None:
+                    source.failure = ("INSTANCE_UNAVAILABLE",
+                                      f"{source.job.origin}: did not start within "
+                                      f"{START_TIMEOUT:g}s")
+                    source.scope.cancel()
+            ready = [s for s in self.sources if s.idb is not None and s.failure is None]
+            if not ready:
+                agents.cancel_scope.cancel()
+                reasons = "; ".join(s.failure[1] for s in self.sources if s.failure)
+                codes = {s.failure[0] for s in self.sources if s.failure}
+                code: Code = codes.pop() if len(codes) == 1 else "START_CAPTURE_FAILED"
+                if code in ("INSTANCE_UNAVAILABLE", "CONNECTION_ERROR"):
+                    code = "START_CAPTURE_FAILED"
+                raise CaptureFailed(code, f"no source could be captured: {reasons}")
+            await self._begin(ready)
+            async with trio.open_nursery() as io:
+                io.start_soon(self._writer)
+                sender_done = trio.Event()
+                io.start_soon(self._sender, sender_done)
+                io.start_soon(self._reporter)
+                if "max_duration" in self._limits:
+                    io.start_soon(self._duration_timer, *self._limits["max_duration"])
+                await self._stop.wait()
+                await self._stop_sources()
+                self._closing = True
+                self._wake()
+                await sender_done.wait()
+                io.cancel_scope.cancel()
+            agents.cancel_scope.cancel()
+        return await self._finish()
+
+    async def _begin(self, ready: list[SourceRun]) -> None:
+        for new_id, source in enumerate(ready):
+            source.id = new_id
+            source.merge_id = self.merge.add_source(trio.current_time())
+        await self.output.send_message(Started(capture_id=self.capture_id, sources=[
+            Source(id=s.id, name=s.name, description=s.description) for s in ready]))
+        header = encode_section_header(user_application=f"pcapd {__version__}")
+        self.queue.put_unbounded(b"".join([header, *(s.idb or b"" for s in ready)]))
+        for source in self.sources:
+            if source.failure is not None:
+                await self._notify(source.failure[0], source.failure[1], source)
+        for source in ready:
+            for payload in source.pending:
+                self._push(source, payload)
+            source.pending.clear()
+        self._wake()
+
+    async def _duration_timer(self, seconds: float, policy: bool) -> None:
+        await trio.sleep(seconds)
+        if policy:
+            await self._notify("LIMIT_REACHED", f"the api's limit of {seconds:g}s per capture "
+                               "was reached (limits.max_duration)", limit="max_duration")
+            self.request_stop("limit", f"max_duration {seconds:g}s reached", "max_duration")
+        else:
+            self.request_stop("completed", f"{seconds:g}s captured")
+
+    # --- sources ---------------------------------------------------------------------------
+
+    async def _source_task(self, source: SourceRun) -> None:
+        job = source.job
+        limits = CaptureLimits(max_duration=(self._limits["max_duration"][0]
+                                             + AGENT_DURATION_MARGIN)
+                               if "max_duration" in self._limits else None)
+        try:
+            with source.scope:
+                async with open_agent_capture(
+                        job, capture_id=self.capture_id, options=self.start.options,
+                        limits=limits, ssl_context=self.agent_tls,
+                        server_name=self.config.agents.server_name,
+                        connect_timeout=START_TIMEOUT) as agent:
+                    source.agent = agent
+                    announced = agent.started.sources[0]
+                    source.name, source.description = announced.name, announced.description
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(agent.link.keepalive, KEEPALIVE_INTERVAL,
+                                           KEEPALIVE_TIMEOUT)
+                        await self._receive(source, agent)
+                        nursery.cancel_scope.cancel()
+        except AgentRefused as exc:
+            source.failure = (exc.code if exc.code in _CODES else "START_CAPTURE_FAILED",
+                              exc.text)  # type: ignore[assignment]
+        except (LinkClosed, PcapngFormatError) as exc:
+            what = "lost" if source.idb is not None else "unavailable"
+            source.failure = ("INSTANCE_UNAVAILABLE", f"{job.origin} ({job.address}) {what}: "
+                                                      f"{exc}")
+        finally:
+            await self._source_gone(source)
+
+    async def _receive(self, source: SourceRun, agent: AgentLink) -> None:
+        while True:
+            msg = await agent.receive()
+            if isinstance(msg, AgentPayload):
+                if msg.interfaces and source.idb is None:
+                    source.idb = msg.interfaces[0]
+                    source.state = "capturing"
+                    self._check_settled()
+                if source.id < 0:
+                    source.pending.append(msg)
+                else:
+                    self._push(source, msg)
+            elif isinstance(msg, Statistics):
+                if msg.sources:
+                    fields = msgspec.structs.asdict(msg.sources[0])
+                    del fields["source"], fields["state"]
+                    source.counters = Counters(**fields)
+            elif isinstance(msg, Notice):
+                await self._notify(msg.code, msg.text, source, party=msg.party,
+                                   count=msg.count)
+            elif isinstance(msg, End):
+                source.end = msg
+                fields = msgspec.structs.asdict(msg.totals)
+                source.counters = Counters(**fields)
+                return
+
+    async def _source_gone(self, source: SourceRun) -> None:
+        """Bookkeeping for a source that ended, failed or was cancelled."""
+        with trio.CancelScope(shield=True):
+            if source.merge_id is not None:
+                self.merge.remove_source(source.merge_id, trio.current_time())
+                source.merge_id = None
+            if source.end is not None:
+                source.state = "stopped"
+                if not self._stop.is_set():
+                    await self._notify("CAPTURE_STOPPED", f"{source.name}: the agent stopped "
+                                       f"the capture ({source.end.reason}"
+                                       f"{': ' + source.end.text if source.end.text else ''})",
+                                       source)
+            elif source.failure is not None and source.id >= 0:
+                source.state = "unavailable"
+                await self._notify(source.failure[0], source.failure[1], source)
+            elif source.id >= 0 and source.state != "stopped":
+                source.state = "unavailable"
+            source.done.set()
+            self._check_settled()
+            self._wake()
+            started = [s for s in self.sources if s.id >= 0]
+            if self._settled.is_set() and started and all(s.done.is_set() for s in started):
+                if any(s.end is not None for s in started):
+                    self.request_stop("completed", "every source ended")
+                else:
+                    self.request_stop("failed", "every source was lost")
+
+    def _check_settled(self) -> None:
+        if all(s.idb is not None or s.done.is_set() for s in self.sources):
+            self._settled.set()
+
+    def _push(self, source: SourceRun, payload: AgentPayload) -> None:
+        if source.merge_id is None:
+            return
+        now = trio.current_time()
+        blocks = payload.packets
+        if blocks:
+            if source.id != 0:
+                blocks = [with_interface_id(b, source.id) for b in blocks]
+            self.merge.push(source.merge_id, payload.timestamps, blocks, now)
+        if payload.watermark:
+            self.merge.advance(source.merge_id, payload.watermark, now)
+        self._wake()
+
+    async def _stop_sources(self) -> None:
+        """Ask every running agent to stop; wait (bounded) for their tails and ``end``."""
+        for source in self.sources:
+            if source.agent is not None and not source.done.is_set():
+                reason: StopReason = (
+                    "drained" if self.end_reason == "drained"
+                    else "limit" if self.end_reason in ("limit", "completed") else "requested")
+                try:
+                    await source.agent.link.send(Stop(reason=reason))
+                except LinkClosed:
+                    pass
+        with trio.move_on_after(STOP_TIMEOUT):
+            for source in self.sources:
+                await source.done.wait()
+        for source in self.sources:
+            if not source.done.is_set():
+                source.failure = ("INSTANCE_UNAVAILABLE", f"{source.name or source.job.origin}: "
+                                  f"no end within {STOP_TIMEOUT:g}s of stop")
+                source.scope.cancel()
+                await source.done.wait()
+
+    # --- output ----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._data.set()
+        self._data = trio.Event()
+
+    async def _writer(self) -> None:
+        """Pop the merge into the queue whenever data arrives or the merge asks to be woken."""
+        while True:
+            data = self._data
+            release = self.merge.pop(trio.current_time())
+            if release.blocks:
+                self._emit(release.blocks)
+            if self._closing:
+                self._emit(self.merge.flush())
+                self._write_statistics_blocks()
+                self.queue.close()
+                return
+            deadline = release.wakeup if release.wakeup is not None else math.inf
+            with trio.move_on_at(deadline):
+                await data.wait()
+
+    def _emit(self, blocks: list[bytes]) -> None:
+        if not blocks:
+            return
+        if self._stop.is_set() and self.end_reason in ("completed", "limit"):
+            return  # past a count or size limit: the file already holds what was asked
+        blocks = self._within_limits(blocks)
+        kept = self.queue.offer(blocks)
+        unpack = _IFACE.unpack_from
+        if kept:
+            ids = Counter(unpack(b, 8)[0] for b in blocks[:kept])
+            for iface, n in ids.items():
+                self.sources[self._index_of(iface)].written += n
+            self._written_packets += kept
+            self._written_bytes += sum(len(b) for b in blocks[:kept])
+        if kept < len(blocks):
+            for iface, n in Counter(unpack(b, 8)[0] for b in blocks[kept:]).items():
+                self.sources[self._index_of(iface)].api_dropped += n
+
+    def _index_of(self, interface_id: int) -> int:
+        for source in self.sources:
+            if source.id == interface_id:
+                return source.index
+        raise KeyError(interface_id)
+
+    def _within_limits(self, blocks: list[bytes]) -> list[bytes]:
+        """Cut ``blocks`` at the packet or byte limit, and stop the capture there."""
+        for name in ("max_packets", "max_bytes"):
+            if name not in self._limits:
+                continue
+            value, policy = self._limits[name]
+            if name == "max_packets":
+                room = int(value) - self._written_packets
+                reached = room <= len(blocks)
+            else:
+                room, size = 0, self._written_bytes
+                for block in blocks:
+                    if size + len(block) > value:
+                        break
+                    size += len(block)
+                    room += 1
+                reached = room < len(blocks) or size == value
+            if reached:
+                blocks = blocks[:max(room, 0)]
+                what = f"{int(value)} packets" if name == "max_packets" else f"{int(value)} bytes"
+                if policy:
+                    self.request_stop("limit", f"the api's limit of {what} reached "
+                                      f"(limits.{name})", name)
+                else:
+                    self.request_stop("completed", f"{what} captured")
+        return blocks
+
+    def _write_statistics_blocks(self) -> None:
+        now = time.time_ns()
+        for source in self.sources:
+            if source.id < 0:
+                continue
+            c = source.counters
+            self.queue.put_unbounded(encode_interface_statistics(
+                interface_id=source.id, timestamp=now, start_time=self.started_ns, end_time=now,
+                received=c.kernel_received, kernel_dropped=c.kernel_dropped,
+                interface_dropped=c.interface_dropped, delivered=source.written,
+                pcapd_dropped=c.agent_dropped + source.api_dropped))
+
+    async def _sender(self, done: trio.Event) -> None:
+        while (chunk := await self.queue.take(MAX_PAYLOAD)) is not None:
+            await self.output.send_data(chunk.payload)
+        done.set()
+
+    async def _reporter(self) -> None:
+        while True:
+            await trio.sleep(STATS_PERIOD)
+            gate = self.queue.gate.statistics()
+            if gate.episodes > self._congestion_episodes:
+                self._congestion_episodes = gate.episodes
+                await self._notify("CONGESTED", "the connection to you is too slow: the api "
+                                   f"dropped {gate.dropped} packets so far", party="api",
+                                   count=gate.dropped)
+            await self.output.send_message(self._statistics())
+
+    def _statistics(self, final: bool = False) -> Statistics:
+        return Statistics(sources=[s.statistics() for s in self.sources if s.id >= 0],
+                          final=final)
+
+    async def _notify(self, code: Code, text: str, source: SourceRun | None = None, *,
+                      party: str | None = None, count: int | None = None,
+                      limit: str | None = None) -> None:
+        origin = (source.name or source.job.origin) if source is not None else None
+        msg = Notice(code=code, text=text, origin=origin,
+                     source=source.id if source is not None and source.id >= 0 else None,
+                     party=party, count=count, limit=limit)  # type: ignore[arg-type]
+        if self._settled.is_set() or source is None:
+            await self.output.send_message(msg)
+
+    async def _finish(self) -> End:
+        await self.output.send_message(self._statistics(final=True))
+        totals = Counters()
+        for source in self.sources:
+            s = source.statistics()
+            totals = Counters(**{f: getattr(totals, f) + getattr(s, f)
+                                 for f in Counters.__struct_fields__})
+        totals = msgspec.structs.replace(totals, late=self.merge.statistics().reordered)
+        return End(reason=self.end_reason, text=self.end_text, limit=self.end_limit,
+                   totals=totals)
+
+
+_CODES = frozenset(("INSTANCE_UNAVAILABLE", "START_CAPTURE_FAILED", "INVALID_REQUEST",
+                    "CONGESTED", "LIMIT_REACHED", "CAPTURE_STOPPED", "CONNECTION_ERROR",
+                    "UNAUTHENTICATED", "PERMISSION_DENIED"))
