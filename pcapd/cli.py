@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pcapd import __version__
 from pcapd.errors import NotImplementedYetError, PcapdError, UsageError
+from pcapd.transport.groups import collapse
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -149,15 +150,31 @@ def _check_config(role: str, path: Path) -> int:
 def _run_agent(args: argparse.Namespace) -> int:
     if args.check:
         return _check_config("agent", args.config)
-    raise NotImplementedYetError("pcapd agent is not implemented yet (issue #3): "
-                                 "only 'pcapd agent --config FILE --check' works in this release")
+    import trio
+
+    from pcapd import logs
+    from pcapd.agent.main import run_agent
+    from pcapd.config import load_agent_config
+
+    config = load_agent_config(args.config)
+    logs.configure(config.log.level, config.log.format)
+    trio.run(run_agent, config)
+    return EXIT_OK
 
 
 def _run_api(args: argparse.Namespace) -> int:
     if args.check:
         return _check_config("api", args.config)
-    raise NotImplementedYetError("pcapd api is not implemented yet (issue #3): "
-                                 "only 'pcapd api --config FILE --check' works in this release")
+    import trio
+
+    from pcapd import logs
+    from pcapd.api.main import run_api
+    from pcapd.config import load_api_config
+
+    config = load_api_config(args.config)
+    logs.configure(config.log.level, config.log.format)
+    trio.run(run_api, config)
+    return EXIT_OK
 
 
 def _certs_init(args: argparse.Namespace) -> int:
@@ -176,8 +193,10 @@ def _capture(args: argparse.Namespace) -> int:
         raise NotImplementedYetError("--upload is not implemented yet (issue #5)")
     import trio
 
+    from pcapd import logs
     from pcapd.client.local import capture_local, local_plan
 
+    logs.configure("info" if args.verbose else "warning", "text")
     with local_plan(args) as plan:
         end = trio.run(capture_local, plan)
     return EXIT_OK if end.reason != "failed" else EXIT_FAILED
@@ -202,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with collapse():
+            return handler(args)
     except NotImplementedYetError as exc:
         print(f"pcapd: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,7 @@ from pcapd.flow import DropGate
 from pcapd.pcapng import encode_interface_description, encode_interface_statistics, split_packets
 from pcapd.proto import Counters, Data, End, Notice, SourceStatistics, Start, Statistics, Stop
 from pcapd.proto.messages import EndReason, SourceState
+from pcapd.transport.groups import open_nursery
 from pcapd.transport.queue import PacketQueue
 from pcapd.transport.ws import Link, LinkClosed
 
@@ -78,7 +79,7 @@ class CaptureRun:
             description=self.description, tsresol=9, filter=self.start.options.filter or None)
         queue.put_unbounded(idb)
         limits = self.start.limits
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             nursery.start_soon(self._send, link, queue)
             nursery.start_soon(self._report, link, capture, gate)
             nursery.start_soon(self._listen, link)

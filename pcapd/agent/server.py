@@ -45,6 +45,7 @@ from pcapd.proto import (
     Status,
     StatusReply,
 )
+from pcapd.transport.groups import open_nursery
 from pcapd.transport.tls import server_context
 from pcapd.transport.ws import Link, LinkClosed, serve_websocket
 
@@ -70,6 +71,12 @@ class Agent:
         self.config = config
         self.runs: dict[str, CaptureRun] = {}
         self.draining = False
+        self._runs_changed = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Until no capture runs (drain)."""
+        while self.runs:
+            await self._runs_changed.wait()
 
     def status(self) -> StatusReply:
         return StatusReply(healthy=True, draining=self.draining, software=SOFTWARE,
@@ -128,7 +135,7 @@ class Agent:
                         Source(id=0, name=name, description=description)]))
                     buf = self.config.buffer
                     gate = DropGate(buf.size, buf.upper_limit, buf.lower_limit)
-                    async with trio.open_nursery() as nursery:
+                    async with open_nursery() as nursery:
                         nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
                         await run.run(link, capture, gate)
                         nursery.cancel_scope.cancel()
@@ -142,6 +149,8 @@ class Agent:
                 return
         finally:
             del self.runs[start.capture_id]
+            self._runs_changed.set()
+            self._runs_changed = trio.Event()
         c = run.counters
         log.info("capture %s ended (%s): %d packets, %d sent, kernel dropped %d", run.capture_id,
                  run.end_reason, c.packets, c.sent, c.kernel.kernel_dropped)

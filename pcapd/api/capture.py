@@ -48,6 +48,7 @@ from pcapd.proto import (
     Stop,
 )
 from pcapd.proto.messages import EndReason, SourceState, StopReason
+from pcapd.transport.groups import open_nursery
 from pcapd.transport.queue import PacketQueue
 from pcapd.transport.ws import LinkClosed
 
@@ -165,7 +166,7 @@ class ApiCapture:
 
     async def run(self) -> End:
         """Start every source, stream until stopped, end. Raises :class:`CaptureFailed`."""
-        async with trio.open_nursery() as agents:
+        async with open_nursery() as agents:
             for source in self.sources:
                 agents.start_soon(self._source_task, source)
             with trio.move_on_after(START_TIMEOUT):
@@ -186,7 +187,7 @@ class ApiCapture:
                     code = "START_CAPTURE_FAILED"
                 raise CaptureFailed(code, f"no source could be captured: {reasons}")
             await self._begin(ready)
-            async with trio.open_nursery() as io:
+            async with open_nursery() as io:
                 io.start_soon(self._writer)
                 sender_done = trio.Event()
                 io.start_soon(self._sender, sender_done)
@@ -238,14 +239,15 @@ class ApiCapture:
         try:
             with source.scope:
                 async with open_agent_capture(
-                        job, capture_id=self.capture_id, options=self.start.options,
+                        job, capture_id=f"{self.capture_id}-{source.index}",
+                        options=self.start.options,
                         limits=limits, ssl_context=self.agent_tls,
                         server_name=self.config.agents.server_name,
                         connect_timeout=START_TIMEOUT) as agent:
                     source.agent = agent
                     announced = agent.started.sources[0]
                     source.name, source.description = announced.name, announced.description
-                    async with trio.open_nursery() as nursery:
+                    async with open_nursery() as nursery:
                         nursery.start_soon(agent.link.keepalive, KEEPALIVE_INTERVAL,
                                            KEEPALIVE_TIMEOUT)
                         await self._receive(source, agent)

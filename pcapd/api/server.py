@@ -41,6 +41,7 @@ from pcapd.proto import (
     StatusReply,
     Stop,
 )
+from pcapd.transport.groups import open_nursery
 from pcapd.transport.tls import client_context, server_context
 from pcapd.transport.ws import Link, LinkClosed, serve_websocket
 
@@ -131,6 +132,12 @@ class Api:
             what="agents.tls")
         self.captures: dict[str, ApiCapture] = {}
         self.draining = False
+        self._captures_changed = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Until no capture runs (drain)."""
+        while self.captures:
+            await self._captures_changed.wait()
 
     def status(self) -> StatusReply:
         return StatusReply(healthy=True, draining=self.draining, software=SOFTWARE,
@@ -177,7 +184,7 @@ class Api:
         log.info("capture %s: %s for %s, filter %r", capture_id,
                  ", ".join(j.origin for j in jobs), link.peer, start.options.filter)
         try:
-            async with trio.open_nursery() as nursery:
+            async with open_nursery() as nursery:
                 nursery.start_soon(self._listen, link, capture, nursery.cancel_scope)
                 nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
                 try:
@@ -193,6 +200,8 @@ class Api:
                 nursery.cancel_scope.cancel()
         finally:
             del self.captures[capture_id]
+            self._captures_changed.set()
+            self._captures_changed = trio.Event()
 
     async def _listen(self, link: Link, capture: ApiCapture, scope: trio.CancelScope) -> None:
         """The client's side: ``stop``, or going away (which cancels the capture at once)."""

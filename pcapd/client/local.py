@@ -11,7 +11,6 @@ instead, with the certificates of ``pcapd certs init``.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from pcapd.config import AgentConfig, ApiConfig, local_api_config, parse_agent_c
 from pcapd.config.model import AgentListenConfig, ApiListenConfig
 from pcapd.errors import UsageError
 from pcapd.proto import CaptureLimits, CaptureOptions, End, LocalTarget, Start
+from pcapd.transport.groups import open_nursery
 
 LOOPBACK = "127.0.0.1"
 NETNS_DIR = "/run/netns"  # where `ip netns add` puts its namespaces
@@ -148,14 +148,12 @@ def local_plan(args: argparse.Namespace) -> Iterator[LocalPlan]:
 
 async def capture_local(plan: LocalPlan) -> End:
     """Run ``pcapd capture local`` as planned; returns the api's ``end``."""
-    if not plan.args.verbose:
-        logging.getLogger("pcapd").setLevel(logging.WARNING)
     return await _run(plan.args, plan.start, plan.output, plan.pki, plan.agents, plan.storage)
 
 
 async def _run(args: argparse.Namespace, start: Start, output: PcapngOutput, pki: CertPaths,
                agents: list[tuple[str, int, str | None]], storage: Path) -> End:
-    async with trio.open_nursery() as nursery:
+    async with open_nursery() as nursery:
         if agents:
             resolver = LocalResolver(agents, from_request=False)
         else:

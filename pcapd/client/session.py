@@ -8,6 +8,7 @@ so it opens, but without the final statistics. A refusal (bad filter, no instanc
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import ssl
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pcapd.proto import (
     Stop,
     Welcome,
 )
+from pcapd.transport.groups import open_nursery
 from pcapd.transport.ws import Link, LinkClosed, open_websocket
 
 STOP_GRACE = 30.0
@@ -66,7 +68,7 @@ async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
         assert isinstance(welcome, Welcome)
         await link.send(start)
         end: End | None = None
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, link, nursery.cancel_scope, progress)
             end = await _stream(link, output, progress)
             nursery.cancel_scope.cancel()
@@ -77,16 +79,23 @@ async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
 
 
 async def _stream(link: Link, output: PcapngOutput, progress: Progress) -> End:
+    reader_gone = False
     while True:
         try:
             msg = await link.receive()
         except LinkClosed as exc:
             raise CaptureRefused(f"lost the connection to the api: {exc}") from exc
         if isinstance(msg, Data):
+            if reader_gone:
+                continue
             try:
                 await output.write(msg.payload)
             except BrokenPipeError:
-                raise CaptureRefused("the reader of stdout went away") from None
+                # `| tshark -c N` or a closed Wireshark: a normal way to end, not an error
+                reader_gone = True
+                progress.error("the reader of the capture went away: stopping")
+                with contextlib.suppress(LinkClosed, PcapdError):
+                    await link.send(Stop())
         elif isinstance(msg, Statistics):
             progress.statistics(msg)
         elif isinstance(msg, Notice):

@@ -4,6 +4,8 @@
 (magic 0xa1b2c3d4) or nanosecond (0xa1b23c4d) timestamps. Same vocabulary and error discipline
 as :class:`~pcapd.pcapng.reader.PcapngDecoder`: ``receive_data`` then ``next_record`` until
 ``None``; the first item is the :class:`PcapHeader`, then one :class:`PcapRecord` per packet.
+After the header, :meth:`PcapDecoder.next_packets` takes every whole record at once, already
+encoded as Enhanced Packet Blocks: the fast path of ``pcapd merge``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pcapd.errors import PcapngFormatError
+from pcapd.pcapng.blocks import EPB
 from pcapd.pcapng.buffer import InputBuffer
+from pcapd.pcapng.packets import PacketBatch
 
 MAGIC_USEC = 0xA1B2C3D4
 MAGIC_NSEC = 0xA1B23C4D
@@ -28,6 +32,19 @@ _HEADER = {False: struct.Struct("<4xHH8xII"), True: struct.Struct(">4xHH8xII")}
 _RECORD = {False: struct.Struct("<IIII"), True: struct.Struct(">IIII")}
 _PCAPNG_START = b"\x0a\x0d\x0d\x0a"
 DEFAULT_MAX_RECORD_SIZE = 16 * 1024 * 1024
+_EPB_PACKERS: dict[int, struct.Struct] = {}
+_EPB_PACKERS_MAX = 4096
+"""One precompiled Struct per captured length packs a whole option-less EPB in one call (as
+:func:`~pcapd.pcapng.encode.encode_enhanced_packet` does). Capped: lengths are data."""
+
+
+def _epb_packer(caplen: int) -> struct.Struct:
+    packer = _EPB_PACKERS.get(caplen)
+    if packer is None:
+        packer = struct.Struct(f"<7I{caplen + (-caplen & 3)}sI")
+        if len(_EPB_PACKERS) < _EPB_PACKERS_MAX:
+            _EPB_PACKERS[caplen] = packer
+    return packer
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,50 @@ class PcapDecoder(InputBuffer):
         )
         self._consume(end)
         return record
+
+    def next_packets(self, interface_id: int) -> PacketBatch:
+        """Every whole record at the front of the input, as little-endian EPBs, in one call.
+
+        Each record becomes an option-less Enhanced Packet Block of ``interface_id`` with the
+        record's timestamp in ticks of the file's resolution (so an IDB for it needs
+        ``if_tsresol`` 6 or 9, see :attr:`PcapHeader.tsresol`), its captured data and its
+        original length. ``timestamps`` are those ticks; ``interface_ids`` are all
+        ``interface_id``. Stops at an incomplete record or one :meth:`next_record` refuses,
+        which ``next_record`` then returns or raises on; returns an empty batch until
+        ``next_record`` has returned the header.
+        """
+        blocks: list[bytes] = []
+        stamps: list[int] = []
+        header = self.header
+        if header is None:
+            return PacketBatch(blocks, stamps, [])
+        if not 0 <= interface_id <= 0xFFFFFFFF:
+            raise ValueError(f"interface_id must be an unsigned 32-bit integer, not {interface_id}")
+        add_block, add_stamp = blocks.append, stamps.append
+        unpack = _RECORD[header.big_endian].unpack_from
+        tsresol = header.tsresol
+        limit = self.max_record_size
+        buf, pos = self._buf, self._pos
+        size = len(buf)
+        while pos + 16 <= size:
+            seconds, fraction, caplen, orig = unpack(buf, pos)
+            end = pos + 16 + caplen
+            if caplen > limit or end > size:
+                break
+            ticks = seconds * tsresol + fraction
+            packer = _EPB_PACKERS.get(caplen) or _epb_packer(caplen)
+            total = packer.size
+            add_block(
+                packer.pack(
+                    EPB, total, interface_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen, orig,
+                    buf[pos + 16 : end], total,
+                )
+            )  # fmt: skip
+            add_stamp(ticks)
+            pos = end
+        if blocks:
+            self._consume(pos)
+        return PacketBatch(blocks, stamps, [interface_id] * len(blocks))
 
     def _need_more(self, avail: int, needed: int, start: int, what: str) -> None:
         """Wait for more input, unless it has ended in the middle of an item."""

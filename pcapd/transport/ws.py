@@ -23,6 +23,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from pcapd.errors import PcapdError, RemoteProtocolError
 from pcapd.proto import DATA_HEADER_SIZE, MAX_BINARY_MESSAGE, Data, Message
 from pcapd.proto.session import InitiatorSession, ResponderSession
+from pcapd.transport.groups import open_nursery
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
     async def on_connection(tcp: trio.SocketStream) -> None:
         peer = describe_peer(tcp)
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             try:
                 with trio.fail_after(handshake_timeout):
                     if ssl_context is not None:
@@ -87,6 +88,9 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                 return
             try:
                 await handler(ws, peer)
+            except Exception:
+                # a bug must cost one connection, never the server and everyone else's captures
+                log.exception("internal error while serving %s", peer)
             finally:
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
@@ -116,7 +120,7 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
     trio-websocket, which would check the address. Failures raise :class:`LinkClosed`.
     """
     target = f"{host}:{port}"
-    async with trio.open_nursery() as nursery:
+    async with open_nursery() as nursery:
         try:
             with trio.fail_after(connect_timeout):
                 tcp = await trio.open_tcp_stream(host, port)

@@ -5,11 +5,11 @@ Marked ``tools``: tests/conftest.py skips them when a tool is missing, except un
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from pcapng_samples import INTERFACES, Packet, decode_all, sample_capture
+from readers import run_tool
 
 from pcapd.pcapng import (
     EnhancedPacket,
@@ -22,18 +22,7 @@ from pcapd.pcapng import (
 
 pytestmark = pytest.mark.tools
 
-ROOT_WARNING = 'Running as user "root" and group "root". This could be dangerous.'
-
-
-def run(*args: str | Path) -> str:
-    """Run a Wireshark tool; it must exit 0 and print nothing on stderr but the root line."""
-    result = subprocess.run(
-        [str(arg) for arg in args], capture_output=True, text=True, timeout=60, check=False
-    )
-    warnings = [line for line in result.stderr.splitlines() if line.strip() != ROOT_WARNING]
-    assert result.returncode == 0, result.stderr
-    assert warnings == [], result.stderr
-    return result.stdout
+run = run_tool
 
 
 @pytest.fixture

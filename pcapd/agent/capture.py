@@ -1,0 +1,358 @@
+"""The capture engine: libpcap (through cypcap) driven from Trio, packets out as pcapng EPBs.
+
+Theory of operation. libpcap on Linux fills a TPACKET_V3 ring shared with the kernel in blocks;
+the kernel hands a block to us when it is full or when the buffer timeout (a few ms) expires.
+A blocking read on a silent interface never returns (the timeout only runs once a packet has
+arrived), so the handle is non-blocking and Trio waits on its selectable fd, bounded by a
+timeout: every wait is a checkpoint, so a capture can always be cancelled. When the fd is
+readable, ``dispatch`` runs on the Trio thread: it only copies what is already in memory, and
+each call is capped in packets, so no call runs for long. Packets leave as little-endian
+Enhanced Packet Blocks for interface 0, with nanosecond timestamps (see :mod:`.pkthdr`) and
+the original length, ready for the wire: nobody re-encodes them.
+
+Because a block is only handed over when it is retired, packets may wait in the ring up to
+about twice the buffer timeout. That bounds two promises: a batch's ``watermark`` (no later
+packet is older) and :meth:`Capture.drain`, which waits that long so the tail of a capture is
+read before the final statistics. Opening happens in a worker thread inside the target network
+namespace (:mod:`.netns`); the handle stays bound there.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cypcap
+import trio
+
+from pcapd.agent.netns import open_in_netns
+from pcapd.agent.pkthdr import header_offset, timestamp_reader
+from pcapd.errors import PcapdError
+from pcapd.pcapng import encode_enhanced_packet, epb_timestamp
+
+DLT_EN10MB = 1
+MAX_SNAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN
+DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024
+DEFAULT_BUFFER_TIMEOUT = 0.005  # seconds: cypcap's set_timeout takes seconds, not ms
+DISPATCH_CAP = 256
+"""Packets per ``dispatch`` call (~0.4 ms): the longest the Trio thread is held by one call."""
+DELIVERY_SLACK_NS = 20_000_000
+"""Added to twice the buffer timeout for the kernel's own latency (softirq backlog, timers)."""
+
+Link = tuple[str, int, str, int]
+"""A TCP connection to leave out: ``(local_ip, local_port, remote_ip, remote_port)``."""
+
+
+class CaptureError(PcapdError):
+    """A capture could not be started or continued; the message carries libpcap's words."""
+
+
+class InvalidFilter(CaptureError):
+    """The BPF filter does not compile."""
+
+
+class InvalidDevice(CaptureError):
+    """No such network device (in the target namespace)."""
+
+
+class InvalidSnaplen(CaptureError):
+    """The snapshot length is out of range."""
+
+
+class CaptureFailed(CaptureError):
+    """libpcap failed for another reason (permissions, interface went down, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Packets read in one call, as concatenated EPBs of interface 0."""
+
+    blocks: bytes
+    packets: int
+    captured_bytes: int
+    """Sum of captured lengths (what libpcap handed over, without EPB framing)."""
+    first_timestamp: int | None
+    """ns since the epoch of the first packet; None in an empty batch."""
+    last_timestamp: int | None
+    watermark: int
+    """ns: no packet read later from this capture is older (kernel clock permitting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureStats:
+    """libpcap's counters (``pcap_stats``), cumulative since the handle was activated."""
+
+    received: int
+    kernel_dropped: int
+    interface_dropped: int
+
+
+def _libpcap_words(exc: cypcap.Error) -> str:
+    return str(getattr(exc, "msg", "") or exc)
+
+
+def compile_filter(expr: str, link_type: int = DLT_EN10MB, snaplen: int = 65535) -> None:
+    """Raise :class:`InvalidFilter`, in libpcap's words, unless ``expr`` compiles.
+
+    Pure of I/O (a dead handle), so the api checks a filter before contacting any agent. The
+    netmask is "unknown", as on the agent, so both accept the same filters.
+    """
+    if "\0" in expr:
+        raise InvalidFilter(f"invalid BPF filter {expr!r}: contains a NUL character")
+    try:
+        cypcap.compile(link_type, snaplen, expr, True, cypcap.NETMASK_UNKNOWN)
+    except cypcap.Error as exc:
+        raise InvalidFilter(f'invalid BPF filter "{expr}": {_libpcap_words(exc)}') from None
+
+
+def exclusion_filter(user_filter: str, exclude: Iterable[Link]) -> str:
+    """``(user) and not (host A and host B and tcp port P and tcp port Q) and ...``.
+
+    Addresses are normalised through :mod:`ipaddress` (IPv4-mapped IPv6 becomes IPv4, as on
+    the wire; a scope id is dropped), which also keeps anything but an address out of the
+    expression.
+    """
+    parts = [f"({user_filter})"] if user_filter.strip() else []
+    for local_ip, local_port, remote_ip, remote_port in exclude:
+        hosts = [_bpf_address(ip) for ip in (local_ip, remote_ip)]
+        ports = [int(port) for port in (local_port, remote_port)]
+        if not all(0 <= port <= 65535 for port in ports):
+            raise ValueError(f"port out of range in excluded link {ports}")
+        parts.append(
+            f"not (host {hosts[0]} and host {hosts[1]}"
+            f" and tcp port {ports[0]} and tcp port {ports[1]})"
+        )
+    return " and ".join(parts)
+
+
+def _bpf_address(text: str) -> str:
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def _packet_sink(
+    blocks: list[bytes], read: Callable[[Any], tuple[int, int]]
+) -> tuple[Callable[[Any, bytes], None], Callable[[], int]]:
+    """The per-packet hot path (header → EPB, appended to ``blocks``) and its byte counter.
+
+    Closures over locals, not methods: an attribute update per packet cost 0.3 µs, a
+    ``nonlocal`` almost nothing (bench/binding_bench.py; docs/decisions.md).
+    """
+    append, encode = blocks.append, encode_enhanced_packet
+    captured = 0
+
+    def on_packet(hdr: Any, data: bytes) -> None:
+        nonlocal captured
+        timestamp, original_length = read(hdr)
+        append(
+            encode(interface_id=0, timestamp=timestamp, data=data, original_length=original_length)
+        )
+        captured += len(data)
+
+    def take_captured() -> int:
+        nonlocal captured
+        taken, captured = captured, 0
+        return taken
+
+    return on_packet, take_captured
+
+
+class Capture:
+    """An activated, non-blocking libpcap handle. Made by :func:`open_capture`."""
+
+    def __init__(
+        self,
+        pcap: Any,
+        device: str,
+        nanoseconds: bool,
+        buffer_timeout: float,
+    ) -> None:
+        self.device = device
+        self.link_type = int(pcap.datalink())
+        self.snaplen = int(pcap.snapshot())
+        reader = timestamp_reader(nanoseconds)
+        self.exact_timestamps = reader.exact
+        """False when timestamps fell back to microseconds; ``timestamp_note`` says why."""
+        self.timestamp_note = reader.why
+        self._pcap = pcap
+        self._fd = int(pcap.get_selectable_fd())
+        required = pcap.get_required_select_timeout()
+        self._poll_timeout = math.inf if required is None else float(required)
+        self._delivery_ns = round(2 * buffer_timeout * 1e9) + DELIVERY_SLACK_NS
+        self._watermark = 0
+        self._blocks: list[bytes] = []
+        self._on_packet, self._take_captured = _packet_sink(self._blocks, reader.read)
+
+    def _dispatch(self, limit: int) -> bool:
+        """Read up to ``limit`` packets already in the ring; True if the ring is now empty."""
+        blocks, start = self._blocks, len(self._blocks)
+        while (done := len(blocks) - start) < limit:
+            try:
+                self._pcap.dispatch(min(limit - done, DISPATCH_CAP), self._on_packet)
+            except cypcap.Error as exc:
+                raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
+            if len(blocks) - start == done:
+                return True
+        return False
+
+    def _take(self, ring_empty: bool, now_ns: int) -> Batch:
+        pending = self._blocks  # cleared in place: the callback holds its append
+        count, captured = len(pending), self._take_captured()
+        first = epb_timestamp(pending[0]) if pending else None
+        last = epb_timestamp(pending[-1]) if pending else None
+        blocks = b"".join(pending)
+        pending.clear()
+        # Once the ring was found empty nothing older than (now - delivery bound) can still be
+        # in it; if we stopped at the limit, later packets follow the last one read.
+        reference = now_ns if ring_empty or last is None else last
+        self._watermark = max(self._watermark, reference - self._delivery_ns)
+        return Batch(blocks, count, captured, first, last, self._watermark)
+
+    async def read_batch(self, max_packets: int = 1024, max_wait: float = 1.0) -> Batch:
+        """The packets that arrive within ``max_wait`` seconds, returned as soon as any do.
+
+        An empty batch after ``max_wait`` (its watermark still advances: a heartbeat).
+        Cancellation only ever hits a wait with nothing read, so it loses no packet and leaves
+        the handle ready for :meth:`drain`.
+        """
+        if max_packets < 1:
+            raise ValueError(f"max_packets must be at least 1, not {max_packets}")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        deadline = trio.current_time() + max_wait
+        while True:
+            now_ns = time.time_ns()
+            ring_empty = self._dispatch(max_packets)
+            if self._blocks or trio.current_time() >= deadline:
+                batch = self._take(ring_empty, now_ns)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return batch
+            await self._wait_readable(deadline)
+
+    async def _wait_readable(self, deadline: float) -> None:
+        with trio.move_on_at(min(deadline, trio.current_time() + self._poll_timeout)):
+            await trio.lowlevel.wait_readable(self._fd)
+
+    async def drain(self) -> Batch:
+        """Everything still in the ring when called: the tail, read before :meth:`stats`.
+
+        Waits at most the delivery bound (about twice the buffer timeout) for the kernel to
+        hand over its last partly filled block, and stops early once it reads a packet newer
+        than the call (everything before it has then been read). The batch holds at most about
+        a ring's worth. Shielded from cancellation: it is short and bounded, and a cancelled
+        drain would lose the tail it exists to save; it checkpoints between chunks.
+        """
+        start_ns = time.time_ns()
+        deadline = trio.current_time() + self._delivery_ns / 1e9
+        with trio.CancelScope(shield=True):
+            while True:
+                now_ns = time.time_ns()
+                ring_empty = self._dispatch(DISPATCH_CAP)
+                newest = epb_timestamp(self._blocks[-1]) if self._blocks else 0
+                if newest >= start_ns or (ring_empty and trio.current_time() >= deadline):
+                    break
+                if ring_empty:
+                    await self._wait_readable(deadline)
+                else:
+                    await trio.lowlevel.checkpoint()
+        return self._take(ring_empty, now_ns)
+
+    def stats(self) -> CaptureStats:
+        """libpcap's counters; call after :meth:`drain`, or the tail is counted but not read."""
+        try:
+            stat = self._pcap.stats()
+        except cypcap.Error as exc:
+            raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
+        return CaptureStats(int(stat.recv), int(stat.drop), int(stat.ifdrop))
+
+    def _close(self) -> None:
+        trio.lowlevel.notify_closing(self._fd)
+        self._pcap.close()
+
+
+def _activate(
+    device: str,
+    bpf: str,
+    snaplen: int,
+    buffer_size: int,
+    buffer_timeout: float,
+) -> tuple[Any, bool]:
+    """Create, configure and activate a handle (in the target namespace's worker thread).
+
+    Returns the handle and whether its timestamps are nanoseconds. Nanoseconds are asked for
+    only when the probed header layout lets us read them (see :mod:`.pkthdr`).
+    """
+    precision = cypcap.TstampPrecision
+    try:
+        pcap = cypcap.create(device)
+    except cypcap.Error as exc:
+        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
+    try:
+        pcap.set_snaplen(snaplen)
+        pcap.set_promisc(False)
+        pcap.set_timeout(buffer_timeout)
+        pcap.set_buffer_size(buffer_size)
+        pcap.set_tstamp_precision(
+            precision.NANO if header_offset() is not None else precision.MICRO
+        )
+        pcap.activate()
+        if bpf:
+            # netmask given: otherwise cypcap looks it up (and prints it to stdout)
+            pcap.setfilter(bpf, optimize=True, netmask=cypcap.NETMASK_UNKNOWN)
+        pcap.setnonblock(True)
+        return pcap, pcap.get_tstamp_precision() == precision.NANO
+    except cypcap.Error as exc:
+        pcap.close()
+        words = _libpcap_words(exc)
+        if exc.code == cypcap.ErrorCode.NO_SUCH_DEVICE:
+            raise InvalidDevice(f"{device}: {words}") from None
+        raise CaptureFailed(f"{device}: {words}") from None
+    except BaseException:
+        pcap.close()
+        raise
+
+
+@asynccontextmanager
+async def open_capture(
+    device: str,
+    *,
+    filter: str = "",
+    snaplen: int = 65535,
+    netns: Path | None = None,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+    buffer_timeout: float = DEFAULT_BUFFER_TIMEOUT,
+    exclude: Iterable[Link] = (),
+) -> AsyncIterator[Capture]:
+    """A capture on ``device`` in ``netns`` (a namespace file; None: the agent's own).
+
+    ``filter`` is the user's BPF expression; TCP connections in ``exclude`` (the agent's own
+    link to the api) are left out of it. Raises :class:`InvalidFilter`,
+    :class:`InvalidDevice`, :class:`InvalidSnaplen` or :class:`CaptureFailed` before yielding.
+    The handle is closed on exit, also on cancellation.
+    """
+    if not device or "\0" in device or "/" in device:
+        raise InvalidDevice(f"invalid device name {device!r}")
+    if not 1 <= snaplen <= MAX_SNAPLEN:
+        raise InvalidSnaplen(f"snaplen {snaplen} out of range: 1 to {MAX_SNAPLEN}")
+    compile_filter(filter, snaplen=snaplen)  # the user's own words, before any exclusion
+    bpf = exclusion_filter(filter, exclude)
+    pcap, nanoseconds = await open_in_netns(
+        netns, functools.partial(_activate, device, bpf, snaplen, buffer_size, buffer_timeout)
+    )
+    try:
+        capture = Capture(pcap, device, nanoseconds, buffer_timeout)
+    except BaseException:
+        pcap.close()
+        raise
+    try:
+        yield capture
+    finally:
+        capture._close()

@@ -1,0 +1,29 @@
+"""Wireshark's command-line tools as the independent readers of what pcapd writes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT_WARNING = 'Running as user "root" and group "root". This could be dangerous.'
+
+
+def run_tool(*args: str | Path) -> str:
+    """Run a Wireshark tool; it must exit 0 and print nothing on stderr but the root line."""
+    result = subprocess.run(
+        [str(arg) for arg in args], capture_output=True, text=True, timeout=120, check=False
+    )
+    warnings = [line for line in result.stderr.splitlines() if line.strip() != ROOT_WARNING]
+    assert result.returncode == 0, result.stderr
+    assert warnings == [], result.stderr
+    return result.stdout
+
+
+def tshark_fields(path: Path, *fields: str, display_filter: str | None = None) -> list[list[str]]:
+    """One row per packet (in file order) with the given tshark fields."""
+    args: list[str | Path] = ["tshark", "-r", path, "-T", "fields", "-E", "separator=\t"]
+    if display_filter:
+        args += ["-Y", display_filter]
+    for field in fields:
+        args += ["-e", field]
+    return [line.split("\t") for line in run_tool(*args).splitlines()]
