@@ -147,13 +147,18 @@ class Agent:
                 await link.send(Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))
                 return
+        except LinkClosed:
+            run.end_reason, run.end_text = "failed", "the api went away"
+            raise
         finally:
             del self.runs[start.capture_id]
             self._runs_changed.set()
             self._runs_changed = trio.Event()
-        c = run.counters
-        log.info("capture %s ended (%s): %d packets, %d sent, kernel dropped %d", run.capture_id,
-                 run.end_reason, c.packets, c.sent, c.kernel.kernel_dropped)
+            c = run.counters
+            log.info("capture %s ended (%s%s): %d packets, %d sent, kernel dropped %d",
+                     run.capture_id, run.end_reason, f": {run.end_text}" if run.end_text else "",
+                     c.packets, c.sent, c.kernel.kernel_dropped,
+                     extra={"event": "capture_ended", "capture_id": run.capture_id})
 
     def _admit(self, start: Start, target: AgentTarget) -> Path | None:
         """The namespace to capture in, or a :class:`Refusal` saying why not."""
