@@ -130,9 +130,19 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
                                             server_hostname=server_hostname or host,
                                             https_compatible=True)
                     await stream.do_handshake()
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery, stream, host, resource, extra_headers=extra_headers,
-                    max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
+                watched = _WatchedStream(stream)
+                with trio.CancelScope() as handshake:
+                    async with trio.open_nursery() as watch:
+                        watch.start_soon(_cancel_when_broken, watched, handshake)
+                        ws = await trio_websocket.wrap_client_stream(
+                            nursery, watched, host, resource,  # type: ignore[arg-type]
+                            extra_headers=extra_headers,
+                            max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
+                        watch.cancel_scope.cancel()
+                if handshake.cancelled_caught:
+                    why = (_why(watched.error) if watched.error is not None else
+                           "closed by the server (does it trust our client certificate?)")
+                    raise LinkClosed(f"{target}: refused during the handshake: {why}")
         except trio.TooSlowError as exc:
             raise LinkClosed(f"{target}: no answer within {connect_timeout}s") from exc
         except OSError as exc:
@@ -148,6 +158,47 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
                 cleanup.shield = True
                 await ws.aclose()
             nursery.cancel_scope.cancel()
+
+
+class _WatchedStream(trio.abc.Stream):
+    """A stream that remembers how it broke.
+
+    With TLS 1.3 a client finishes its handshake before the server has checked the client's
+    certificate; the server's refusal arrives as an alert on the first read, inside
+    trio-websocket's reader task, which then stops without ending the WebSocket handshake it
+    was waiting for. Watching the stream lets :func:`open_websocket` fail at once, with the
+    server's reason ("certificate required", "unknown ca"), instead of timing out.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.error: BaseException | None = None
+        self.broken = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.error = exc
+            self.broken.set()
+            raise
+        if not data:
+            self.broken.set()
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _cancel_when_broken(stream: _WatchedStream, scope: trio.CancelScope) -> None:
+    await stream.broken.wait()
+    scope.cancel()
 
 
 class Link:

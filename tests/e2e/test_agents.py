@@ -6,6 +6,7 @@ init``; the tests kill them, kill the client, and hand them certificates they mu
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -119,14 +120,20 @@ async def test_killed_client_ends_the_agent_capture_within_5_seconds(tmp_path: P
 async def test_agent_refuses_a_client_certificate_from_another_ca(tmp_path: Path,
                                                                   certs: Path) -> None:
     stranger = init_certs(tmp_path / "stranger").directory
+    mixed = tmp_path / "mixed"  # trusts the agent's CA, but presents a stranger's certificate
+    mixed.mkdir()
+    shutil.copy(certs / "ca.crt", mixed / "ca.crt")
+    for name in ("api-client.crt", "api-client.key"):
+        shutil.copy(stranger / name, mixed / name)
     with trio.fail_after(60):
         async with agent(tmp_path, certs, "a") as (agent_a, port):
             result = await trio.run_process(
                 [PCAPD, "capture", "local", "--agent", f"127.0.0.1:{port}", "--certs",
-                 str(stranger), "-i", "lo", "-w", str(tmp_path / "x.pcapng")],
+                 str(mixed), "-i", "lo", "-w", str(tmp_path / "x.pcapng")],
                 capture_stdout=True, capture_stderr=True, check=False)
             assert result.returncode == 1
-            assert "no source could be captured" in result.stderr.decode()
+            err = result.stderr.decode()
+            assert "no source could be captured" in err and "client certificate" in err, err
             await agent_a.stderr.wait_for(lambda line: "refused connection" in line)
 
 
