@@ -29,7 +29,6 @@ def test_version_names_release_and_protocol() -> None:
 
 
 @pytest.mark.parametrize(("argv", "issue"), [
-    (["capture", "local", "-i", "lo"], "#3"),
     (["capture", "cf", "my-app"], "#4"),
     (["capture", "bosh", "-d", "cf", "-g", "router"], "#4"),
     (["captures", "list"], "#5"),

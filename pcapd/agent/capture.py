@@ -13,8 +13,8 @@ the original length, ready for the wire: nobody re-encodes them.
 Because a block is only handed over when it is retired, packets may wait in the ring up to
 about twice the buffer timeout. That bounds two promises: a batch's ``watermark`` (no later
 packet is older) and :meth:`Capture.drain`, which waits that long so the tail of a capture is
-read before the final statistics. Opening happens in a worker thread inside the target network
-namespace (:mod:`.netns`); the handle stays bound there.
+read before the final statistics. The handle is activated in a worker thread inside the target
+network namespace (:mod:`.netns`) and stays bound there.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import cypcap
 import trio
 
-from pcapd.agent.netns import open_in_netns
+from pcapd.agent.netns import call_in_netns
 from pcapd.agent.pkthdr import header_offset, timestamp_reader
 from pcapd.errors import PcapdError
 from pcapd.pcapng import encode_enhanced_packet, epb_timestamp
@@ -42,7 +42,7 @@ MAX_SNAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN
 DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024
 DEFAULT_BUFFER_TIMEOUT = 0.005  # seconds: cypcap's set_timeout takes seconds, not ms
 DISPATCH_CAP = 256
-"""Packets per ``dispatch`` call (~0.4 ms): the longest the Trio thread is held by one call."""
+"""Packets per ``dispatch`` call (~0.25 ms): the longest the Trio thread is held by one call."""
 DELIVERY_SLACK_NS = 20_000_000
 """Added to twice the buffer timeout for the kernel's own latency (softirq backlog, timers)."""
 
@@ -101,8 +101,10 @@ def _libpcap_words(exc: cypcap.Error) -> str:
 def compile_filter(expr: str, link_type: int = DLT_EN10MB, snaplen: int = 65535) -> None:
     """Raise :class:`InvalidFilter`, in libpcap's words, unless ``expr`` compiles.
 
-    Pure of I/O (a dead handle), so the api checks a filter before contacting any agent. The
-    netmask is "unknown", as on the agent, so both accept the same filters.
+    Needs no capture (a dead handle), so the api checks a filter before contacting any agent.
+    The netmask is "unknown", as on the agent, so both accept the same filters. libpcap
+    resolves names in the filter (``host example.com``, ``port http``), which may block on DNS:
+    from async code, call it in a worker thread.
     """
     if "\0" in expr:
         raise InvalidFilter(f"invalid BPF filter {expr!r}: contains a NUL character")
@@ -278,17 +280,46 @@ class Capture:
         self._pcap.close()
 
 
-def _activate(
+def _open(
     device: str,
+    netns: Path | None,
+    user_filter: str,
     bpf: str,
     snaplen: int,
     buffer_size: int,
     buffer_timeout: float,
 ) -> tuple[Any, bool]:
-    """Create, configure and activate a handle (in the target namespace's worker thread).
+    """Check the filter, open the handle in ``netns``, set the filter (in a worker thread).
 
-    Returns the handle and whether its timestamps are nanoseconds. Nanoseconds are asked for
-    only when the probed header layout lets us read them (see :mod:`.pkthdr`).
+    Only creating and activating happen inside the namespace (the packet socket binds to it
+    there). Filters are compiled in the agent's own namespace, because libpcap resolves the
+    names in them (``host db.internal``) and a container's namespace may not reach the
+    resolver. Returns the handle and whether its timestamps are nanoseconds.
+    """
+    compile_filter(user_filter, snaplen=snaplen)  # the user's own words, before any exclusion
+    pcap = call_in_netns(
+        netns, functools.partial(_activate, device, snaplen, buffer_size, buffer_timeout)
+    )
+    try:
+        if bpf:
+            # netmask given: otherwise cypcap looks it up (and prints it to stdout)
+            pcap.setfilter(bpf, optimize=True, netmask=cypcap.NETMASK_UNKNOWN)
+        pcap.setnonblock(True)
+        nanoseconds = pcap.get_tstamp_precision() == cypcap.TstampPrecision.NANO
+    except cypcap.Error as exc:
+        pcap.close()
+        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
+    except BaseException:
+        pcap.close()
+        raise
+    return pcap, nanoseconds
+
+
+def _activate(device: str, snaplen: int, buffer_size: int, buffer_timeout: float) -> Any:
+    """Create, configure and activate a handle (in the target namespace).
+
+    Nanoseconds are asked for only when the probed header layout lets us read them
+    (see :mod:`.pkthdr`).
     """
     precision = cypcap.TstampPrecision
     try:
@@ -304,11 +335,6 @@ def _activate(
             precision.NANO if header_offset() is not None else precision.MICRO
         )
         pcap.activate()
-        if bpf:
-            # netmask given: otherwise cypcap looks it up (and prints it to stdout)
-            pcap.setfilter(bpf, optimize=True, netmask=cypcap.NETMASK_UNKNOWN)
-        pcap.setnonblock(True)
-        return pcap, pcap.get_tstamp_precision() == precision.NANO
     except cypcap.Error as exc:
         pcap.close()
         words = _libpcap_words(exc)
@@ -318,6 +344,7 @@ def _activate(
     except BaseException:
         pcap.close()
         raise
+    return pcap
 
 
 @asynccontextmanager
@@ -342,10 +369,10 @@ async def open_capture(
         raise InvalidDevice(f"invalid device name {device!r}")
     if not 1 <= snaplen <= MAX_SNAPLEN:
         raise InvalidSnaplen(f"snaplen {snaplen} out of range: 1 to {MAX_SNAPLEN}")
-    compile_filter(filter, snaplen=snaplen)  # the user's own words, before any exclusion
     bpf = exclusion_filter(filter, exclude)
-    pcap, nanoseconds = await open_in_netns(
-        netns, functools.partial(_activate, device, bpf, snaplen, buffer_size, buffer_timeout)
+    # not abandoned on cancellation: what the thread opens is returned, then closed below
+    pcap, nanoseconds = await trio.to_thread.run_sync(
+        functools.partial(_open, device, netns, filter, bpf, snaplen, buffer_size, buffer_timeout)
     )
     try:
         capture = Capture(pcap, device, nanoseconds, buffer_timeout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import ssl
 import uuid
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -222,8 +223,9 @@ class Api:
         if len(self.captures) >= self.config.limits.concurrent_captures:
             raise Refusal("LIMIT_REACHED", f"the api runs {len(self.captures)} captures "
                           "already (limits.concurrent_captures): try again later")
-        try:
-            compile_filter(start.options.filter, snaplen=start.options.snaplen)
+        try:  # in a thread: libpcap resolves host names in filters, which may block on DNS
+            await trio.to_thread.run_sync(partial(compile_filter, start.options.filter,
+                                                  snaplen=start.options.snaplen))
         except InvalidFilter as exc:
             raise Refusal("INVALID_REQUEST", str(exc)) from None
         jobs = await self.resolver.resolve(start)
