@@ -31,11 +31,7 @@ from pcapd.agent.run import CaptureRun
 from pcapd.config import AgentConfig
 from pcapd.flow import DropGate
 from pcapd.proto import (
-    MIN_COMPATIBLE_VERSION,
-    PROTOCOL_VERSION,
-    SOFTWARE,
     AgentTarget,
-    Code,
     Error,
     Hello,
     ResponderSession,
@@ -46,6 +42,7 @@ from pcapd.proto import (
     StatusReply,
 )
 from pcapd.transport.groups import open_nursery
+from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import server_context
 from pcapd.transport.ws import Link, LinkClosed, serve_websocket
 
@@ -53,15 +50,6 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 10.0
-
-
-class Refusal(Exception):
-    """A start request the agent will not run; becomes an ``error`` message."""
-
-    def __init__(self, code: Code, text: str) -> None:
-        super().__init__(text)
-        self.code: Code = code
-        self.text = text
 
 
 class Agent:
@@ -78,13 +66,15 @@ class Agent:
         while self.runs:
             await self._runs_changed.wait()
 
-    def status(self) -> StatusReply:
-        return StatusReply(healthy=True, draining=self.draining, software=SOFTWARE,
-                           protocol=PROTOCOL_VERSION, min_protocol=MIN_COMPATIBLE_VERSION,
-                           server_id=self.config.id, captures=len(self.runs),
-                           capture_ids=sorted(self.runs)[:1024])
+    @property
+    def running(self) -> list[str]:
+        """Ids of the captures running now."""
+        return list(self.runs)
 
-    def stop_all(self, reason: str = "drained") -> None:
+    def status(self) -> StatusReply:
+        return status_reply(self.config.id, self)
+
+    def stop_all(self) -> None:
         """Ask every running capture to stop gracefully (drain)."""
         self.draining = True
         for run in self.runs.values():

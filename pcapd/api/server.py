@@ -24,11 +24,7 @@ from pcapd.api.agents import AgentJob
 from pcapd.api.capture import ApiCapture, CaptureFailed
 from pcapd.config import ApiConfig
 from pcapd.proto import (
-    MIN_COMPATIBLE_VERSION,
-    PROTOCOL_VERSION,
-    SOFTWARE,
     AgentTarget,
-    Code,
     Data,
     Error,
     Hello,
@@ -43,6 +39,7 @@ from pcapd.proto import (
     Stop,
 )
 from pcapd.transport.groups import open_nursery
+from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_context, server_context
 from pcapd.transport.ws import Link, LinkClosed, serve_websocket
 
@@ -50,15 +47,6 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 10.0
-
-
-class Refusal(Exception):
-    """A request the api will not run: becomes an ``error`` to the client."""
-
-    def __init__(self, code: Code, text: str) -> None:
-        super().__init__(text)
-        self.code: Code = code
-        self.text = text
 
 
 class Resolver(Protocol):
@@ -140,11 +128,13 @@ class Api:
         while self.captures:
             await self._captures_changed.wait()
 
+    @property
+    def running(self) -> list[str]:
+        """Ids of the captures running now."""
+        return list(self.captures)
+
     def status(self) -> StatusReply:
-        return StatusReply(healthy=True, draining=self.draining, software=SOFTWARE,
-                           protocol=PROTOCOL_VERSION, min_protocol=MIN_COMPATIBLE_VERSION,
-                           server_id=self.config.id, captures=len(self.captures),
-                           capture_ids=sorted(self.captures)[:1024])
+        return status_reply(self.config.id, self)
 
     def stop_all(self) -> None:
         """Drain: stop every capture gracefully; refuse new ones."""

@@ -140,9 +140,11 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
                             max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
                         watch.cancel_scope.cancel()
                 if handshake.cancelled_caught:
-                    why = (_why(watched.error) if watched.error is not None else
-                           "closed by the server (does it trust our client certificate?)")
-                    raise LinkClosed(f"{target}: refused during the handshake: {why}")
+                    why = _why(watched.error) if watched.error is not None else "closed"
+                    hint = (": does the server trust our client certificate?"
+                            if ssl_context is not None else "")
+                    raise LinkClosed(f"{target}: connection ended during the handshake "
+                                     f"({why}){hint}")
         except trio.TooSlowError as exc:
             raise LinkClosed(f"{target}: no answer within {connect_timeout}s") from exc
         except OSError as exc:

@@ -1,0 +1,82 @@
+"""What the agent and api services share: status answers, refusals, serving until a signal.
+
+Both roles run the same way under monit or systemd: serve, and on the first SIGTERM/SIGINT
+*drain* — take no new captures, stop the running ones gracefully so every user gets a complete
+file, exit when they are done or ``drain_timeout`` has passed; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Collection
+from typing import Protocol
+
+import trio
+
+from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION, SOFTWARE, Code, StatusReply
+from pcapd.transport.groups import open_nursery
+
+Serve = Callable[..., Awaitable[None]]
+
+
+class Refusal(Exception):
+    """A request a service will not run; the handler answers it with an ``error`` message."""
+
+    def __init__(self, code: Code, text: str) -> None:
+        super().__init__(text)
+        self.code: Code = code
+        self.text = text
+
+
+class Service(Protocol):
+    """A role's captures, as draining needs them."""
+
+    draining: bool
+
+    @property
+    def running(self) -> Collection[str]: ...
+
+    def stop_all(self) -> None: ...
+
+    async def wait_idle(self) -> None: ...
+
+
+def status_reply(server_id: str, service: Service) -> StatusReply:
+    running = sorted(service.running)
+    return StatusReply(healthy=True, draining=service.draining, software=SOFTWARE,
+                       protocol=PROTOCOL_VERSION, min_protocol=MIN_COMPATIBLE_VERSION,
+                       server_id=server_id, captures=len(running), capture_ids=running[:1024])
+
+
+async def serve_until_signalled(role: str, server_id: str, serve: Serve, service: Service,
+                                drain_timeout: float, log: logging.Logger) -> None:
+    """Run ``serve`` (a ``serve_*`` function taking ``task_status``) until a signal, then drain."""
+    async with open_nursery() as nursery:
+        listeners: list[trio.SocketListener] = await nursery.start(serve)
+        for listener in listeners:
+            host, port, *_ = listener.socket.getsockname()
+            log.info("pcapd %s %s listening on %s:%d", role, server_id, host, port,
+                     extra={"event": "listening", "port": port})
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: draining (%d captures running)", signal.Signals(signum).name,
+                         len(service.running), extra={"event": "draining"})
+                break
+            service.stop_all()
+            with trio.move_on_after(drain_timeout) as drain:
+                async with open_nursery() as waiters:
+                    waiters.start_soon(_cancel_when_idle, service, waiters.cancel_scope)
+                    async for _ in signals:
+                        log.warning("second signal: exiting at once")
+                        break
+                    waiters.cancel_scope.cancel()
+            if drain.cancelled_caught:
+                log.warning("drain_timeout of %ss passed: exiting with %d captures running",
+                            drain_timeout, len(service.running))
+        nursery.cancel_scope.cancel()
+
+
+async def _cancel_when_idle(service: Service, scope: trio.CancelScope) -> None:
+    await service.wait_idle()
+    scope.cancel()
