@@ -52,6 +52,7 @@ from pcapd.proto.messages import (
     StatusReply,
     Stop,
     Target,
+    Token,
     Welcome,
     type_code,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "StatusReply",
     "Stop",
     "Target",
+    "Token",
     "Welcome",
     "decode_binary",
     "decode_text",

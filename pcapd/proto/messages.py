@@ -45,6 +45,8 @@ MAX_SNAPLEN: Final = 262144
 MAX_DURATION: Final = 1e9
 """Seconds; far beyond any policy, yet ``duration * 1e9`` still fits a signed 64-bit int."""
 MAX_LEVEL: Final = 65535
+MAX_TOKEN: Final = 16384
+"""Characters in an access token (UAA JWTs are a few kB)."""
 
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
 Label = Annotated[str, Meta(max_length=MAX_NAME)]
@@ -222,6 +224,13 @@ class Stop(_Tagged, tag="stop", frozen=True, kw_only=True):
     reason: StopReason = "requested"
 
 
+class Token(_Tagged, tag="token", frozen=True, kw_only=True):
+    """Client → api, during a capture: a refreshed access token for a capture that outlives
+    the one it started with. Only on the client's link; never logged, never echoed."""
+
+    token: Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN)]
+
+
 class Status(_Tagged, tag="status", frozen=True, kw_only=True):
     """Initiator → responder, before ``start``: ask for a ``status_reply``."""
 
@@ -290,6 +299,7 @@ Message = (
     | Welcome
     | Start
     | Stop
+    | Token
     | Status
     | StatusReply
     | Started

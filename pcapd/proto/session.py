@@ -50,6 +50,7 @@ from pcapd.proto.messages import (
     Status,
     StatusReply,
     Stop,
+    Token,
     Welcome,
     type_code,
 )
@@ -79,6 +80,7 @@ _UPSTREAM: Final[dict[tuple[State, type[Message]], State]] = {
     (_S.READY, Start): _S.STARTING,
     (_S.STARTING, Stop): _S.STOPPING,
     (_S.CAPTURING, Stop): _S.STOPPING,
+    **{(s, Token): s for s in _CAPTURE_STATES},
 }
 _DOWNSTREAM: Final[dict[tuple[State, type[Message]], State]] = {
     (_S.HELLO, Welcome): _S.READY,
@@ -296,6 +298,8 @@ class _Session:
             raise exc("`statistics` before `started`")
         elif isinstance(msg, Stop) and self._stop_seen:
             raise exc("a second `stop` message")
+        elif isinstance(msg, Token) and "agent" in (self.role, self.peer_role):
+            raise exc("a `token` only travels from a client to the api")
 
     def _check_handshake(self, msg: Hello | Welcome, exc: type[ProtocolError]) -> None:
         mine = isinstance(msg, Hello) == self._upstream

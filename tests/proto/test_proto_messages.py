@@ -38,6 +38,7 @@ from pcapd.proto import (
     Status,
     StatusReply,
     Stop,
+    Token,
     Welcome,
     decode_binary,
     decode_text,
@@ -89,6 +90,7 @@ EXAMPLES: list[Message] = [
     ),
     End(reason="limit", text="max_packets", limit="max_packets", totals=Counters(packets=5)),
     Error(code="PERMISSION_DENIED", text="you may not see app my-app", origin="api/0"),
+    Token(token="eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
 ]
 
 

@@ -31,6 +31,7 @@ from pcapd.proto import (
     Status,
     StatusReply,
     Stop,
+    Token,
     Welcome,
     encode,
     encode_data,
@@ -449,3 +450,22 @@ def test_garbage_moves_to_error_and_later_input_is_refused() -> None:
 
 def test_type_codes() -> None:
     assert [type_code(t) for t in (Notice, StatusReply, End)] == ["message", "status_reply", "end"]
+
+
+@pytest.mark.parametrize("state", [S.STARTING, S.CAPTURING, S.STOPPING], ids=lambda s: s.value)
+def test_refreshed_token_travels_only_from_client_to_api(state: State) -> None:
+    for link in LINKS:
+        i, r = pair_in(link, state)
+        token = Token(token="eyJ.e30.sig")
+        if link.initiator == "client":
+            assert deliver(i.send(token), r) == token
+            assert r.state is state
+        else:
+            with pytest.raises(LocalProtocolError, match="client to the api"):
+                i.send(token)
+
+
+def test_token_before_start_is_refused() -> None:
+    i, _ = pair_in(LINKS[0], S.READY)
+    with pytest.raises(LocalProtocolError):
+        i.send(Token(token="eyJ.e30.sig"))
