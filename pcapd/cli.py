@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pcapd import __version__
-from pcapd.errors import NotImplementedYetError, PcapdError, UsageError
-from pcapd.transport.groups import collapse
+from pcapd.errors import NotImplementedYetError, PcapdError, UsageError, collapse
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -211,8 +210,15 @@ def _merge(args: argparse.Namespace) -> int:
     from pcapd.mergefiles import merge_files
 
     result = merge_files(args.inputs, args.write)
+    notes = []
+    if result.reordered:
+        notes.append(f"{result.reordered} packets out of time order, as in their own file")
+    if result.skipped_blocks:
+        notes.append(f"{result.skipped_blocks} blocks of kinds pcapd does not copy skipped")
+    target = "stdout" if args.write == "-" else args.write
     print(f"merged {result.packets} packets from {len(args.inputs)} files "
-          f"({result.interfaces} interfaces) into {args.write}", file=sys.stderr)
+          f"({result.interfaces} interfaces) into {target}"
+          + "".join(f"; {note}" for note in notes), file=sys.stderr)
     return EXIT_OK
 
 

@@ -7,6 +7,9 @@ as one line; nothing else is shown, so the message must stand alone. Never put a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class PcapdError(Exception):
     """Base of every error pcapd raises for a person to read."""
@@ -58,3 +61,25 @@ class RemoteProtocolError(ProtocolError):
 
 class NotImplementedYetError(PcapdError):
     """A role or target that a later release builds; exits 2 with a clear line."""
+
+
+def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The only leaf of ``group`` if it has exactly one, else None."""
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return None
+
+
+@contextmanager
+def collapse() -> Iterator[None]:
+    """Re-raise a one-error ExceptionGroup as that error (its own cause kept)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf = sole_exception(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__

@@ -233,6 +233,8 @@ class AgentsConfig(_Section, frozen=True):
 class CfConfig(_Section, frozen=True):
     api: Url  # UAA is found from the Cloud Controller's root document
     ca: FilePath | None = None
+    # also require `cf ssh` to be allowed for the app (global, space and app flags)
+    require_ssh_enabled: bool = False
 
     def _rules(self) -> Iterator[Rule]:
         yield from _url_rule("api", self.api, "https://api.sys.example.com")

