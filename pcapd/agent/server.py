@@ -9,6 +9,7 @@ carrying it would capture itself capturing.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -104,6 +105,7 @@ class Agent:
         assert isinstance(target, AgentTarget) and start.capture_id is not None  # session checks
         try:
             netns = self._admit(start, target)
+            await self._check_container(target)
         except Refusal as refusal:
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return
@@ -173,6 +175,40 @@ class Agent:
             return resolve_container_netns(Path(netns_dir), target.namespace)
         except NamespaceError as exc:
             raise Refusal("INSTANCE_UNAVAILABLE", f"{self.config.id}: {exc}") from None
+
+
+    async def _check_container(self, target: AgentTarget) -> None:
+        """With garden's container metadata store configured, the container must belong to the
+        app the api named: a confused or compromised api cannot aim at another app's container.
+        """
+        store = self.config.containers.metadata_store
+        if store is None or target.namespace == "host":
+            return
+        if target.app_guid is None:
+            raise Refusal("INVALID_REQUEST", f"{self.config.id}: container {target.namespace} "
+                          "requested without its app guid (containers.metadata_store is set)")
+        try:
+            entries = await trio.to_thread.run_sync(_read_metadata_store, store)
+        except (OSError, ValueError) as exc:
+            raise Refusal("START_CAPTURE_FAILED", f"{self.config.id}: cannot read the container "
+                          f"metadata store {store} (containers.metadata_store): {exc}") from None
+        entry = entries.get(target.namespace)
+        metadata = entry.get("metadata") if isinstance(entry, dict) else None
+        if not isinstance(metadata, dict):
+            raise Refusal("INSTANCE_UNAVAILABLE", f"{self.config.id}: no container "
+                          f"{target.namespace} on this cell")
+        if metadata.get("app_id") != target.app_guid:
+            raise Refusal("PERMISSION_DENIED", f"{self.config.id}: container {target.namespace} "
+                          f"does not belong to app {target.app_guid}")
+
+
+def _read_metadata_store(path: str) -> dict[str, object]:
+    """Garden's ``container-metadata/store.json``: ``{handle: {"metadata": {...}}}``."""
+    with open(path, "rb") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
 
 
 def _own_link(ws: WebSocketConnection) -> list[TcpLink]:
