@@ -227,3 +227,67 @@ def socket_in_netns(ns: Netns | None, family: int, kind: int) -> socket.socket:
     if isinstance(made[0], BaseException):
         raise made[0]
     return made[0]
+
+
+@dataclass(frozen=True)
+class Host:
+    """A namespace standing for a VM or Diego cell: ``eth0`` wired to the host's namespace."""
+
+    ns: Netns
+    ip: str
+    """``eth0``'s address, reachable from the host namespace."""
+    host_ip: str
+    """The host side of the wire (the api's address as this VM sees it)."""
+
+
+@contextmanager
+def vm() -> Iterator[Host]:
+    """A namespace with ``eth0`` (a veth to the host namespace) from a fresh 198.18.0.0/15 /30."""
+    with netns() as ns:
+        base = TEST_NET.network_address + 4 * (next(_subnets) % (TEST_NET.num_addresses // 4))
+        host_ip, vm_ip = str(base + 1), str(base + 2)
+        outside = f"pcv{secrets.token_hex(3)}"
+        ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+        try:
+            ip("addr", "add", f"{host_ip}/30", "dev", outside)
+            ip("link", "set", outside, "up")
+            ip("-n", ns.name, "addr", "add", f"{vm_ip}/30", "dev", "eth0")
+            ip("-n", ns.name, "link", "set", "eth0", "up")
+            ip("neigh", "replace", vm_ip, "lladdr", _mac(ns, "eth0"), "dev", outside)
+            ip("-n", ns.name, "neigh", "replace", host_ip, "lladdr", _mac(None, outside),
+               "dev", "eth0")
+            _wait_up(VethPair(None, ns, outside, "eth0", host_ip, vm_ip))
+            yield Host(ns, vm_ip, host_ip)
+        finally:
+            ip("link", "del", outside, check=False)
+
+
+@contextmanager
+def netns_dir(directory: Path, *containers: Netns) -> Iterator[Path]:
+    """A cell's ``containers.netns_dir``: one file per container, bind-mounted as garden-cni
+    does, named after the namespace (the instance guid); unmounted on exit."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted: list[Path] = []
+    try:
+        for ns in containers:
+            target = directory / ns.name
+            target.touch()
+            subprocess.run(["mount", "--bind", str(ns.path), str(target)], check=True,
+                           timeout=30)
+            mounted.append(target)
+        yield directory
+    finally:
+        for target in mounted:
+            subprocess.run(["umount", str(target)], check=False, timeout=30)
+
+
+@contextmanager
+def named_netns(name: str) -> Iterator[Netns]:
+    """A namespace with a chosen name (an instance guid), ``lo`` up, deleted on exit."""
+    ns = Netns(name)
+    ip("netns", "add", ns.name)
+    try:
+        ip("-n", ns.name, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        ip("netns", "del", ns.name, check=False)

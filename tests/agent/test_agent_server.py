@@ -4,16 +4,15 @@ the right app, its limits — spoken to over the real protocol and real mutual T
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
 import msgspec
 import pytest
 import trio
-from netns import Netns, netns
+from netns import netns, netns_dir
 
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.certs import CertPaths, init_certs
@@ -77,45 +76,27 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
     return init_certs(tmp_path_factory.mktemp("pki") / "certs")
 
 
-def cell_dir(tmp_path: Path, *containers: Netns) -> Path:
-    """A netns_dir holding exactly these containers, bind-mounted as garden-cni does."""
-    directory = tmp_path / "container-netns"
-    directory.mkdir()
-    for ns in containers:
-        (directory / ns.name).touch()
-        subprocess.run(["mount", "--bind", str(ns.path), str(directory / ns.name)], check=True)
-    return directory
-
-
-def unmount(directory: Path) -> None:
-    for entry in directory.iterdir():
-        subprocess.run(["umount", str(entry)], check=False)
-
-
 async def test_container_of_the_named_app_is_captured_others_refused(
         pki: CertPaths, tmp_path: Path) -> None:
-    with netns() as mine, netns() as other, netns() as elsewhere:
-        cells = cell_dir(tmp_path, mine, other)
+    with netns() as mine, netns() as other, netns() as elsewhere, ExitStack() as stack:
+        cells = stack.enter_context(netns_dir(tmp_path / "cell", mine, other))
         store = tmp_path / "store.json"
         store.write_text(json.dumps({
             mine.name: {"handle": mine.name, "ip": "10.255.0.2",
                         "metadata": {"app_id": "app-1", "container_workload": "app"}},
             other.name: {"handle": other.name, "ip": "10.255.0.3",
                          "metadata": {"app_id": "app-2", "container_workload": "app"}}}))
-        try:
-            with trio.fail_after(30):
-                async with agent(config(pki, cells, store)) as port:
-                    assert isinstance(await start(pki, port, mine.name, "app-1"), Started)
-                    wrong_app = await start(pki, port, other.name, "app-1")
-                    assert isinstance(wrong_app, Error)
-                    assert wrong_app.code == "PERMISSION_DENIED"
-                    assert "does not belong to app app-1" in wrong_app.text
-                    outside = await start(pki, port, elsewhere.name, "app-1")
-                    assert isinstance(outside, Error) and outside.code == "INSTANCE_UNAVAILABLE"
-                    tricks = await start(pki, port, "../netns", "app-1")
-                    assert isinstance(tricks, Error) and "refused" in tricks.text
-        finally:
-            unmount(cells)
+        with trio.fail_after(30):
+            async with agent(config(pki, cells, store)) as port:
+                assert isinstance(await start(pki, port, mine.name, "app-1"), Started)
+                wrong_app = await start(pki, port, other.name, "app-1")
+                assert isinstance(wrong_app, Error)
+                assert wrong_app.code == "PERMISSION_DENIED"
+                assert "does not belong to app app-1" in wrong_app.text
+                outside = await start(pki, port, elsewhere.name, "app-1")
+                assert isinstance(outside, Error) and outside.code == "INSTANCE_UNAVAILABLE"
+                tricks = await start(pki, port, "../netns", "app-1")
+                assert isinstance(tricks, Error) and "refused" in tricks.text
 
 
 async def test_concurrency_limit_is_reported(pki: CertPaths, tmp_path: Path) -> None:
