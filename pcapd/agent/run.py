@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 READ_WAIT = 0.2
 """Seconds a read waits before returning empty: the heartbeat period of an idle source."""
 STATS_PERIOD = 1.0
+MAX_READ = 4096
+"""Packets per read at most: bounds the time one read holds the event loop."""
+MIN_READ = 64
+"""A read smaller than this is not worth a wake-up: wait for the sender instead."""
+BACKPRESSURE_WAIT = 0.05
+"""Seconds the reader waits for the sender before reading anyway (and the gate drops)."""
 MAX_PAYLOAD = 1024 * 1024
 """Bytes per binary message: large enough to amortise framing, far below the 8 MiB limit."""
 FLUSH_TIMEOUT = 10.0
@@ -111,9 +117,20 @@ class CaptureRun:
         self.request_stop("limit", f"max_duration of {seconds:g}s reached")
 
     async def _read(self, capture: Capture, queue: PacketQueue) -> None:
+        """Read no more than the queue has room for: the kernel's ring (tens of MB) is the
+        buffer for bursts, and the agent only drops — counting — when the api stays behind
+        for longer than ``BACKPRESSURE_WAIT``."""
         limits = self.start.limits
+        gate = queue.gate
+        min_read = max(1, min(MIN_READ, gate.upper_limit // 4))
         while True:
-            batch = await capture.read_batch(max_packets=4096, max_wait=READ_WAIT)
+            room = gate.upper_limit - queue.depth
+            if room < min_read and not gate.dropping:
+                with trio.move_on_after(BACKPRESSURE_WAIT):
+                    await queue.wait_depth_below(gate.upper_limit - min_read)
+                room = gate.upper_limit - queue.depth
+            limit = min(MAX_READ, room) if room >= min_read else MAX_READ
+            batch = await capture.read_batch(max_packets=limit, max_wait=READ_WAIT)
             self._offer(queue, batch)
             c = self.counters
             if limits.max_packets is not None and c.packets >= limits.max_packets:

@@ -97,6 +97,11 @@ class PacketQueue:
         self._wake()
         return Chunk(b"".join(parts), packets, watermark)
 
+    async def wait_depth_below(self, depth: int) -> None:
+        """Until fewer than ``depth`` packets wait (the sender caught up)."""
+        while self._depth >= depth:
+            await self._changed.wait()
+
     async def wait_empty(self) -> None:
         """Until the sender has taken everything."""
         while self._items:
