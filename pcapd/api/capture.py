@@ -29,11 +29,17 @@ import trio
 
 from pcapd import __version__
 from pcapd.api.agents import AgentJob, AgentLink, AgentPayload, AgentRefused, open_agent_capture
+from pcapd.api.resolve import Resolution
 from pcapd.config import ApiConfig
 from pcapd.errors import PcapngFormatError
 from pcapd.flow import DropGate
 from pcapd.merge import Merge
-from pcapd.pcapng import encode_interface_statistics, encode_section_header, with_interface_id
+from pcapd.pcapng import (
+    encode_interface_statistics,
+    encode_name_resolution,
+    encode_section_header,
+    with_interface_id,
+)
 from pcapd.proto import (
     CaptureLimits,
     Code,
@@ -48,6 +54,7 @@ from pcapd.proto import (
     Stop,
 )
 from pcapd.proto.messages import EndReason, SourceState, StopReason
+from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.queue import PacketQueue
 from pcapd.transport.ws import LinkClosed
@@ -116,14 +123,18 @@ class SourceRun:
 class ApiCapture:
     """Runs one capture to its end; :meth:`request_stop` ends it gracefully."""
 
-    def __init__(self, config: ApiConfig, capture_id: str, start: Start, jobs: list[AgentJob],
-                 output: Output, agent_tls: ssl.SSLContext | None) -> None:
+    def __init__(self, config: ApiConfig, capture_id: str, start: Start,
+                 resolution: Resolution, output: Output,
+                 agent_tls: ssl.SSLContext | None) -> None:
         self.config = config
         self.capture_id = capture_id
         self.start = start
+        self.resolution = resolution
+        self.identity = resolution.identity
         self.output = output
         self.agent_tls = agent_tls
-        self.sources = [SourceRun(i, job) for i, job in enumerate(jobs)]
+        self.sources = [SourceRun(i, job) for i, job in enumerate(resolution.jobs)]
+        self._token_renewed = trio.Event()
         self.merge = Merge(lateness=config.merge.lateness,
                            max_buffered=max(10 * config.buffer.size, 10_000))
         buf = config.buffer
@@ -162,6 +173,25 @@ class ApiCapture:
                 limits[name] = (mine, False)
         return limits
 
+    def renew(self, identity: Identity) -> None:
+        """A refreshed token of the same user: the capture may run until it expires."""
+        self.identity = identity
+        self._token_renewed.set()
+        self._token_renewed = trio.Event()
+
+    async def _token_timer(self) -> None:
+        """End the capture when the user's token expires without a refreshed one."""
+        while self.identity is not None:
+            left = self.identity.expires_at - time.time()
+            renewed = self._token_renewed
+            with trio.move_on_after(max(left, 0)):
+                await renewed.wait()
+                continue
+            await self._notify("LIMIT_REACHED", "token expired: the capture ends here (log in "
+                               "again to capture longer)", limit="token")
+            self.request_stop("limit", "token expired", "token")
+            return
+
     # --- the whole capture -----------------------------------------------------------------
 
     async def run(self) -> End:
@@ -180,7 +210,8 @@ class ApiCapture:
             ready = [s for s in self.sources if s.idb is not None and s.failure is None]
             if not ready:
                 agents.cancel_scope.cancel()
-                reasons = "; ".join(s.failure[1] for s in self.sources if s.failure)
+                reasons = "; ".join([*(u.text for u in self.resolution.unavailable),
+                                     *(s.failure[1] for s in self.sources if s.failure)])
                 codes = {s.failure[0] for s in self.sources if s.failure}
                 code: Code = codes.pop() if len(codes) == 1 else "START_CAPTURE_FAILED"
                 if code in ("INSTANCE_UNAVAILABLE", "CONNECTION_ERROR"):
@@ -194,6 +225,7 @@ class ApiCapture:
                 io.start_soon(self._reporter)
                 if "max_duration" in self._limits:
                     io.start_soon(self._duration_timer, *self._limits["max_duration"])
+                io.start_soon(self._token_timer)
                 await self._stop.wait()
                 await self._stop_sources()
                 self._closing = True
@@ -209,8 +241,15 @@ class ApiCapture:
             source.merge_id = self.merge.add_source(trio.current_time())
         await self.output.send_message(Started(capture_id=self.capture_id, sources=[
             Source(id=s.id, name=s.name, description=s.description) for s in ready]))
-        header = encode_section_header(user_application=f"pcapd {__version__}")
-        self.queue.put_unbounded(b"".join([header, *(s.idb or b"" for s in ready)]))
+        header = [encode_section_header(user_application=f"pcapd {__version__}"),
+                  *(s.idb or b"" for s in ready)]
+        if self.resolution.names:
+            header.append(encode_name_resolution(
+                [(address, [name]) for address, name in self.resolution.names]))
+        self.queue.put_unbounded(b"".join(header))
+        for unavailable in self.resolution.unavailable:
+            await self.output.send_message(Notice(code=unavailable.code, text=unavailable.text,
+                                                  origin=unavailable.origin))
         for source in self.sources:
             if source.failure is not None:
                 await self._notify(source.failure[0], source.failure[1], source)

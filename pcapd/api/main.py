@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+from pcapd.api.bosh import BoshResolver
+from pcapd.api.cf import CfResolver
+from pcapd.api.resolve import http_client
 from pcapd.api.server import Api, PlatformResolver, serve_api
 from pcapd.config import ApiConfig
 from pcapd.transport.service import serve_until_signalled
@@ -12,7 +15,15 @@ from pcapd.transport.service import serve_until_signalled
 log = logging.getLogger("pcapd.api")
 
 
-async def run_api(config: ApiConfig) -> None:
-    api = Api(config, PlatformResolver())
+def platform_resolver(config: ApiConfig) -> PlatformResolver:
+    """Resolvers for the configured platforms; built before the event loop (reads CA files)."""
+    port = config.agents.port
+    return PlatformResolver(
+        CfResolver(config.cf, http_client(config.cf.ca), port) if config.cf else None,
+        BoshResolver(config.bosh, http_client(config.bosh.ca), port) if config.bosh else None)
+
+
+async def run_api(config: ApiConfig, resolver: PlatformResolver) -> None:
+    api = Api(config, resolver)
     await serve_until_signalled("api", config.id, partial(serve_api, api), api,
                                 config.drain_timeout, log)

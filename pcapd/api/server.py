@@ -14,18 +14,24 @@ import logging
 import ssl
 import uuid
 from functools import partial
-from typing import Protocol
 
 import trio
 from trio_websocket import WebSocketConnection
 
 from pcapd.agent.capture import InvalidFilter, compile_filter
 from pcapd.api.agents import AgentJob
+from pcapd.api.auth import authorization_from_headers
+from pcapd.api.bosh import BoshResolver
 from pcapd.api.capture import ApiCapture, CaptureFailed
+from pcapd.api.cf import CfResolver
+from pcapd.api.resolve import Resolution, Resolver
 from pcapd.config import ApiConfig
 from pcapd.proto import (
     AgentTarget,
+    BoshTarget,
+    CfTarget,
     Data,
+    End,
     Error,
     Hello,
     LocalTarget,
@@ -37,7 +43,9 @@ from pcapd.proto import (
     Status,
     StatusReply,
     Stop,
+    Token,
 )
+from pcapd.tokens import Identity, Unauthenticated, bearer_token
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_context, server_context
@@ -47,12 +55,6 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 10.0
-
-
-class Resolver(Protocol):
-    """Turns a client's target into agent jobs; raises :class:`Refusal` with the reason."""
-
-    async def resolve(self, start: Start) -> list[AgentJob]: ...
 
 
 class LocalResolver:
@@ -67,15 +69,20 @@ class LocalResolver:
         self.agents = agents
         self.from_request = from_request
 
-    async def resolve(self, start: Start) -> list[AgentJob]:
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
         if not isinstance(start.target, LocalTarget):
             raise Refusal("INVALID_REQUEST", "this is a local pcapd api: it captures local "
                           "targets only (pcapd capture local)")
         if self.from_request:
             host, port, _ = self.agents[0]
             names: list[str | None] = list(start.target.netns) or [None]
-            return [_local_job(host, port, name) for name in names]
-        return [_local_job(host, port, name) for host, port, name in self.agents]
+            jobs = [_local_job(host, port, name) for name in names]
+        else:
+            jobs = [_local_job(host, port, name) for host, port, name in self.agents]
+        return Resolution(jobs, target="local:" + ",".join(j.origin for j in jobs))
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        raise Refusal("INVALID_REQUEST", "a local capture takes no token")
 
 
 def _local_job(host: str, port: int, netns: str | None) -> AgentJob:
@@ -84,15 +91,32 @@ def _local_job(host: str, port: int, netns: str | None) -> AgentJob:
 
 
 class PlatformResolver:
-    """The distributed api's resolver until Cloud Foundry and BOSH targets land (issue #4)."""
+    """The distributed api's resolver: Cloud Foundry and/or BOSH, as configured."""
 
-    async def resolve(self, start: Start) -> list[AgentJob]:
-        kind = type(start.target).__name__.removesuffix("Target").lower()
-        if isinstance(start.target, LocalTarget):
-            raise Refusal("INVALID_REQUEST", "local targets are captured by `pcapd capture "
-                          "local` on the machine itself, not through a shared api")
-        raise Refusal("INVALID_REQUEST", f"{kind} targets are not implemented yet in this "
-                      "pcapd api (issue #4)")
+    def __init__(self, cf: CfResolver | None, bosh: BoshResolver | None) -> None:
+        self.cf = cf
+        self.bosh = bosh
+
+    def _for(self, start: Start) -> CfResolver | BoshResolver:
+        target = start.target
+        if isinstance(target, CfTarget):
+            if self.cf is None:
+                raise Refusal("INVALID_REQUEST", "this pcapd api serves no Cloud Foundry "
+                              "(no cf section in its config)")
+            return self.cf
+        if isinstance(target, BoshTarget):
+            if self.bosh is None:
+                raise Refusal("INVALID_REQUEST", "this pcapd api serves no BOSH director "
+                              "(no bosh section in its config)")
+            return self.bosh
+        raise Refusal("INVALID_REQUEST", "local targets are captured by `pcapd capture "
+                      "local` on the machine itself, not through a shared api")
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
+        return await self._for(start).resolve(start, token)
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        return await self._for(start).verify(start, token)
 
 
 class ClientOutput:
@@ -154,29 +178,43 @@ class Api:
                 if isinstance(msg, Status):
                     await link.send(self.status())
                 elif isinstance(msg, Start):
-                    await self._capture(link, msg)
+                    await self._capture(link, msg, authorization_from_headers(
+                        ws.handshake_headers))
                     return
                 elif isinstance(msg, Error):
                     return
         except LinkClosed as exc:
             log.info("%s: %s", link.peer, exc)
 
-    async def _capture(self, link: Link, start: Start) -> None:
+    async def _capture(self, link: Link, start: Start, authorization: str | None) -> None:
+        token = None
         try:
-            jobs = await self._admit(start)
+            if authorization is not None:
+                try:
+                    token = bearer_token(authorization)
+                except Unauthenticated as exc:
+                    raise Refusal("UNAUTHENTICATED", str(exc)) from None
+            resolution = await self._admit(start, token)
         except Refusal as refusal:
-            log.info("%s: refused: %s", link.peer, refusal.text)
+            log.info("%s: refused (%s): %s", link.peer, refusal.code, refusal.text,
+                     extra={"event": "refused", "code": refusal.code})
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return
         capture_id = uuid.uuid4().hex
-        capture = ApiCapture(self.config, capture_id, start, jobs, ClientOutput(link),
+        capture = ApiCapture(self.config, capture_id, start, resolution, ClientOutput(link),
                              self.agent_tls)
         self.captures[capture_id] = capture
-        log.info("capture %s: %s for %s, filter %r", capture_id,
-                 ", ".join(j.origin for j in jobs), link.peer, start.options.filter)
+        who = resolution.identity
+        user = f"{who.user_name} ({who.user_id})" if who is not None else "local user"
+        log.info("capture %s started by %s: %s, filter %r", capture_id, user, resolution.target,
+                 start.options.filter, extra={
+                     "event": "capture_started", "capture_id": capture_id, "user": user,
+                     "target": resolution.target, "filter": start.options.filter,
+                     "sources": [j.origin for j in resolution.jobs]})
+        end: End | None = None
         try:
             async with open_nursery() as nursery:
-                nursery.start_soon(self._listen, link, capture, nursery.cancel_scope)
+                nursery.start_soon(self._listen, link, capture, start, nursery.cancel_scope)
                 nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
                 try:
                     end = await capture.run()
@@ -185,28 +223,55 @@ class Api:
                     nursery.cancel_scope.cancel()
                     return
                 await link.send(end)
-                log.info("capture %s ended (%s): %d written, %d dropped", capture_id,
-                         end.reason, end.totals.written,
-                         end.totals.agent_dropped + end.totals.api_dropped)
                 nursery.cancel_scope.cancel()
         finally:
             del self.captures[capture_id]
             self._captures_changed.set()
             self._captures_changed = trio.Event()
+            totals = end.totals if end is not None else None
+            log.info("capture %s by %s ended: %s", capture_id, user,
+                     end.reason if end is not None else "client gone or failed", extra={
+                         "event": "capture_ended", "capture_id": capture_id, "user": user,
+                         "target": resolution.target, "filter": start.options.filter,
+                         "reason": end.reason if end is not None else "aborted",
+                         "packets": totals.packets if totals else None,
+                         "written": totals.written if totals else None,
+                         "dropped": (totals.agent_dropped + totals.api_dropped
+                                     + totals.kernel_dropped) if totals else None})
 
-    async def _listen(self, link: Link, capture: ApiCapture, scope: trio.CancelScope) -> None:
-        """The client's side: ``stop``, or going away (which cancels the capture at once)."""
+    async def _listen(self, link: Link, capture: ApiCapture, start: Start,
+                      scope: trio.CancelScope) -> None:
+        """The client's side: ``stop``, refreshed tokens, or going away (which cancels the
+        capture at once: its agents stop)."""
         try:
             while True:
                 msg = await link.receive()
                 if isinstance(msg, Stop):
                     capture.request_stop("stopped", "stopped by the user")
+                elif isinstance(msg, Token):
+                    await self._renew(link, capture, start, msg.token)
         except LinkClosed as exc:
             log.info("capture %s: client gone (%s): stopping its agents", capture.capture_id,
                      exc)
             scope.cancel()
 
-    async def _admit(self, start: Start) -> list[AgentJob]:
+    async def _renew(self, link: Link, capture: ApiCapture, start: Start, token: str) -> None:
+        """A refreshed token: same rules, same user; the capture may then run past the old
+        token's expiry."""
+        try:
+            identity = await self.resolver.verify(start, token)
+        except Refusal as refusal:
+            await link.send(Notice(code="UNAUTHENTICATED", text=f"the refreshed token was "
+                                   f"refused: {refusal.text}", origin=self.config.id))
+            return
+        current = capture.identity
+        if current is not None and identity.user_id != current.user_id:
+            await link.send(Notice(code="PERMISSION_DENIED", text="the refreshed token belongs "
+                                   "to another user: ignored", origin=self.config.id))
+            return
+        capture.renew(identity)
+
+    async def _admit(self, start: Start, token: str | None) -> Resolution:
         if self.draining:
             raise Refusal("START_CAPTURE_FAILED", f"the api {self.config.id} is shutting down: "
                           "try again in a moment")
@@ -218,10 +283,13 @@ class Api:
                                                   snaplen=start.options.snaplen))
         except InvalidFilter as exc:
             raise Refusal("INVALID_REQUEST", str(exc)) from None
-        jobs = await self.resolver.resolve(start)
-        if not jobs:
+        resolution = await self.resolver.resolve(start, token)
+        if not resolution.jobs and not resolution.unavailable:
             raise Refusal("INVALID_REQUEST", "the target names no instance to capture")
-        return jobs
+        if not resolution.jobs:
+            raise Refusal("START_CAPTURE_FAILED", "no instance can be captured: " + "; ".join(
+                u.text for u in resolution.unavailable))
+        return resolution
 
 
 async def serve_api(api: Api, *, task_status: trio.TaskStatus[list[trio.SocketListener]]

@@ -18,6 +18,7 @@ from netns import netns, send_udp
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.api.agents import AgentJob
 from pcapd.api.capture import ApiCapture
+from pcapd.api.resolve import Resolution
 from pcapd.certs import init_certs
 from pcapd.config import local_api_config, parse_agent_config
 from pcapd.config.model import AgentListenConfig
@@ -82,7 +83,7 @@ async def test_slow_user_gets_drops_counted_and_the_identity_holds(tmp_path: Pat
                           options=CaptureOptions(device="lo", filter="udp"))
             tls = client_context(ca=pki.ca_cert, certificate=pki.api_client_cert,
                                  private_key=pki.api_client_key)
-            capture = ApiCapture(api_config, "congestion", start, [job], user, tls)
+            capture = ApiCapture(api_config, "congestion", start, Resolution([job]), user, tls)
             ends = []
             finished = trio.Event()
 

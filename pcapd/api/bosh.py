@@ -1,0 +1,141 @@
+"""BOSH targets: who may capture a deployment's VMs, and where they are.
+
+The director is asked with the user's own token: ``GET /deployments`` gives the deployments the
+user may read and their teams, ``GET /deployments/:name/instances`` the VMs. pcapd then applies
+its stricter rule — admin of the director or of one of the deployment's teams
+(:func:`pcapd.authz.bosh_may_capture`). Each VM's agent is at ``ips[0]:agents.port`` and captures
+its own interface (the host namespace).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from pcapd.api.agents import AgentJob
+from pcapd.api.auth import TokenVerifier
+from pcapd.api.resolve import Resolution, Unavailable, get_json
+from pcapd.authz import bosh_may_capture
+from pcapd.config import BoshConfig
+from pcapd.proto import AgentTarget, BoshTarget, Start
+from pcapd.tokens import Identity, Unauthenticated
+from pcapd.transport.service import Refusal
+
+
+class BoshResolver:
+    """Resolves ``bosh`` targets against one director (and its UAA)."""
+
+    def __init__(self, config: BoshConfig, http: httpx.AsyncClient, agents_port: int) -> None:
+        self.config = config
+        self.http = http
+        self.agents_port = agents_port
+        self.director = config.director.rstrip("/")
+        self._uuid: str | None = None
+        self._verifier: TokenVerifier | None = None
+        self._discovering = trio.Lock()
+
+    async def _discover(self) -> tuple[str, TokenVerifier]:
+        """The director's uuid and its UAA, from ``/info`` (once; again after a failure)."""
+        async with self._discovering:
+            if self._uuid is None or self._verifier is None:
+                status, info = await get_json(self.http, self.director + "/info", token=None,
+                                              what="the BOSH director")
+                try:
+                    auth = info["user_authentication"]
+                    if auth["type"] != "uaa":
+                        raise Refusal("START_CAPTURE_FAILED", f"the BOSH director at "
+                                      f"{self.director} uses {auth['type']} authentication; "
+                                      "pcapd needs UAA")
+                    uaa = auth["options"]["url"]
+                    uuid = str(info["uuid"])
+                except (TypeError, KeyError):
+                    raise Refusal("START_CAPTURE_FAILED", f"the BOSH director at "
+                                  f"{self.director} answered {status} without the uuid and UAA "
+                                  "of its /info (bosh.director)") from None
+                self._uuid = uuid
+                self._verifier = TokenVerifier(uaa_url=str(uaa), http=self.http)
+            return self._uuid, self._verifier
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        _, verifier = await self._discover()
+        try:
+            return await verifier.verify(token)
+        except Unauthenticated as exc:
+            raise Refusal("UNAUTHENTICATED", str(exc)) from None
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
+        target = start.target
+        assert isinstance(target, BoshTarget)
+        if token is None:
+            raise Refusal("UNAUTHENTICATED", "no token: log in with `bosh log-in` first")
+        identity = await self.verify(start, token)
+        uuid, _ = await self._discover()
+        name = target.deployment
+        status, listed = await get_json(self.http, f"{self.director}/deployments", token=token,
+                                        what="the BOSH director")
+        self._check(status, listed, name)
+        teams = next((d.get("teams") or [] for d in listed or []
+                      if isinstance(d, dict) and d.get("name") == name), None)
+        status, instances = await get_json(
+            self.http, f"{self.director}/deployments/{quote(name, safe='')}/instances",
+            token=token, what="the BOSH director")
+        self._check(status, instances, name)
+        if teams is None:  # readable instances of an unlisted deployment: treat as no teams
+            teams = []
+        decision = bosh_may_capture(name, identity.scopes, uuid, teams)
+        if not decision.allowed:
+            raise Refusal("PERMISSION_DENIED", decision.reason)
+        return self._select(target, instances or [], identity)
+
+    @staticmethod
+    def _check(status: int, body: Any, deployment: str) -> None:
+        if 200 <= status < 300:
+            return
+        code = body.get("code") if isinstance(body, dict) else None
+        description = body.get("description", "") if isinstance(body, dict) else ""
+        if status == 404 and code == 70000:
+            raise Refusal("INVALID_REQUEST", f"deployment {deployment!r} doesn't exist "
+                          "(-d): check `bosh deployments`")
+        if status == 401 and code == 600000:
+            raise Refusal("PERMISSION_DENIED", f"the BOSH director: {description}")
+        if status == 401:
+            raise Refusal("UNAUTHENTICATED", "the BOSH director refused the token: log in "
+                          "again with `bosh log-in`")
+        raise Refusal("START_CAPTURE_FAILED", f"the BOSH director answered {status}"
+                      + (f" ({description})" if description else ""))
+
+    def _select(self, target: BoshTarget, instances: list[Any],
+                identity: Identity) -> Resolution:
+        rows = [i for i in instances if isinstance(i, dict)]
+        groups = {str(i.get("job")) for i in rows}
+        for group in target.groups:
+            if group not in groups:
+                raise Refusal("INVALID_REQUEST", f"deployment {target.deployment} has no "
+                              f"instance group {group!r} (-g); it has "
+                              f"{', '.join(sorted(groups)) or 'none'}")
+        chosen = [i for i in rows if i.get("job") in target.groups]
+        if target.instances:
+            known = {str(i.get("id")) for i in chosen}
+            for wanted in target.instances:
+                if wanted not in known:
+                    raise Refusal("INVALID_REQUEST", f"no instance {wanted} in group(s) "
+                                  f"{', '.join(target.groups)} of {target.deployment}")
+            chosen = [i for i in chosen if str(i.get("id")) in target.instances]
+        jobs: list[AgentJob] = []
+        unavailable: list[Unavailable] = []
+        names: list[tuple[str, str]] = []
+        for instance in chosen:
+            origin = f"{instance.get('job')}/{instance.get('id')}"
+            ips = instance.get("ips") or []
+            if not ips:
+                unavailable.append(Unavailable(origin, f"{origin} has no VM: not captured"))
+                continue
+            jobs.append(AgentJob(str(ips[0]), self.agents_port,
+                                 AgentTarget(namespace="host", source=origin), origin=origin))
+            names.extend((str(ip), origin) for ip in ips)
+        groups_text = ",".join(target.groups)
+        return Resolution(jobs, unavailable, names, identity,
+                          target=f"bosh:{target.deployment}/{groups_text}")

@@ -1,0 +1,167 @@
+"""Cloud Foundry targets: who may capture an app, and where its instances run.
+
+Everything is asked of Cloud Controller *with the user's own token*, so the platform's own
+visibility rules apply first (an app in a space the user is not in is simply "not found"), then
+pcapd's rule (:func:`pcapd.authz.cf_may_capture`). The app's instances come from its process
+stats: the cell (``host``) runs the agent, ``instance_guid`` names the container's network
+namespace there, and ``instance_internal_ip`` goes into the Name Resolution Block.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import trio
+
+from pcapd.api.agents import AgentJob
+from pcapd.api.auth import TokenVerifier
+from pcapd.api.resolve import Resolution, Unavailable, get_json
+from pcapd.authz import cf_may_capture
+from pcapd.config import CfConfig
+from pcapd.proto import AgentTarget, CfTarget, Start
+from pcapd.tokens import Identity, Unauthenticated
+from pcapd.transport.service import Refusal
+
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+CAPTURABLE = {"RUNNING", "STARTING"}
+
+
+class CfResolver:
+    """Resolves ``cf`` targets against one Cloud Controller (and its UAA)."""
+
+    def __init__(self, config: CfConfig, http: httpx.AsyncClient, agents_port: int) -> None:
+        self.config = config
+        self.http = http
+        self.agents_port = agents_port
+        self.api = config.api.rstrip("/")
+        self._v3: str | None = None
+        self._verifier: TokenVerifier | None = None
+        self._discovering = trio.Lock()
+
+    async def _discover(self) -> tuple[str, TokenVerifier]:
+        """The v3 endpoint and UAA, from the root document (once; again after a failure)."""
+        async with self._discovering:
+            if self._v3 is None or self._verifier is None:
+                status, root = await get_json(self.http, self.api + "/", token=None,
+                                              what="Cloud Controller")
+                try:
+                    links = root["links"]
+                    v3 = links["cloud_controller_v3"]["href"]
+                    uaa = links["uaa"]["href"]
+                except (TypeError, KeyError):
+                    raise Refusal("START_CAPTURE_FAILED", f"Cloud Controller at {self.api} "
+                                  f"answered {status} without the links of its root document "
+                                  "(cf.api)") from None
+                self._v3 = str(v3).rstrip("/")
+                self._verifier = TokenVerifier(uaa_url=str(uaa), http=self.http)
+            return self._v3, self._verifier
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        _, verifier = await self._discover()
+        try:
+            return await verifier.verify(token)
+        except Unauthenticated as exc:
+            raise Refusal("UNAUTHENTICATED", str(exc)) from None
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
+        target = start.target
+        assert isinstance(target, CfTarget)
+        if token is None:
+            raise Refusal("UNAUTHENTICATED", "no token: log in with `cf login` first")
+        identity = await self.verify(start, token)
+        v3, _ = await self._discover()
+        app = await self._find_app(v3, target, token)
+        guid, name = str(app["guid"]), str(app["name"])
+        _, permissions = await self._get(f"{v3}/apps/{guid}/permissions", token, name)
+        ssh = None
+        if self.config.require_ssh_enabled:
+            _, ssh = await self._get(f"{v3}/apps/{guid}/ssh_enabled", token, name)
+        decision = cf_may_capture(name, permissions or {}, ssh)
+        if not decision.allowed:
+            raise Refusal("PERMISSION_DENIED", decision.reason)
+        status, stats = await get_json(
+            self.http, f"{v3}/apps/{guid}/processes/{target.process_type}/stats", token=token,
+            what="Cloud Controller")
+        if status == 404:
+            raise Refusal("INVALID_REQUEST", f"app {name} has no process of type "
+                          f"{target.process_type!r} (--process-type)")
+        self._check(status, stats, name)
+        resources = stats.get("resources") if isinstance(stats, dict) else None
+        return self._instances(target, guid, name, resources or [], identity)
+
+    async def _find_app(self, v3: str, target: CfTarget, token: str) -> dict[str, Any]:
+        if _GUID.fullmatch(target.app):
+            status, app = await get_json(self.http, f"{v3}/apps/{target.app}", token=token,
+                                         what="Cloud Controller")
+            if status == 200 and isinstance(app, dict):
+                return app
+            if status != 404:
+                self._check(status, app, target.app)
+        if target.space is None:
+            raise Refusal("INVALID_REQUEST", f"app {target.app} not found (name an app guid, "
+                          "or target a space with `cf target -s SPACE`)")
+        url = httpx.URL(f"{v3}/apps", params={"names": target.app,
+                                              "space_guids": target.space})
+        status, found = await get_json(self.http, str(url), token=token,
+                                       what="Cloud Controller")
+        self._check(status, found, target.app)
+        resources = found.get("resources") if isinstance(found, dict) else None
+        if not resources:
+            raise Refusal("INVALID_REQUEST", f"app {target.app} not found in the targeted space "
+                          "(or you may not see it): check `cf apps`")
+        return dict(resources[0])
+
+    async def _get(self, url: str, token: str, app: str) -> tuple[int, Any]:
+        status, body = await get_json(self.http, url, token=token, what="Cloud Controller")
+        self._check(status, body, app)
+        return status, body
+
+    @staticmethod
+    def _check(status: int, body: Any, app: str) -> None:
+        if 200 <= status < 300:
+            return
+        detail = _cc_error(body)
+        if status == 401:
+            raise Refusal("UNAUTHENTICATED", f"Cloud Controller refused the token ({detail}): "
+                          "log in again with `cf login`")
+        if status == 403:
+            raise Refusal("PERMISSION_DENIED", f"Cloud Controller: {detail}")
+        if status == 404:
+            raise Refusal("INVALID_REQUEST", f"app {app} not found (or you may not see it)")
+        raise Refusal("START_CAPTURE_FAILED", f"Cloud Controller answered {status} ({detail})")
+
+    def _instances(self, target: CfTarget, guid: str, name: str,
+                   resources: list[dict[str, Any]], identity: Identity) -> Resolution:
+        by_index = {int(r["index"]): r for r in resources if "index" in r}
+        wanted = sorted(set(target.instances)) if target.instances else sorted(by_index)
+        jobs: list[AgentJob] = []
+        unavailable: list[Unavailable] = []
+        names: list[tuple[str, str]] = []
+        for index in wanted:
+            origin = f"{name}/{index}"
+            instance = by_index.get(index)
+            if instance is None:
+                unavailable.append(Unavailable(origin, f"{origin}: no such instance (the app "
+                                                       f"has {len(by_index)})"))
+                continue
+            state = str(instance.get("state", "UNKNOWN"))
+            host, instance_guid = instance.get("host"), instance.get("instance_guid")
+            if state not in CAPTURABLE or not host or not instance_guid:
+                unavailable.append(Unavailable(origin, f"{origin} is {state}: not captured"))
+                continue
+            jobs.append(AgentJob(str(host), self.agents_port, AgentTarget(
+                namespace=str(instance_guid), app_guid=guid, source=origin), origin=origin))
+            if instance.get("instance_internal_ip"):
+                names.append((str(instance["instance_internal_ip"]), origin))
+        return Resolution(jobs, unavailable, names, identity, target=f"cf:{name}")
+
+
+def _cc_error(body: Any) -> str:
+    """The ``detail`` of Cloud Controller's ``{"errors": [...]}``."""
+    try:
+        first = body["errors"][0]
+        return f"{first.get('title', 'error')}: {first.get('detail', '')}"
+    except (TypeError, KeyError, IndexError):
+        return "no details"

@@ -1,0 +1,88 @@
+"""From a user's target to agent jobs: what every resolver returns, and the shared HTTP glue.
+
+A resolver checks the user's token, asks the platform (Cloud Controller, BOSH director) with
+that same token what the user may see, applies pcapd's own rule (:mod:`pcapd.authz`) and
+turns the instances into :class:`~pcapd.api.agents.AgentJob`. Instances that cannot be captured
+(down, no VM) do not fail the request: they come back as :class:`Unavailable` and the user is
+told, while the others are captured.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from pcapd.api.agents import AgentJob
+from pcapd.proto import Code, Start
+from pcapd.tokens import Identity
+from pcapd.transport.service import Refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    origin: str
+    text: str
+    code: Code = "INSTANCE_UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What to capture for one request, and for whom."""
+
+    jobs: list[AgentJob]
+    unavailable: list[Unavailable] = field(default_factory=list)
+    names: list[tuple[str, str]] = field(default_factory=list)
+    """(address, name) pairs for the pcapng Name Resolution Block: instance IPs to names."""
+    identity: Identity | None = None
+    target: str = ""
+    """How the audit log and the stored object name the target, e.g. ``cf:my-app``."""
+
+
+class Resolver(Protocol):
+    """Turns a client's target into agent jobs; raises :class:`Refusal` with the reason."""
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution: ...
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        """Check a refreshed token for a capture of ``start`` (same rules as at the start)."""
+        ...
+
+
+async def get_json(http: httpx.AsyncClient, url: str, *, token: str | None,
+                   what: str) -> tuple[int, Any]:
+    """GET ``url`` (with the user's bearer token); (status, parsed JSON or None).
+
+    Unreachable or unparsable answers become a :class:`Refusal` naming ``what`` and the URL —
+    never the token.
+    """
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"bearer {token}"
+    try:
+        response = await http.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise Refusal("START_CAPTURE_FAILED", f"cannot reach {what} at {_origin(url)}: "
+                      f"{type(exc).__name__}: {exc}") from None
+    try:
+        body = response.json() if response.content else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    return response.status_code, body
+
+
+def _origin(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.netloc.decode()}"
+
+
+def http_client(ca: str | None) -> httpx.AsyncClient:
+    """An HTTP client for a platform API: its own CA when configured, the system's otherwise.
+
+    Built before the event loop starts (reading the CA file blocks).
+    """
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+    return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(15.0), follow_redirects=False)
