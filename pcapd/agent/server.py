@@ -45,7 +45,7 @@ from pcapd.proto import (
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import server_context
-from pcapd.transport.ws import Link, LinkClosed, serve_websocket
+from pcapd.transport.ws import Headers, Link, LinkClosed, serve_websocket
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Agent:
         for run in self.runs.values():
             run.request_stop("drained", f"agent {self.config.id} is shutting down")
 
-    async def handle(self, ws: WebSocketConnection, peer: str) -> None:
+    async def handle(self, ws: WebSocketConnection, peer: str, headers: Headers) -> None:
         """One link from the api, from ``hello`` to close."""
         link = Link(ws, ResponderSession("agent"), peer)
         try:

@@ -49,7 +49,7 @@ from pcapd.tokens import Identity, Unauthenticated, bearer_token
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_context, server_context
-from pcapd.transport.ws import Link, LinkClosed, serve_websocket
+from pcapd.transport.ws import Headers, Link, LinkClosed, serve_websocket
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Api:
         for capture in self.captures.values():
             capture.request_stop("drained", f"the api {self.config.id} is shutting down")
 
-    async def handle(self, ws: WebSocketConnection, peer: str) -> None:
+    async def handle(self, ws: WebSocketConnection, peer: str, headers: Headers) -> None:
         """One client link, from ``hello`` to close."""
         link = Link(ws, ResponderSession("api"), f"client {peer}")
         try:
@@ -178,8 +178,7 @@ class Api:
                 if isinstance(msg, Status):
                     await link.send(self.status())
                 elif isinstance(msg, Start):
-                    await self._capture(link, msg, authorization_from_headers(
-                        ws.handshake_headers))
+                    await self._capture(link, msg, authorization_from_headers(headers))
                     return
                 elif isinstance(msg, Error):
                     return

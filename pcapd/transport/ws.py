@@ -31,7 +31,10 @@ RECEIVE_BUFFER = 256 * 1024
 MAX_MESSAGE = MAX_BINARY_MESSAGE + DATA_HEADER_SIZE
 HANDSHAKE_TIMEOUT = 10.0
 
-Handler = Callable[[WebSocketConnection, str], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Handler = Callable[[WebSocketConnection, str, Headers], Awaitable[None]]
+"""``handler(ws, peer, headers)``: the connection, ``host:port`` of the peer, and the headers of
+its handshake request (where a client's Authorization header arrives)."""
 
 
 class LinkClosed(PcapdError):
@@ -74,6 +77,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                     request = await trio_websocket.wrap_server_stream(
                         nursery, stream, max_message_size=MAX_MESSAGE,
                         receive_buffer_size=RECEIVE_BUFFER)
+                    headers = list(request.headers)
                     ws = await request.accept()
             except trio.TooSlowError:
                 log.warning("handshake from %s timed out after %ss", peer, handshake_timeout)
@@ -87,7 +91,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                 nursery.cancel_scope.cancel()
                 return
             try:
-                await handler(ws, peer)
+                await handler(ws, peer, headers)
             except Exception:
                 # a bug must cost one connection, never the server and everyone else's captures
                 log.exception("internal error while serving %s", peer)

@@ -152,12 +152,13 @@ class StreamedCapture:
 
 
 @asynccontextmanager
-async def streamed_capture(*args: str) -> AsyncIterator[StreamedCapture]:
+async def streamed_capture(*args: str, env: dict[str, str] | None = None
+                           ) -> AsyncIterator[StreamedCapture]:
     """``pcapd capture ARGS -w -`` with its stdout decoded as it comes."""
     async with trio.open_nursery() as nursery:
         process = await trio.lowlevel.open_process(
             [PCAPD, "capture", *args, "-w", "-"], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE)
+            stderr=subprocess.PIPE, env=env)
         capture = StreamedCapture(process, Lines())
         assert process.stderr is not None
         nursery.start_soon(_pump_lines, process.stderr, capture.stderr)

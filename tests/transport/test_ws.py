@@ -81,7 +81,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
     return init_certs(tmp_path_factory.mktemp("pki") / "certs")
 
 
-async def echo_hello(ws: trio_websocket.WebSocketConnection, peer: str) -> None:
+async def echo_hello(ws: trio_websocket.WebSocketConnection, peer: str,
+                     headers: list[tuple[bytes, bytes]]) -> None:
     link = Link(ws, ResponderSession("agent"), peer)
     await link.receive()
     await link.send(link.session.make_welcome("test-agent"))  # type: ignore[union-attr]
