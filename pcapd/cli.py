@@ -90,16 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--certs", type=Path, default=None, metavar="DIR",
                        help="certificates from 'pcapd certs init' (with --agent)")
     _add_common_capture_options(local, default_device="lo")
-    cf = targets.add_parser("cf", help="Cloud Foundry app instances")
+    cf = targets.add_parser(
+        "cf", help="Cloud Foundry app instances",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Login, target and space come from the cf CLI ($CF_HOME/.cf/config.json, CF_HOME\n"
+               "defaulting to $HOME); an access token about to expire is refreshed and written\n"
+               "back. Without --api or PCAPD_API the api is derived from the cf target:\n"
+               "https://api.<system domain> -> https://pcap.<system domain>.\n"
+               "--cacert and -k/--insecure apply to the pcapd api only; UAA is checked as the\n"
+               "cf CLI does (SSLDisabled from 'cf api --skip-ssl-validation').")
     cf.add_argument("app", metavar="APP", help="app name in the targeted space, or app guid")
-    cf.add_argument("--instance", action="append", type=int, default=[], metavar="N")
-    cf.add_argument("--process-type", default="web")
+    cf.add_argument("--instance", action="append", type=int, default=[], metavar="N",
+                    help="app instance index (repeatable; default: all instances)")
+    cf.add_argument("--process-type", default="web", help="process type (default web)")
     _add_common_capture_options(cf, default_device="eth0")
-    bosh = targets.add_parser("bosh", help="BOSH instances")
+    bosh = targets.add_parser(
+        "bosh", help="BOSH instances",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Director and login come from the bosh CLI ($BOSH_CONFIG, default ~/.bosh/config)\n"
+               "for environment -e / BOSH_ENVIRONMENT (alias or URL); an access token about to\n"
+               "expire is refreshed at the director's UAA and written back. The api needs\n"
+               "--api or PCAPD_API. --cacert and -k/--insecure apply to the pcapd api only; the\n"
+               "director and UAA are checked with the environment's ca_cert.")
     bosh.add_argument("-d", "--deployment", required=True)
-    bosh.add_argument("-g", "--group", action="append", required=True, metavar="GROUP")
-    bosh.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID")
-    bosh.add_argument("-e", "--environment", default=None, metavar="ENV")
+    bosh.add_argument("-g", "--group", action="append", required=True, metavar="GROUP",
+                      help="instance group (repeatable)")
+    bosh.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID",
+                      help="instance ids (default: every instance of the groups)")
+    bosh.add_argument("-e", "--environment", default=None, metavar="ENV",
+                      help="bosh environment alias or URL (env BOSH_ENVIRONMENT)")
     _add_common_capture_options(bosh, default_device="eth0")
     for p in (local, cf, bosh):
         p.set_defaults(handler=_capture)
@@ -167,12 +186,12 @@ def _run_api(args: argparse.Namespace) -> int:
     import trio
 
     from pcapd import logs
-    from pcapd.api.main import run_api
+    from pcapd.api.main import platform_resolver, run_api
     from pcapd.config import load_api_config
 
     config = load_api_config(args.config)
     logs.configure(config.log.level, config.log.format)
-    trio.run(run_api, config)
+    trio.run(run_api, config, platform_resolver(config))
     return EXIT_OK
 
 
@@ -185,19 +204,23 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    if args.target != "local":
-        raise NotImplementedYetError(f"pcapd capture {args.target} is not implemented yet "
-                                     "(issue #4)")
     if args.upload:
         raise NotImplementedYetError("--upload is not implemented yet (issue #5)")
     import trio
 
     from pcapd import logs
-    from pcapd.client.local import capture_local, local_plan
 
     logs.configure("info" if args.verbose else "warning", "text")
-    with local_plan(args) as plan:
-        end = trio.run(capture_local, plan)
+    if args.target == "local":
+        from pcapd.client.local import capture_local, local_plan
+
+        with local_plan(args) as plan:
+            end = trio.run(capture_local, plan)
+    else:
+        from pcapd.client.remote import capture_remote, remote_plan
+
+        with remote_plan(args) as remote:
+            end = trio.run(capture_remote, remote)
     return EXIT_OK if end.reason != "failed" else EXIT_FAILED
 
 

@@ -29,8 +29,6 @@ def test_version_names_release_and_protocol() -> None:
 
 
 @pytest.mark.parametrize(("argv", "issue"), [
-    (["capture", "cf", "my-app"], "#4"),
-    (["capture", "bosh", "-d", "cf", "-g", "router"], "#4"),
     (["captures", "list"], "#5"),
 ])
 def test_roles_not_built_yet_say_so_and_exit_2(argv: list[str], issue: str) -> None:

@@ -24,38 +24,19 @@ import trio
 from pcapd.agent.server import serve_agent
 from pcapd.api.server import Api, LocalResolver, serve_api
 from pcapd.certs import CertPaths, make_throwaway_pki, write_pki
-from pcapd.client.output import PcapngOutput, default_target
+from pcapd.client.output import PcapngOutput
+from pcapd.client.plan import capture_request, opened_output
 from pcapd.client.progress import Progress
 from pcapd.client.session import ApiAddress, run_capture
 from pcapd.config import AgentConfig, ApiConfig, local_api_config, parse_agent_config
 from pcapd.config.model import AgentListenConfig, ApiListenConfig
 from pcapd.errors import UsageError
-from pcapd.proto import CaptureLimits, CaptureOptions, End, LocalTarget, Start
+from pcapd.proto import End, LocalTarget, Start
 from pcapd.transport.groups import open_nursery
 
 LOOPBACK = "127.0.0.1"
 NETNS_DIR = "/run/netns"  # where `ip netns add` puts its namespaces
 DEFAULT_AGENT_PORT = 9494
-
-
-def capture_request(args: argparse.Namespace, target: LocalTarget) -> Start:
-    """The start message for the common options, each checked with the flag named."""
-    if not 1 <= args.snaplen <= 262144:
-        raise UsageError(f"-s/--snaplen {args.snaplen}: must be between 1 and 262144")
-    if args.count is not None and args.count < 1:
-        raise UsageError(f"-c/--count {args.count}: must be at least 1")
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError(f"--duration {args.duration:g}: must be more than 0 seconds")
-    if args.max_bytes is not None and args.max_bytes < 1:
-        raise UsageError(f"--max-bytes {args.max_bytes}: must be at least 1")
-    if not args.interface:
-        raise UsageError("-i/--interface: name a device, e.g. -i eth0")
-    return Start(target=target,
-                 options=CaptureOptions(device=args.interface, filter=args.filter,
-                                        snaplen=args.snaplen),
-                 limits=CaptureLimits(max_duration=args.duration, max_packets=args.count,
-                                      max_bytes=args.max_bytes),
-                 upload=args.upload)
 
 
 def parse_agent_spec(spec: str) -> tuple[str, int, str | None]:
@@ -129,21 +110,13 @@ def local_plan(args: argparse.Namespace) -> Iterator[LocalPlan]:
     if agents and args.certs is None:
         raise UsageError("--agent needs --certs DIR (the certificates of 'pcapd certs init')")
     start = capture_request(args, LocalTarget(netns=args.netns))
-    output = PcapngOutput(default_target(args.write))
-    output.open()
-    try:
-        with tempfile.TemporaryDirectory(prefix="pcapd-local-") as tmp:
-            if agents:
-                pki = CertPaths.in_directory(Path(args.certs))
-            else:
-                pki = write_pki(make_throwaway_pki(), Path(tmp) / "pki")
-            yield LocalPlan(args, start, output, pki, agents, Path(tmp) / "store")
-    except BaseException:
-        output.close()
-        if output.bytes_written == 0 and not output.to_stdout:
-            Path(output.target).unlink(missing_ok=True)
-        raise
-    output.close()
+    with opened_output(args.write) as output, \
+            tempfile.TemporaryDirectory(prefix="pcapd-local-") as tmp:
+        if agents:
+            pki = CertPaths.in_directory(Path(args.certs))
+        else:
+            pki = write_pki(make_throwaway_pki(), Path(tmp) / "pki")
+        yield LocalPlan(args, start, output, pki, agents, Path(tmp) / "store")
 
 
 async def capture_local(plan: LocalPlan) -> End:

@@ -1,0 +1,54 @@
+"""What every capture target prepares before the event loop starts.
+
+The start message for the common flags (each checked with the flag named), and the output
+opened early — a bad ``-w`` path fails before anyone is contacted — and removed again if the
+capture could not start, so a failed run leaves no empty file behind. Shared by ``capture
+local``, ``capture cf`` and ``capture bosh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pcapd.client.output import PcapngOutput, default_target
+from pcapd.errors import UsageError
+from pcapd.proto import CaptureLimits, CaptureOptions, Start
+from pcapd.proto.messages import Target
+
+
+def capture_request(args: argparse.Namespace, target: Target) -> Start:
+    """The start message for the common options, each checked with the flag named."""
+    if not 1 <= args.snaplen <= 262144:
+        raise UsageError(f"-s/--snaplen {args.snaplen}: must be between 1 and 262144")
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"-c/--count {args.count}: must be at least 1")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError(f"--duration {args.duration:g}: must be more than 0 seconds")
+    if args.max_bytes is not None and args.max_bytes < 1:
+        raise UsageError(f"--max-bytes {args.max_bytes}: must be at least 1")
+    if not args.interface:
+        raise UsageError("-i/--interface: name a device, e.g. -i eth0")
+    return Start(target=target,
+                 options=CaptureOptions(device=args.interface, filter=args.filter,
+                                        snaplen=args.snaplen),
+                 limits=CaptureLimits(max_duration=args.duration, max_packets=args.count,
+                                      max_bytes=args.max_bytes),
+                 upload=args.upload)
+
+
+@contextmanager
+def opened_output(write: str | None) -> Iterator[PcapngOutput]:
+    """``-w`` opened now; closed at the end, and removed if the block failed before any byte."""
+    output = PcapngOutput(default_target(write))
+    output.open()
+    try:
+        yield output
+    except BaseException:
+        output.close()
+        if output.bytes_written == 0 and not output.to_stdout:
+            Path(output.target).unlink(missing_ok=True)
+        raise
+    output.close()
