@@ -26,9 +26,13 @@ from pcapd.proto import (
     BoshTarget,
     CaptureOptions,
     CfTarget,
+    End,
     Error,
     InitiatorSession,
+    Notice,
     Start,
+    Stop,
+    Token,
     Welcome,
 )
 from pcapd.transport.ws import Link, open_websocket
@@ -220,3 +224,63 @@ def test_no_token_in_any_log_line(landscape: Landscape) -> None:
     text = "\n".join(lines)
     assert "eyJ" not in text  # every JWT (header, claims) starts with base64 of '{"'
 
+
+
+# --- a capture outlives its token only with a refreshed one --------------------------------
+
+
+async def capture_messages(landscape: Landscape, token: str, renew_with: str | None,
+                           renew_after: float, run_for: float) -> list[object]:
+    """Start a one-instance cf capture; optionally send a refreshed token; collect messages
+    (no packets are sent) until the api ends the capture or ``run_for`` seconds pass."""
+    headers = [(b"authorization", f"bearer {token}".encode())]
+    start = Start(target=CfTarget(app="my-app", space=landscape.space.guid, instances=[0]),
+                  options=CaptureOptions(device="lo"))
+    seen: list[object] = []
+    async with open_websocket("127.0.0.1", landscape.api_port, ssl_context=None,
+                              extra_headers=headers) as ws:
+        link = Link(ws, InitiatorSession("client"), "api")
+        await link.send(link.session.make_hello())  # type: ignore[union-attr]
+        await link.receive()
+        await link.send(start)
+        with trio.move_on_after(run_for):
+            async with trio.open_nursery() as nursery:
+                if renew_with is not None:
+                    async def renew() -> None:
+                        await trio.sleep(renew_after)
+                        await link.send(Token(token=renew_with))
+                    nursery.start_soon(renew)
+                while True:
+                    msg = await link.receive()
+                    seen.append(msg)
+                    if isinstance(msg, End | Error):
+                        nursery.cancel_scope.cancel()
+                        break
+        if link.session.state.value not in ("done", "error"):
+            await link.send(Stop())
+            while not isinstance(msg := await link.receive(), End):
+                seen.append(msg)
+            seen.append(msg)
+    return seen
+
+
+async def test_capture_ends_when_its_token_expires(landscape: Landscape) -> None:
+    landscape.cc.grant(ALICE, "developer", landscape.space)
+    token = landscape.uaa.issue(ALICE, lifetime=3)
+    with trio.fail_after(40):
+        seen = await capture_messages(landscape, token, None, 0, run_for=25)
+    limits = [m for m in seen if isinstance(m, Notice) and m.code == "LIMIT_REACHED"]
+    assert limits and limits[0].limit == "token" and "token expired" in limits[0].text
+    end = seen[-1]
+    assert isinstance(end, End) and end.reason == "limit" and end.limit == "token"
+
+
+async def test_a_refreshed_token_keeps_the_capture_going(landscape: Landscape) -> None:
+    landscape.cc.grant(ALICE, "developer", landscape.space)
+    token = landscape.uaa.issue(ALICE, lifetime=3)
+    fresh = landscape.uaa.issue(ALICE, lifetime=600)
+    with trio.fail_after(40):
+        seen = await capture_messages(landscape, token, fresh, 1, run_for=6)
+    assert not [m for m in seen if isinstance(m, Notice) and m.code == "LIMIT_REACHED"]
+    end = seen[-1]
+    assert isinstance(end, End) and end.reason == "stopped"  # our stop, past the old expiry
