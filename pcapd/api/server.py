@@ -291,11 +291,12 @@ class Api:
         return resolution
 
 
-async def serve_api(api: Api, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+async def serve_api(api: Api, *, unix_path: str | None = None,
+                    task_status: trio.TaskStatus[list[trio.SocketListener]]
                     = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the api's client endpoint until cancelled."""
+    """Serve the api's client endpoint until cancelled (on ``unix_path`` in local mode)."""
     listen = api.config.listen
     ctx = (server_context(listen.tls.certificate, listen.tls.private_key, what="listen.tls")
            if listen.tls is not None else None)
-    await serve_websocket(api.handle, listen.address, listen.port, ctx,
+    await serve_websocket(api.handle, listen.address, listen.port, ctx, unix_path=unix_path,
                           task_status=task_status)

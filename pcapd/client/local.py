@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -134,9 +135,13 @@ async def _run(args: argparse.Namespace, start: Start, output: PcapngOutput, pki
             port = _bound_port(await nursery.start(serve_agent, config))
             resolver = LocalResolver([(LOOPBACK, port, None)], from_request=True)
         api = Api(_api_config(pki, storage), resolver)
-        api_port = _bound_port(await nursery.start(serve_api, api))
+        # the user's link to the embedded api is a Unix socket: a capture of lo must not
+        # capture its own output (the agent's TCP link it leaves out by itself)
+        socket_path = str(storage.parent / "api.sock")
+        await nursery.start(partial(serve_api, api, unix_path=socket_path))
         with Progress(quiet=args.quiet) as progress:
-            end = await run_capture(ApiAddress(LOOPBACK, api_port), start, output, progress)
+            end = await run_capture(ApiAddress("local", 0, unix_path=socket_path), start,
+                                    output, progress)
         progress.end(end, output.target)
         nursery.cancel_scope.cancel()
     return end

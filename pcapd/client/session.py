@@ -88,6 +88,8 @@ class ApiAddress:
     resource: str = "/"
     ssl_context: ssl.SSLContext | None = None
     server_hostname: str | None = None
+    unix_path: str | None = None
+    """Local mode: the embedded api's Unix socket (host and port only label it)."""
 
 
 async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
@@ -100,7 +102,8 @@ async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
     """
     async with open_websocket(api.host, api.port, ssl_context=api.ssl_context,
                               server_hostname=api.server_hostname,
-                              resource=api.resource, extra_headers=extra_headers) as ws:
+                              resource=api.resource, extra_headers=extra_headers,
+                              unix_path=api.unix_path) as ws:
         link = Link(ws, InitiatorSession("client"), f"api {api.host}:{api.port}")
         await link.send(link.session.make_hello())  # type: ignore[union-attr]
         welcome = await link.receive()

@@ -11,6 +11,7 @@ connection and turns every way a link can fail into :class:`LinkClosed`.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -56,13 +57,16 @@ def describe_peer(stream: trio.abc.Stream) -> str:
 async def serve_websocket(handler: Handler, host: str, port: int,
                           ssl_context: ssl.SSLContext | None, *,
                           handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                          unix_path: str | None = None,
                           task_status: trio.TaskStatus[list[trio.SocketListener]]
                           = trio.TASK_STATUS_IGNORED) -> None:
     """Accept WebSocket connections (over TLS when ``ssl_context``) and run ``handler`` on each.
 
     A connection that fails its TLS or WebSocket handshake, or takes longer than
     ``handshake_timeout``, is logged and dropped; the server goes on. Reports the listeners
-    (with the bound port, useful for port 0) through ``task_status``.
+    (with the bound port, useful for port 0) through ``task_status``. With ``unix_path`` it
+    listens on that Unix socket instead of TCP (local mode: a link that no capture of a network
+    interface can see, so capturing ``lo`` never captures its own output).
     """
 
     async def on_connection(tcp: trio.SocketStream) -> None:
@@ -101,7 +105,14 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
 
-    await trio.serve_tcp(on_connection, port, host=host, task_status=task_status)
+    if unix_path is None:
+        await trio.serve_tcp(on_connection, port, host=host, task_status=task_status)
+        return
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(unix_path)
+    sock.listen()
+    await trio.serve_listeners(on_connection, [trio.SocketListener(sock)],
+                               task_status=task_status)
 
 
 def _why(exc: BaseException) -> str:
@@ -116,6 +127,7 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
                          server_hostname: str | None = None, resource: str = "/",
                          extra_headers: list[tuple[bytes, bytes]] | None = None,
                          connect_timeout: float = HANDSHAKE_TIMEOUT,
+                         unix_path: str | None = None,
                          ) -> AsyncIterator[WebSocketConnection]:
     """A client WebSocket to ``host:port``; TLS checks the certificate for ``server_hostname``.
 
@@ -127,7 +139,8 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
     async with open_nursery() as nursery:
         try:
             with trio.fail_after(connect_timeout):
-                tcp = await trio.open_tcp_stream(host, port)
+                tcp = (await trio.open_unix_socket(unix_path) if unix_path is not None
+                       else await trio.open_tcp_stream(host, port))
                 stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
                 if ssl_context is not None:
                     stream = trio.SSLStream(tcp, ssl_context,
