@@ -45,6 +45,8 @@ MAX_SNAPLEN: Final = 262144
 MAX_DURATION: Final = 1e9
 """Seconds; far beyond any policy, yet ``duration * 1e9`` still fits a signed 64-bit int."""
 MAX_LEVEL: Final = 65535
+MAX_URL: Final = 8192
+"""Characters in a download URL (presigned S3 URLs are long)."""
 MAX_TOKEN: Final = 16384
 """Characters in an access token (UAA JWTs are a few kB)."""
 
@@ -277,6 +279,30 @@ class Statistics(_Tagged, tag="statistics", frozen=True, kw_only=True):
     final: bool = False
 
 
+class StoredCapture(_Wire, frozen=True, kw_only=True):
+    """A capture kept in the api's store (``--upload``), as its owner sees it."""
+
+    capture_id: CaptureId
+    target: Label = ""
+    filter: Filter = ""
+    started_at: Annotated[float, Meta(ge=0)]
+    ended_at: Annotated[float, Meta(ge=0)] | None = None
+    packets: Count = 0
+    dropped: Count = 0
+    size: Count = 0
+    reason: Label = ""
+    expires_at: Annotated[float, Meta(ge=0)]
+
+
+class Download(_Tagged, tag="download", frozen=True, kw_only=True):
+    """Api → client: where to fetch a stored capture (answers ``get_download``, and ends an
+    uploaded capture inside ``end``). The URL is short-lived and never outlives retention."""
+
+    capture: StoredCapture
+    url: Annotated[str, Meta(min_length=1, max_length=MAX_URL)]
+    url_expires_at: Annotated[float, Meta(ge=0)]
+
+
 class End(_Tagged, tag="end", frozen=True, kw_only=True):
     """Responder → initiator, the last message of a capture: why it ended, and totals."""
 
@@ -284,6 +310,25 @@ class End(_Tagged, tag="end", frozen=True, kw_only=True):
     text: Text = ""
     limit: Name | None = None
     totals: Counters = Counters()
+    stored: Download | None = None
+    """With ``upload``: the stored capture and its download URL."""
+
+
+class ListCaptures(_Tagged, tag="list_captures", frozen=True, kw_only=True):
+    """Client → api, before ``start``: the caller's stored captures (answered by
+    ``capture_list``)."""
+
+
+class CaptureList(_Tagged, tag="capture_list", frozen=True, kw_only=True):
+    """Api → client: the caller's own stored captures, newest first."""
+
+    captures: Annotated[list[StoredCapture], Meta(max_length=MAX_LIST)]
+
+
+class GetDownload(_Tagged, tag="get_download", frozen=True, kw_only=True):
+    """Client → api, before ``start``: a download URL for one of the caller's captures."""
+
+    capture_id: CaptureId
 
 
 class Error(_Tagged, tag="error", frozen=True, kw_only=True):
@@ -302,6 +347,10 @@ Message = (
     | Token
     | Status
     | StatusReply
+    | ListCaptures
+    | CaptureList
+    | GetDownload
+    | Download
     | Started
     | Notice
     | Statistics

@@ -35,12 +35,16 @@ from pcapd.proto.messages import (
     PROTOCOL_VERSION,
     SOFTWARE,
     AgentTarget,
+    CaptureList,
     Code,
     Data,
+    Download,
     End,
     Error,
+    GetDownload,
     Hello,
     InitiatorRole,
+    ListCaptures,
     Message,
     Notice,
     ResponderRole,
@@ -74,9 +78,13 @@ _CAPTURE_STATES: Final = (_S.STARTING, _S.CAPTURING, _S.STOPPING)
 
 # (state, message type) -> next state, for messages from the initiator (upstream) and from the
 # responder (downstream). Guards that need more than the state are in _Session._guard.
+_QUERIES: Final = (Status, ListCaptures, GetDownload)
+"""Requests answered by one reply each (``_REPLIES``), before any ``start``."""
+_REPLIES: Final = (StatusReply, CaptureList, Download)
+
 _UPSTREAM: Final[dict[tuple[State, type[Message]], State]] = {
     (_S.IDLE, Hello): _S.HELLO,
-    (_S.READY, Status): _S.READY,
+    **{(_S.READY, query): _S.READY for query in _QUERIES},
     (_S.READY, Start): _S.STARTING,
     (_S.STARTING, Stop): _S.STOPPING,
     (_S.CAPTURING, Stop): _S.STOPPING,
@@ -94,7 +102,7 @@ _DOWNSTREAM: Final[dict[tuple[State, type[Message]], State]] = {
     (_S.STOPPING, Started): _S.STOPPING,
     (_S.STOPPING, Statistics): _S.STOPPING,
     (_S.STOPPING, End): _S.DONE,
-    **{(s, StatusReply): s for s in (_S.READY, *_CAPTURE_STATES)},
+    **{(s, reply): s for s in (_S.READY, *_CAPTURE_STATES) for reply in _REPLIES},
 }
 # A stop may cross the end on the wire: the responder tolerates it (and only it) once done.
 _UPSTREAM_RECEIVED: Final = {**_UPSTREAM, (_S.DONE, Stop): _S.DONE}
@@ -279,8 +287,8 @@ class _Session:
         """Checks beyond the state: version, roles, ids, outstanding requests."""
         if isinstance(msg, Hello | Welcome):
             self._check_handshake(msg, exc)
-        elif isinstance(msg, StatusReply) and self._status_pending == 0:
-            raise exc("a `status_reply` without an outstanding `status`")
+        elif isinstance(msg, _REPLIES) and self._status_pending == 0:
+            raise exc(f"a `{type_code(msg)}` without an outstanding request")
         elif isinstance(msg, Start):
             self._check_start(msg, exc)
         elif isinstance(msg, Started):
@@ -360,9 +368,9 @@ class _Session:
         if isinstance(msg, Hello | Welcome):
             if isinstance(msg, Welcome) or not self._upstream:
                 self.protocol = min(self.own_protocol, msg.protocol)
-        elif isinstance(msg, Status):
+        elif isinstance(msg, _QUERIES):
             self._status_pending += 1
-        elif isinstance(msg, StatusReply):
+        elif isinstance(msg, _REPLIES):
             self._status_pending -= 1
         elif isinstance(msg, Start):
             self.start = msg

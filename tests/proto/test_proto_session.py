@@ -12,13 +12,17 @@ import pytest
 from pcapd.errors import LocalProtocolError, RemoteProtocolError
 from pcapd.proto import (
     AgentTarget,
+    CaptureList,
     CaptureOptions,
     CfTarget,
     Data,
+    Download,
     End,
     Error,
+    GetDownload,
     Hello,
     InitiatorSession,
+    ListCaptures,
     Message,
     Notice,
     ResponderSession,
@@ -31,6 +35,7 @@ from pcapd.proto import (
     Status,
     StatusReply,
     Stop,
+    StoredCapture,
     Token,
     Welcome,
     encode,
@@ -469,3 +474,17 @@ def test_token_before_start_is_refused() -> None:
     i, _ = pair_in(LINKS[0], S.READY)
     with pytest.raises(LocalProtocolError):
         i.send(Token(token="eyJ.e30.sig"))
+
+
+def test_capture_queries_are_answered_once_each_before_start() -> None:
+    i, r = pair_in(LINKS[0], S.READY)
+    stored = StoredCapture(capture_id="a1", started_at=1.0, expires_at=2.0)
+    with pytest.raises(LocalProtocolError, match="without an outstanding request"):
+        r.send(CaptureList(captures=[]))
+    deliver(i.send(ListCaptures()), r)
+    deliver(i.send(GetDownload(capture_id="a1")), r)
+    deliver(r.send(CaptureList(captures=[stored])), i)
+    deliver(r.send(Download(capture=stored, url="https://x/d/a1", url_expires_at=2.0)), i)
+    assert i.state is r.state is S.READY
+    with pytest.raises(RemoteProtocolError, match="without an outstanding request"):
+        i.receive_text(encode(CaptureList(captures=[])))
