@@ -60,6 +60,11 @@ class BoshResolver:
             return self._uuid, self._verifier
 
     async def verify(self, start: Start, token: str) -> Identity:
+        return await self.identify(token)
+
+    async def identify(self, token: str | None) -> Identity:
+        if token is None:
+            raise Refusal("UNAUTHENTICATED", "no token: log in first")
         _, verifier = await self._discover()
         try:
             return await verifier.verify(token)
@@ -76,13 +81,13 @@ class BoshResolver:
         name = target.deployment
         status, listed = await get_json(self.http, f"{self.director}/deployments", token=token,
                                         what="the BOSH director")
-        self._check(status, listed, name)
+        self._check(status, listed, name, uuid)
         teams = next((d.get("teams") or [] for d in listed or []
                       if isinstance(d, dict) and d.get("name") == name), None)
         status, instances = await get_json(
             self.http, f"{self.director}/deployments/{quote(name, safe='')}/instances",
             token=token, what="the BOSH director")
-        self._check(status, instances, name)
+        self._check(status, instances, name, uuid)
         if teams is None:  # readable instances of an unlisted deployment: treat as no teams
             teams = []
         decision = bosh_may_capture(name, identity.scopes, uuid, teams)
@@ -91,7 +96,7 @@ class BoshResolver:
         return self._select(target, instances or [], identity)
 
     @staticmethod
-    def _check(status: int, body: Any, deployment: str) -> None:
+    def _check(status: int, body: Any, deployment: str, uuid: str) -> None:
         if 200 <= status < 300:
             return
         code = body.get("code") if isinstance(body, dict) else None
@@ -100,7 +105,12 @@ class BoshResolver:
             raise Refusal("INVALID_REQUEST", f"deployment {deployment!r} doesn't exist "
                           "(-d): check `bosh deployments`")
         if status == 401 and code == 600000:
-            raise Refusal("PERMISSION_DENIED", f"the BOSH director: {description}")
+            # The director lists the scopes that let one *read* the deployment; say what a
+            # capture takes (its teams are unknown: the user may not list them), then its words.
+            raise Refusal("PERMISSION_DENIED", f"you may not capture deployment {deployment}: "
+                          f"it takes one of the scopes bosh.admin, bosh.{uuid}.admin or "
+                          "bosh.teams.<team>.admin of a team it belongs to (the BOSH director "
+                          f"says: {description})")
         if status == 401:
             raise Refusal("UNAUTHENTICATED", "the BOSH director refused the token: log in "
                           "again with `bosh log-in`")

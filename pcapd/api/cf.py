@@ -59,6 +59,11 @@ class CfResolver:
             return self._v3, self._verifier
 
     async def verify(self, start: Start, token: str) -> Identity:
+        return await self.identify(token)
+
+    async def identify(self, token: str | None) -> Identity:
+        if token is None:
+            raise Refusal("UNAUTHENTICATED", "no token: log in first")
         _, verifier = await self._discover()
         try:
             return await verifier.verify(token)
@@ -99,6 +104,9 @@ class CfResolver:
                 return app
             if status != 404:
                 self._check(status, app, target.app)
+            if target.space is None:
+                raise Refusal("INVALID_REQUEST", f"app {target.app} not found (or you may not "
+                              "see it)")
         if target.space is None:
             raise Refusal("INVALID_REQUEST", f"app {target.app} not found (name an app guid, "
                           "or target a space with `cf target -s SPACE`)")
@@ -108,10 +116,13 @@ class CfResolver:
                                        what="Cloud Controller")
         self._check(status, found, target.app)
         resources = found.get("resources") if isinstance(found, dict) else None
-        if not resources:
-            raise Refusal("INVALID_REQUEST", f"app {target.app} not found in the targeted space "
-                          "(or you may not see it): check `cf apps`")
-        return dict(resources[0])
+        # CC splits both filters at commas ("a,b" finds a and b): keep only the exact match
+        for app in resources if isinstance(resources, list) else []:
+            if isinstance(app, dict) and app.get("name") == target.app \
+                    and _space_guid(app) == target.space:
+                return app
+        raise Refusal("INVALID_REQUEST", f"app {target.app} not found in the targeted space "
+                      "(or you may not see it): check `cf apps`")
 
     async def _get(self, url: str, token: str, app: str) -> tuple[int, Any]:
         status, body = await get_json(self.http, url, token=token, what="Cloud Controller")
@@ -156,6 +167,14 @@ class CfResolver:
             if instance.get("instance_internal_ip"):
                 names.append((str(instance["instance_internal_ip"]), origin))
         return Resolution(jobs, unavailable, names, identity, target=f"cf:{name}")
+
+
+def _space_guid(app: dict[str, Any]) -> object:
+    """The guid of an app's space (``relationships.space.data.guid``), None if absent."""
+    try:
+        return app["relationships"]["space"]["data"]["guid"]
+    except (TypeError, KeyError):
+        return None
 
 
 def _cc_error(body: Any) -> str:

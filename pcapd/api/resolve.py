@@ -51,6 +51,10 @@ class Resolver(Protocol):
         """Check a refreshed token for a capture of ``start`` (same rules as at the start)."""
         ...
 
+    async def identify(self, token: str | None) -> Identity:
+        """Who is asking (for stored captures): a token of any configured platform."""
+        ...
+
 
 async def get_json(http: httpx.AsyncClient, url: str, *, token: str | None,
                    what: str) -> tuple[int, Any]:

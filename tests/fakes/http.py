@@ -93,6 +93,7 @@ class _Injection:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _HTTPServer
 
     def setup(self) -> None:
