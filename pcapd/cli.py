@@ -131,7 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("capture_id", metavar="ID")
     download.add_argument("-w", "--write", default=None, metavar="FILE")
     for p in (listing, download):
-        p.add_argument("--api", default=None, metavar="URL")
+        p.add_argument("--api", default=None, metavar="URL",
+                       help="pcapd api URL (env PCAPD_API; for cf derived from the cf target)")
+        p.add_argument("--bosh", action="store_true",
+                       help="log in with the bosh CLI's session instead of the cf CLI's")
+        p.add_argument("-e", "--environment", default=None, metavar="ENV",
+                       help="with --bosh: environment alias or URL (env BOSH_ENVIRONMENT)")
+        p.add_argument("--cacert", default=None, metavar="FILE",
+                       help="CA certificate to verify the api with")
+        p.add_argument("-k", "--insecure", action="store_true",
+                       help="do not verify the api's TLS certificate")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.set_defaults(handler=_captures)
 
     merge = roles.add_parser("merge", help="merge pcap/pcapng files by timestamp, like mergecap")
@@ -188,10 +198,11 @@ def _run_api(args: argparse.Namespace) -> int:
     from pcapd import logs
     from pcapd.api.main import platform_resolver, run_api
     from pcapd.config import load_api_config
+    from pcapd.store import open_store
 
     config = load_api_config(args.config)
     logs.configure(config.log.level, config.log.format)
-    trio.run(run_api, config, platform_resolver(config))
+    trio.run(run_api, config, platform_resolver(config), open_store(config.storage))
     return EXIT_OK
 
 
@@ -204,8 +215,9 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    if args.upload:
-        raise NotImplementedYetError("--upload is not implemented yet (issue #5)")
+    if args.upload and args.target == "local":
+        raise UsageError("--upload stores captures on a pcapd api (capture cf|bosh); a local "
+                         "capture is already on this machine: use -w FILE")
     import trio
 
     from pcapd import logs
@@ -225,8 +237,16 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _captures(args: argparse.Namespace) -> int:
-    raise NotImplementedYetError(f"pcapd captures {args.captures_command} is not implemented "
-                                 "yet (issue #5)")
+    import trio
+
+    from pcapd.client.captures import captures_plan, download_capture, list_captures
+
+    with captures_plan(args) as plan:
+        if args.captures_command == "list":
+            trio.run(list_captures, plan)
+        else:
+            trio.run(download_capture, plan, args.capture_id, args.write)
+    return EXIT_OK
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,14 +29,20 @@ def test_version_names_release_and_protocol() -> None:
     assert result.stdout.startswith(f"pcapd {__version__} (protocol ")
 
 
-@pytest.mark.parametrize(("argv", "issue"), [
-    (["captures", "list"], "#5"),
-])
-def test_roles_not_built_yet_say_so_and_exit_2(argv: list[str], issue: str) -> None:
-    result = pcapd(*argv)
-    assert result.returncode == 2
-    assert "not implemented yet" in result.stderr and issue in result.stderr
+def test_captures_without_a_login_say_what_to_run(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "CF_HOME": str(tmp_path)}
+    env.pop("PCAPD_API", None)
+    result = subprocess.run([str(Path(sys.executable).with_name("pcapd")), "captures", "list"],
+                            capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert result.returncode in (1, 2)
+    assert "cf login" in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert result.stdout == ""
+
+
+def test_upload_of_a_local_capture_is_refused_with_the_alternative() -> None:
+    result = pcapd("capture", "local", "--upload")
+    assert result.returncode == 2
+    assert "-w FILE" in result.stderr
 
 
 def test_unknown_flag_is_a_usage_error() -> None:

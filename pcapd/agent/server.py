@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cached_property
 from pathlib import Path
 
 import trio
@@ -43,9 +44,10 @@ from pcapd.proto import (
     StatusReply,
 )
 from pcapd.transport.groups import open_nursery
+from pcapd.transport.http import HttpRouter, status_route
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import server_context
-from pcapd.transport.ws import Headers, Link, LinkClosed, serve_websocket
+from pcapd.transport.ws import Headers, Link, LinkClosed, link_endpoints, serve_websocket
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,11 @@ class Agent:
 
     def status(self) -> StatusReply:
         return status_reply(self.config.id, self)
+
+    @cached_property
+    def http(self) -> HttpRouter:
+        """Plain HTTP on the agent's (mutual TLS) port: ``GET /status``."""
+        return HttpRouter({"/status": status_route(self.status)})
 
     def stop_all(self) -> None:
         """Ask every running capture to stop gracefully (drain)."""
@@ -212,7 +219,7 @@ def _read_metadata_store(path: str) -> dict[str, object]:
 
 
 def _own_link(ws: WebSocketConnection) -> list[TcpLink]:
-    local, remote = ws.local, ws.remote
+    local, remote = link_endpoints(ws)
     if isinstance(local, Endpoint) and isinstance(remote, Endpoint):
         return [(str(local.address), local.port, str(remote.address), remote.port)]
     return []
@@ -226,4 +233,4 @@ async def serve_agent(config: AgentConfig, agent: Agent | None = None, *,
     ctx = server_context(tls.certificate, tls.private_key, client_ca=tls.client_ca, what="tls")
     agent = agent or Agent(config)
     await serve_websocket(agent.handle, config.listen.address, config.listen.port, ctx,
-                          task_status=task_status)
+                          http_handler=agent.http, task_status=task_status)

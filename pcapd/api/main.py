@@ -10,6 +10,8 @@ from pcapd.api.cf import CfResolver
 from pcapd.api.resolve import http_client
 from pcapd.api.server import Api, PlatformResolver, serve_api
 from pcapd.config import ApiConfig
+from pcapd.store import Store
+from pcapd.transport.groups import open_nursery
 from pcapd.transport.service import serve_until_signalled
 
 log = logging.getLogger("pcapd.api")
@@ -23,7 +25,12 @@ def platform_resolver(config: ApiConfig) -> PlatformResolver:
         BoshResolver(config.bosh, http_client(config.bosh.ca), port) if config.bosh else None)
 
 
-async def run_api(config: ApiConfig, resolver: PlatformResolver) -> None:
-    api = Api(config, resolver)
-    await serve_until_signalled("api", config.id, partial(serve_api, api), api,
-                                config.drain_timeout, log)
+async def run_api(config: ApiConfig, resolver: PlatformResolver, store: Store) -> None:
+    """Prepare the store (bucket, lifecycle rule / directory), serve, drain on a signal."""
+    await store.prepare()
+    api = Api(config, resolver, store=store)
+    async with open_nursery() as nursery:
+        await nursery.start(store.serve_maintenance)
+        await serve_until_signalled("api", config.id, partial(serve_api, api), api,
+                                    config.drain_timeout, log)
+        nursery.cancel_scope.cancel()

@@ -10,11 +10,16 @@ the agent links close and every agent stops its capture at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
+import time
 import uuid
-from functools import partial
+from collections.abc import AsyncIterator
+from functools import cached_property, partial
+from pathlib import Path
 
+import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
@@ -25,15 +30,21 @@ from pcapd.api.bosh import BoshResolver
 from pcapd.api.capture import ApiCapture, CaptureFailed
 from pcapd.api.cf import CfResolver
 from pcapd.api.resolve import Resolution, Resolver
+from pcapd.api.upload import UploadOutput, finish_upload, stored_capture
 from pcapd.config import ApiConfig
+from pcapd.errors import PcapdError
 from pcapd.proto import (
     AgentTarget,
     BoshTarget,
+    CaptureList,
     CfTarget,
     Data,
+    Download,
     End,
     Error,
+    GetDownload,
     Hello,
+    ListCaptures,
     LocalTarget,
     Notice,
     ResponderSession,
@@ -45,8 +56,17 @@ from pcapd.proto import (
     Stop,
     Token,
 )
+from pcapd.store import CaptureInfo, DownloadRefused, Store, Upload
+from pcapd.store.local import LocalStore
 from pcapd.tokens import Identity, Unauthenticated, bearer_token
 from pcapd.transport.groups import open_nursery
+from pcapd.transport.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpRouter,
+    error_response,
+    status_route,
+)
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_context, server_context
 from pcapd.transport.ws import Headers, Link, LinkClosed, serve_websocket
@@ -84,6 +104,9 @@ class LocalResolver:
     async def verify(self, start: Start, token: str) -> Identity:
         raise Refusal("INVALID_REQUEST", "a local capture takes no token")
 
+    async def identify(self, token: str | None) -> Identity:
+        return LOCAL_USER
+
 
 def _local_job(host: str, port: int, netns: str | None) -> AgentJob:
     label = netns or "host"
@@ -118,6 +141,25 @@ class PlatformResolver:
     async def verify(self, start: Start, token: str) -> Identity:
         return await self._for(start).verify(start, token)
 
+    async def identify(self, token: str | None) -> Identity:
+        """The token's user, checked by whichever configured platform's UAA issued it."""
+        if token is None:
+            raise Refusal("UNAUTHENTICATED", "no token: log in first (cf login / bosh log-in)")
+        refusal: Refusal | None = None
+        for resolver in (self.cf, self.bosh):
+            if resolver is None:
+                continue
+            try:
+                return await resolver.identify(token)
+            except Refusal as exc:
+                refusal = refusal or exc
+        raise refusal or Refusal("UNAUTHENTICATED", "this api serves no platform")
+
+
+LOCAL_USER = Identity(user_id="local", user_name="local", client_id="pcapd",
+                      scopes=frozenset(), expires_at=float("inf"), issuer="local")
+"""Whoever runs ``pcapd capture local``: the machine's own user, no platform behind it."""
+
 
 class ClientOutput:
     """A capture's output that streams to the client's link."""
@@ -136,9 +178,10 @@ class Api:
     """The captures of one api process, and the checks before starting one."""
 
     def __init__(self, config: ApiConfig, resolver: Resolver,
-                 agent_tls: ssl.SSLContext | None = None) -> None:
+                 agent_tls: ssl.SSLContext | None = None, store: Store | None = None) -> None:
         self.config = config
         self.resolver = resolver
+        self.store = store
         tls = config.agents.tls
         self.agent_tls = agent_tls or client_context(
             ca=tls.ca, certificate=tls.certificate, private_key=tls.private_key,
@@ -160,6 +203,33 @@ class Api:
     def status(self) -> StatusReply:
         return status_reply(self.config.id, self)
 
+    @cached_property
+    def http(self) -> HttpRouter:
+        """Plain HTTP on the client port, next to the WebSocket endpoint: ``GET /status``.
+        More routes: ``self.http.add("/downloads/", handler)`` (see pcapd.transport.http)."""
+        router = HttpRouter({"/status": status_route(self.status)})
+        if isinstance(self.store, LocalStore):
+            router.add("/downloads/", self._download)
+        return router
+
+    async def _download(self, request: HttpRequest) -> HttpResponse:
+        """``GET /downloads/<id>?expires=…&token=…``: a local-store capture, streamed, for
+        whoever holds the signed link (the link is the credential, short-lived)."""
+        assert isinstance(self.store, LocalStore)
+        capture_id = request.path.removeprefix("/downloads/")
+        try:
+            path, info = await self.store.open_download(
+                capture_id, request.query.get("expires", ""), request.query.get("token", ""),
+                time.time())
+        except DownloadRefused as refused:
+            return error_response(refused.status, str(refused))
+        size = (await trio.Path(path).stat()).st_size
+        return HttpResponse(200, [
+            ("content-type", "application/octet-stream"),
+            ("content-length", str(size)),
+            ("content-disposition", f'attachment; filename="{info.capture_id}.pcapng"'),
+            ("cache-control", "no-store")], _file_chunks(path))
+
     def stop_all(self) -> None:
         """Drain: stop every capture gracefully; refuse new ones."""
         self.draining = True
@@ -173,34 +243,77 @@ class Api:
             hello = await link.receive()
             assert isinstance(hello, Hello)
             await link.send(link.session.make_welcome(self.config.id))  # type: ignore[union-attr]
+            authorization = authorization_from_headers(headers)
             while True:
                 msg = await link.receive()
                 if isinstance(msg, Status):
                     await link.send(self.status())
+                elif isinstance(msg, ListCaptures | GetDownload):
+                    if not await self._query(link, msg, authorization, headers):
+                        return
                 elif isinstance(msg, Start):
-                    await self._capture(link, msg, authorization_from_headers(headers))
+                    await self._capture(link, msg, authorization, headers)
                     return
                 elif isinstance(msg, Error):
                     return
         except LinkClosed as exc:
             log.info("%s: %s", link.peer, exc)
 
-    async def _capture(self, link: Link, start: Start, authorization: str | None) -> None:
-        token = None
+    async def _query(self, link: Link, msg: ListCaptures | GetDownload,
+                     authorization: str | None, headers: Headers) -> bool:
+        """Answer a question about stored captures; False when refused (link ends)."""
         try:
-            if authorization is not None:
-                try:
-                    token = bearer_token(authorization)
-                except Unauthenticated as exc:
-                    raise Refusal("UNAUTHENTICATED", str(exc)) from None
-            resolution = await self._admit(start, token)
+            store = self._store()
+            identity = await self.resolver.identify(_bearer(authorization))
+            if isinstance(msg, ListCaptures):
+                found = await store.list(identity.user_id)
+                await link.send(CaptureList(captures=[stored_capture(i) for i in found][:1024]))
+                return True
+            info = await store.get(identity.user_id, msg.capture_id)
+            if info is None:  # missing and someone else's look the same: no probing
+                raise Refusal("INVALID_REQUEST", f"no capture {msg.capture_id} of yours "
+                              "(`pcapd captures list` shows yours)")
+            url, expires = await store.download_url(info, self._base_url(headers), time.time())
+            await link.send(Download(capture=stored_capture(info), url=url,
+                                     url_expires_at=expires))
+            return True
+        except Refusal as refusal:
+            await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
+            return False
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise Refusal("INVALID_REQUEST", f"the api {self.config.id} keeps no captures "
+                          "(no storage configured)")
+        return self.store
+
+    def _base_url(self, headers: Headers) -> str:
+        """Where users reach this api: the Host they used (behind gorouter with its
+        X-Forwarded-Proto), so download links work from the user's side."""
+        fields = {name.decode("latin-1").lower(): value.decode("latin-1")
+                  for name, value in headers}
+        scheme = fields.get("x-forwarded-proto", "")
+        if scheme not in ("http", "https"):
+            scheme = "https" if self.config.listen.tls is not None else "http"
+        host = fields.get("host") or f"{self.config.listen.address}:{self.config.listen.port}"
+        return f"{scheme}://{host}"
+
+    async def _capture(self, link: Link, start: Start, authorization: str | None,
+                       headers: Headers) -> None:
+        capture_id = uuid.uuid4().hex
+        upload: Upload | None = None
+        try:
+            resolution = await self._admit(start, _bearer(authorization))
+            if start.upload:
+                upload, info = await self._open_upload(capture_id, start, resolution)
         except Refusal as refusal:
             log.info("%s: refused (%s): %s", link.peer, refusal.code, refusal.text,
                      extra={"event": "refused", "code": refusal.code})
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return
-        capture_id = uuid.uuid4().hex
-        capture = ApiCapture(self.config, capture_id, start, resolution, ClientOutput(link),
+        output: ClientOutput | UploadOutput = (
+            UploadOutput(upload, link) if upload is not None else ClientOutput(link))
+        capture = ApiCapture(self.config, capture_id, start, resolution, output,
                              self.agent_tls)
         self.captures[capture_id] = capture
         who = resolution.identity
@@ -213,15 +326,28 @@ class Api:
         end: End | None = None
         try:
             async with open_nursery() as nursery:
-                nursery.start_soon(self._listen, link, capture, start, nursery.cancel_scope)
+                nursery.start_soon(self._listen, link, capture, start,
+                                   None if upload is not None else nursery.cancel_scope)
                 nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
                 try:
                     end = await capture.run()
                 except CaptureFailed as exc:
+                    if upload is not None:
+                        await upload.abort()
                     await link.send(Error(code=exc.code, text=exc.text, origin=self.config.id))
                     nursery.cancel_scope.cancel()
                     return
-                await link.send(end)
+                if upload is not None:
+                    assert isinstance(output, UploadOutput) and self.store is not None
+                    with trio.CancelScope(shield=True):  # the file must end complete
+                        stored = await finish_upload(self.store, upload, info, end,
+                                                     output.bytes, self._base_url(headers))
+                    end = msgspec.structs.replace(end, stored=stored)
+                    log.info("capture %s stored as %s", capture_id, stored.capture.capture_id,
+                             extra={"event": "capture_stored", "capture_id": capture_id,
+                                    "size": stored.capture.size})
+                with contextlib.suppress(LinkClosed):
+                    await link.send(end)
                 nursery.cancel_scope.cancel()
         finally:
             del self.captures[capture_id]
@@ -239,9 +365,10 @@ class Api:
                                      + totals.kernel_dropped) if totals else None})
 
     async def _listen(self, link: Link, capture: ApiCapture, start: Start,
-                      scope: trio.CancelScope) -> None:
-        """The client's side: ``stop``, refreshed tokens, or going away (which cancels the
-        capture at once: its agents stop)."""
+                      scope: trio.CancelScope | None) -> None:
+        """The client's side: ``stop``, refreshed tokens, or going away — which cancels a
+        streamed capture at once (its agents stop), and stops an upload gracefully (``scope``
+        None): the stored file must end complete."""
         try:
             while True:
                 msg = await link.receive()
@@ -252,7 +379,25 @@ class Api:
         except LinkClosed as exc:
             log.info("capture %s: client gone (%s): stopping its agents", capture.capture_id,
                      exc)
-            scope.cancel()
+            if scope is None:
+                capture.request_stop("stopped", "the user went away")
+            else:
+                scope.cancel()
+
+    async def _open_upload(self, capture_id: str, start: Start,
+                           resolution: Resolution) -> tuple[Upload, CaptureInfo]:
+        store = self._store()
+        who = resolution.identity or LOCAL_USER
+        now = time.time()
+        info = CaptureInfo(
+            capture_id=capture_id, user_id=who.user_id, user_name=who.user_name,
+            target=resolution.target, filter=start.options.filter, started_at=now,
+            ended_at=None, packets=0, dropped=0, size=0, reason="running",
+            expires_at=now + self.config.storage.retention_days * 86400)
+        try:
+            return await store.open_upload(info), info
+        except PcapdError as exc:
+            raise Refusal("START_CAPTURE_FAILED", f"cannot store the capture: {exc}") from None
 
     async def _renew(self, link: Link, capture: ApiCapture, start: Start, token: str) -> None:
         """A refreshed token: same rules, same user; the capture may then run past the old
@@ -291,6 +436,22 @@ class Api:
         return resolution
 
 
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """A file in 256 KiB pieces, read off the Trio thread."""
+    async with await trio.open_file(path, "rb") as f:
+        while chunk := await f.read(256 * 1024):
+            yield chunk
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    try:
+        return bearer_token(authorization)
+    except Unauthenticated as exc:
+        raise Refusal("UNAUTHENTICATED", str(exc)) from None
+
+
 async def serve_api(api: Api, *, unix_path: str | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]]
                     = trio.TASK_STATUS_IGNORED) -> None:
@@ -299,4 +460,4 @@ async def serve_api(api: Api, *, unix_path: str | None = None,
     ctx = (server_context(listen.tls.certificate, listen.tls.private_key, what="listen.tls")
            if listen.tls is not None else None)
     await serve_websocket(api.handle, listen.address, listen.port, ctx, unix_path=unix_path,
-                          task_status=task_status)
+                          http_handler=api.http, task_status=task_status)

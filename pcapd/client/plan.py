@@ -9,6 +9,7 @@ local``, ``capture cf`` and ``capture bosh``.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,8 +41,17 @@ def capture_request(args: argparse.Namespace, target: Target) -> Start:
 
 
 @contextmanager
-def opened_output(write: str | None) -> Iterator[PcapngOutput]:
-    """``-w`` opened now; closed at the end, and removed if the block failed before any byte."""
+def opened_output(write: str | None, upload: bool = False) -> Iterator[PcapngOutput]:
+    """``-w`` opened now; closed at the end, and removed if the block failed before any byte.
+
+    With ``--upload`` the capture goes to the api's store, not here: no file is opened.
+    """
+    if upload:
+        if write is not None:
+            raise UsageError(f"--upload stores the capture on the api; -w {write} writes it "
+                             "here: choose one")
+        yield PcapngOutput(os.devnull)
+        return
     output = PcapngOutput(default_target(write))
     output.open()
     try:

@@ -7,6 +7,7 @@ writes to stdout: stdout may be the pcapng itself.
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 from rich.console import Console
@@ -69,6 +70,9 @@ class Progress:
                            soft_wrap=True)
 
     def end(self, msg: End, output: str) -> None:
+        if msg.stored is not None:
+            self.stored(msg)
+            return
         t = msg.totals
         dropped = t.kernel_dropped + t.agent_dropped + t.api_dropped
         where = "stdout" if output == "-" else output
@@ -80,6 +84,19 @@ class Progress:
         if t.late:
             line += f", {t.late} written out of order"
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def stored(self, msg: End) -> None:
+        """An uploaded capture: its id and where to download it (always shown, even -q)."""
+        assert msg.stored is not None
+        c, t = msg.stored.capture, msg.totals
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(msg.stored.url_expires_at))
+        self.console.print(
+            f"stored capture {c.capture_id}: {t.written} packets, {_size(c.size)} "
+            f"({msg.reason}{': ' + msg.text if msg.text else ''}); kept until "
+            f"{time.strftime('%Y-%m-%d', time.gmtime(c.expires_at))}", highlight=False,
+            markup=False, soft_wrap=True)
+        self.console.print(f"download (until {until}): {msg.stored.url}", highlight=False,
+                           markup=False, soft_wrap=True)
 
     def _refresh(self) -> None:
         if self._live is not None:

@@ -169,7 +169,7 @@ def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
             _warn(f"{websocket_url(url)} is not TLS: your access token travels in clear text")
         elif api.ssl_context is not None and args.insecure:
             _warn(f"-k/--insecure: not verifying the TLS certificate of {websocket_url(url)}")
-        output = stack.enter_context(opened_output(args.write))
+        output = stack.enter_context(opened_output(args.write, args.upload))
         credentials.ensure_fresh(time.time())
         yield RemotePlan(args, start, output, api, credentials)
 

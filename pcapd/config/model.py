@@ -248,15 +248,35 @@ class BoshConfig(_Section, frozen=True):
         yield from _url_rule("director", self.director, "https://10.0.0.6:25555")
 
 
+UrlExpiry = Annotated[int, Meta(ge=1, le=7 * 86400)]  # seconds; 7 days is S3's presign limit
+PartSize = Annotated[int, Meta(ge=5 << 20, le=5 << 30)]  # bytes; S3's multipart part limits
+MIN_SECRET_LENGTH = 16
+
+
 class LocalStorageConfig(_Section, frozen=True, tag="local", tag_field="kind"):
-    """Captures on the api VM's disk; a sweeper deletes them after ``retention_days``."""
+    """Captures on the api VM's disk; a sweeper deletes them after ``retention_days``.
+
+    The api serves them at ``/downloads/<id>`` with links signed by ``download_secret``
+    (HMAC); without one it draws a key at start, and links die with the api process.
+    """
 
     path: FilePath
     retention_days: Count = 7
+    url_expiry: UrlExpiry = 3600  # how long a download link works (never past the retention)
+    download_secret: Secret | None = None
 
     @property
     def kind(self) -> Literal["local"]:
         return "local"
+
+    def _rules(self) -> Iterator[Rule]:
+        secret = self.download_secret
+        if secret is not None and len(secret.reveal()) < MIN_SECRET_LENGTH:
+            yield (
+                "download_secret",
+                f"too short (under {MIN_SECRET_LENGTH} characters) — use a long random "
+                "string, e.g. the output of `openssl rand -hex 32`",
+            )
 
 
 class S3StorageConfig(_Section, frozen=True, tag="s3", tag_field="kind"):
@@ -269,6 +289,8 @@ class S3StorageConfig(_Section, frozen=True, tag="s3", tag_field="kind"):
     secure: bool = True
     region: NonEmpty | None = None
     retention_days: Count = 7
+    url_expiry: UrlExpiry = 3600  # how long a presigned download link works
+    part_size: PartSize = 5 << 20  # multipart part size; an upload holds about 3 in memory
 
     @property
     def kind(self) -> Literal["s3"]:

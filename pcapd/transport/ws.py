@@ -16,15 +16,24 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, overload
+from weakref import WeakKeyDictionary
 
 import trio
 import trio_websocket
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection
 
 from pcapd.errors import PcapdError, RemoteProtocolError
 from pcapd.proto import DATA_HEADER_SIZE, MAX_BINARY_MESSAGE, Data, Message
 from pcapd.proto.session import InitiatorSession, ResponderSession
 from pcapd.transport.groups import open_nursery
+from pcapd.transport.http import (
+    HTTP_TIMEOUT,
+    BadRequest,
+    HttpHandler,
+    ReplayStream,
+    answer_request,
+    read_request_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +65,22 @@ def describe_peer(stream: trio.abc.Stream) -> str:
 
 async def serve_websocket(handler: Handler, host: str, port: int,
                           ssl_context: ssl.SSLContext | None, *,
+                          http_handler: HttpHandler | None = None,
                           handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                          http_timeout: float = HTTP_TIMEOUT,
                           unix_path: str | None = None,
                           task_status: trio.TaskStatus[list[trio.SocketListener]]
                           = trio.TASK_STATUS_IGNORED) -> None:
     """Accept WebSocket connections (over TLS when ``ssl_context``) and run ``handler`` on each.
 
-    A connection that fails its TLS or WebSocket handshake, or takes longer than
-    ``handshake_timeout``, is logged and dropped; the server goes on. Reports the listeners
-    (with the bound port, useful for port 0) through ``task_status``. With ``unix_path`` it
-    listens on that Unix socket instead of TCP (local mode: a link that no capture of a network
-    interface can see, so capturing ``lo`` never captures its own output).
+    A plain HTTP request on the same port (no WebSocket upgrade) is answered by
+    ``http_handler`` — see :mod:`pcapd.transport.http`; without one, 404 — and the connection
+    closed. A connection that fails its TLS or WebSocket handshake, sends a malformed request,
+    or takes longer than ``handshake_timeout`` to get through TLS and its request head, is
+    logged and dropped; the server goes on. Reports the listeners (with the bound port, useful
+    for port 0) through ``task_status``. With ``unix_path`` it listens on that Unix socket
+    instead of TCP (local mode: a link that no capture of a network interface can see, so
+    capturing ``lo`` never captures its own output).
     """
 
     async def on_connection(tcp: trio.SocketStream) -> None:
@@ -78,13 +92,21 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                     if ssl_context is not None:
                         stream = trio.SSLStream(tcp, ssl_context, server_side=True)
                         await stream.do_handshake()
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=MAX_MESSAGE,
-                        receive_buffer_size=RECEIVE_BUFFER)
-                    headers = list(request.headers)
-                    ws = await request.accept()
+                    head = await read_request_head(stream)
+                    if head is not None and head.is_websocket:
+                        # the head read is handed back first: wsproto parses it from byte 0
+                        request = await trio_websocket.wrap_server_stream(
+                            nursery, ReplayStream(stream, head.received),
+                            max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
+                        headers = list(request.headers)
+                        ws = await request.accept()
             except trio.TooSlowError:
                 log.warning("handshake from %s timed out after %ss", peer, handshake_timeout)
+                await trio.aclose_forcefully(stream)
+                nursery.cancel_scope.cancel()
+                return
+            except BadRequest as exc:  # answered already
+                log.warning("bad request from %s: %s", peer, exc)
                 await trio.aclose_forcefully(stream)
                 nursery.cancel_scope.cancel()
                 return
@@ -94,6 +116,16 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                 await trio.aclose_forcefully(stream)
                 nursery.cancel_scope.cancel()
                 return
+            if head is None:  # a TCP health check, or a client that changed its mind
+                log.debug("%s closed the connection without a request", peer)
+                await trio.aclose_forcefully(stream)
+                return
+            if not head.is_websocket:
+                await answer_request(stream, head, peer, http_handler, http_timeout=http_timeout)
+                return
+            endpoints = _endpoints(stream)
+            if endpoints is not None:
+                _ENDPOINTS[ws] = endpoints
             try:
                 await handler(ws, peer, headers)
             except Exception:
@@ -113,6 +145,37 @@ async def serve_websocket(handler: Handler, host: str, port: int,
     sock.listen()
     await trio.serve_listeners(on_connection, [trio.SocketListener(sock)],
                                task_status=task_status)
+
+
+_ENDPOINTS: WeakKeyDictionary[WebSocketConnection, tuple[Endpoint, Endpoint]] = (
+    WeakKeyDictionary())
+
+
+def link_endpoints(ws: WebSocketConnection) -> tuple[Endpoint | str, Endpoint | str]:
+    """The local and remote TCP endpoints of a link (``ws.local``, ``ws.remote``).
+
+    Use this rather than the attributes: a connection accepted by :func:`serve_websocket`
+    reads through a replay stream, on which trio-websocket can only name the endpoints as
+    strings; the served connection's real ones are kept here.
+    """
+    return _ENDPOINTS.get(ws) or (ws.local, ws.remote)
+
+
+def _endpoints(stream: trio.abc.Stream) -> tuple[Endpoint, Endpoint] | None:
+    """As trio-websocket names them, for a (TLS over) TCP stream; None for a Unix socket."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if not isinstance(inner, trio.SocketStream):
+        return None
+    is_ssl = inner is not stream
+    try:
+        local, remote = inner.socket.getsockname(), inner.socket.getpeername()
+        if not isinstance(local, tuple) or not isinstance(remote, tuple):
+            return None
+        return Endpoint(local[0], local[1], is_ssl), Endpoint(remote[0], remote[1], is_ssl)
+    except (OSError, ValueError):
+        return None
 
 
 def _why(exc: BaseException) -> str:

@@ -1,0 +1,157 @@
+"""``pcapd captures list`` and ``pcapd captures download ID``: the caller's stored captures.
+
+The same login as captures (the cf CLI's, or the bosh CLI's with ``--bosh``) and the same api
+address rules. The api answers only for the caller's own captures; the download itself is a
+plain HTTPS GET of the short-lived URL the api hands out (presigned S3, or the api's signed
+``/downloads/…``), streamed to disk with a progress bar — never the whole file in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from pcapd.client.boshcli import BoshCredentials, bosh_config_path, load_bosh_environment
+from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
+from pcapd.client.credentials import Credentials
+from pcapd.client.remote import api_address, choose_api_url
+from pcapd.client.session import ApiAddress
+from pcapd.errors import PcapdError
+from pcapd.proto import (
+    CaptureList,
+    Data,
+    Download,
+    Error,
+    GetDownload,
+    InitiatorSession,
+    ListCaptures,
+    Message,
+    Welcome,
+)
+from pcapd.transport.ws import Link, LinkClosed, open_websocket
+
+CHUNK = 256 * 1024
+
+
+class CapturesError(PcapdError):
+    """The api refused, or the download failed."""
+
+
+@dataclass(frozen=True)
+class CapturesPlan:
+    args: argparse.Namespace
+    api: ApiAddress
+    credentials: Credentials
+
+
+@contextmanager
+def captures_plan(args: argparse.Namespace) -> Iterator[CapturesPlan]:
+    """Read the CLI login and work out the api, before the event loop (blocking work)."""
+    with ExitStack() as stack:
+        if args.bosh:
+            environment = load_bosh_environment(
+                bosh_config_path(), args.environment or os.environ.get("BOSH_ENVIRONMENT"))
+            credentials: Credentials = BoshCredentials(environment)
+            stack.callback(credentials.close)  # type: ignore[attr-defined]
+            url = choose_api_url(args, None, "")
+        else:
+            config = load_cf_config(cf_config_path())
+            credentials = CfCredentials(config)
+            url = choose_api_url(args, derive_api_url(config.target), "")
+        credentials.ensure_fresh(time.time())
+        yield CapturesPlan(args, api_address(url, cacert=args.cacert, insecure=args.insecure),
+                           credentials)
+
+
+async def _ask(plan: CapturesPlan, request: ListCaptures | GetDownload) -> Message:
+    api = plan.api
+    authorization = plan.credentials.tokens.authorization.encode()
+    try:
+        async with open_websocket(api.host, api.port, ssl_context=api.ssl_context,
+                                  server_hostname=api.server_hostname, resource=api.resource,
+                                  extra_headers=[(b"authorization", authorization)]) as ws:
+            link = Link(ws, InitiatorSession("client"), f"api {api.host}:{api.port}")
+            await link.send(link.session.make_hello())  # type: ignore[union-attr]
+            welcome = await link.receive()
+            if isinstance(welcome, Error):
+                raise CapturesError(welcome.text)
+            assert isinstance(welcome, Welcome)
+            await link.send(request)
+            answer = await link.receive()
+    except LinkClosed as exc:
+        raise CapturesError(f"lost the connection to the api: {exc}") from exc
+    if isinstance(answer, Error):
+        raise CapturesError(answer.text)
+    if isinstance(answer, Data):
+        raise CapturesError("the api answered with data instead of an answer")
+    return answer
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) if ts else "-"
+
+
+async def list_captures(plan: CapturesPlan) -> None:
+    """Print the caller's captures as a table (stdout: this is the command's output)."""
+    answer = await _ask(plan, ListCaptures())
+    assert isinstance(answer, CaptureList)
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for column in ("id", "target", "started (UTC)", "size", "packets", "dropped", "ended",
+                   "expires"):
+        table.add_column(column, justify="right" if column in ("size", "packets", "dropped")
+                         else "left")
+    for c in answer.captures:
+        table.add_row(c.capture_id, c.target, _when(c.started_at), f"{c.size:,}",
+                      f"{c.packets:,}", f"{c.dropped:,}", c.reason, _when(c.expires_at))
+    console = Console()
+    if answer.captures:
+        console.print(table)
+    else:
+        console.print("no stored captures (capture with --upload to keep one)")
+
+
+async def download_capture(plan: CapturesPlan, capture_id: str, write: str | None) -> None:
+    """Fetch one capture into ``write`` (default ``<id>.pcapng``), streamed, with progress."""
+    answer = await _ask(plan, GetDownload(capture_id=capture_id))
+    assert isinstance(answer, Download)
+    target = Path(write or f"{capture_id}.pcapng")
+    partial = target.with_name(f".{target.name}.partial")
+    verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
+    stderr = Console(stderr=True)
+    try:
+        async with httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0)) as http, \
+                http.stream("GET", answer.url) as response:
+            if response.status_code != 200:
+                raise CapturesError(f"download of {capture_id} refused: HTTP "
+                                    f"{response.status_code} (the link may have expired: ask "
+                                    "again with `pcapd captures download`)")
+            total = int(response.headers.get("content-length", 0)) or answer.capture.size
+            with Progress("[progress.description]{task.description}", BarColumn(),
+                          DownloadColumn(), TransferSpeedColumn(), console=stderr,
+                          disable=plan.args.quiet, transient=True) as bar:
+                task = bar.add_task(capture_id[:12], total=total or None)
+                async with await trio.open_file(partial, "wb") as out:
+                    async for chunk in response.aiter_bytes(CHUNK):
+                        await out.write(chunk)
+                        bar.advance(task, len(chunk))
+        await trio.Path(partial).rename(target)
+    except httpx.HTTPError as exc:
+        await trio.Path(partial).unlink(missing_ok=True)
+        raise CapturesError(f"download of {capture_id} failed: {exc}") from None
+    except BaseException:
+        await trio.Path(partial).unlink(missing_ok=True)
+        raise
+    stderr.print(f"{target}: capture {capture_id} ({answer.capture.packets:,} packets, "
+                 f"{answer.capture.reason})", highlight=False, markup=False)
+

@@ -1,0 +1,178 @@
+"""What a store is to the api: where uploads go, what it lists, how a user downloads.
+
+Two stores share this interface: :class:`~pcapd.store.local.LocalStore` (a directory, the
+embedded default) and :class:`~pcapd.store.s3.S3Store` (an S3/MinIO bucket). Both keep a
+capture under ``captures/<user id>/<capture id>.pcapng`` with a JSON record of it beside, and
+both refuse any id that could step out of that layout: capture ids are the api's own
+(``uuid4().hex``), user ids come from a verified token, and neither is trusted further than a
+strict pattern.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+import trio
+
+from pcapd.errors import PcapdError
+
+CAPTURE_ID = re.compile(r"[a-f0-9]{32}")
+USER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+PREFIX = "captures"
+
+REASONS = frozenset({"completed", "stopped", "limit", "drained", "failed", "aborted", "running"})
+"""How a capture ended (``running`` while it has not)."""
+
+
+@dataclass(frozen=True)
+class CaptureInfo:
+    """What is stored with each capture, and what a user's list shows."""
+
+    capture_id: str
+    user_id: str
+    user_name: str
+    target: str
+    filter: str
+    started_at: float
+    ended_at: float | None
+    packets: int
+    dropped: int
+    size: int
+    reason: str  # completed|stopped|limit|drained|failed|aborted|running
+    expires_at: float  # started_at + retention
+
+
+class StoreError(PcapdError):
+    """The store could not do what was asked (disk, network, S3 answer); the message says
+    what and where, never a credential."""
+
+
+class InvalidId(PcapdError, ValueError):
+    """A user or capture id that cannot name a stored capture (it could step out of
+    ``captures/<user id>/``, or the api never makes such an id)."""
+
+
+class DownloadRefused(PcapdError):
+    """A download link was refused: ``status`` 403 (tampered, malformed or expired link) or
+    404 (no such capture)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class Upload(Protocol):
+    """One capture on its way into the store. Every upload ends with :meth:`finish` or
+    :meth:`abort` (call either under a shielded cancel scope: the capture's own cancellation
+    must not leave it half done)."""
+
+    async def write(self, data: bytes) -> None:
+        """Append pcapng bytes, in order, as they are produced."""
+        ...
+
+    async def finish(self, info: CaptureInfo) -> CaptureInfo:
+        """Complete the capture with its final record; returns it with ``size`` filled in."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop an upload that must not exist (nothing valid was written)."""
+        ...
+
+
+class Store(Protocol):
+    async def prepare(self) -> None:
+        """At api start-up: directory made (local) / bucket and lifecycle rule set (S3)."""
+        ...
+
+    async def open_upload(self, info: CaptureInfo) -> Upload: ...
+
+    async def list(self, user_id: str) -> list[CaptureInfo]:
+        """This user's complete, unexpired captures, newest first."""
+        ...
+
+    async def get(self, user_id: str, capture_id: str) -> CaptureInfo | None:
+        """The capture, or None when it is missing, expired or another user's."""
+        ...
+
+    async def download_url(
+        self, info: CaptureInfo, base_url: str, now: float
+    ) -> tuple[str, float]:
+        """A link that downloads the capture, and when it stops working (never later than
+        the capture's own expiry)."""
+        ...
+
+    async def serve_maintenance(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Local: the retention sweeper (never returns). S3: nothing (the bucket's lifecycle
+        rule expires captures); returns once started."""
+        ...
+
+
+# -- ids, keys and records (pure) ------------------------------------------------------------
+
+
+def check_capture_id(capture_id: str) -> str:
+    """``capture_id`` if it is one the api could have made; InvalidId otherwise."""
+    if not isinstance(capture_id, str) or not CAPTURE_ID.fullmatch(capture_id):
+        raise InvalidId(f"not a capture id: {capture_id!r:.80} (expected 32 hex digits)")
+    return capture_id
+
+
+def check_user_id(user_id: str) -> str:
+    """``user_id`` if it is safe as one path segment / key part; InvalidId otherwise."""
+    if (
+        not isinstance(user_id, str)
+        or not USER_ID.fullmatch(user_id)
+        or user_id in (".", "..")
+    ):
+        raise InvalidId(
+            f"user id {user_id!r:.80} cannot name a storage folder "
+            "(expected 1 to 128 letters, digits, '.', '_' or '-')"
+        )
+    return user_id
+
+
+def capture_key(user_id: str, capture_id: str, suffix: str = ".pcapng") -> str:
+    """``captures/<user id>/<capture id><suffix>``, both ids checked."""
+    return f"{PREFIX}/{check_user_id(user_id)}/{check_capture_id(capture_id)}{suffix}"
+
+
+def user_prefix(user_id: str) -> str:
+    return f"{PREFIX}/{check_user_id(user_id)}/"
+
+
+def check_info(info: CaptureInfo) -> CaptureInfo:
+    check_user_id(info.user_id)
+    check_capture_id(info.capture_id)
+    return info
+
+
+def encode_record(info: CaptureInfo) -> bytes:
+    """The JSON record stored beside a capture."""
+    return msgspec.json.encode(info)
+
+
+def decode_record(data: bytes) -> CaptureInfo:
+    """A stored record back; ValueError when it is not one (damaged, foreign)."""
+    try:
+        return check_info(msgspec.json.decode(data, type=CaptureInfo))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"not a capture record: {exc}") from exc
+
+
+def newest_first(infos: list[CaptureInfo]) -> list[CaptureInfo]:
+    return sorted(infos, key=lambda i: (i.started_at, i.capture_id), reverse=True)
+
+
+def link_expiry(info: CaptureInfo, now: float, url_expiry: float) -> int:
+    """When a download link made ``now`` stops working: ``url_expiry`` later, but never
+    after the capture itself expires. Whole seconds, rounded down. DownloadRefused (404)
+    when the capture has (all but) expired."""
+    expires = int(min(now + url_expiry, info.expires_at))
+    if expires - now < 1:
+        raise DownloadRefused(404, f"capture {info.capture_id} has expired")
+    return expires
