@@ -30,7 +30,7 @@ from pcapd.api.bosh import BoshResolver
 from pcapd.api.capture import ApiCapture, CaptureFailed
 from pcapd.api.cf import CfResolver
 from pcapd.api.resolve import Resolution, Resolver
-from pcapd.api.upload import UploadOutput, finish_upload, stored_capture
+from pcapd.api.upload import UploadOutput, finish_upload, owner_key, stored_capture
 from pcapd.config import ApiConfig
 from pcapd.errors import PcapdError
 from pcapd.proto import (
@@ -56,7 +56,7 @@ from pcapd.proto import (
     Stop,
     Token,
 )
-from pcapd.store import CaptureInfo, DownloadRefused, Store, Upload
+from pcapd.store import CaptureInfo, DownloadRefused, InvalidId, Store, Upload
 from pcapd.store.local import LocalStore
 from pcapd.tokens import Identity, Unauthenticated, bearer_token
 from pcapd.transport.groups import open_nursery
@@ -265,11 +265,15 @@ class Api:
         try:
             store = self._store()
             identity = await self.resolver.identify(_bearer(authorization))
+            owner = owner_key(identity)
             if isinstance(msg, ListCaptures):
-                found = await store.list(identity.user_id)
+                found = await store.list(owner)
                 await link.send(CaptureList(captures=[stored_capture(i) for i in found][:1024]))
                 return True
-            info = await store.get(identity.user_id, msg.capture_id)
+            try:
+                info = await store.get(owner, msg.capture_id)
+            except InvalidId:
+                info = None
             if info is None:  # missing and someone else's look the same: no probing
                 raise Refusal("INVALID_REQUEST", f"no capture {msg.capture_id} of yours "
                               "(`pcapd captures list` shows yours)")
@@ -390,7 +394,7 @@ class Api:
         who = resolution.identity or LOCAL_USER
         now = time.time()
         info = CaptureInfo(
-            capture_id=capture_id, user_id=who.user_id, user_name=who.user_name,
+            capture_id=capture_id, user_id=owner_key(who), user_name=who.user_name,
             target=resolution.target, filter=start.options.filter, started_at=now,
             ended_at=None, packets=0, dropped=0, size=0, reason="running",
             expires_at=now + self.config.storage.retention_days * 86400)

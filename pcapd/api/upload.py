@@ -8,11 +8,14 @@ an upload, it stops it gracefully (agents stop, the tail is flushed, statistics 
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from dataclasses import replace
 
 from pcapd.proto import Download, End, Notice, Started, Statistics, StoredCapture
 from pcapd.store import CaptureInfo, Store, Upload
+from pcapd.tokens import Identity
 from pcapd.transport.ws import Link, LinkClosed
 
 
@@ -37,6 +40,23 @@ class UploadOutput:
             await self.link.send(msg)
         except LinkClosed:
             self.user_gone = True
+
+
+def owner_key(identity: Identity) -> str:
+    """The store's name for a user: their UAA's fingerprint and their id.
+
+    User ids are unique within one UAA only, and a client token's "user id" is its client id:
+    ``admin`` on the director's UAA and ``admin`` on Cloud Foundry's must not share captures.
+    Ids that are not plain names are hashed rather than trusted in a path.
+    """
+    realm = hashlib.sha256(identity.issuer.encode()).hexdigest()[:12]
+    user = identity.user_id
+    if not _PLAIN.fullmatch(user):
+        user = "h" + hashlib.sha256(user.encode()).hexdigest()[:32]
+    return f"{realm}-{user}"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 def stored_capture(info: CaptureInfo) -> StoredCapture:

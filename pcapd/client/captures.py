@@ -103,22 +103,29 @@ def _when(ts: float | None) -> str:
 
 
 async def list_captures(plan: CapturesPlan) -> None:
-    """Print the caller's captures as a table (stdout: this is the command's output)."""
+    """Print the caller's captures (stdout: this is the command's output) — a table on a
+    terminal, tab-separated lines for scripts (``pcapd captures list | cut -f1``)."""
     answer = await _ask(plan, ListCaptures())
     assert isinstance(answer, CaptureList)
-    table = Table(header_style="bold", box=None, pad_edge=False)
-    for column in ("id", "target", "started (UTC)", "size", "packets", "dropped", "ended",
-                   "expires"):
-        table.add_column(column, justify="right" if column in ("size", "packets", "dropped")
-                         else "left")
-    for c in answer.captures:
-        table.add_row(c.capture_id, c.target, _when(c.started_at), f"{c.size:,}",
-                      f"{c.packets:,}", f"{c.dropped:,}", c.reason, _when(c.expires_at))
+    columns = ("id", "target", "started (UTC)", "size", "packets", "dropped", "ended",
+               "expires (UTC)")
+    rows = [(c.capture_id, c.target, _when(c.started_at), f"{c.size:,}", f"{c.packets:,}",
+             f"{c.dropped:,}", c.reason, _when(c.expires_at)) for c in answer.captures]
     console = Console()
-    if answer.captures:
-        console.print(table)
-    else:
+    if not console.is_terminal:
+        for row in [columns, *rows]:
+            print("\t".join(row))
+        return
+    if not rows:
         console.print("no stored captures (capture with --upload to keep one)")
+        return
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column == "id",
+                         justify="right" if column in ("size", "packets", "dropped") else "left")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 async def download_capture(plan: CapturesPlan, capture_id: str, write: str | None) -> None:

@@ -53,6 +53,11 @@ class Progress:
 
     def started(self, msg: Started) -> None:
         self.sources = {s.id: s for s in msg.sources}
+        if self._live is None and not self.quiet:  # no live table: one line that it runs
+            names = ", ".join(s.name for s in msg.sources)
+            self.console.print(f"capturing {len(msg.sources)} source"
+                               f"{'s' if len(msg.sources) != 1 else ''}: {names}",
+                               highlight=False, markup=False, soft_wrap=True)
         self._refresh()
 
     def statistics(self, msg: Statistics) -> None:

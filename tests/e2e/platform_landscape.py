@@ -94,8 +94,10 @@ class Cell:
 class Landscape:
     """The fakes, cells/VMs with agents, and the api; see the module docstring."""
 
-    def __init__(self, tmp: Path, *, cells: int = 2, vms: int = 2) -> None:
+    def __init__(self, tmp: Path, *, cells: int = 2, vms: int = 2,
+                 storage: dict[str, object] | None = None) -> None:
         self.tmp = tmp
+        self.storage = storage or {"kind": "local", "path": str(tmp / "store")}
         self.n_cells, self.n_vms = cells, vms
         self.stack = ExitStack()
         self.processes: list[Process] = []
@@ -204,7 +206,7 @@ class Landscape:
                 "certificate": str(c.api_client_cert), "private_key": str(c.api_client_key),
                 "ca": str(c.ca_cert)}},
             "cf": {"api": self.cc.url}, "bosh": {"director": self.director.url},
-            "storage": {"kind": "local", "path": str(self.tmp / "store")},
+            "storage": self.storage,
         }
         path = self.tmp / "api.json"
         path.write_text(json.dumps(config))

@@ -1,0 +1,202 @@
+"""The four "upload to storage for later download" use cases of SPEC §1, end to end, against
+the local-disk store and a real S3-compatible server on loopback (moto in server mode).
+
+The user runs ``pcapd capture cf|bosh … --upload``, makes traffic, stops; the api streams the
+merged pcapng into the store; the user gets an id and a URL, then ``pcapd captures download``
+fetches the file, which tshark reads. Other users see nothing of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from fakes import ALICE, BOB
+from netns import send_udp
+from platform_landscape import Landscape, developer_tokens
+from procs import PCAPD
+from readers import run_tool, tshark_fields
+from s3_server import new_bucket, running_moto
+
+pytestmark = [pytest.mark.root, pytest.mark.tools]
+
+STORED = re.compile(r"stored capture ([0-9a-f]{32}): .*\ndownload \(until [^)]*\): (\S+)")
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def landscape(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
+    tmp = tmp_path_factory.mktemp(f"upload-{request.param}")
+    if request.param == "s3":
+        with running_moto() as s3, Landscape(tmp, storage=s3.storage(new_bucket())) as built:
+            built.s3 = s3  # type: ignore[attr-defined]
+            built.deploy_app("my-app", instances=2)
+            built.deploy_vms("cf", "router", teams=["team-a"])
+            yield built
+        return
+    with Landscape(tmp) as built:
+        built.deploy_app("my-app", instances=2)
+        built.deploy_vms("cf", "router", teams=["team-a"])
+        yield built
+
+
+async def upload(args: list[str], env: dict[str, str],
+                 traffic: list[tuple[object, str, bytes]]) -> tuple[str, str, str]:
+    """``pcapd capture ARGS --upload``; traffic once it runs; stop; (capture id, url, stderr)."""
+    with trio.fail_after(90):
+        process = await trio.lowlevel.open_process(
+            [PCAPD, "capture", *args, "-f", "udp and not icmp", "--upload"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert process.stderr is not None and process.stdout is not None
+        err = b""
+        while b"capturing" not in err:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, err.decode()
+            err += chunk
+        for ns, destination, marker in traffic:
+            await send_udp(ns, destination, 9999, 20, marker=marker)  # type: ignore[arg-type]
+        process.send_signal(2)
+        async for chunk in process.stderr:
+            err += chunk
+        assert await process.wait() == 0, err.decode()
+        assert await process.stdout.receive_some(1) == b""  # nothing but progress: no pcapng
+    text = err.decode()
+    found = STORED.search(text)
+    assert found, text
+    return found[1], found[2], text
+
+
+async def download(capture_id: str, env: dict[str, str], path: Path
+                   ) -> subprocess.CompletedProcess[bytes]:
+    """``pcapd captures download``, logged in as ``env`` says (cf, or bosh when it names a
+    bosh environment)."""
+    login = ["--bosh"] if "BOSH_CONFIG" in env else []
+    return await trio.run_process(
+        [PCAPD, "captures", "download", capture_id, "-w", str(path), *login],
+        env=env, capture_stdout=True, capture_stderr=True, check=False)
+
+
+def per_interface(path: Path, markers: dict[bytes, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, data in tshark_fields(path, "frame.interface_name", "data.data"):
+        payload = bytes.fromhex(data) if data else b""
+        for marker, expected in markers.items():
+            if payload.startswith(marker):
+                assert name == expected
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+async def check_roundtrip(landscape: Landscape, tmp_path: Path, args: list[str],
+                          env: dict[str, str],
+                          traffic: list[tuple[object, str, bytes, str]]) -> str:
+    capture_id, url, text = await upload(args, env, [t[:3] for t in traffic])
+    out = tmp_path / "downloaded.pcapng"
+    result = await download(capture_id, env, out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert per_interface(out, {m: name for *_, m, name in traffic}) == {
+        name: 20 for *_, name in traffic}
+    assert "Number of stat entries = 1" in run_tool("capinfos", out)
+    landscape.client_lines.extend(text.splitlines())
+    assert url.startswith(("http://", "https://"))
+    return capture_id
+
+
+def stored_record(landscape: Landscape, capture_id: str) -> dict[str, object]:
+    """The metadata the store keeps beside the object (JSON record; S3 also has tags)."""
+    if landscape.storage["kind"] == "local":
+        found = list(Path(str(landscape.storage["path"])).rglob(f"{capture_id}.json"))
+        return json.loads(found[0].read_text())  # type: ignore[no-any-return]
+    from minio import Minio
+    s3 = landscape.s3  # type: ignore[attr-defined]
+    client = Minio(s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
+                   secure=False, region=s3.region)
+    bucket = str(landscape.storage["bucket"])
+    objects = [o.object_name for o in client.list_objects(bucket, prefix="captures/",
+                                                         recursive=True)]
+    key = next(name for name in objects if name.endswith(f"{capture_id}.pcapng"))
+    tags = client.get_object_tags(bucket, key)
+    assert tags is not None and len(tags) > 0
+    record = key.removesuffix(".pcapng") + ".json"
+    return json.loads(client.get_object(bucket, record).read())  # type: ignore[no-any-return]
+
+
+async def test_single_cf_instance_uploaded(landscape: Landscape, tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
+    container = next(iter(landscape.cells[0].containers.values()))
+    capture_id = await check_roundtrip(
+        landscape, tmp_path, ["cf", "my-app", "--instance", "0", "-i", "lo"],
+        landscape.cf_home(token, refresh), [(container, "127.0.0.1", b"up-one", "my-app/0:lo")])
+    record = stored_record(landscape, capture_id)
+    assert record["target"] == "cf:my-app" and record["user_name"] == ALICE.user_name
+    assert record["filter"] == "udp and not icmp" and record["packets"] == 20
+    assert record["reason"] == "stopped"
+
+
+async def test_multiple_cf_instances_uploaded(landscape: Landscape, tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
+    traffic = [(next(iter(cell.containers.values())), "127.0.0.1", f"up-{i}".encode(),
+                f"my-app/{i}:lo") for i, cell in enumerate(landscape.cells)]
+    await check_roundtrip(landscape, tmp_path, ["cf", "my-app", "-i", "lo"],
+                          landscape.cf_home(token, refresh), traffic)
+
+
+async def test_single_bosh_instance_uploaded(landscape: Landscape, tmp_path: Path) -> None:
+    token, refresh = landscape.uaa.issue_pair(BOB, client_id="bosh_cli",
+                                              scopes=["openid", "bosh.admin"])
+    instance = landscape.director.deployments["cf"].instances[0]
+    await check_roundtrip(
+        landscape, tmp_path, ["bosh", "-d", "cf", "-g", "router", instance.id, "-i", "eth0"],
+        landscape.bosh_env(token, refresh),
+        [(None, landscape.vms[0].ip, b"vm-up", f"router/{instance.id}:eth0")])
+
+
+async def test_multiple_bosh_instances_uploaded(landscape: Landscape, tmp_path: Path) -> None:
+    token, refresh = landscape.uaa.issue_pair(BOB, client_id="bosh_cli",
+                                              scopes=["openid", "bosh.admin"])
+    instances = landscape.director.deployments["cf"].instances
+    await check_roundtrip(
+        landscape, tmp_path, ["bosh", "-d", "cf", "-g", "router", "-i", "eth0"],
+        landscape.bosh_env(token, refresh),
+        [(None, vm.ip, f"vms-{i}".encode(), f"router/{instances[i].id}:eth0")
+         for i, vm in enumerate(landscape.vms)])
+
+
+async def test_other_users_can_neither_list_nor_download(landscape: Landscape,
+                                                         tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
+    container = next(iter(landscape.cells[0].containers.values()))
+    capture_id, url, _ = await upload(["cf", "my-app", "--instance", "0", "-i", "lo"],
+                                      landscape.cf_home(token, refresh),
+                                      [(container, "127.0.0.1", b"mine")])
+    carol = landscape.uaa.issue_pair(landscape.uaa.claims.__self__ and
+                                     __import__("fakes").CAROL)
+    env = landscape.cf_home(*carol)
+    listed = await trio.run_process([PCAPD, "captures", "list"], env=env, capture_stdout=True,
+                                    capture_stderr=True, check=False)
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert capture_id not in listed.stdout.decode()
+    stolen = await download(capture_id, env, tmp_path / "stolen.pcapng")
+    assert stolen.returncode == 1
+    assert f"no capture {capture_id} of yours" in stolen.stderr.decode()
+    assert not (tmp_path / "stolen.pcapng").exists()
+    mine = await trio.run_process([PCAPD, "captures", "list"], env=landscape.cf_home(
+        token, refresh), capture_stdout=True, capture_stderr=True, check=False)
+    assert capture_id in mine.stdout.decode()
+    if landscape.storage["kind"] == "local":  # the api serves the file: check its signature
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url)).status_code == 200
+            tampered = re.sub(r"token=[^&]+", "token=AAAA", url)
+            assert (await http.get(tampered)).status_code == 403
+            expired = re.sub(r"expires=\d+", "expires=1000", url)
+            assert (await http.get(expired)).status_code == 403
+            other = url.replace(capture_id, "0" * 32)
+            assert (await http.get(other)).status_code in (403, 404)
+    else:  # moto checks no signatures: check what a real S3 would
+        assert "X-Amz-Signature=" in url and "X-Amz-Expires=" in url
