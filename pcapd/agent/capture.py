@@ -20,7 +20,6 @@ network namespace (:mod:`.netns`) and stays bound there.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -32,12 +31,19 @@ from typing import Any
 import cypcap
 import trio
 
+from pcapd.agent.bpf import (
+    DLT_EN10MB,
+    CaptureError,
+    InvalidFilter,
+    Link,
+    _libpcap_words,
+    compile_filter,
+    exclusion_filter,
+)
 from pcapd.agent.netns import call_in_netns
 from pcapd.agent.pkthdr import header_offset, timestamp_reader
-from pcapd.errors import PcapdError
 from pcapd.pcapng import encode_enhanced_packet, epb_timestamp
 
-DLT_EN10MB = 1
 MAX_SNAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN
 DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024
 DEFAULT_BUFFER_TIMEOUT = 0.005  # seconds: cypcap's set_timeout takes seconds, not ms
@@ -46,16 +52,6 @@ DISPATCH_CAP = 256
 DELIVERY_SLACK_NS = 20_000_000
 """Added to twice the buffer timeout for the kernel's own latency (softirq backlog, timers)."""
 
-Link = tuple[str, int, str, int]
-"""A TCP connection to leave out: ``(local_ip, local_port, remote_ip, remote_port)``."""
-
-
-class CaptureError(PcapdError):
-    """A capture could not be started or continued; the message carries libpcap's words."""
-
-
-class InvalidFilter(CaptureError):
-    """The BPF filter does not compile."""
 
 
 class InvalidDevice(CaptureError):
@@ -92,53 +88,6 @@ class CaptureStats:
     received: int
     kernel_dropped: int
     interface_dropped: int
-
-
-def _libpcap_words(exc: cypcap.Error) -> str:
-    return str(getattr(exc, "msg", "") or exc)
-
-
-def compile_filter(expr: str, link_type: int = DLT_EN10MB, snaplen: int = 65535) -> None:
-    """Raise :class:`InvalidFilter`, in libpcap's words, unless ``expr`` compiles.
-
-    Needs no capture (a dead handle), so the api checks a filter before contacting any agent.
-    The netmask is "unknown", as on the agent, so both accept the same filters. libpcap
-    resolves names in the filter (``host example.com``, ``port http``), which may block on DNS:
-    from async code, call it in a worker thread.
-    """
-    if "\0" in expr:
-        raise InvalidFilter(f"invalid BPF filter {expr!r}: contains a NUL character")
-    try:
-        cypcap.compile(link_type, snaplen, expr, True, cypcap.NETMASK_UNKNOWN)
-    except cypcap.Error as exc:
-        raise InvalidFilter(f'invalid BPF filter "{expr}": {_libpcap_words(exc)}') from None
-
-
-def exclusion_filter(user_filter: str, exclude: Iterable[Link]) -> str:
-    """``(user) and not (host A and host B and tcp port P and tcp port Q) and ...``.
-
-    Addresses are normalised through :mod:`ipaddress` (IPv4-mapped IPv6 becomes IPv4, as on
-    the wire; a scope id is dropped), which also keeps anything but an address out of the
-    expression.
-    """
-    parts = [f"({user_filter})"] if user_filter.strip() else []
-    for local_ip, local_port, remote_ip, remote_port in exclude:
-        hosts = [_bpf_address(ip) for ip in (local_ip, remote_ip)]
-        ports = [int(port) for port in (local_port, remote_port)]
-        if not all(0 <= port <= 65535 for port in ports):
-            raise ValueError(f"port out of range in excluded link {ports}")
-        parts.append(
-            f"not (host {hosts[0]} and host {hosts[1]}"
-            f" and tcp port {ports[0]} and tcp port {ports[1]})"
-        )
-    return " and ".join(parts)
-
-
-def _bpf_address(text: str) -> str:
-    ip = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 def _packet_sink(
@@ -383,3 +332,20 @@ async def open_capture(
         yield capture
     finally:
         capture._close()
+
+
+__all__ = [
+    "DLT_EN10MB",
+    "Batch",
+    "Capture",
+    "CaptureError",
+    "CaptureFailed",
+    "CaptureStats",
+    "InvalidDevice",
+    "InvalidFilter",
+    "InvalidSnaplen",
+    "Link",
+    "compile_filter",
+    "exclusion_filter",
+    "open_capture",
+]

@@ -136,7 +136,7 @@ class ApiCapture:
         self.sources = [SourceRun(i, job) for i, job in enumerate(resolution.jobs)]
         self._token_renewed = trio.Event()
         self.merge = Merge(lateness=config.merge.lateness,
-                           max_buffered=max(10 * config.buffer.size, 10_000))
+                           max_buffered=config.buffer.size)
         buf = config.buffer
         self.queue = PacketQueue(DropGate(buf.size, buf.upper_limit, buf.lower_limit))
         self.started_ns = time.time_ns()

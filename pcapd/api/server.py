@@ -23,7 +23,7 @@ import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
-from pcapd.agent.capture import InvalidFilter, compile_filter
+from pcapd.agent.bpf import InvalidFilter, compile_filter
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import authorization_from_headers
 from pcapd.api.bosh import BoshResolver

@@ -200,3 +200,41 @@ async def test_other_users_can_neither_list_nor_download(landscape: Landscape,
             assert (await http.get(other)).status_code in (403, 404)
     else:  # moto checks no signatures: check what a real S3 would
         assert "X-Amz-Signature=" in url and "X-Amz-Expires=" in url
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_a_200_mb_capture_uploads_in_bounded_memory(landscape: Landscape) -> None:
+    token, refresh = developer_tokens(landscape)
+    container = next(iter(landscape.cells[0].containers.values()))
+    env = landscape.cf_home(token, refresh)
+    with trio.fail_after(240):
+        process = await trio.lowlevel.open_process(
+            [PCAPD, "capture", "cf", "my-app", "--instance", "0", "-i", "lo", "-f",
+             "udp and not icmp", "--upload"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env)
+        assert process.stderr is not None
+        err = b""
+        while b"capturing" not in err:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, err.decode()
+            err += chunk
+        for _ in range(40):  # 40 × 4000 × 1400 B ≈ 224 MB of payload, paced for the ring
+            await send_udp(container, "127.0.0.1", 9999, 4000, size=1400, marker=b"bulk")
+            await trio.sleep(0.05)
+        process.send_signal(2)
+        async for chunk in process.stderr:
+            err += chunk
+        assert await process.wait() == 0, err.decode()
+    found = STORED.search(err.decode())
+    assert found, err.decode()
+    record = stored_record(landscape, found[1])
+    assert int(record["size"]) >= 200_000_000, record  # type: ignore[call-overload]
+    peak = peak_rss_mb(landscape.api.popen.pid)
+    assert peak < 100, f"api peak RSS {peak:.0f} MB for a {record['size']} byte upload"
