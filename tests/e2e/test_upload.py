@@ -238,3 +238,63 @@ async def test_a_200_mb_capture_uploads_in_bounded_memory(landscape: Landscape) 
     assert int(record["size"]) >= 200_000_000, record  # type: ignore[call-overload]
     peak = peak_rss_mb(landscape.api.popen.pid)
     assert peak < 100, f"api peak RSS {peak:.0f} MB for a {record['size']} byte upload"
+
+
+async def test_an_upload_cut_short_by_a_vanished_user_is_complete_and_marked(
+        landscape: Landscape, tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
+    container = next(iter(landscape.cells[0].containers.values()))
+    env = landscape.cf_home(token, refresh)
+    before = set(await listed_ids(env))
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            [PCAPD, "capture", "cf", "my-app", "--instance", "0", "-i", "lo", "-f",
+             "udp and not icmp", "--upload"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env)
+        assert process.stderr is not None
+        err = b""
+        while b"capturing" not in err:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, err.decode()
+            err += chunk
+        await send_udp(container, "127.0.0.1", 9999, 20, marker=b"gone")
+        process.kill()  # the user's laptop dies: no stop, no goodbye
+        await process.wait()
+        new: set[str] = set()
+        while not new:  # the api stops the agents, flushes, finishes the object
+            await trio.sleep(0.2)
+            new = set(await listed_ids(env)) - before
+    (capture_id,) = new
+    record = stored_record(landscape, capture_id)
+    assert record["reason"] == "stopped"
+    out = tmp_path / "cut.pcapng"
+    assert (await download(capture_id, env, out)).returncode == 0
+    assert per_interface(out, {b"gone": "my-app/0:lo"}) == {"my-app/0:lo": 20}
+    assert "Number of stat entries = 1" in run_tool("capinfos", out)
+
+
+async def listed_ids(env: dict[str, str]) -> list[str]:
+    result = await trio.run_process([PCAPD, "captures", "list"], env=env, capture_stdout=True,
+                                    capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    return [line.split("\t")[0] for line in result.stdout.decode().splitlines()[1:]]
+
+
+def test_stored_captures_expire_and_are_private(landscape: Landscape) -> None:
+    """S3: one lifecycle rule of ``retention_days`` on the capture prefix. Local disk: what the
+    sweeper deletes lives in directories and files only the api's user may read."""
+    if landscape.storage["kind"] == "local":
+        root = Path(str(landscape.storage["path"]))
+        files = list(root.rglob("*.pcapng"))
+        assert files
+        for path in files:
+            assert path.stat().st_mode & 0o077 == 0, path
+            assert path.parent.stat().st_mode & 0o077 == 0, path.parent
+        return
+    from minio import Minio
+    s3 = landscape.s3  # type: ignore[attr-defined]
+    client = Minio(s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
+                   secure=False, region=s3.region)
+    rules = client.get_bucket_lifecycle(str(landscape.storage["bucket"])).rules
+    ours = [rule for rule in rules if rule.rule_id == "pcapd-captures-expiry"]
+    assert len(ours) == 1 and ours[0].expiration.days == 7
