@@ -13,70 +13,47 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import trio
 
 from pcapd.api.agents import AgentJob
-from pcapd.api.auth import TokenVerifier
-from pcapd.api.resolve import Resolution, Unavailable, get_json
+from pcapd.api.resolve import Resolution, UaaPlatform, Unavailable, get_json
 from pcapd.authz import bosh_may_capture
 from pcapd.config import BoshConfig
 from pcapd.proto import AgentTarget, BoshTarget, Start
-from pcapd.tokens import Identity, Unauthenticated
+from pcapd.tokens import Identity
 from pcapd.transport.service import Refusal
 
 
-class BoshResolver:
+class BoshResolver(UaaPlatform):
     """Resolves ``bosh`` targets against one director (and its UAA)."""
 
+    login = "bosh log-in"
+
     def __init__(self, config: BoshConfig, http: httpx.AsyncClient, agents_port: int) -> None:
+        super().__init__(http)
         self.config = config
-        self.http = http
         self.agents_port = agents_port
         self.director = config.director.rstrip("/")
-        self._uuid: str | None = None
-        self._verifier: TokenVerifier | None = None
-        self._discovering = trio.Lock()
 
-    async def _discover(self) -> tuple[str, TokenVerifier]:
-        """The director's uuid and its UAA, from ``/info`` (once; again after a failure)."""
-        async with self._discovering:
-            if self._uuid is None or self._verifier is None:
-                status, info = await get_json(self.http, self.director + "/info", token=None,
-                                              what="the BOSH director")
-                try:
-                    auth = info["user_authentication"]
-                    if auth["type"] != "uaa":
-                        raise Refusal("START_CAPTURE_FAILED", f"the BOSH director at "
-                                      f"{self.director} uses {auth['type']} authentication; "
-                                      "pcapd needs UAA")
-                    uaa = auth["options"]["url"]
-                    uuid = str(info["uuid"])
-                except (TypeError, KeyError):
-                    raise Refusal("START_CAPTURE_FAILED", f"the BOSH director at "
-                                  f"{self.director} answered {status} without the uuid and UAA "
-                                  "of its /info (bosh.director)") from None
-                self._uuid = uuid
-                self._verifier = TokenVerifier(uaa_url=str(uaa), http=self.http)
-            return self._uuid, self._verifier
-
-    async def verify(self, start: Start, token: str) -> Identity:
-        return await self.identify(token)
-
-    async def identify(self, token: str | None) -> Identity:
-        if token is None:
-            raise Refusal("UNAUTHENTICATED", "no token: log in first")
-        _, verifier = await self._discover()
+    async def _find_uaa(self) -> tuple[str, str]:
+        """The director's uuid and its UAA, from ``/info``."""
+        status, info = await get_json(self.http, self.director + "/info", token=None,
+                                      what="the BOSH director")
         try:
-            return await verifier.verify(token)
-        except Unauthenticated as exc:
-            raise Refusal("UNAUTHENTICATED", str(exc)) from None
+            auth = info["user_authentication"]
+            if auth["type"] != "uaa":
+                raise Refusal("START_CAPTURE_FAILED", f"the BOSH director at {self.director} "
+                              f"uses {auth['type']} authentication; pcapd needs UAA")
+            return str(info["uuid"]), str(auth["options"]["url"])
+        except (TypeError, KeyError):
+            raise Refusal("START_CAPTURE_FAILED", f"the BOSH director at {self.director} "
+                          f"answered {status} without the uuid and UAA of its /info "
+                          "(bosh.director)") from None
 
     async def resolve(self, start: Start, token: str | None) -> Resolution:
         target = start.target
         assert isinstance(target, BoshTarget)
-        if token is None:
-            raise Refusal("UNAUTHENTICATED", "no token: log in with `bosh log-in` first")
-        identity = await self.verify(start, token)
+        identity = await self.identify(token)
+        assert token is not None
         uuid, _ = await self._discover()
         name = target.deployment
         status, listed = await get_json(self.http, f"{self.director}/deployments", token=token,

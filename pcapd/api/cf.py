@@ -13,69 +13,48 @@ import re
 from typing import Any
 
 import httpx
-import trio
 
 from pcapd.api.agents import AgentJob
-from pcapd.api.auth import TokenVerifier
-from pcapd.api.resolve import Resolution, Unavailable, get_json
+from pcapd.api.resolve import Resolution, UaaPlatform, Unavailable, get_json
 from pcapd.authz import cf_may_capture
 from pcapd.config import CfConfig
 from pcapd.proto import AgentTarget, CfTarget, Start
-from pcapd.tokens import Identity, Unauthenticated
+from pcapd.tokens import Identity
 from pcapd.transport.service import Refusal
 
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 CAPTURABLE = {"RUNNING", "STARTING"}
 
 
-class CfResolver:
+class CfResolver(UaaPlatform):
     """Resolves ``cf`` targets against one Cloud Controller (and its UAA)."""
 
+    login = "cf login"
+
     def __init__(self, config: CfConfig, http: httpx.AsyncClient, agents_port: int) -> None:
+        super().__init__(http)
         self.config = config
-        self.http = http
         self.agents_port = agents_port
         self.api = config.api.rstrip("/")
-        self._v3: str | None = None
-        self._verifier: TokenVerifier | None = None
-        self._discovering = trio.Lock()
 
-    async def _discover(self) -> tuple[str, TokenVerifier]:
-        """The v3 endpoint and UAA, from the root document (once; again after a failure)."""
-        async with self._discovering:
-            if self._v3 is None or self._verifier is None:
-                status, root = await get_json(self.http, self.api + "/", token=None,
-                                              what="Cloud Controller")
-                try:
-                    links = root["links"]
-                    v3 = links["cloud_controller_v3"]["href"]
-                    uaa = links["uaa"]["href"]
-                except (TypeError, KeyError):
-                    raise Refusal("START_CAPTURE_FAILED", f"Cloud Controller at {self.api} "
-                                  f"answered {status} without the links of its root document "
-                                  "(cf.api)") from None
-                self._v3 = str(v3).rstrip("/")
-                self._verifier = TokenVerifier(uaa_url=str(uaa), http=self.http)
-            return self._v3, self._verifier
-
-    async def verify(self, start: Start, token: str) -> Identity:
-        return await self.identify(token)
-
-    async def identify(self, token: str | None) -> Identity:
-        if token is None:
-            raise Refusal("UNAUTHENTICATED", "no token: log in first")
-        _, verifier = await self._discover()
+    async def _find_uaa(self) -> tuple[str, str]:
+        """The v3 endpoint and UAA, from the root document."""
+        status, root = await get_json(self.http, self.api + "/", token=None,
+                                      what="Cloud Controller")
         try:
-            return await verifier.verify(token)
-        except Unauthenticated as exc:
-            raise Refusal("UNAUTHENTICATED", str(exc)) from None
+            links = root["links"]
+            v3 = links["cloud_controller_v3"]["href"]
+            uaa = links["uaa"]["href"]
+        except (TypeError, KeyError):
+            raise Refusal("START_CAPTURE_FAILED", f"Cloud Controller at {self.api} answered "
+                          f"{status} without the links of its root document (cf.api)") from None
+        return str(v3).rstrip("/"), str(uaa)
 
     async def resolve(self, start: Start, token: str | None) -> Resolution:
         target = start.target
         assert isinstance(target, CfTarget)
-        if token is None:
-            raise Refusal("UNAUTHENTICATED", "no token: log in with `cf login` first")
-        identity = await self.verify(start, token)
+        identity = await self.identify(token)
+        assert token is not None
         v3, _ = await self._discover()
         app = await self._find_app(v3, target, token)
         guid, name = str(app["guid"]), str(app["name"])

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+import trio
 
 from pcapd.api.agents import AgentJob
+from pcapd.api.auth import TokenVerifier
 from pcapd.proto import Code, Start
-from pcapd.tokens import Identity
+from pcapd.tokens import Identity, Unauthenticated
 from pcapd.transport.service import Refusal
 
 
@@ -54,6 +56,45 @@ class Resolver(Protocol):
     async def identify(self, token: str | None) -> Identity:
         """Who is asking (for stored captures): a token of any configured platform."""
         ...
+
+
+class UaaPlatform:
+    """What the Cloud Foundry and BOSH resolvers share: the platform's root document names
+    its UAA (found once, found again after a failure), and the user's token is checked there.
+
+    Subclasses implement :meth:`_find_uaa`: (the platform value they need, the UAA URL).
+    """
+
+    login: str = "log in"
+    """The command that gets a user a token, for messages (``cf login``)."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self._found: tuple[str, TokenVerifier] | None = None
+        self._finding = trio.Lock()
+
+    async def _find_uaa(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    async def _discover(self) -> tuple[str, TokenVerifier]:
+        async with self._finding:
+            if self._found is None:
+                value, uaa = await self._find_uaa()
+                self._found = value, TokenVerifier(uaa_url=uaa, http=self.http)
+            return self._found
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        return await self.identify(token)
+
+    async def identify(self, token: str | None) -> Identity:
+        """The token's user, verified against this platform's UAA."""
+        if token is None:
+            raise Refusal("UNAUTHENTICATED", f"no token: log in with `{self.login}` first")
+        _, verifier = await self._discover()
+        try:
+            return await verifier.verify(token)
+        except Unauthenticated as exc:
+            raise Refusal("UNAUTHENTICATED", str(exc)) from None
 
 
 async def get_json(http: httpx.AsyncClient, url: str, *, token: str | None,

@@ -26,7 +26,7 @@ from pcapd.client.boshcli import BoshCredentials, bosh_config_path, load_bosh_en
 from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
 from pcapd.client.credentials import Credentials
 from pcapd.client.remote import api_address, choose_api_url
-from pcapd.client.session import ApiAddress
+from pcapd.client.session import ApiAddress, open_api_link
 from pcapd.errors import PcapdError
 from pcapd.proto import (
     CaptureList,
@@ -34,12 +34,10 @@ from pcapd.proto import (
     Download,
     Error,
     GetDownload,
-    InitiatorSession,
     ListCaptures,
     Message,
-    Welcome,
 )
-from pcapd.transport.ws import Link, LinkClosed, open_websocket
+from pcapd.transport.ws import LinkClosed
 
 CHUNK = 256 * 1024
 
@@ -75,18 +73,9 @@ def captures_plan(args: argparse.Namespace) -> Iterator[CapturesPlan]:
 
 
 async def _ask(plan: CapturesPlan, request: ListCaptures | GetDownload) -> Message:
-    api = plan.api
     authorization = plan.credentials.tokens.authorization.encode()
     try:
-        async with open_websocket(api.host, api.port, ssl_context=api.ssl_context,
-                                  server_hostname=api.server_hostname, resource=api.resource,
-                                  extra_headers=[(b"authorization", authorization)]) as ws:
-            link = Link(ws, InitiatorSession("client"), f"api {api.host}:{api.port}")
-            await link.send(link.session.make_hello())  # type: ignore[union-attr]
-            welcome = await link.receive()
-            if isinstance(welcome, Error):
-                raise CapturesError(welcome.text)
-            assert isinstance(welcome, Welcome)
+        async with open_api_link(plan.api, [(b"authorization", authorization)]) as link:
             await link.send(request)
             answer = await link.receive()
     except LinkClosed as exc:

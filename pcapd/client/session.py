@@ -19,7 +19,8 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,14 +93,10 @@ class ApiAddress:
     """Local mode: the embedded api's Unix socket (host and port only label it)."""
 
 
-async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
-                      progress: Progress, *, extra_headers: Headers | None = None,
-                      token_source: TokenSource | None = None) -> End:
-    """Capture until the api ends the capture; returns its ``end``.
-
-    ``extra_headers`` go into the WebSocket handshake (``authorization: bearer …``); with a
-    ``token_source`` the token is kept fresh for as long as the capture runs.
-    """
+@asynccontextmanager
+async def open_api_link(api: ApiAddress, extra_headers: Headers | None = None
+                        ) -> AsyncIterator[Link]:
+    """A link to the api, past the handshake; an api that refuses raises CaptureRefused."""
     async with open_websocket(api.host, api.port, ssl_context=api.ssl_context,
                               server_hostname=api.server_hostname,
                               resource=api.resource, extra_headers=extra_headers,
@@ -110,6 +107,18 @@ async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
         if isinstance(welcome, Error):
             raise CaptureRefused(welcome.text)
         assert isinstance(welcome, Welcome)
+        yield link
+
+
+async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
+                      progress: Progress, *, extra_headers: Headers | None = None,
+                      token_source: TokenSource | None = None) -> End:
+    """Capture until the api ends the capture; returns its ``end``.
+
+    ``extra_headers`` go into the WebSocket handshake (``authorization: bearer …``); with a
+    ``token_source`` the token is kept fresh for as long as the capture runs.
+    """
+    async with open_api_link(api, extra_headers) as link:
         await link.send(start)
         end: End | None = None
         async with open_nursery() as nursery:

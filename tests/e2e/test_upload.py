@@ -46,22 +46,29 @@ def landscape(request: pytest.FixtureRequest,
         yield built
 
 
+async def start_upload(args: list[str], env: dict[str, str]) -> tuple[trio.Process, bytes]:
+    """``pcapd capture ARGS --upload``, once it reports that it is capturing; and its stderr."""
+    process = await trio.lowlevel.open_process(
+        [PCAPD, "capture", *args, "-f", "udp and not icmp", "--upload"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stderr is not None
+    err = b""
+    while b"capturing" not in err:
+        chunk = await process.stderr.receive_some(4096)
+        assert chunk, err.decode()
+        err += chunk
+    return process, err
+
+
 async def upload(args: list[str], env: dict[str, str],
                  traffic: list[tuple[object, str, bytes]]) -> tuple[str, str, str]:
     """``pcapd capture ARGS --upload``; traffic once it runs; stop; (capture id, url, stderr)."""
     with trio.fail_after(90):
-        process = await trio.lowlevel.open_process(
-            [PCAPD, "capture", *args, "-f", "udp and not icmp", "--upload"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        assert process.stderr is not None and process.stdout is not None
-        err = b""
-        while b"capturing" not in err:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, err.decode()
-            err += chunk
+        process, err = await start_upload(args, env)
         for ns, destination, marker in traffic:
             await send_udp(ns, destination, 9999, 20, marker=marker)  # type: ignore[arg-type]
         process.send_signal(2)
+        assert process.stderr is not None and process.stdout is not None
         async for chunk in process.stderr:
             err += chunk
         assert await process.wait() == 0, err.decode()
@@ -215,16 +222,8 @@ async def test_a_200_mb_capture_uploads_in_bounded_memory(landscape: Landscape) 
     container = next(iter(landscape.cells[0].containers.values()))
     env = landscape.cf_home(token, refresh)
     with trio.fail_after(240):
-        process = await trio.lowlevel.open_process(
-            [PCAPD, "capture", "cf", "my-app", "--instance", "0", "-i", "lo", "-f",
-             "udp and not icmp", "--upload"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=env)
+        process, err = await start_upload(["cf", "my-app", "--instance", "0", "-i", "lo"], env)
         assert process.stderr is not None
-        err = b""
-        while b"capturing" not in err:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, err.decode()
-            err += chunk
         for _ in range(40):  # 40 × 4000 × 1400 B ≈ 224 MB of payload, paced for the ring
             await send_udp(container, "127.0.0.1", 9999, 4000, size=1400, marker=b"bulk")
             await trio.sleep(0.05)
@@ -247,16 +246,7 @@ async def test_an_upload_cut_short_by_a_vanished_user_is_complete_and_marked(
     env = landscape.cf_home(token, refresh)
     before = set(await listed_ids(env))
     with trio.fail_after(60):
-        process = await trio.lowlevel.open_process(
-            [PCAPD, "capture", "cf", "my-app", "--instance", "0", "-i", "lo", "-f",
-             "udp and not icmp", "--upload"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=env)
-        assert process.stderr is not None
-        err = b""
-        while b"capturing" not in err:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, err.decode()
-            err += chunk
+        process, _ = await start_upload(["cf", "my-app", "--instance", "0", "-i", "lo"], env)
         await send_udp(container, "127.0.0.1", 9999, 20, marker=b"gone")
         process.kill()  # the user's laptop dies: no stop, no goodbye
         await process.wait()
