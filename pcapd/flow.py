@@ -66,3 +66,32 @@ class DropGate:
 
     def statistics(self) -> GateStatistics:
         return GateStatistics(self.dropping, self._admitted, self._dropped, self._episodes)
+
+
+class RateLimiter:
+    """Token buckets per key (a user): ``rate`` requests per ``period`` seconds, bursts of up
+    to ``rate``. Pure: the caller passes ``now`` (a monotonic clock)."""
+
+    def __init__(self, rate: int, period: float = 60.0) -> None:
+        if rate < 1 or period <= 0:
+            raise ValueError(f"need rate >= 1 and period > 0, got {rate}, {period}")
+        self.rate = rate
+        self.period = period
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str, now: float) -> float:
+        """0.0 when ``key`` may go now (and it is counted); else seconds until it may."""
+        tokens, last = self._buckets.get(key, (float(self.rate), now))
+        tokens = min(float(self.rate), tokens + (now - last) * self.rate / self.period)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) * self.period / self.rate
+
+    def forget_idle(self, now: float) -> None:
+        """Drop buckets that are full again (bounded memory with many users)."""
+        full = [k for k, (t, last) in self._buckets.items()
+                if t + (now - last) * self.rate / self.period >= self.rate]
+        for key in full:
+            del self._buckets[key]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pcapd.flow import DropGate
+from pcapd.flow import DropGate, RateLimiter
 
 
 def test_keeps_below_upper_then_drops_until_lower() -> None:
@@ -54,3 +54,24 @@ def test_accounting_holds_and_queue_never_passes_upper(steps: list[tuple[int, in
 def test_is_pure() -> None:
     code = "import pcapd.flow, sys; assert 'trio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rate_limiter_allows_a_burst_then_one_per_interval() -> None:
+    limiter = RateLimiter(rate=3, period=60)
+    assert [limiter.allow("alice", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.allow("alice", 0.0) == pytest.approx(20.0)  # one token per 20 s
+    assert limiter.allow("bob", 0.0) == 0.0  # each user has a bucket of their own
+    assert limiter.allow("alice", 19.9) > 0
+    assert limiter.allow("alice", 20.0) == 0.0
+    limiter.forget_idle(1000.0)
+    assert limiter._buckets == {}
+
+
+@given(st.lists(st.floats(0, 10, allow_nan=False), max_size=100))
+def test_rate_limiter_never_allows_more_than_rate_plus_refill(steps: list[float]) -> None:
+    limiter = RateLimiter(rate=5, period=10)
+    now, allowed = 0.0, 0
+    for step in steps:
+        now += step
+        allowed += limiter.allow("u", now) == 0.0
+    assert allowed <= 5 + now * 5 / 10 + 1e-9

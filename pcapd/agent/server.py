@@ -32,8 +32,10 @@ from pcapd.agent.netns import NamespaceError, resolve_container_netns
 from pcapd.agent.run import CaptureRun
 from pcapd.config import AgentConfig
 from pcapd.flow import DropGate
+from pcapd.metrics import Metrics
 from pcapd.proto import (
     AgentTarget,
+    Counters,
     Error,
     Hello,
     ResponderSession,
@@ -44,7 +46,7 @@ from pcapd.proto import (
     StatusReply,
 )
 from pcapd.transport.groups import open_nursery
-from pcapd.transport.http import HttpRouter, status_route
+from pcapd.transport.http import HttpRouter, metrics_route, status_route
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import server_context
 from pcapd.transport.ws import Headers, Link, LinkClosed, link_endpoints, serve_websocket
@@ -63,6 +65,7 @@ class Agent:
         self.runs: dict[str, CaptureRun] = {}
         self.draining = False
         self._runs_changed = trio.Event()
+        self.metrics = Metrics("agent", lambda: len(self.runs))
 
     async def wait_idle(self) -> None:
         """Until no capture runs (drain)."""
@@ -80,7 +83,8 @@ class Agent:
     @cached_property
     def http(self) -> HttpRouter:
         """Plain HTTP on the agent's (mutual TLS) port: ``GET /status``."""
-        return HttpRouter({"/status": status_route(self.status)})
+        return HttpRouter({"/status": status_route(self.status),
+                           "/metrics": metrics_route(self.metrics)})
 
     def stop_all(self) -> None:
         """Ask every running capture to stop gracefully (drain)."""
@@ -114,6 +118,7 @@ class Agent:
             netns = self._admit(start, target)
             await self._check_container(target)
         except Refusal as refusal:
+            self.metrics.refused(refusal.code)
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return
         device = start.options.device
@@ -122,6 +127,7 @@ class Agent:
         exclude = [] if netns is not None else _own_link(link.ws)
         run = CaptureRun(start.capture_id, start, name, description)
         self.runs[start.capture_id] = run  # reserved before the await: counts toward the limit
+        gate: DropGate | None = None
         try:
             try:
                 capture_cm = open_capture(device, filter=start.options.filter,
@@ -154,6 +160,12 @@ class Agent:
             self._runs_changed.set()
             self._runs_changed = trio.Event()
             c = run.counters
+            self.metrics.ended(run.end_reason, Counters(
+                packets=c.packets, bytes=c.bytes, kernel_received=c.kernel.received,
+                kernel_dropped=c.kernel.kernel_dropped,
+                interface_dropped=c.kernel.interface_dropped,
+                agent_dropped=gate.statistics().dropped if gate is not None else 0,
+                written=c.sent))
             log.info("capture %s ended (%s%s): %d packets, %d sent, kernel dropped %d",
                      run.capture_id, run.end_reason, f": {run.end_text}" if run.end_text else "",
                      c.packets, c.sent, c.kernel.kernel_dropped,

@@ -135,6 +135,7 @@ class ApiCapture:
         self.agent_tls = agent_tls
         self.sources = [SourceRun(i, job) for i, job in enumerate(resolution.jobs)]
         self._token_renewed = trio.Event()
+        self._drain_notice: str | None = None
         self.merge = Merge(lateness=config.merge.lateness,
                            max_buffered=config.buffer.size)
         buf = config.buffer
@@ -172,6 +173,12 @@ class ApiCapture:
             elif mine is not None:
                 limits[name] = (mine, False)
         return limits
+
+    def drain(self, text: str) -> None:
+        """The api shuts down: tell the user, then stop gracefully (reason ``drained``)."""
+        if not self._stop.is_set():
+            self._drain_notice = text
+        self.request_stop("drained", text)
 
     def renew(self, identity: Identity) -> None:
         """A refreshed token of the same user: the capture may run until it expires."""
@@ -227,6 +234,8 @@ class ApiCapture:
                     io.start_soon(self._duration_timer, *self._limits["max_duration"])
                 io.start_soon(self._token_timer)
                 await self._stop.wait()
+                if self._drain_notice is not None:
+                    await self._notify("CAPTURE_STOPPED", self._drain_notice)
                 await self._stop_sources()
                 self._closing = True
                 self._wake()

@@ -33,11 +33,14 @@ from pcapd.api.resolve import Resolution, Resolver
 from pcapd.api.upload import UploadOutput, finish_upload, owner_key, stored_capture
 from pcapd.config import ApiConfig
 from pcapd.errors import PcapdError
+from pcapd.flow import RateLimiter
+from pcapd.metrics import Metrics
 from pcapd.proto import (
     AgentTarget,
     BoshTarget,
     CaptureList,
     CfTarget,
+    Counters,
     Data,
     Download,
     End,
@@ -65,6 +68,7 @@ from pcapd.transport.http import (
     HttpResponse,
     HttpRouter,
     error_response,
+    metrics_route,
     status_route,
 )
 from pcapd.transport.service import Refusal, status_reply
@@ -189,6 +193,8 @@ class Api:
         self.captures: dict[str, ApiCapture] = {}
         self.draining = False
         self._captures_changed = trio.Event()
+        self.metrics = Metrics("api", lambda: len(self.captures))
+        self.requests = RateLimiter(config.limits.requests_per_minute)
 
     async def wait_idle(self) -> None:
         """Until no capture runs (drain)."""
@@ -207,7 +213,8 @@ class Api:
     def http(self) -> HttpRouter:
         """Plain HTTP on the client port, next to the WebSocket endpoint: ``GET /status``.
         More routes: ``self.http.add("/downloads/", handler)`` (see pcapd.transport.http)."""
-        router = HttpRouter({"/status": status_route(self.status)})
+        router = HttpRouter({"/status": status_route(self.status),
+                             "/metrics": metrics_route(self.metrics)})
         if isinstance(self.store, LocalStore):
             router.add("/downloads/", self._download)
         return router
@@ -231,10 +238,11 @@ class Api:
             ("cache-control", "no-store")], _file_chunks(path))
 
     def stop_all(self) -> None:
-        """Drain: stop every capture gracefully; refuse new ones."""
+        """Drain: stop every capture gracefully (each user is told CAPTURE_STOPPED and gets a
+        complete file); refuse new ones."""
         self.draining = True
         for capture in self.captures.values():
-            capture.request_stop("drained", f"the api {self.config.id} is shutting down")
+            capture.drain(f"the api {self.config.id} is shutting down: the capture stops here")
 
     async def handle(self, ws: WebSocketConnection, peer: str, headers: Headers) -> None:
         """One client link, from ``hello`` to close."""
@@ -311,6 +319,7 @@ class Api:
             if start.upload:
                 upload, info = await self._open_upload(capture_id, start, resolution)
         except Refusal as refusal:
+            self.metrics.refused(refusal.code)
             log.info("%s: refused (%s): %s", link.peer, refusal.code, refusal.text,
                      extra={"event": "refused", "code": refusal.code})
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
@@ -358,6 +367,8 @@ class Api:
             self._captures_changed.set()
             self._captures_changed = trio.Event()
             totals = end.totals if end is not None else None
+            self.metrics.ended(end.reason if end is not None else "aborted",
+                               totals or Counters())
             log.info("capture %s by %s ended: %s", capture_id, user,
                      end.reason if end is not None else "client gone or failed", extra={
                          "event": "capture_ended", "capture_id": capture_id, "user": user,
@@ -419,6 +430,21 @@ class Api:
             return
         capture.renew(identity)
 
+    def _check_user_limits(self, resolution: Resolution) -> None:
+        """``limits.concurrent_captures_per_user`` and ``limits.requests_per_minute``."""
+        user = _user_of(resolution.identity)
+        limits = self.config.limits
+        mine = sum(1 for c in self.captures.values() if _user_of(c.identity) == user)
+        if mine >= limits.concurrent_captures_per_user:
+            raise Refusal("LIMIT_REACHED", f"you run {mine} captures already "
+                          f"(limits.concurrent_captures_per_user is "
+                          f"{limits.concurrent_captures_per_user}): stop one first")
+        wait = self.requests.allow(user, trio.current_time())
+        if wait > 0:
+            raise Refusal("LIMIT_REACHED", f"too many capture requests (limits."
+                          f"requests_per_minute is {limits.requests_per_minute}): try again "
+                          f"in {wait:.0f} s")
+
     async def _admit(self, start: Start, token: str | None) -> Resolution:
         if self.draining:
             raise Refusal("START_CAPTURE_FAILED", f"the api {self.config.id} is shutting down: "
@@ -432,12 +458,17 @@ class Api:
         except InvalidFilter as exc:
             raise Refusal("INVALID_REQUEST", str(exc)) from None
         resolution = await self.resolver.resolve(start, token)
+        self._check_user_limits(resolution)
         if not resolution.jobs and not resolution.unavailable:
             raise Refusal("INVALID_REQUEST", "the target names no instance to capture")
         if not resolution.jobs:
             raise Refusal("START_CAPTURE_FAILED", "no instance can be captured: " + "; ".join(
                 u.text for u in resolution.unavailable))
         return resolution
+
+
+def _user_of(identity: Identity | None) -> str:
+    return owner_key(identity) if identity is not None else "local"
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

@@ -328,6 +328,9 @@ class ApiLimitsConfig(_Section, frozen=True):
     max_duration: Seconds = 3600.0
     max_bytes: Count = 1 << 30
     max_packets: Count | None = None
+    # capture requests a user may make per minute (a burst of this many, then one per
+    # 60/requests_per_minute seconds); queries (status, captures list) do not count
+    requests_per_minute: Count = 30
 
 
 class ApiBufferConfig(BufferConfig, frozen=True):

@@ -352,3 +352,14 @@ class ReplayStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def metrics_route(metrics: Any) -> HttpHandler:
+    """``GET /metrics``: the Prometheus text exposition of a :class:`pcapd.metrics.Metrics`."""
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        content_type, body = metrics.exposition()
+        return HttpResponse(200, [("content-type", content_type),
+                                  ("cache-control", "no-store")], body)
+
+    return handler
