@@ -10,6 +10,7 @@ the result. Then the refusals, and a search of every log line for tokens.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,15 +218,6 @@ async def test_unknown_bosh_names_are_invalid(landscape: Landscape, start: Start
     assert answer.code == "INVALID_REQUEST" and words in answer.text, answer.text
 
 
-def test_no_token_in_any_log_line(landscape: Landscape) -> None:
-    """Runs last in this module: every line the api, the agents and the users' CLIs wrote."""
-    lines = landscape.all_log_lines() + landscape.client_lines
-    assert any("capture_ended" in line for line in lines)  # the audit lines are there
-    text = "\n".join(lines)
-    assert "eyJ" not in text  # every JWT (header, claims) starts with base64 of '{"'
-
-
-
 # --- a capture outlives its token only with a refreshed one --------------------------------
 
 
@@ -284,3 +276,40 @@ async def test_a_refreshed_token_keeps_the_capture_going(landscape: Landscape) -
     assert not [m for m in seen if isinstance(m, Notice) and m.code == "LIMIT_REACHED"]
     end = seen[-1]
     assert isinstance(end, End) and end.reason == "stopped"  # our stop, past the old expiry
+
+
+# --- last: these two end the module (the api is drained, then every log is searched) ---
+
+
+async def test_api_drain_ends_every_capture_complete(landscape: Landscape,
+                                                      tmp_path: Path) -> None:
+    """SIGTERM to the api (as monit or systemd send it): the running capture is stopped
+    gracefully — the user is told CAPTURE_STOPPED and gets a complete file — and the api exits.
+    Runs late in this module: the api is gone afterwards."""
+    token, refresh = developer_tokens(landscape)
+    container = next(iter(landscape.cells[0].containers.values()))
+    with trio.fail_after(60):
+        async with streamed_capture("cf", "my-app", "--instance", "0", "-i", "lo", "-f",
+                                    "udp and not icmp",
+                                    env=landscape.cf_home(token, refresh)) as capture:
+            await capture.wait_started(interfaces=1)
+            await send_udp(container, "127.0.0.1", 9999, 20, marker=b"drain")
+            landscape.api.popen.send_signal(signal.SIGTERM)
+            assert await capture.wait_exit() == 0, capture.stderr.text
+        assert await trio.to_thread.run_sync(landscape.api.popen.wait, 30) == 0
+    assert "CAPTURE_STOPPED" in capture.stderr.text and "shutting down" in capture.stderr.text
+    assert "(drained" in capture.stderr.text
+    out = tmp_path / "drained.pcapng"
+    out.write_bytes(capture.data)
+    rows = tshark_fields(out, "data.data")
+    assert sum(1 for (d,) in rows if bytes.fromhex(d).startswith(b"drain")) == 20
+    assert "Number of stat entries = 1" in run_tool("capinfos", out)
+    landscape.client_lines.extend(capture.stderr.lines)
+
+
+def test_no_token_in_any_log_line(landscape: Landscape) -> None:
+    """Runs last in this module: every line the api, the agents and the users' CLIs wrote."""
+    lines = landscape.all_log_lines() + landscape.client_lines
+    assert any("capture_ended" in line for line in lines)  # the audit lines are there
+    text = "\n".join(lines)
+    assert "eyJ" not in text  # every JWT (header, claims) starts with base64 of '{"'
