@@ -109,13 +109,14 @@ class SourceRun:
     counters: Counters = field(default_factory=Counters)
     api_dropped: int = 0
     written: int = 0
+    discarded: int = 0
     end: End | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
     def statistics(self) -> SourceStatistics:
         c = msgspec.structs.replace(self.counters, api_dropped=self.api_dropped,
-                                    written=self.written)
+                                    written=self.written, discarded=self.discarded)
         return SourceStatistics(source=max(self.id, 0), state=self.state,
                                 **msgspec.structs.asdict(c))
 
@@ -136,6 +137,8 @@ class ApiCapture:
         self.sources = [SourceRun(i, job) for i, job in enumerate(resolution.jobs)]
         self._token_renewed = trio.Event()
         self._drain_notice: str | None = None
+        self._full = False
+        """A packet or byte limit was reached: what still arrives is discarded (counted)."""
         self.merge = Merge(lateness=config.merge.lateness,
                            max_buffered=config.buffer.size)
         buf = config.buffer
@@ -427,11 +430,17 @@ class ApiCapture:
     def _emit(self, blocks: list[bytes]) -> None:
         if not blocks:
             return
-        if self._stop.is_set() and self.end_reason in ("completed", "limit"):
-            return  # past a count or size limit: the file already holds what was asked
-        blocks = self._within_limits(blocks)
-        kept = self.queue.offer(blocks)
         unpack = _IFACE.unpack_from
+        if self._full:  # past a count or size limit: the file holds what was asked
+            rest, blocks = blocks, []
+        else:
+            allowed = self._within_limits(blocks)
+            rest, blocks = blocks[len(allowed):], allowed
+        for iface, n in Counter(unpack(b, 8)[0] for b in rest).items():
+            self.sources[self._index_of(iface)].discarded += n
+        if not blocks:
+            return
+        kept = self.queue.offer(blocks)
         if kept:
             ids = Counter(unpack(b, 8)[0] for b in blocks[:kept])
             for iface, n in ids.items():
@@ -466,6 +475,7 @@ class ApiCapture:
                     room += 1
                 reached = room < len(blocks) or size == value
             if reached:
+                self._full = True
                 blocks = blocks[:max(room, 0)]
                 what = f"{int(value)} packets" if name == "max_packets" else f"{int(value)} bytes"
                 if policy:

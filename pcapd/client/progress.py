@@ -88,6 +88,8 @@ class Progress:
                 f"api {t.api_dropped})")
         if t.late:
             line += f", {t.late} written out of order"
+        if t.discarded:
+            line += f", {t.discarded} captured after the limit and not written"
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     def stored(self, msg: End) -> None:

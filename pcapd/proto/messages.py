@@ -162,7 +162,8 @@ class Source(_Wire, frozen=True, kw_only=True):
 
 
 class Counters(_Wire, frozen=True, kw_only=True):
-    """Packet accounting. ``packets == written + agent_dropped + api_dropped`` once a capture ends.
+    """Packet accounting: ``packets == written + agent_dropped + api_dropped + discarded``
+    once a capture ends.
 
     ``packets``/``bytes`` count what libpcap handed to pcapd; ``kernel_*`` and
     ``interface_dropped`` are libpcap's own statistics; ``late`` counts packets the merge wrote
@@ -178,6 +179,10 @@ class Counters(_Wire, frozen=True, kw_only=True):
     api_dropped: Count = 0
     written: Count = 0
     late: Count = 0
+    discarded: Count = 0
+    """Captured after the capture was complete (a count or size limit reached) and not
+    written: they complete the identity ``packets == written + agent_dropped + api_dropped +
+    discarded``."""
 
 
 class SourceStatistics(Counters, frozen=True, kw_only=True):

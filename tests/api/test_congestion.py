@@ -25,7 +25,9 @@ from pcapd.config.model import AgentListenConfig
 from pcapd.pcapng import EPB, PcapngDecoder
 from pcapd.proto import (
     AgentTarget,
+    CaptureLimits,
     CaptureOptions,
+    End,
     LocalTarget,
     Notice,
     Start,
@@ -60,7 +62,19 @@ class StalledUser:
             self.congested.set()
 
 
-async def test_slow_user_gets_drops_counted_and_the_identity_holds(tmp_path: Path) -> None:
+class FastUser(StalledUser):
+    """An output that always reads at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading.set()
+
+
+async def run_capture(tmp_path: Path, user: StalledUser, traffic: int,
+                      limits: CaptureLimits | None = None,
+                      **sections: object) -> End:
+    """A real agent (in-process, mutual TLS on loopback) capturing ``traffic`` UDP datagrams
+    in a fresh namespace for an api whose output is ``user``; the api's ``end``."""
     pki = init_certs(tmp_path / "pki")
     agent_config = msgspec.structs.replace(parse_agent_config({
         "id": "test-agent",
@@ -70,9 +84,7 @@ async def test_slow_user_gets_drops_counted_and_the_identity_holds(tmp_path: Pat
     }), listen=AgentListenConfig(address="127.0.0.1", port=0))
     api_config = local_api_config(
         {"certificate": str(pki.api_client_cert), "private_key": str(pki.api_client_key),
-         "ca": str(pki.ca_cert)}, str(tmp_path / "store"),
-        buffer={"size": 100, "upper_limit": 80, "lower_limit": 40})
-    user = StalledUser()
+         "ca": str(pki.ca_cert)}, str(tmp_path / "store"), **sections)
     with netns() as ns, trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(serve_agent, agent_config, Agent(agent_config))
@@ -80,11 +92,12 @@ async def test_slow_user_gets_drops_counted_and_the_identity_holds(tmp_path: Pat
             job = AgentJob("127.0.0.1", port, AgentTarget(namespace=ns.name, source=ns.name),
                            origin=ns.name)
             start = Start(target=LocalTarget(netns=[ns.name]),
-                          options=CaptureOptions(device="lo", filter="udp"))
+                          options=CaptureOptions(device="lo", filter="udp"),
+                          limits=limits or CaptureLimits())
             tls = client_context(ca=pki.ca_cert, certificate=pki.api_client_cert,
                                  private_key=pki.api_client_key)
             capture = ApiCapture(api_config, "congestion", start, Resolution([job]), user, tls)
-            ends = []
+            ends: list[End] = []
             finished = trio.Event()
 
             async def run() -> None:
@@ -93,24 +106,43 @@ async def test_slow_user_gets_drops_counted_and_the_identity_holds(tmp_path: Pat
 
             nursery.start_soon(run)
             await user.started.wait()
-            await send_udp(ns, "127.0.0.1", 9999, 1000, size=100, marker=b"flood")
-            await user.congested.wait()
-            user.reading.set()
+            await send_udp(ns, "127.0.0.1", 9999, traffic, size=100, marker=b"flood")
+            if not user.reading.is_set():
+                await user.congested.wait()
+                user.reading.set()
             capture.request_stop("stopped", "test")
             await finished.wait()
             nursery.cancel_scope.cancel()
+    return ends[0]
 
-    end = ends[0]
-    t = end.totals
-    congested = [m for m in user.messages if isinstance(m, Notice) and m.code == "CONGESTED"]
-    assert congested[0].party == "api" and congested[0].count > 0
-    assert t.api_dropped > 0
-    assert t.packets == 1000
-    assert t.packets == t.written + t.agent_dropped + t.api_dropped
+
+def written_packets(user: StalledUser) -> int:
     decoder = PcapngDecoder()
     decoder.receive_data(bytes(user.data))
     decoder.receive_data(b"")
     written = 0
     while (raw := decoder.next_raw()) is not None:
         written += raw.block_type == EPB
-    assert written == t.written
+    return written
+
+
+async def test_slow_user_gets_drops_counted_and_the_identity_holds(tmp_path: Path) -> None:
+    user = StalledUser()
+    end = await run_capture(tmp_path, user, 1000,
+                            buffer={"size": 100, "upper_limit": 80, "lower_limit": 40})
+    t = end.totals
+    congested = [m for m in user.messages if isinstance(m, Notice) and m.code == "CONGESTED"]
+    assert congested[0].party == "api" and congested[0].count > 0
+    assert t.api_dropped > 0
+    assert t.packets == 1000
+    assert t.packets == t.written + t.agent_dropped + t.api_dropped + t.discarded
+    assert written_packets(user) == t.written
+
+
+async def test_past_a_count_limit_packets_are_discarded_and_counted(tmp_path: Path) -> None:
+    user = FastUser()
+    end = await run_capture(tmp_path, user, 1000, CaptureLimits(max_packets=100))
+    t = end.totals
+    assert end.reason == "completed" and t.written == 100 == written_packets(user)
+    assert t.packets == t.written + t.agent_dropped + t.api_dropped + t.discarded
+    assert t.discarded > 0
