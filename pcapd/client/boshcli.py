@@ -113,6 +113,9 @@ def read_bosh_document(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the bosh CLI config: "
                          f"{exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: the bosh CLI config is not UTF-8 text: log in again with "
+                         "'bosh -e ENV log-in'") from None
     try:
         document = yaml.safe_load(raw)
     except yaml.YAMLError:

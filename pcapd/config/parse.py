@@ -236,6 +236,8 @@ def _walk_value(value: object, tp: Any, path: str, problems: list[str]) -> objec
     except msgspec.ValidationError:
         shown = _shown(value, hide=_holds_secret(tp))
         problems.append(f"{path}: expected {_describe(mi.type_info(tp))}, got {shown}")
+    except UnicodeError:  # YAML "\ud800" escapes: lone surrogates no text can hold
+        problems.append(f"{path}: holds characters that are not valid Unicode text")
     return value
 
 

@@ -255,3 +255,18 @@ def test_authorization_from_handshake_headers() -> None:
     assert authorization_from_headers(((b"host", b"api"),)) is None
     assert authorization_from_headers([(b"Authorization", b"Bearer a"),
                                        (b"authorization", b"Bearer b")]) == "Bearer a, Bearer b"
+
+
+async def test_a_token_never_chooses_where_its_key_comes_from(uaa: FakeUAA,
+                                                              http: httpx.AsyncClient) -> None:
+    """A forged token signed with the attacker's key, naming the attacker's key server in
+    ``jku``: the api must not fetch it (and must refuse the token)."""
+    with FakeUAA(fresh_keys=True) as attacker:
+        header = {**attacker.header(), "jku": f"{attacker.url}/token_keys"}
+        forged = jwt.encode(uaa.claims(ALICE), attacker.key().private, algorithm="RS256",
+                            headers=header)
+        verifier = TokenVerifier(uaa_url=uaa.url, http=http)
+        with trio.fail_after(10), pytest.raises(Unauthenticated):
+            await verifier.verify(forged)
+        assert attacker.count("/token_keys", "GET") == 0
+        assert fetches(uaa) >= 1  # only the configured UAA was asked
