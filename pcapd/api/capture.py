@@ -35,9 +35,14 @@ from pcapd.errors import PcapngFormatError
 from pcapd.flow import DropGate
 from pcapd.merge import Merge
 from pcapd.pcapng import (
+    EPB,
+    EnhancedPacket,
+    RawBlock,
+    encode_enhanced_packet,
     encode_interface_statistics,
     encode_name_resolution,
     encode_section_header,
+    parse,
     with_interface_id,
 )
 from pcapd.proto import (
@@ -69,6 +74,8 @@ STATS_PERIOD = 1.0
 MAX_PAYLOAD = 1024 * 1024
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 10.0
+RECONNECT_INTERVAL = 1.0
+"""Seconds between attempts to reach a lost agent again (within agents.reconnect_grace)."""
 AGENT_DURATION_MARGIN = 30.0
 """Agents stop by themselves this long after the api's duration: a safety net, never the rule."""
 _IFACE = struct.Struct("<I")
@@ -110,13 +117,18 @@ class SourceRun:
     api_dropped: int = 0
     written: int = 0
     discarded: int = 0
+    previous: Counters = field(default_factory=Counters)
+    """What earlier agent captures of this source counted (before a gap)."""
+    gap_note: str | None = None
+    """The comment for the first packet after a gap."""
     end: End | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
     def statistics(self) -> SourceStatistics:
-        c = msgspec.structs.replace(self.counters, api_dropped=self.api_dropped,
-                                    written=self.written, discarded=self.discarded)
+        c = msgspec.structs.replace(_added(self.previous, self.counters),
+                                    api_dropped=self.api_dropped, written=self.written,
+                                    discarded=self.discarded)
         return SourceStatistics(source=max(self.id, 0), state=self.state,
                                 **msgspec.structs.asdict(c))
 
@@ -283,26 +295,23 @@ class ApiCapture:
     # --- sources ---------------------------------------------------------------------------
 
     async def _source_task(self, source: SourceRun) -> None:
-        job = source.job
         limits = CaptureLimits(max_duration=(self._limits["max_duration"][0]
                                              + AGENT_DURATION_MARGIN)
                                if "max_duration" in self._limits else None)
+        job = source.job
         try:
             with source.scope:
-                async with open_agent_capture(
-                        job, capture_id=f"{self.capture_id}-{source.index}",
-                        options=self.start.options,
-                        limits=limits, ssl_context=self.agent_tls,
-                        server_name=self.config.agents.server_name,
-                        connect_timeout=START_TIMEOUT) as agent:
-                    source.agent = agent
-                    announced = agent.started.sources[0]
-                    source.name, source.description = announced.name, announced.description
-                    async with open_nursery() as nursery:
-                        nursery.start_soon(agent.link.keepalive, KEEPALIVE_INTERVAL,
-                                           KEEPALIVE_TIMEOUT)
-                        await self._receive(source, agent)
-                        nursery.cancel_scope.cancel()
+                attempt = 0
+                while True:
+                    try:
+                        await self._from_agent(source, limits, attempt)
+                        return
+                    except (LinkClosed, PcapngFormatError) as exc:
+                        if source.idb is None or source.id < 0 or self._stop.is_set():
+                            raise
+                        attempt += 1
+                        if not await self._resume(source, exc, attempt):
+                            raise
         except AgentRefused as exc:
             source.failure = (exc.code if exc.code in _CODES else "START_CAPTURE_FAILED",
                               exc.text)  # type: ignore[assignment]
@@ -313,11 +322,62 @@ class ApiCapture:
         finally:
             await self._source_gone(source)
 
+    async def _from_agent(self, source: SourceRun, limits: CaptureLimits, attempt: int) -> None:
+        """One agent capture for ``source``, until its ``end`` (the first, or a resumption)."""
+        suffix = f"-r{attempt}" if attempt else ""
+        async with open_agent_capture(
+                source.job, capture_id=f"{self.capture_id}-{source.index}{suffix}",
+                options=self.start.options, limits=limits, ssl_context=self.agent_tls,
+                server_name=self.config.agents.server_name,
+                connect_timeout=START_TIMEOUT) as agent:
+            source.agent = agent
+            announced = agent.started.sources[0]
+            source.name, source.description = announced.name, announced.description
+            if attempt:
+                source.merge_id = self.merge.add_source(trio.current_time())
+                source.state = "capturing"
+                await self._notify("CAPTURE_RESUMED", f"{source.name}: capturing again after "
+                                   f"a gap (attempt {attempt}); the first packet after it "
+                                   "carries a comment", source)
+            async with open_nursery() as nursery:
+                nursery.start_soon(agent.link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+                await self._receive(source, agent)
+                nursery.cancel_scope.cancel()
+
+    async def _resume(self, source: SourceRun, lost: Exception, attempt: int) -> bool:
+        """A started source's agent went away: tell the user, and wait (bounded) until its
+        agent answers again. False when the grace period passed or the capture stops."""
+        source.previous = _added(source.previous, source.counters)
+        source.counters = Counters()
+        source.agent = None
+        if source.merge_id is not None:
+            self.merge.remove_source(source.merge_id, trio.current_time())
+            source.merge_id = None
+        source.state = "unavailable"
+        grace = self.config.agents.reconnect_grace
+        gap_start = time.time()
+        if attempt == 1 or source.gap_note is None:
+            await self._notify("INSTANCE_UNAVAILABLE", f"{source.name} lost ({lost}): "
+                               f"reconnecting for up to {grace:g}s", source)
+        deadline = trio.current_time() + grace
+        while trio.current_time() < deadline and not self._stop.is_set():
+            with trio.move_on_at(min(deadline, trio.current_time() + RECONNECT_INTERVAL)):
+                await self._stop.wait()
+            if self._stop.is_set():
+                return False
+            if await _answers(source.job):
+                source.gap_note = (f"pcapd: {source.name} resumed after a gap that began at "
+                                   f"{time.strftime('%H:%M:%S', time.gmtime(gap_start))} UTC "
+                                   "(its agent was unreachable): packets in between were not "
+                                   "captured")
+                return True
+        return False
+
     async def _receive(self, source: SourceRun, agent: AgentLink) -> None:
         while True:
             msg = await agent.receive()
             if isinstance(msg, AgentPayload):
-                if msg.interfaces and source.idb is None:
+                if msg.interfaces and source.idb is None:  # (a resumed agent's is the same)
                     source.idb = msg.interfaces[0]
                     source.state = "capturing"
                     self._check_settled()
@@ -379,6 +439,9 @@ class ApiCapture:
         if blocks:
             if source.id != 0:
                 blocks = [with_interface_id(b, source.id) for b in blocks]
+            if source.gap_note is not None:
+                blocks = [_with_comment(blocks[0], source.gap_note), *blocks[1:]]
+                source.gap_note = None
             self.merge.push(source.merge_id, payload.timestamps, blocks, now)
         if payload.watermark:
             self.merge.advance(source.merge_id, payload.watermark, now)
@@ -539,6 +602,34 @@ class ApiCapture:
                    totals=totals)
 
 
+def _added(a: Counters, b: Counters) -> Counters:
+    return Counters(**{f: getattr(a, f) + getattr(b, f) for f in Counters.__struct_fields__})
+
+
+def _with_comment(block: bytes, comment: str) -> bytes:
+    """The EPB ``block`` with an ``opt_comment`` (re-encoded: it is one packet per gap)."""
+    packet = parse(RawBlock(EPB, block, 0, False))
+    assert isinstance(packet, EnhancedPacket)
+    return encode_enhanced_packet(interface_id=packet.interface_id,
+                                  timestamp=packet.timestamp, data=packet.data,
+                                  original_length=packet.original_length,
+                                  comment="; ".join([*packet.comments, comment]),
+                                  flags=packet.flags)
+
+
+async def _answers(job: AgentJob) -> bool:
+    """Whether the agent's port accepts a TCP connection again (cheap, before a full start)."""
+    try:
+        with trio.move_on_after(RECONNECT_INTERVAL):
+            stream = await trio.open_tcp_stream(job.host, job.port)
+            await stream.aclose()
+            return True
+    except OSError:
+        return False
+    return False
+
+
 _CODES = frozenset(("INSTANCE_UNAVAILABLE", "START_CAPTURE_FAILED", "INVALID_REQUEST",
-                    "CONGESTED", "LIMIT_REACHED", "CAPTURE_STOPPED", "CONNECTION_ERROR",
+                    "CONGESTED", "LIMIT_REACHED", "CAPTURE_STOPPED", "CAPTURE_RESUMED",
+                    "CONNECTION_ERROR",
                     "UNAUTHENTICATED", "PERMISSION_DENIED"))

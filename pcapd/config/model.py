@@ -224,6 +224,9 @@ class AgentsConfig(_Section, frozen=True):
     tls: AgentsTlsConfig
     port: Port = DEFAULT_AGENT_PORT
     server_name: NonEmpty = DEFAULT_AGENT_SERVER_NAME  # checked in every agent's certificate
+    # seconds the api keeps trying to reach an agent lost mid-capture (an agent restart);
+    # the gap is marked with a comment on the first packet after it
+    reconnect_grace: Seconds = 30.0
 
     def _rules(self) -> Iterator[Rule]:
         if not is_host(self.server_name):

@@ -48,8 +48,9 @@ log: {{level: info, format: json}}
 
 
 @asynccontextmanager
-async def agent(tmp: Path, certs: Path, name: str) -> AsyncIterator[tuple[Proc, int]]:
-    port = free_port()
+async def agent(tmp: Path, certs: Path, name: str,
+                port: int | None = None) -> AsyncIterator[tuple[Proc, int]]:
+    port = port or free_port()
     async with running("agent", "--config", str(agent_config(tmp, certs, name, port)),
                        stdout_lines=False) as proc:
         await proc.stderr.wait_for(json_event("listening"))
@@ -166,3 +167,32 @@ async def test_agent_sigterm_drains_its_capture(tmp_path: Path, certs: Path) -> 
     rows = tshark_fields(out, "data.data")
     assert sum(1 for (d,) in rows if bytes.fromhex(d).startswith(b"drain")) == 20
     assert "Number of stat entries = 1" in run_tool("capinfos", out)
+
+
+async def test_an_agent_restarted_mid_capture_is_resumed_and_the_gap_marked(
+        tmp_path: Path, certs: Path) -> None:
+    with netns() as a, netns() as b, trio.fail_after(90):
+        async with agent(tmp_path, certs, "a") as (_, port_a), \
+                agent(tmp_path, certs, "b") as (agent_b, port_b), streamed_capture(
+                    "local", "--agent", f"127.0.0.1:{port_a}#{a.name}",
+                    "--agent", f"127.0.0.1:{port_b}#{b.name}", "--certs", str(certs),
+                    "-i", "lo", "-f", "udp and not icmp") as capture:
+            await capture.wait_started(interfaces=2)
+            await send_udp(b, "127.0.0.1", 9999, 10, marker=b"first")
+            agent_b.process.kill()
+            await capture.stderr.wait_for(lambda line: "INSTANCE_UNAVAILABLE" in line)
+            async with agent(tmp_path, certs, "b", port_b):  # the agent comes back
+                await capture.stderr.wait_for(lambda line: "CAPTURE_RESUMED" in line)
+                await send_udp(b, "127.0.0.1", 9999, 10, marker=b"second")
+                await send_udp(a, "127.0.0.1", 9999, 10, marker=b"steady")
+                capture.interrupt()
+                assert await capture.wait_exit() == 0, capture.stderr.text
+    out = tmp_path / "resumed.pcapng"
+    out.write_bytes(capture.data)
+    rows = tshark_fields(out, "frame.interface_name", "data.data", "frame.comment")
+    from_b = [(bytes.fromhex(d), c) for name, d, c in rows if name == f"{b.name}:lo"]
+    assert sum(d.startswith(b"first") for d, _ in from_b) == 10
+    assert sum(d.startswith(b"second") for d, _ in from_b) == 10
+    comments = [c for _, c in from_b if c]
+    assert len(comments) == 1 and "resumed after a gap" in comments[0]
+    assert "Number of interfaces in file: 2" in run_tool("capinfos", out)
