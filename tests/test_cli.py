@@ -12,8 +12,8 @@ import pytest
 from pcapd import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB_CERTS = {"agent": "/var/vcap/jobs/pcap-agent/config/certs",
-             "api": "/var/vcap/jobs/pcap-api/config/certs"}
+JOB_CERTS = {"agent": "/var/vcap/jobs/pcapd-agent/config/certs",
+             "api": "/var/vcap/jobs/pcapd-api/config/certs"}
 
 
 def pcapd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,7 @@ from pcapd.config.parse import _translate
 from pcapd.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config"
-JOB_CERTS = ("/var/vcap/jobs/pcap-agent/config/certs", "/var/vcap/jobs/pcap-api/config/certs")
+JOB_CERTS = ("/var/vcap/jobs/pcapd-agent/config/certs", "/var/vcap/jobs/pcapd-api/config/certs")
 
 AGENT = """
 id: router/0
@@ -449,7 +449,7 @@ def test_unrendered_examples_fail_the_file_checks_by_key() -> None:
     result = check_agent_config_file(EXAMPLES / "agent.yml")
     assert not result.ok
     assert result.problems[0].startswith(
-        "tls.certificate: /var/vcap/jobs/pcap-agent/config/certs/agent.crt: no such file"
+        "tls.certificate: /var/vcap/jobs/pcapd-agent/config/certs/agent.crt: no such file"
     )
 
 

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def api_config(tmp: Path, port: int) -> Path:
     certs = init_certs(tmp / "certs").directory
     text = (ROOT / "config" / "api.yml").read_text()
-    text = text.replace("/var/vcap/jobs/pcap-api/config/certs", str(certs))
+    text = text.replace("/var/vcap/jobs/pcapd-api/config/certs", str(certs))
     text = text.replace("address: 0.0.0.0\n  port: 8080", f"address: 127.0.0.1\n  port: {port}")
-    text = text.replace("/var/vcap/store/pcap-api", str(tmp / "store"))
+    text = text.replace("/var/vcap/store/pcapd-api", str(tmp / "store"))
     path = tmp / "api.yml"
     path.write_text(text)
     return path
