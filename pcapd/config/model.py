@@ -113,9 +113,9 @@ class BufferConfig(_Section, frozen=True):
     ``lower_limit``; ``size`` is the hard cap. Hence ``0 < lower_limit < upper_limit <= size``.
     """
 
-    size: Count
-    upper_limit: Count
-    lower_limit: Count
+    size: Count  # packets the buffer may hold at most
+    upper_limit: Count  # packets: dropping starts when the buffer holds this many
+    lower_limit: Count  # packets: dropping stops once the buffer has drained to this many
 
     def _rules(self) -> Iterator[Rule]:
         if self.upper_limit > self.size:
@@ -133,23 +133,28 @@ class BufferConfig(_Section, frozen=True):
 
 
 class LogConfig(_Section, frozen=True):
-    level: LogLevel = "info"
-    format: Literal["json", "text"] = "json"
+    """Logs: one line per event on stderr, JSON for a log pipeline or text for people."""
+
+    level: LogLevel = "info"  # the least severe level written (logs go to stderr)
+    format: Literal["json", "text"] = "json"  # json: one object per line; text: for people
 
 
 class ServerTlsConfig(_Section, frozen=True):
     """A server certificate and its key (PEM files)."""
 
-    certificate: FilePath
-    private_key: FilePath
+    certificate: FilePath  # the certificate (PEM file), with its chain if any
+    private_key: FilePath  # its key (PEM file, mode 0600)
 
 
 # -- agent -------------------------------------------------------------------------------------
 
 
 class AgentListenConfig(_Section, frozen=True):
-    address: NonEmpty = "0.0.0.0"
-    port: Port = DEFAULT_AGENT_PORT
+    """The agent's one port, all mutual TLS: the api's WebSocket links, ``GET /status`` and
+    ``GET /metrics``."""
+
+    address: NonEmpty = "0.0.0.0"  # where the agent accepts the api and /status, /metrics
+    port: Port = DEFAULT_AGENT_PORT  # the api dials this port: keep it equal to agents.port
 
     def _rules(self) -> Iterator[Rule]:
         yield from _host_rule("address", self.address)
@@ -172,13 +177,19 @@ class AgentTlsConfig(_Section, frozen=True):
 class ContainersConfig(_Section, frozen=True):
     """Where a Diego cell keeps its containers' network namespaces and their metadata."""
 
+    # one network namespace file per app container, named by its instance guid; not set:
+    # the agent captures only its VM's own interfaces
     netns_dir: FilePath | None = None
-    metadata_store: FilePath | None = None  # garden's container-metadata store.json
+    # garden's container-metadata store.json; set: a container is captured only for the app
+    # that owns it
+    metadata_store: FilePath | None = None
 
 
 class AgentLimitsConfig(_Section, frozen=True):
-    concurrent_captures: Count = 5
-    max_snaplen: Snaplen = 65535
+    """What one agent accepts, whatever the api asks; the api's own limits apply on top."""
+
+    concurrent_captures: Count = 5  # captures this agent runs at once; more: LIMIT_REACHED
+    max_snaplen: Snaplen = 65535  # the largest snaplen a request may ask for
 
 
 class AgentBufferConfig(BufferConfig, frozen=True):
@@ -196,6 +207,7 @@ class AgentConfig(_Section, frozen=True):
     containers: ContainersConfig = msgspec.field(default_factory=ContainersConfig)
     limits: AgentLimitsConfig = msgspec.field(default_factory=AgentLimitsConfig)
     buffer: AgentBufferConfig = msgspec.field(default_factory=AgentBufferConfig)
+    # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
@@ -204,8 +216,11 @@ class AgentConfig(_Section, frozen=True):
 
 
 class ApiListenConfig(_Section, frozen=True):
-    address: NonEmpty = "0.0.0.0"
-    port: Port = 8080
+    """Where users connect: the WebSocket endpoint of ``pcapd capture``, and plain HTTP
+    ``GET /status``, ``/metrics`` and ``/downloads/`` on the same port."""
+
+    address: NonEmpty = "0.0.0.0"  # where users (or gorouter) connect; also /status, /metrics
+    port: Port = 8080  # gorouter's route points here (route_registrar's port or tls_port)
     tls: ServerTlsConfig | None = None  # behind gorouter, TLS usually ends at the router
 
     def _rules(self) -> Iterator[Rule]:
@@ -221,8 +236,11 @@ class AgentsTlsConfig(_Section, frozen=True):
 
 
 class AgentsConfig(_Section, frozen=True):
+    """How the api reaches the agents: mutual TLS, each agent's certificate checked against
+    ``agents.tls.ca`` and ``server_name`` (not the address dialled)."""
+
     tls: AgentsTlsConfig
-    port: Port = DEFAULT_AGENT_PORT
+    port: Port = DEFAULT_AGENT_PORT  # the port every agent listens on (its listen.port)
     server_name: NonEmpty = DEFAULT_AGENT_SERVER_NAME  # checked in every agent's certificate
     # seconds the api keeps trying to reach an agent lost mid-capture (an agent restart);
     # the gap is marked with a comment on the first packet after it
@@ -234,8 +252,10 @@ class AgentsConfig(_Section, frozen=True):
 
 
 class CfConfig(_Section, frozen=True):
+    """Cloud Foundry: the Cloud Controller that finds apps' instances and says who may see them."""
+
     api: Url  # UAA is found from the Cloud Controller's root document
-    ca: FilePath | None = None
+    ca: FilePath | None = None  # CA (PEM) of Cloud Controller and UAA; not set: the system's
     # also require `cf ssh` to be allowed for the app (global, space and app flags)
     require_ssh_enabled: bool = False
 
@@ -244,8 +264,10 @@ class CfConfig(_Section, frozen=True):
 
 
 class BoshConfig(_Section, frozen=True):
+    """BOSH: the director that finds deployments' VMs and says who may capture them."""
+
     director: Url  # UAA is found from the director's /info
-    ca: FilePath | None = None
+    ca: FilePath | None = None  # CA (PEM) of the director and its UAA; not set: the system's
 
     def _rules(self) -> Iterator[Rule]:
         yield from _url_rule("director", self.director, "https://10.0.0.6:25555")
@@ -263,9 +285,10 @@ class LocalStorageConfig(_Section, frozen=True, tag="local", tag_field="kind"):
     (HMAC); without one it draws a key at start, and links die with the api process.
     """
 
-    path: FilePath
-    retention_days: Count = 7
+    path: FilePath  # the directory of stored captures (created if missing)
+    retention_days: Count = 7  # days a capture is kept
     url_expiry: UrlExpiry = 3600  # how long a download link works (never past the retention)
+    # the key that signs download links, at least 16 characters; the same on every api VM
     download_secret: Secret | None = None
 
     @property
@@ -286,12 +309,12 @@ class S3StorageConfig(_Section, frozen=True, tag="s3", tag_field="kind"):
     """Captures in an S3/MinIO bucket; a bucket lifecycle rule deletes them after retention."""
 
     endpoint: NonEmpty  # host:port, no scheme: ``secure`` picks https
-    bucket: NonEmpty
-    access_key: NonEmpty
-    secret_key: Secret
-    secure: bool = True
-    region: NonEmpty | None = None
-    retention_days: Count = 7
+    bucket: NonEmpty  # created at start if missing
+    access_key: NonEmpty  # the S3 access key id
+    secret_key: Secret  # its secret key (in BOSH: from CredHub)
+    secure: bool = True  # true: https; false: plain http
+    region: NonEmpty | None = None  # not set: the SDK asks the server
+    retention_days: Count = 7  # days a capture is kept: the bucket's lifecycle rule
     url_expiry: UrlExpiry = 3600  # how long a presigned download link works
     part_size: PartSize = 5 << 20  # multipart part size; an upload holds about 3 in memory
 
@@ -326,11 +349,14 @@ StorageConfig = LocalStorageConfig | S3StorageConfig
 
 
 class ApiLimitsConfig(_Section, frozen=True):
-    concurrent_captures_per_user: Count = 5
-    concurrent_captures: Count = 100
-    max_duration: Seconds = 3600.0
-    max_bytes: Count = 1 << 30
-    max_packets: Count | None = None
+    """Limits per capture, per user and per api, each reported as ``LIMIT_REACHED``; a request
+    may ask for a lower duration, packet or byte limit, never a higher one."""
+
+    concurrent_captures_per_user: Count = 5  # captures one user runs at once
+    concurrent_captures: Count = 100  # captures this api runs at once, all users together
+    max_duration: Seconds = 3600.0  # seconds one capture may run (a request may ask for less)
+    max_bytes: Count = 1 << 30  # bytes of packets one capture may write
+    max_packets: Count | None = None  # packets one capture may write; not set: no limit
     # capture requests a user may make per minute (a burst of this many, then one per
     # 60/requests_per_minute seconds); queries (status, captures list) do not count
     requests_per_minute: Count = 30
@@ -343,6 +369,8 @@ class ApiBufferConfig(BufferConfig, frozen=True):
 
 
 class MergeConfig(_Section, frozen=True):
+    """The merge of the agents' streams into one timestamp-ordered pcapng."""
+
     lateness: Seconds = 1.0  # how long the merge waits for a silent stream before moving on
 
 
@@ -351,6 +379,7 @@ class ApiConfig(_Section, frozen=True):
 
     id: Annotated[NonEmpty, _why("this api's name in logs and /status, e.g. pcap-api/0")]
     agents: AgentsConfig
+    # where captures made with --upload are kept: the api's disk or an S3/MinIO bucket
     storage: StorageConfig
     listen: ApiListenConfig = msgspec.field(default_factory=ApiListenConfig)
     cf: CfConfig | None = None
@@ -358,5 +387,6 @@ class ApiConfig(_Section, frozen=True):
     limits: ApiLimitsConfig = msgspec.field(default_factory=ApiLimitsConfig)
     buffer: ApiBufferConfig = msgspec.field(default_factory=ApiBufferConfig)
     merge: MergeConfig = msgspec.field(default_factory=MergeConfig)
+    # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)
