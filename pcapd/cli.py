@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pcapd import __version__
 from pcapd.errors import NotImplementedYetError, PcapdError, UsageError, collapse
+from pcapd.extcap import add_arguments as add_extcap_arguments
+from pcapd.extcap import joined_values
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -149,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output pcapng ('-' = stdout)")
     merge.add_argument("inputs", nargs="+", metavar="INPUT")
     merge.set_defaults(handler=_merge)
+
+    extcap = roles.add_parser(
+        "extcap", help="Wireshark's extcap interface (pcapd in Wireshark's capture list)",
+        allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Wireshark calls this itself: link pcapd into its extcap folder (any name; a\n"
+               "first argument --extcap-* or --capture implies 'extcap'). See\n"
+               "roles/wireshark/README.md.")
+    add_extcap_arguments(extcap)
+    extcap.set_defaults(handler=_extcap)
     return parser
 
 
@@ -265,9 +276,20 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _extcap(args: argparse.Namespace) -> int:
+    from pcapd.client.extcap import run_extcap
+
+    return run_extcap(args, lambda argv: _capture(build_parser().parse_args(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pcapd`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and (words[0].startswith("--extcap-") or words[0] == "--capture"):
+        words.insert(0, "extcap")  # Wireshark runs a link to pcapd in its extcap folder
+    if words and words[0] == "extcap":
+        words[1:] = joined_values(words[1:])
+    args = build_parser().parse_args(words)
     handler: Handler = args.handler
     try:
         with collapse():
