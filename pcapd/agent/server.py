@@ -148,7 +148,8 @@ class Agent:
                 await link.send(Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))
                 return
-            except (CaptureFailed, CaptureError) as exc:
+            except (CaptureFailed, CaptureError, NamespaceError) as exc:
+                self.metrics.refused("START_CAPTURE_FAILED")
                 await link.send(Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))
                 return

@@ -53,12 +53,13 @@ def opened_output(write: str | None, upload: bool = False) -> Iterator[PcapngOut
         yield PcapngOutput(os.devnull)
         return
     output = PcapngOutput(default_target(write))
+    created = not output.to_stdout and not Path(output.target).exists()
     output.open()
     try:
         yield output
     except BaseException:
         output.close()
-        if output.bytes_written == 0 and not output.to_stdout:
+        if output.bytes_written == 0 and created:  # only a file this run made (not a fifo)
             Path(output.target).unlink(missing_ok=True)
         raise
     output.close()
