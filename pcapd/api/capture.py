@@ -129,6 +129,11 @@ class SourceRun:
         c = msgspec.structs.replace(_added(self.previous, self.counters),
                                     api_dropped=self.api_dropped, written=self.written,
                                     discarded=self.discarded)
+        # an agent lost mid-capture never sends its final count, and its last statistics lag
+        # what it sent: it captured at least every packet that reached us (and it dropped)
+        reached = c.written + c.api_dropped + c.discarded + c.agent_dropped
+        if c.packets < reached:
+            c = msgspec.structs.replace(c, packets=reached)
         return SourceStatistics(source=max(self.id, 0), state=self.state,
                                 **msgspec.structs.asdict(c))
 

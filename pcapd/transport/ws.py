@@ -21,6 +21,8 @@ from weakref import WeakKeyDictionary
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import Ping
 
 from pcapd.errors import PcapdError, RemoteProtocolError
 from pcapd.proto import DATA_HEADER_SIZE, MAX_BINARY_MESSAGE, Data, Message
@@ -45,6 +47,34 @@ Headers = list[tuple[bytes, bytes]]
 Handler = Callable[[WebSocketConnection, str, Headers], Awaitable[None]]
 """``handler(ws, peer, headers)``: the connection, ``host:port`` of the peer, and the headers of
 its handshake request (where a client's Authorization header arrives)."""
+
+
+async def _pong_while_open(self: WebSocketConnection, event: Ping) -> None:
+    """Answer a ping only while the connection is open.
+
+    trio-websocket answers every ping, also one that arrives after our own close frame went
+    out; wsproto then raises LocalProtocolError in the connection's reader task, which fails the
+    nursery that task runs in — for a served connection, the whole server. Any client could end
+    the api with a malformed message and a ping (trio-websocket#184; the fix, #198, is not
+    released). A closing connection owes no pong.
+    """
+    if self._wsproto.state == ConnectionState.OPEN:
+        await self._send(event.response())
+
+
+WebSocketConnection._handle_ping_event = _pong_while_open  # type: ignore[method-assign]
+
+
+async def _close_socket(stream: trio.abc.Stream) -> None:
+    """Close a link's stream for certain, after ``ws.aclose()``.
+
+    ``ws.aclose()`` closes the TCP connection only when it starts the closing handshake itself.
+    When the peer closed first — with its close frame (a server ending its link, as an agent
+    does after ``end``) or without one (a killed client or api) — the connection is marked
+    closed, ``aclose()`` returns at once and the socket stays in CLOSE_WAIT until the garbage
+    collector happens to free it: an idle api held dozens. Closing twice is harmless.
+    """
+    await trio.aclose_forcefully(stream)
 
 
 class LinkClosed(PcapdError):
@@ -135,6 +165,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     await ws.aclose()
+                await _close_socket(stream)
                 nursery.cancel_scope.cancel()
 
     if unix_path is None:
@@ -239,6 +270,7 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await ws.aclose()
+            await _close_socket(stream)
             nursery.cancel_scope.cancel()
 
 
@@ -291,6 +323,9 @@ class Link:
         self.ws = ws
         self.session = session
         self.peer = peer
+        self.gave_up: str | None = None
+        """Why this side closed the link (no pong), for the :class:`LinkClosed` that follows:
+        the close code the peer never saw is no explanation."""
 
     @overload
     async def send(self, msg: Data) -> None: ...
@@ -301,14 +336,16 @@ class Link:
         try:
             await self.ws.send_message(wire)
         except ConnectionClosed as exc:
-            raise LinkClosed(f"{self.peer}: connection closed ({_reason(exc)})") from exc
+            raise LinkClosed(f"{self.peer}: connection closed "
+                             f"({self.gave_up or _reason(exc)})") from exc
 
     async def receive(self) -> Message | Data:
         """The next message; a malformed one is answered with ``error`` and the link closed."""
         try:
             raw = await self.ws.get_message()
         except ConnectionClosed as exc:
-            raise LinkClosed(f"{self.peer}: connection closed ({_reason(exc)})") from exc
+            raise LinkClosed(f"{self.peer}: connection closed "
+                             f"({self.gave_up or _reason(exc)})") from exc
         try:
             if isinstance(raw, str):
                 return self.session.receive_text(raw)
@@ -340,6 +377,7 @@ class Link:
                     return
             if scope.cancelled_caught:
                 log.warning("%s: no pong within %ss: closing the link", self.peer, pong_within)
+                self.gave_up = f"no answer to pings for {pong_within:g}s"
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     await self.ws.aclose(code=1001, reason="ping timeout")

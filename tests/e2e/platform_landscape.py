@@ -95,9 +95,15 @@ class Landscape:
     """The fakes, cells/VMs with agents, and the api; see the module docstring."""
 
     def __init__(self, tmp: Path, *, cells: int = 2, vms: int = 2,
-                 storage: dict[str, object] | None = None) -> None:
+                 storage: dict[str, object] | None = None,
+                 api_settings: dict[str, object] | None = None,
+                 agent_settings: dict[str, object] | None = None) -> None:
+        """``api_settings`` and ``agent_settings``: config sections (``limits``, ``buffer``,
+        ...) merged into the api's and every agent's config, key by key within a section."""
         self.tmp = tmp
         self.storage = storage or {"kind": "local", "path": str(tmp / "store")}
+        self.api_settings = api_settings or {}
+        self.agent_settings = agent_settings or {}
         self.n_cells, self.n_vms = cells, vms
         self.stack = ExitStack()
         self.processes: list[Process] = []
@@ -194,7 +200,7 @@ class Landscape:
         if directory is not None:
             config["containers"] = {"netns_dir": str(directory), "metadata_store": str(store)}
         path = self.tmp / f"agent-{host.ns.name}.json"
-        path.write_text(json.dumps(config))  # YAML is a superset of JSON
+        path.write_text(json.dumps(_merged(config, self.agent_settings)))  # YAML ⊃ JSON
         return self._start(start_process(agent_id, host.ns.argv(
             PCAPD, "agent", "--config", str(path))))
 
@@ -209,7 +215,7 @@ class Landscape:
             "storage": self.storage,
         }
         path = self.tmp / "api.json"
-        path.write_text(json.dumps(config))
+        path.write_text(json.dumps(_merged(config, self.api_settings)))
         return path
 
     @property
@@ -243,6 +249,16 @@ class Landscape:
 
     def all_log_lines(self) -> list[str]:
         return [line for process in self.processes for line in process.lines]
+
+
+def _merged(config: dict[str, object], settings: dict[str, object]) -> dict[str, object]:
+    """``config`` with ``settings``: a section given as a dict is merged key by key."""
+    merged = dict(config)
+    for key, value in settings.items():
+        base = merged.get(key)
+        merged[key] = ({**base, **value} if isinstance(base, dict) and isinstance(value, dict)
+                       else value)
+    return merged
 
 
 def developer_tokens(landscape: Landscape) -> tuple[str, str]:

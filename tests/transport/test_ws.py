@@ -7,6 +7,9 @@ loopback with real certificates from ``pcapd.certs``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import ssl
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import trio
 import trio.testing
 import trio_websocket
 import wsproto
-from wsproto.events import AcceptConnection, Message, Request
+from wsproto.events import AcceptConnection, Message, Ping, Request
 
 from pcapd.certs import CertPaths, init_certs
 from pcapd.proto import InitiatorSession, ResponderSession
@@ -59,6 +62,25 @@ async def test_keepalive_closes_a_link_whose_peer_went_silent(
             await link.keepalive(5, 10)
             # noticed after one interval + the pong timeout; then at most 1 s to close politely
             assert trio.current_time() - start == pytest.approx(16)
+            with pytest.raises(LinkClosed, match="no answer to pings for 10s"):
+                await link.receive()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_after_our_close_frame_is_left_unanswered(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Unpatched, trio-websocket's reader task would try to pong in the closing state and fail
+    the nursery it runs in (for a served connection: the whole server)."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            link, peer = await link_to_frozen_peer(nursery)
+
+            async def ping_while_we_close() -> None:
+                await trio.sleep(0.5)  # our close frame is out; the peer has not read it yet
+                await peer.stream.send_all(peer.ws.send(Ping(payload=b"late")))
+
+            nursery.start_soon(ping_while_we_close)
+            await link.aclose()  # waits up to 1 s for the peer's close frame
             with pytest.raises(LinkClosed):
                 await link.receive()
             nursery.cancel_scope.cancel()
@@ -129,4 +151,53 @@ async def test_tls_below_1_2_is_refused(pki: CertPaths) -> None:
             port = listeners[0].socket.getsockname()[1]
             with pytest.raises(LinkClosed, match="TLS handshake failed"):
                 await handshake_with(port, old)
+            nursery.cancel_scope.cancel()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_links_close_their_sockets_whoever_closes_first() -> None:
+    """trio-websocket leaves the socket open when the peer closed first, with a close frame or
+    without one, until the connection object is garbage: here every one is kept alive (as a
+    traceback or a reference cycle keeps them in a real process)."""
+    kept: list[trio_websocket.WebSocketConnection] = []
+
+    async def handler(ws: trio_websocket.WebSocketConnection, peer: str,
+                      headers: object) -> None:
+        kept.append(ws)
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await ws.get_message()  # "bye": the server closes first; else the client did
+
+    gc.collect()  # what earlier tests left to the collector goes now, not in the middle
+    gc.disable()
+    try:
+        await _whoever_closes_first(handler, kept)
+    finally:
+        gc.enable()
+
+
+async def _whoever_closes_first(handler: object,
+                                kept: list[trio_websocket.WebSocketConnection]) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+            port = listeners[0].socket.getsockname()[1]
+            before = open_fds()
+            for _ in range(5):
+                async with open_websocket("127.0.0.1", port, ssl_context=None) as ws:
+                    kept.append(ws)
+                    await ws.send_message("bye")  # the server closes first
+                    with pytest.raises(trio_websocket.ConnectionClosed):
+                        await ws.get_message()
+                async with open_websocket("127.0.0.1", port, ssl_context=None) as ws:
+                    kept.append(ws)  # the client closes first
+                stream = await trio.open_tcp_stream("127.0.0.1", port)  # no close frame
+                client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                await stream.send_all(client.send(Request(host="x", target="/")))
+                await stream.receive_some(65536)
+                await stream.aclose()
+            await trio.sleep(0.5)  # the server's side of the last ones
+            assert open_fds() == before
             nursery.cancel_scope.cancel()
