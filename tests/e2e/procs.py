@@ -139,6 +139,13 @@ class StreamedCapture:
                 raise AssertionError(f"capture ended before it started:\n{self.stderr.text}")
             await self._changed.wait()
 
+    async def wait_for_bytes(self, needle: bytes, count: int) -> None:
+        """Until ``needle`` (a packet's payload marker) appears ``count`` times in the stream."""
+        while self.data.count(needle) < count:
+            if self.done:
+                raise AssertionError(f"stream ended before {count}× {needle!r}")
+            await self._changed.wait()
+
     async def wait_exit(self) -> int:
         """The exit status, once the process ended and its whole stdout was read."""
         code = await self.process.wait()

@@ -179,6 +179,7 @@ async def test_an_agent_restarted_mid_capture_is_resumed_and_the_gap_marked(
                     "-i", "lo", "-f", "udp and not icmp") as capture:
             await capture.wait_started(interfaces=2)
             await send_udp(b, "127.0.0.1", 9999, 10, marker=b"first")
+            await capture.wait_for_bytes(b"first", 10)  # through the agent before it dies
             agent_b.process.kill()
             await capture.stderr.wait_for(lambda line: "INSTANCE_UNAVAILABLE" in line)
             async with agent(tmp_path, certs, "b", port_b):  # the agent comes back
