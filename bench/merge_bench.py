@@ -7,9 +7,12 @@ worst case for a merge: runs from one input are short); even-numbered inputs hav
 interfaces, odd-numbered ones microsecond interfaces. It then times ``pcapd merge -w`` and
 ``mergecap -w`` on them as subprocesses (wall clock, start-up included, best of ``--rounds``,
 the two tools taking turns), prints packets per second for both and the ratio pcapd/mergecap,
-and decodes both outputs with pcapd's decoder to check that they hold the same packets in the
+with each tool's best CPU time (user + system) and that ratio beside in parentheses (on a
+machine shared with other work the CPU ratio moves less than the wall-clock one), and decodes
+both outputs with pcapd's decoder to check that they hold the same packets in the
 same order: every packet's timestamp in nanoseconds, original length and bytes. Exits 1 if they
-differ, 2 if mergecap is missing. Usage::
+differ, 2 if mergecap is missing. First it prints each tool's start-up cost: the best time to
+merge a file of one packet. Usage::
 
     .venv/bin/python bench/merge_bench.py [--packets N] [--rounds N] [-k K ...] [--keep DIR]
     tox -e bench
@@ -21,6 +24,7 @@ import argparse
 import os
 import platform
 import random
+import resource
 import shutil
 import struct
 import subprocess
@@ -133,13 +137,20 @@ def same_packets(ours: Path, theirs: Path) -> tuple[bool, int, str]:
     return True, count, ""
 
 
-def timed(command: list[str]) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of one run of ``command``."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"{command[0]} failed ({result.returncode}): {result.stderr.strip()}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def rate(packets: int, seconds: float) -> str:
@@ -159,8 +170,17 @@ def main() -> int:
         return 2
     pcapd = pcapd_command()
     print(machine())
-    print(f"pcapd: {' '.join(pcapd)}; {args.packets:,} packets, best of {args.rounds} runs\n")
-    print(f"{'k':>3}  {'pcapd merge':>22}  {'mergecap':>22}  {'pcapd/mergecap':>14}  outputs")
+    print(f"pcapd: {' '.join(pcapd)}; {args.packets:,} packets, best of {args.rounds} runs")
+    with tempfile.TemporaryDirectory(prefix="merge_bench.") as scratch:
+        (one,) = generate(Path(scratch), 1, 1, args.seed)
+        out = Path(scratch) / "out.pcapng"
+        ours = min(timed([*pcapd, "merge", "-w", str(out), str(one)])[0] for _ in range(5))
+        theirs = min(timed(["mergecap", "-w", str(out), str(one)])[0] for _ in range(5))
+    print(f"start-up (one packet): pcapd {ours * 1e3:.0f} ms, mergecap {theirs * 1e3:.0f} ms\n")
+    print(
+        f"{'k':>3}  {'pcapd merge (cpu)':>31}  {'mergecap (cpu)':>31}  {'pcapd/mergecap (cpu)':>20}"
+        "  outputs"
+    )
     failed = False
     for k in args.k:
         with tempfile.TemporaryDirectory(prefix="merge_bench.") as scratch:
@@ -172,15 +192,19 @@ def main() -> int:
             for _ in range(args.rounds):
                 pcapd_times.append(timed([*pcapd, "merge", "-w", str(ours), *inputs]))
                 mergecap_times.append(timed(["mergecap", "-w", str(theirs), *inputs]))
-            p, m = min(pcapd_times), min(mergecap_times)
+            p, m = min(t for t, _ in pcapd_times), min(t for t, _ in mergecap_times)
+            pc, mc = min(c for _, c in pcapd_times), min(c for _, c in mergecap_times)
             same, compared, difference = same_packets(ours, theirs)
             verdict = f"same ({compared:,} packets)" if same else f"DIFFER: {difference}"
             failed = failed or not same or compared != args.packets
             print(
-                f"{k:>3}  {p:6.2f} s {rate(args.packets, p)}  {m:6.2f} s {rate(args.packets, m)}"
-                f"  {p and m / p:14.2f}  {verdict}",
+                f"{k:>3}  {p:6.2f} s {rate(args.packets, p)} ({pc:5.2f} s)"
+                f"  {m:6.2f} s {rate(args.packets, m)} ({mc:5.2f} s)"
+                f"  {p and m / p:13.2f} ({pc and mc / pc:4.2f})  {verdict}",
                 flush=True,
             )
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average {load} at the end")
     return 1 if failed else 0
 
 

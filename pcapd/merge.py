@@ -28,7 +28,11 @@ release cuts from each source the prefix at or below the bound with ``bisect`` a
 than one source contributes, orders the union with one stable C sort (ties keep source order,
 then arrival order). Consumed prefixes are cut off once they are at least half of a list, so
 compaction is amortised O(1) per packet. Blocks are never copied or re-encoded: the same
-``bytes`` objects go out that came in.
+``bytes`` objects go out that came in. The sort is on the timestamps as given: a caller that
+passes float offsets from a base (``pcapd merge``) gets CPython's fast float compare instead of
+the generic one 61-bit ints take (measured 38 against 52 ns per packet with 8 sources, 43
+against 75 with 32). Converting ints to such floats here would cost about as much as it saves
+for a few sources, so the merge leaves that to callers that can make floats for free.
 
 Per-source order is sacred. Releases take prefixes only, and the sort keys of a source are made
 non-decreasing (a packet stamped earlier than its predecessor in the same source sorts as if it
@@ -117,16 +121,16 @@ class _Source:
 
     def __init__(self, sid: int, stale_at: float) -> None:
         self.sid = sid
-        self.ts: list[int] = []  # sort keys: the timestamps, made non-decreasing
+        self.ts: list[float] = []  # sort keys: the timestamps, made non-decreasing
         self.blocks: list[bytes] = []
         self.head = 0  # ts[:head] and blocks[:head] are released already
-        self.top = _NEVER  # the greatest timestamp pushed so far
-        self.frontier = _NEVER  # no future packet below this: max(top, last watermark)
+        self.top: float = _NEVER  # the greatest timestamp pushed so far
+        self.frontier: float = _NEVER  # no future packet below this: max(top, last watermark)
         self.stale_at = stale_at  # last heard + lateness
         self.live = True
         # The true timestamps, parallel to ``ts``, only while some buffered key differs from its
         # timestamp; ``dirty_end`` is one past the last such index.
-        self.real: list[int] | None = None
+        self.real: list[float] | None = None
         self.dirty_end = 0
 
 
@@ -135,7 +139,10 @@ class Merge:
 
     Pure and synchronous: the caller passes ``now`` (seconds on a monotonic clock) to every call,
     calls :meth:`pop` after each push or advance, and sleeps until :attr:`Release.wakeup`.
-    Timestamps are integer nanoseconds (any int, pcapng's unsigned 64-bit range included).
+    Timestamps are nanoseconds on one scale: ints (any int, pcapng's unsigned 64-bit range
+    included), or floats that hold integers exactly. ``pcapd merge`` passes offsets from a base
+    as floats, which CPython sorts about twice as fast as 61-bit ints; ints and floats may mix,
+    since Python compares them exactly.
 
     Release rule, evaluated by :meth:`pop`: a source is *stale* while
     ``now >= last_heard + lateness`` (heard = added, pushed to, advanced); ``low`` is the
@@ -170,7 +177,7 @@ class Merge:
         self._next_sid = 0
         self._buffered = 0
         self._pending: list[bytes] = []
-        self._top_released = _NEVER
+        self._top_released: float = _NEVER
         self._released = 0
         self._reordered = 0
         self._forced = 0
@@ -203,7 +210,7 @@ class Merge:
             del self._sources[sid]
 
     def push(
-        self, sid: int, timestamps: Sequence[int], blocks: Sequence[bytes], now: float
+        self, sid: int, timestamps: Sequence[float], blocks: Sequence[bytes], now: float
     ) -> None:
         """Append a batch (timestamps in nanoseconds, parallel to the blocks) from a source.
 
@@ -235,7 +242,7 @@ class Merge:
         if self._buffered > self._max_buffered:
             self._overflow(now)
 
-    def advance(self, sid: int, watermark_ns: int, now: float) -> None:
+    def advance(self, sid: int, watermark_ns: float, now: float) -> None:
         """A watermark (or heartbeat): the source sends no packet below ``watermark_ns`` any more.
 
         Marks the source heard. A watermark below the frontier changes nothing else.
@@ -259,6 +266,14 @@ class Merge:
         self._release(None)
         return self._take()
 
+    def frontier(self, sid: int) -> float:
+        """A live source's frontier: the greater of its greatest pushed timestamp and its last
+        watermark (below every timestamp when it has sent neither)."""
+        source = self._live.get(sid)
+        if source is None:
+            raise ValueError(f"frontier: no live source {sid}")
+        return source.frontier
+
     def statistics(self) -> MergeStatistics:
         return MergeStatistics(
             buffered=self._buffered,
@@ -272,7 +287,7 @@ class Merge:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _push_out_of_order(self, source: _Source, stamps: list[int]) -> None:
+    def _push_out_of_order(self, source: _Source, stamps: list[float]) -> None:
         # Rare: the batch goes backwards within the source. Keys become the running maximum, so
         # the source's order survives the sort; the true timestamps are kept for ``reordered``.
         if source.real is None:
@@ -290,8 +305,8 @@ class Merge:
         source.real += stamps
         source.top = top
 
-    def _bound(self, now: float) -> int | None:
-        low: int | None = None
+    def _bound(self, now: float) -> float | None:
+        low: float | None = None
         for source in self._live.values():
             if source.stale_at > now and (low is None or source.frontier < low):
                 low = source.frontier
@@ -324,9 +339,10 @@ class Merge:
     def _smallest_bound_covering(self, count: int) -> int:
         # The smallest timestamp T with at least ``count`` buffered packets at or below it: a
         # binary search over the value range, counting with bisect in each source.
+        # Ints throughout: float keys hold integers, and halving their sum could round.
         held = [s for s in self._sources.values() if s.head < len(s.ts)]
-        lo = min(s.ts[s.head] for s in held)
-        hi = max(s.ts[-1] for s in held)
+        lo = int(min(s.ts[s.head] for s in held))
+        hi = int(max(s.ts[-1] for s in held))
         while lo < hi:
             mid = (lo + hi) // 2
             if sum(bisect_right(s.ts, mid, s.head) - s.head for s in held) >= count:
@@ -341,7 +357,7 @@ class Merge:
         self._released += len(out)
         return out
 
-    def _release(self, bound: int | None) -> int:
+    def _release(self, bound: float | None) -> int:
         """Move every buffered packet at or below ``bound`` (all if None) to pending, in order."""
         cuts: list[tuple[_Source, int]] = []
         for source in self._sources.values():
@@ -358,7 +374,7 @@ class Merge:
         late = 0
         irregular = False
         out: list[bytes] = []
-        keys: list[int] = []
+        keys: list[float] = []
         for source, end in cuts:
             ts = source.ts
             head = source.head
@@ -393,11 +409,11 @@ class Merge:
         return released
 
     @staticmethod
-    def _order_irregular(cuts: list[tuple[_Source, int]], before: int) -> tuple[list[bytes], int]:
+    def _order_irregular(cuts: list[tuple[_Source, int]], before: float) -> tuple[list[bytes], int]:
         # Some cut holds a packet whose key is not its timestamp: sort by keys through an index
         # permutation and count the late packets against the running maximum one by one.
-        keys: list[int] = []
-        stamps: list[int] = []
+        keys: list[float] = []
+        stamps: list[float] = []
         blocks: list[bytes] = []
         for source, end in cuts:
             head = source.head

@@ -314,3 +314,25 @@ def test_compaction_keeps_everything_through_many_partial_releases() -> None:
         out += m.pop(0.0).blocks
     out += m.flush()
     assert out == [blk("a", 10 * i + k) for i in range(200) for k in range(7)]
+
+
+def test_frontier_is_the_greatest_pushed_timestamp_or_watermark() -> None:
+    m = Merge()
+    a = m.add_source(0.0)
+    assert m.frontier(a) < -(2**63)  # nothing promised yet
+    push(m, a, "a", [10, 30, 20], 0.0)  # a batch that goes back in time
+    assert m.frontier(a) == 30
+    m.advance(a, 50, 0.0)
+    assert m.frontier(a) == 50
+    m.remove_source(a, 0.0)
+    with pytest.raises(ValueError, match="no live source"):
+        m.frontier(a)
+
+
+def test_float_timestamps_mix_with_ints_exactly() -> None:
+    """pcapd merge passes offsets from a base as floats (they sort faster)."""
+    m = Merge(lateness=math.inf, max_buffered=3)
+    a, b = m.add_source(0.0), m.add_source(0.0)
+    m.push(a, [1.0, 2**53, 2.0**53 + 2], [b"a1", b"a2", b"a3"], 0.0)
+    m.push(b, [2, 2**53 + 1], [b"b2", b"b3"], 0.0)  # over the cap: forced out in order
+    assert m.flush() == [b"a1", b"b2", b"a2", b"b3", b"a3"]

@@ -581,3 +581,79 @@ def test_an_existing_output_keeps_its_mode_and_a_link_its_target(tmp_path: Path)
     assert link.is_symlink() and link.resolve() == real
     assert real.stat().st_mode & 0o777 == 0o640
     assert len(packets_in(real.read_bytes())) == 100
+
+
+def test_thousands_of_packets_of_both_resolutions_across_a_high_word_change(
+    tmp_path: Path,
+) -> None:
+    """Sort keys on every path: nanosecond and microsecond inputs over a change of the 32-bit
+    high timestamp word, and an input 200 days later (beyond exact float keys)."""
+    import random
+
+    rng = random.Random(7)
+    start_us = ((BASE >> 32) + 1 << 32) // 1000 - 3000  # 3 ms before the high word changes
+    rows: list[list[tuple[int, int, bytes, int, None]]] = [[], []]
+    us = start_us
+    for i in range(6000):
+        us += rng.randrange(1, 4)
+        rows[rng.randrange(2)].append((0, us * 1000, frame(i, 60 + i % 41), 60 + i % 41, None))
+    late = [(0, (start_us + 200 * 86_400_000_000 + i) * 1000, frame(i), 60, None) for i in range(9)]
+    paths = [
+        _write(tmp_path / "ns.pcapng", pcapng([("n", 9)], rows[0])),
+        _write(tmp_path / "us.pcapng", pcapng([("u", 6)], rows[1])),
+        _write(tmp_path / "late.pcapng", pcapng([("l", 9)], late)),
+    ]
+    expected = sorted(ns for _, ns, _, _, _ in [*rows[0], *rows[1], *late])
+    for chunk_size in (None, 4096):
+        out = tmp_path / f"out{chunk_size}.pcapng"
+        result = merge_files(paths, out, chunk_size=chunk_size)
+        assert (result.packets, result.reordered) == (6009, 0)
+        assert [ns for ns, _, _ in packets_in(out.read_bytes())] == expected
+
+
+def test_equal_timestamps_split_across_reads_still_go_out_later_input_first(
+    tmp_path: Path,
+) -> None:
+    """However the reads cut a run of equal timestamps, the later input's packets of that
+    time all go out before the earlier input's (mergecap's order)."""
+    rows_a = [(0, BASE + i * 1000, frame(i), 60, None) for i in range(20)]
+    rows_b = [(0, BASE + (i // 3) * 1000, frame(100 + i), 60, None) for i in range(30)]
+    paths = [
+        _write(tmp_path / "a.pcapng", pcapng([("a", 9)], rows_a)),
+        _write(tmp_path / "b.pcapng", pcapng([("b", 6)], rows_b)),
+    ]
+    expected = []
+    for t in range(20):
+        expected += [frame(100 + i) for i in range(30) if i // 3 == t]  # b: the later input
+        expected.append(frame(t))
+    for chunk_size in [None, *range(64, 700, 4)]:
+        out = tmp_path / "out.pcapng"
+        merge_files(paths, out, chunk_size=chunk_size)
+        assert [data for _, _, data in packets_in(out.read_bytes())] == expected, chunk_size
+
+
+def test_a_long_run_of_one_timestamp_is_not_held_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pcapd.mergefiles
+
+    monkeypatch.setattr(pcapd.mergefiles, "_TIE_RUN_CAP", 5)
+    same = [(0, BASE, frame(i), 60, None) for i in range(40)]
+    later = [(0, BASE + 1, frame(100 + i), 60, None) for i in range(3)]
+    paths = [
+        _write(tmp_path / "same.pcapng", pcapng([("s", 9)], same)),
+        _write(tmp_path / "later.pcapng", pcapng([("l", 9)], later)),
+    ]
+    peaks: list[int] = []
+
+    class Watched(pcapd.mergefiles.Merge):
+        def push(self, sid: int, *args: object, **kwargs: object) -> None:
+            super().push(sid, *args, **kwargs)  # type: ignore[arg-type]
+            peaks.append(self.statistics().buffered)
+
+    monkeypatch.setattr(pcapd.mergefiles, "Merge", Watched)
+    result = merge_files(paths, tmp_path / "out.pcapng", chunk_size=256)
+    assert result.packets == 43
+    data = [d for _, _, d in packets_in((tmp_path / "out.pcapng").read_bytes())]
+    assert data == [frame(i) for i in range(40)] + [frame(100 + i) for i in range(3)]
+    assert len(peaks) > 3  # pushed as it came, not held to the end

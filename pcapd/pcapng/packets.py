@@ -3,11 +3,24 @@
 The agent sends many EPBs in one WebSocket frame; the api splits them, orders them by
 timestamp and writes them out with only the interface id rewritten. None of this re-encodes
 or parses options: a packet costs one ``unpack_from``, one slice and a few appends.
+
+Long runs of EPBs (:func:`epb_run`, behind ``PcapngDecoder.next_packets`` and ``pcapd merge``)
+cost less again. Per block, Python runs only the walk from length field to length field (where
+a block starts depends on the one before it, so that step cannot be done in bulk) and, where
+ids change, a store of the new id. The rest is a few C-level passes over the whole run: one
+``struct`` format, joined from per-length fragments, reads the fixed fields of every block in
+one call (each field a strided slice of its tuple, checked in bulk against what ``next_raw``
+requires); a second cuts every block out as ``bytes``. Measured 0.20 µs per 60–100-byte packet
+in 256 KiB reads against 0.31 µs for :func:`split_packets`' loop and 0.42 µs for the decoder's
+former one (CPython 3.11, a shared 2-vCPU VM); for batches of a hundred packets the fixed
+costs of building two formats make it no faster than :func:`split_packets`.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from operator import itemgetter, sub
 from typing import NamedTuple
 
 from pcapd.errors import PcapngFormatError
@@ -99,3 +112,252 @@ def _framing_error(data: bytes, pos: int, offset: int) -> PcapngFormatError:
     else:
         why = "trailing block length differs from the leading one"
     return PcapngFormatError(why, offset + pos)
+
+
+# -- runs of EPBs in columns ------------------------------------------------------------------
+
+_TABLE_SIZE = 1 << 14
+"""Block lengths below this are looked up in lists (a list index is far cheaper than a
+``>> 2`` or a dict lookup in CPython 3.11); longer blocks take a slower, equivalent path."""
+_COLUMNS = 7
+# The fields of a run as one ``struct`` format: "<6I" reads block 0's type, length, interface
+# id, timestamp high and low words and captured length; then per block "{length - 28}x7I"
+# skips to its trailing length and reads it with the next block's first six fields (the last
+# block ends in "I" instead). Seven columns per block for two format codes: building a format
+# costs per character and per code (CPython parses it twice), the largest single cost here.
+_FIELDS_HEAD = b"<6I"
+
+
+class _Tables:
+    """Per ``max_block_size``, indexed by block length: the walk's step in 32-bit words and
+    the two ``struct`` format fragments, or None where no EPB can have that length (made all
+    at once, about 1.4 ms, so that the walk never meets one missing)."""
+
+    def __init__(self, limit: int) -> None:
+        size = min(limit + 1, _TABLE_SIZE)
+        self.limit = limit
+        self.step: list[int | None] = [None] * size
+        self.fields: list[bytes | None] = [None] * size
+        self.whole: list[bytes | None] = [None] * size
+        for total in range(32, size, 4):
+            self.step[total] = total >> 2
+            self.fields[total] = self.fragment(total, whole=False)
+            self.whole[total] = self.fragment(total, whole=True)
+
+    @staticmethod
+    def fragment(total: int, *, whole: bool) -> bytes:
+        return b"%ds" % total if whole else b"%dx7I" % (total - 28)
+
+    def layout(self, lengths: Sequence[int]) -> bytes:
+        """The format that cuts out blocks of ``lengths`` (each a possible EPB length)."""
+        table = self.whole
+        try:
+            # itemgetter makes a tuple of the exact size (a map would make a growing list)
+            fragments = itemgetter(*lengths)(table) if len(lengths) > 1 else (table[lengths[0]],)
+            return b"".join(fragments)  # type: ignore[arg-type]  # lengths are EPB lengths
+        except IndexError:  # a block longer than the table
+            return b"".join([self.fragment(total, whole=True) for total in lengths])
+
+
+_TABLES: dict[int, _Tables] = {}  # by max_block_size
+
+
+def _tables(limit: int) -> _Tables:
+    tables = _TABLES.get(limit)
+    if tables is None:
+        tables = _TABLES[limit] = _Tables(limit)
+    return tables
+
+
+class EpbRun(NamedTuple):
+    """Whole, valid little-endian EPBs in a row, in columns (see :func:`epb_run`)."""
+
+    blocks: list[bytes]
+    high: Sequence[int]
+    """Each block's timestamp ticks >> 32, as stored."""
+    low: Sequence[int]
+    """Each block's timestamp ticks & 0xFFFFFFFF."""
+    interface_ids: Sequence[int]
+    """As read, before any rewrite."""
+    end: int
+    """Offset in the buffer just past the last block (``pos`` if there is none)."""
+    refused: bool
+    """The run ends at a whole block that is not a valid EPB (rather than at the end of the
+    input or after ``most`` blocks)."""
+
+
+class PacketColumns(NamedTuple):
+    """Parallel columns of a run of EPBs: what ``PacketBatch`` holds, but each timestamp in
+    its two stored 32-bit halves, so that a caller builds its own sort keys in one pass."""
+
+    blocks: list[bytes]
+    high: Sequence[int]
+    """Each block's timestamp ticks >> 32."""
+    low: Sequence[int]
+    """Each block's timestamp ticks & 0xFFFFFFFF."""
+    interface_ids: Sequence[int]
+    """The section's ids, as read (before any rewrite)."""
+
+
+def _walk(
+    buf: bytes | bytearray, pos: int, most: int, tables: _Tables
+) -> tuple[list[bytes], int, int, bool]:
+    """Walk up to ``most`` blocks from ``pos`` (a multiple of 4), each found at the offset the
+    one before gives, while their length fields lie in ``buf`` and are lengths an EPB can have.
+
+    Returns the blocks' fields-format fragments, the offset past the last of them (possibly
+    past the end of ``buf``), the last one's length, and whether the walk stopped at a length
+    no EPB can have.
+    """
+    fragments: list[bytes] = []
+    add = fragments.append
+    step, fields = tables.step, tables.fields
+    size = len(buf) & ~3
+    total = 0
+    with memoryview(buf) as view, view[:size].cast("I") as words:
+        q = (pos >> 2) + 1  # the word holding the next block's length
+        refused = False
+        while True:
+            try:
+                for _ in range((most - len(fragments)) >> 1):  # two at a time: less looping
+                    total = words[q]
+                    q += step[total]  # type: ignore[operator]
+                    add(fields[total])  # type: ignore[arg-type]
+                    total = words[q]
+                    q += step[total]  # type: ignore[operator]
+                    add(fields[total])  # type: ignore[arg-type]
+                if len(fragments) < most:
+                    total = words[q]
+                    q += step[total]  # type: ignore[operator]
+                    add(fields[total])  # type: ignore[arg-type]
+                break
+            except TypeError:  # step None: no EPB has this length
+                refused = True
+                break
+            except IndexError:
+                if q >= size >> 2:  # the next length field lies past the end of the input
+                    break
+                total = words[q]  # longer than the table: step by hand
+                if total & 3 or total > tables.limit:
+                    refused = True
+                    break
+                q += total >> 2
+                add(tables.fragment(total, whole=False))
+    return fragments, (q - 1) << 2, total, refused
+
+
+def epb_run(
+    buf: bytes | bytearray,
+    pos: int,
+    *,
+    most: int,
+    max_block_size: int,
+    interfaces: int,
+    interface_map: Sequence[int] | None = None,
+) -> EpbRun:
+    """Frame the whole, valid little-endian EPBs in a row from ``pos`` (at most ``most``).
+
+    A block belongs to the run if it is all in ``buf`` and passes every framing check of
+    ``PcapngDecoder.next_raw``: type EPB, a length that is a multiple of 4, at least 32 plus the
+    captured length and at most ``max_block_size``, equal to the trailing length, and an
+    interface id below ``interfaces``. With ``interface_map`` (one new id per interface, each
+    below 2**32), every block's interface id is first rewritten in ``buf`` (then a
+    ``bytearray``) to ``interface_map[id]``: the blocks are cut out with their new ids at no
+    extra copy.
+
+    Needs a little-endian host with 4-byte unsigned ints, and ``pos % 4 == 0``.
+    """
+    tables = _tables(max_block_size)
+    fragments, end, last, refused = _walk(buf, pos, most, tables)
+    if end > len(buf):  # the last block is not all here yet (only the last can be cut off)
+        fragments.pop()
+        end -= last
+    n = len(fragments)
+    if not n:
+        return EpbRun([], (), (), (), pos, refused)
+    fields = struct.Struct(_FIELDS_HEAD + b"".join(fragments)[:-2] + b"I").unpack_from(buf, pos)
+    lengths = fields[1::_COLUMNS]
+    ids = fields[2::_COLUMNS]
+    first_id = ids[0]
+    if (
+        fields[0::_COLUMNS].count(EPB) != n
+        or lengths != fields[6::_COLUMNS]
+        or _caplen_overruns(lengths, fields[5::_COLUMNS])
+        or (first_id >= interfaces if ids.count(first_id) == n else max(ids) >= interfaces)
+    ):
+        n = _valid(fields, interfaces)
+        refused = True
+        if not n:
+            return EpbRun([], (), (), (), pos, refused)
+        fields = fields[: n * _COLUMNS]
+        lengths = fields[1::_COLUMNS]
+        ids = fields[2::_COLUMNS]
+        end = pos + sum(lengths)
+    if interface_map is not None:
+        _rewrite_ids(buf, pos, lengths, ids, interface_map, tables.step)
+    blocks = list(struct.Struct(tables.layout(lengths)).unpack_from(buf, pos))
+    return EpbRun(blocks, fields[3::_COLUMNS], fields[4::_COLUMNS], ids, end, refused)
+
+
+_AT_LEAST_32 = bytes(range(32, 256))
+
+
+def _caplen_overruns(lengths: Sequence[int], caplens: Sequence[int]) -> bool:
+    """Whether some block is shorter than 32 bytes plus its captured length.
+
+    In bulk: the differences, as bytes, lose every byte of 32 and more in one ``translate``;
+    a difference outside a byte (below 0, or options of 224 bytes and more) takes ``min``.
+    """
+    try:
+        return bool(bytes(map(sub, lengths, caplens)).translate(None, _AT_LEAST_32))
+    except ValueError:
+        return bool(min(map(sub, lengths, caplens)) < 32)
+
+
+def _valid(fields: tuple[int, ...], interfaces: int) -> int:
+    """The number of blocks in a row, from the first, whose fields pass every check."""
+    for i in range(0, len(fields), _COLUMNS):
+        block_type, total, interface_id, _, _, caplen, trailer = fields[i : i + _COLUMNS]
+        if (
+            block_type != EPB
+            or trailer != total
+            or total < 32 + caplen
+            or interface_id >= interfaces
+        ):
+            return i // _COLUMNS
+    return len(fields) // _COLUMNS
+
+
+def _rewrite_ids(
+    buf: bytes | bytearray,
+    pos: int,
+    lengths: Sequence[int],
+    ids: Sequence[int],
+    interface_map: Sequence[int],
+    step: list[int | None],
+) -> None:
+    first = ids[0]
+    uniform = ids.count(first) == len(ids)  # one interface, as in most runs
+    if uniform and interface_map[first] == first:
+        return
+    if not uniform and all(new == old for old, new in enumerate(interface_map)):
+        return
+    if not isinstance(buf, bytearray):
+        raise TypeError("rewriting interface ids needs a bytearray")
+    with memoryview(buf) as view, view[: len(buf) & ~3].cast("I") as words:
+        q = (pos >> 2) + 2
+        try:
+            if uniform:
+                new = interface_map[first]
+                for total in lengths:
+                    words[q] = new
+                    q += step[total]  # type: ignore[operator]
+            else:
+                for total, old in zip(lengths, ids, strict=True):
+                    words[q] = interface_map[old]
+                    q += step[total]  # type: ignore[operator]
+        except IndexError:  # a block longer than the table: all over again, by hand
+            q = (pos >> 2) + 2
+            for total, old in zip(lengths, ids, strict=True):
+                words[q] = interface_map[old]
+                q += total >> 2

@@ -11,10 +11,13 @@ Section Header and Interface Description Blocks are rare, so ``next_raw`` parses
 pass: it learns each section's byte order and the interfaces' timestamp resolutions, and can
 refuse packets of undefined interfaces without parsing packet options (``next_block`` does).
 
-``next_packets`` is the bulk path for runs of little-endian Enhanced Packet Blocks (a file
-merge reads millions): it frames every whole EPB at the front of the buffer in one tight loop,
-and stops at anything else, which ``next_raw`` then frames or refuses; so the two paths share
-one set of rules and one error report.
+``next_packets`` (and ``next_packet_columns``) is the bulk path for runs of little-endian
+Enhanced Packet Blocks (a file merge reads millions): it frames every whole EPB at the front of
+the buffer with :func:`~pcapd.pcapng.packets.epb_run` (a walk from length to length, then the
+checks in bulk), and stops at anything else, which ``next_raw`` then frames or refuses; so the
+two paths share one set of rules and one error report. The walk looks ahead a window of blocks
+that doubles while the run lasts and shrinks when other blocks cut runs short, so a file of
+EPBs mixed with other blocks costs no more than a few walked blocks per block taken.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Sequence
+from itertools import repeat
+from operator import lshift, or_
 
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng.blocks import (
@@ -40,7 +45,7 @@ from pcapd.pcapng.blocks import (
     ticks_to_ns,
 )
 from pcapd.pcapng.buffer import InputBuffer
-from pcapd.pcapng.packets import PacketBatch
+from pcapd.pcapng.packets import EpbRun, PacketBatch, PacketColumns, epb_run
 from pcapd.pcapng.parse import (
     MIN_LENGTH,
     parse,
@@ -54,7 +59,8 @@ _U32 = {False: struct.Struct("<I"), True: struct.Struct(">I")}
 _U16 = {False: struct.Struct("<H"), True: struct.Struct(">H")}
 _PACKET_HEAD = {False: struct.Struct("<I8xI"), True: struct.Struct(">I8xI")}
 _SWAPPED_MAGIC = 0x4D3C2B1A
-_EPB_FIELDS = struct.Struct("<6I")  # type, length, interface id, timestamp high/low, caplen
+_MIN_WINDOW = 16
+_MAX_WINDOW = 1 << 16
 _WORDS_ARE_LE_U32 = sys.byteorder == "little" and struct.calcsize("I") == 4
 """``next_packets`` reads little-endian blocks as native unsigned ints; elsewhere it yields to
 ``next_raw``, which is correct on any host, only slower."""
@@ -76,6 +82,7 @@ class PcapngDecoder(InputBuffer):
         self._interfaces: list[InterfaceDescription] = []
         self.section: SectionHeader | None = None
         """The current section's header, once one was read."""
+        self._window = _MIN_WINDOW  # blocks next_packet_columns walks ahead at first
 
     @property
     def interfaces(self) -> Sequence[InterfaceDescription]:
@@ -144,57 +151,66 @@ class PcapngDecoder(InputBuffer):
         returned block carries ``interface_map[id]`` instead of its id: the rewrite is done in
         the input buffer before the block is cut out of it, so it costs no extra copy.
 
-        Measured 0.42 µs per 60–100-byte packet in 1 MiB chunks, with a map (CPython 3.11, a
-        loaded 2-vCPU VM), against 2.1 µs for ``next_raw`` and ``with_interface_id``.
+        See :meth:`next_packet_columns` for the same run with timestamps in halves (faster).
         """
-        blocks: list[bytes] = []
-        stamps: list[int] = []
-        ids: list[int] = []
+        blocks, high, low, ids = self.next_packet_columns(interface_map)
+        stamps = list(map(or_, map(lshift, high, repeat(32)), low))
+        return PacketBatch(blocks, stamps, list(ids))
+
+    def next_packet_columns(self, interface_map: Sequence[int] | None = None) -> PacketColumns:
+        """:meth:`next_packets`, with each timestamp as its two stored 32-bit halves.
+
+        The bulk path of ``pcapd merge``: blocks are framed by :func:`~pcapd.pcapng.packets.
+        epb_run`, in windows that grow while the run lasts, so that a run cut short by other
+        blocks costs little more than the blocks it takes. Measured about 0.2 µs per 60–100-byte
+        packet with a map, against 0.42 µs for a loop of ``unpack_from`` and slices.
+        """
         pos = self._pos
         if self._big is not False or pos & 3 or not _WORDS_ARE_LE_U32:
-            return PacketBatch(blocks, stamps, ids)
+            return PacketColumns([], (), (), ())
         count = len(self._interfaces)
-        if interface_map is None:
-            mapping: Sequence[int] = range(count)
-        elif len(interface_map) != count:
-            raise ValueError(f"interface_map has {len(interface_map)} ids for {count} interfaces")
-        elif not all(0 <= new <= 0xFFFFFFFF for new in interface_map):
-            raise ValueError(f"interface_map holds ids outside 0..2**32-1: {interface_map!r}")
-        else:
-            mapping = interface_map
-        add_block, add_stamp, add_id = blocks.append, stamps.append, ids.append
-        unpack = _EPB_FIELDS.unpack_from
+        if interface_map is not None:
+            if len(interface_map) != count:
+                raise ValueError(
+                    f"interface_map has {len(interface_map)} ids for {count} interfaces"
+                )
+            if not all(0 <= new <= 0xFFFFFFFF for new in interface_map):
+                raise ValueError(f"interface_map holds ids outside 0..2**32-1: {interface_map!r}")
         buf = self._buf
-        limit = self.max_block_size
-        size = len(buf) & ~3
-        # Fields come from one unpack_from; the trailer and the id go through a view of
-        # 32-bit words (measured the fastest mix: 0.42 µs per packet against 0.55 µs for
-        # words only and 0.64 µs for struct only). The end of the buffer needs no test of its
-        # own: unpack_from raises struct.error and ``words`` IndexError past it (``total`` is
-        # a multiple of 4 by then), and so does an undefined interface's ``mapping[id]``.
-        with memoryview(buf) as view, view[:size].cast("I") as words:
-            try:
-                while True:
-                    block_type, total, interface_id, high, low, caplen = unpack(buf, pos)
-                    end = pos + total
-                    if (
-                        block_type != EPB
-                        or total & 3
-                        or total > limit
-                        or total < 32 + caplen
-                        or words[(end >> 2) - 1] != total
-                    ):
-                        break
-                    words[(pos >> 2) + 2] = mapping[interface_id]
-                    add_block(view[pos:end].tobytes())
-                    add_stamp(high << 32 | low)
-                    add_id(interface_id)
-                    pos = end
-            except (IndexError, struct.error):
-                pass  # the end of the input, or a block for next_raw to report
-        if blocks:
-            self._consume(pos)
-        return PacketBatch(blocks, stamps, ids)
+        window = self._window
+        runs: list[EpbRun] = []
+        while True:
+            run = epb_run(
+                buf, pos, most=window, max_block_size=self.max_block_size,
+                interfaces=count, interface_map=interface_map,
+            )  # fmt: skip
+            if run.blocks:
+                runs.append(run)
+                pos = run.end
+            if run.refused or len(run.blocks) < window:
+                break
+            window = min(2 * window, _MAX_WINDOW)
+        taken = sum(len(run.blocks) for run in runs)
+        if run.refused:  # other blocks follow: walk less far ahead next time
+            self._window = max(_MIN_WINDOW, 2 * taken)
+        else:
+            self._window = max(window, min(_MAX_WINDOW, 2 * taken))
+        if not runs:
+            return PacketColumns([], (), (), ())
+        self._consume(pos)
+        if len(runs) == 1:
+            first = runs[0]
+            return PacketColumns(first.blocks, first.high, first.low, first.interface_ids)
+        blocks: list[bytes] = []
+        high: list[int] = []
+        low: list[int] = []
+        ids: list[int] = []
+        for run in runs:
+            blocks += run.blocks
+            high += run.high
+            low += run.low
+            ids += run.interface_ids
+        return PacketColumns(blocks, high, low, ids)
 
     def next_block(self) -> Block | None:
         """Frame and parse the next block; ``None``: need more input (or none is left)."""

@@ -27,6 +27,7 @@ from pcapd.pcapng import (
     encode_section_header,
     sniff_format,
     split_packets,
+    with_interface_id,
 )
 
 # PCAPD_FUZZ_EXAMPLES raises the effort for a long hunt (it ran clean with 15000).
@@ -283,3 +284,112 @@ def test_round_trip_property(
             comments=comments,
         ),
     ]  # fmt: skip
+
+
+# -- the bulk path against the one-at-a-time path ---------------------------------------------
+
+
+def blocks_one_at_a_time(data: bytes, sizes: list[int], limit: int) -> tuple[list[bytes], str]:
+    dec = PcapngDecoder(max_block_size=limit)
+    out: list[bytes] = []
+    try:
+        for chunk in [*chunked(data, sizes), b""]:
+            dec.receive_data(chunk)
+            while (raw := dec.next_raw()) is not None:
+                out.append(raw.data)
+    except PcapngFormatError as exc:
+        return out, f"{exc.offset}: {exc}"
+    return out, ""
+
+
+def blocks_in_bulk(
+    data: bytes, sizes: list[int], limit: int, mapping: list[int] | None
+) -> tuple[list[bytes], list[int], str]:
+    """Alternate next_packets and next_raw; beside each block the id next_packets read (-1 for
+    one from next_raw)."""
+    dec = PcapngDecoder(max_block_size=limit)
+    out: list[bytes] = []
+    ids: list[int] = []
+    try:
+        for chunk in [*chunked(data, sizes), b""]:
+            dec.receive_data(chunk)
+            while True:
+                count = len(dec.interfaces)
+                batch = dec.next_packets(None if mapping is None else mapping[:count])
+                out += batch.blocks
+                ids += batch.interface_ids
+                raw = dec.next_raw()
+                if raw is None:
+                    break
+                out.append(raw.data)
+                ids.append(-1)
+    except PcapngFormatError as exc:
+        return out, ids, f"{exc.offset}: {exc}"
+    return out, ids, ""
+
+
+def assert_bulk_matches(
+    data: bytes, sizes: list[int], limit: int, mapping: list[int] | None
+) -> None:
+    """Same blocks, same fault at the same offset; with a map, each EPB the bulk path took
+    carries its mapped id and nothing else changed."""
+    expected, expected_fault = blocks_one_at_a_time(data, sizes, limit)
+    got, ids, fault = blocks_in_bulk(data, sizes, limit, mapping)
+    assert fault == expected_fault
+    assert len(got) == len(expected)
+    for block, interface_id, original in zip(got, ids, expected, strict=True):
+        if mapping is None or interface_id < 0:
+            assert block == original
+        else:
+            assert block == with_interface_id(original, mapping[interface_id])
+
+
+@FUZZ
+@given(
+    st.one_of(structured_stream(), structured_stream().flatmap(mutated)),
+    chunk_sizes,
+    st.none() | st.lists(st.integers(0, 2**32 - 1), min_size=3, max_size=3),
+)
+def test_the_bulk_path_gives_what_next_raw_gives(
+    data: bytes, sizes: list[int], mapping: list[int] | None
+) -> None:
+    assert_bulk_matches(data, sizes, 4096, mapping)
+
+
+@st.composite
+def long_runs(draw: st.DrawFn) -> bytes:
+    """Runs of up to a few hundred EPBs (some longer than the bulk path's tables), now and
+    then another block, and at times a fault: the bulk path's windows and slower branches."""
+    interfaces = draw(st.integers(1, 2))
+    parts = [encode_section_header()]
+    parts += [encode_interface_description(link_type=1, snaplen=0)] * interfaces
+    rolls = draw(st.lists(st.integers(0, 199), max_size=300))
+    for i, roll in enumerate(rolls):
+        if roll < 2:
+            parts.append(encode_interface_statistics(interface_id=0, timestamp=i, received=i))
+        else:
+            parts.append(
+                encode_enhanced_packet(
+                    interface_id=roll % interfaces, timestamp=i,
+                    data=bytes(17_000 if roll < 4 else roll % 120),
+                    comment="c" * 240 if roll == 4 else None,
+                )
+            )  # fmt: skip
+    data = b"".join(parts)
+    if draw(st.booleans()):  # a fault somewhere: a flipped bit, or a cut
+        at = draw(st.integers(0, len(data) - 1))
+        flipped = data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :]
+        data = data[:at] if draw(st.booleans()) else flipped
+    return data
+
+
+@settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    long_runs(),
+    st.lists(st.integers(1, 20_000), min_size=1, max_size=6),
+    st.none() | st.lists(st.integers(0, 2**32 - 1), min_size=2, max_size=2),
+)
+def test_long_runs_in_bulk_give_what_next_raw_gives(
+    data: bytes, sizes: list[int], mapping: list[int] | None
+) -> None:
+    assert_bulk_matches(data, sizes, 1 << 20, mapping)

@@ -230,3 +230,95 @@ def test_pcap_faults_are_left_to_next_record() -> None:
     assert len(truncated.next_packets(0).blocks) == 2
     with pytest.raises(PcapngFormatError, match="input ends"):
         truncated.next_record()
+
+
+# -- the bulk path's rarer branches: long blocks, long options, runs cut short ---------------
+
+
+def varied_packets() -> bytes:
+    """One interface; blocks above the lookup tables (20 000 bytes of data), options of 300
+    bytes (a captured length 224+ bytes below the block length), and ordinary ones."""
+    parts = [encode_section_header(), encode_interface_description(link_type=1, snaplen=0)]
+    for i in range(60):
+        size = 20_000 + i if i % 7 == 3 else 40 + i
+        comment = "x" * 300 if i % 5 == 1 else None
+        parts.append(
+            encode_enhanced_packet(
+                interface_id=0, timestamp=(9 << 32) + i, data=bytes([i]) * size, comment=comment
+            )
+        )
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("sizes", [None, [97], [4096, 333], [70_000]])
+@pytest.mark.parametrize("mapping", [None, [0], [7]])
+def test_long_blocks_and_long_options_give_what_next_raw_gives(
+    sizes: list[int] | None, mapping: list[int] | None
+) -> None:
+    data = varied_packets()
+    expected = [raw.data for raw in raw_all([data]) if raw.block_type == EPB]
+    if mapping is not None:
+        expected = [with_interface_id(block, mapping[0]) for block in expected]
+    batches, raws = alternate(list(chunked(data, sizes or [len(data)])), mapping)
+    assert len(raws) == 2  # only the SHB and the IDB left the fast path
+    assert [block for batch in batches for block in batch.blocks] == expected
+    assert [t for b in batches for t in b.timestamps] == [(9 << 32) + i for i in range(60)]
+
+
+@pytest.mark.parametrize("limit", [64, 1024, 20_000])
+def test_the_size_limit_holds_on_the_bulk_path(limit: int) -> None:
+    data = varied_packets()
+    dec = PcapngDecoder(max_block_size=limit)
+    dec.receive_data(data)
+    for _ in range(2):
+        dec.next_raw()
+    blocks = dec.next_packets().blocks
+    assert all(len(block) <= limit for block in blocks)
+    with pytest.raises(PcapngFormatError, match="limit"):
+        dec.next_raw()
+
+
+def test_other_blocks_every_few_packets_leave_the_same_packets() -> None:
+    """Runs cut short again and again (the walk-ahead window shrinks, then grows back)."""
+    parts = [encode_section_header(), encode_interface_description(link_type=1, snaplen=0)]
+    for i in range(300):
+        parts.append(encode_enhanced_packet(interface_id=0, timestamp=i, data=bytes(i % 50)))
+        if i % 3 == 0 and i < 100:
+            parts.append(encode_interface_description(link_type=1, snaplen=0, name=f"if{i}"))
+    data = b"".join(parts)
+    expected = [raw.data for raw in raw_all([data]) if raw.block_type == EPB]
+    batches, raws = alternate([data])
+    assert [block for batch in batches for block in batch.blocks] == expected
+    assert len(raws) == 2 + 34
+
+
+def test_columns_hold_the_timestamp_halves_and_the_ids_as_read() -> None:
+    data = many_packets()
+    dec = PcapngDecoder()
+    dec.receive_data(data)
+    for _ in range(3):
+        dec.next_raw()
+    blocks, high, low, ids = dec.next_packet_columns([4, 5])
+    expected = [raw for raw in raw_all([data]) if raw.block_type == EPB]
+    assert blocks == [with_interface_id(r.data, [4, 5][i % 2]) for i, r in enumerate(expected)]
+    assert [h << 32 | lo for h, lo in zip(high, low, strict=True)] == [
+        epb_timestamp(r.data) for r in expected
+    ]
+    assert list(ids) == [i % 2 for i in range(40)]
+
+
+@pytest.mark.parametrize("count", [15, 16, 17, 32, 48, 49])
+def test_runs_that_fill_the_walk_ahead_window_exactly_are_all_taken(count: int) -> None:
+    packets = [encode_enhanced_packet(interface_id=0, timestamp=i, data=b"x") for i in range(count)]
+    data = b"".join(
+        [encode_section_header(), encode_interface_description(link_type=1, snaplen=0), *packets]
+    )
+    for final in (False, True):
+        dec = PcapngDecoder()
+        dec.receive_data(data)
+        if final:
+            dec.receive_data(b"")
+        for _ in range(2):
+            dec.next_raw()
+        assert [epb_timestamp(b) for b in dec.next_packets().blocks] == list(range(count))
+        assert dec.next_raw() is None
