@@ -154,11 +154,13 @@ class Sent:
         return self.packets / self.seconds if self.seconds else 0.0
 
 
-def send(topo: Topology, generator: Path, count: int, rate: int, marker: int) -> Sent:
-    """Run the generator in the tx namespace: ``count`` datagrams at ``rate`` (0: unpaced)."""
-    if ipaddress.ip_address(RX_IP) not in TEST_NET:  # never anything but the benchmarking range
-        raise ValueError(f"refusing to send to {RX_IP}: not in {TEST_NET}")
-    argv = ["ip", "netns", "exec", topo.tx, str(generator), RX_IP, str(PORT), str(count),
+def send(topo: Topology, generator: Path, count: int, rate: int, marker: int,
+         dst: str = RX_IP) -> Sent:
+    """Run the generator in the tx namespace: ``count`` datagrams at ``rate`` (0: unpaced)
+    to ``dst`` (default: the rx end of the veth)."""
+    if ipaddress.ip_address(dst) not in TEST_NET:  # never anything but the benchmarking range
+        raise ValueError(f"refusing to send to {dst}: not in {TEST_NET}")
+    argv = ["ip", "netns", "exec", topo.tx, str(generator), dst, str(PORT), str(count),
             str(rate), str(PAYLOAD), str(marker), str(BATCH)]
     budget = 30 + 3 * count / (rate or 100_000)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=budget, check=True)
@@ -183,6 +185,13 @@ class Captured:
     """The tool's own drop count (kernel, plus pcapd's agent and api); None if not reported."""
     detail: str = ""
     cpu_seconds: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (all its threads), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CaptureProcess:
@@ -227,11 +236,8 @@ class CaptureProcess:
             self.lines.append(line.rstrip("\n"))
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the process so far (all its threads), from /proc."""
         assert self.proc is not None
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         """SIGINT, and wait for a graceful exit."""

@@ -142,11 +142,11 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(command: list[str]) -> tuple[float, float]:
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall-clock and CPU (user + system) seconds of one run of ``command``."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"{command[0]} failed ({result.returncode}): {result.stderr.strip()}")
@@ -164,6 +164,19 @@ def main() -> int:
     parser.add_argument("-k", type=int, nargs="+", default=[2, 8, 32], help="input counts")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None, help="write the files here, keep them")
+    parser.add_argument(
+        "--fresh-output",
+        action="store_true",
+        help="remove each output before each run, so that both tools write a new file (by"
+        " default later rounds replace the last output: pcapd renames over it, mergecap"
+        " truncates it, and ext4 charges the two differently)",
+    )
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run pcapd as the environment says (PYTHONDONTWRITEBYTECODE compiles every module"
+        " on every run) instead of with its bytecode cached, as an installed pcapd has it",
+    )
     args = parser.parse_args()
     if shutil.which("mergecap") is None:
         print("mergecap not found: install Wireshark's command-line tools (dev/setup)")
@@ -171,10 +184,19 @@ def main() -> int:
     pcapd = pcapd_command()
     print(machine())
     print(f"pcapd: {' '.join(pcapd)}; {args.packets:,} packets, best of {args.rounds} runs")
+    cache = tempfile.TemporaryDirectory(prefix="merge_bench.pyc.")  # removed at exit, at the latest
+    env = None
+    if not args.no_bytecode_cache:
+        # An installed package has its modules compiled (pip writes the .pyc files); a dev
+        # shell with PYTHONDONTWRITEBYTECODE=1 would compile them on every run (~20 ms). Cache
+        # them outside the tree instead; the start-up runs below fill the cache.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = cache.name
+        print(f"pcapd's bytecode cached in {cache.name} (--no-bytecode-cache: compile every run)")
     with tempfile.TemporaryDirectory(prefix="merge_bench.") as scratch:
         (one,) = generate(Path(scratch), 1, 1, args.seed)
         out = Path(scratch) / "out.pcapng"
-        ours = min(timed([*pcapd, "merge", "-w", str(out), str(one)])[0] for _ in range(5))
+        ours = min(timed([*pcapd, "merge", "-w", str(out), str(one)], env)[0] for _ in range(5))
         theirs = min(timed(["mergecap", "-w", str(out), str(one)])[0] for _ in range(5))
     print(f"start-up (one packet): pcapd {ours * 1e3:.0f} ms, mergecap {theirs * 1e3:.0f} ms\n")
     print(
@@ -190,7 +212,10 @@ def main() -> int:
             ours, theirs = directory / "pcapd.pcapng", directory / "mergecap.pcapng"
             pcapd_times, mergecap_times = [], []
             for _ in range(args.rounds):
-                pcapd_times.append(timed([*pcapd, "merge", "-w", str(ours), *inputs]))
+                if args.fresh_output:
+                    ours.unlink(missing_ok=True)
+                    theirs.unlink(missing_ok=True)
+                pcapd_times.append(timed([*pcapd, "merge", "-w", str(ours), *inputs], env))
                 mergecap_times.append(timed(["mergecap", "-w", str(theirs), *inputs]))
             p, m = min(t for t, _ in pcapd_times), min(t for t, _ in mergecap_times)
             pc, mc = min(c for _, c in pcapd_times), min(c for _, c in mergecap_times)
@@ -205,6 +230,7 @@ def main() -> int:
             )
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average {load} at the end")
+    cache.cleanup()
     return 1 if failed else 0
 
 

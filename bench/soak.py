@@ -33,6 +33,7 @@ about a minute and a half.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -45,13 +46,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests" / "e2e")]
 
-import httpx  # noqa: E402
 import trio  # noqa: E402
 from fakes import ALICE, BOB  # noqa: E402
-from netns import Host  # noqa: E402
-from platform_landscape import Landscape  # noqa: E402
+from platform_landscape import Landscape, agents, all_idle  # noqa: E402
+from procs import Figures, wait_until  # noqa: E402
 
-from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME  # noqa: E402
 from pcapd.proto import (  # noqa: E402
     BoshTarget,
     CaptureOptions,
@@ -62,12 +61,9 @@ from pcapd.proto import (  # noqa: E402
     InitiatorSession,
     Start,
     Started,
-    Status,
-    StatusReply,
     Stop,
     Welcome,
 )
-from pcapd.transport.tls import client_context  # noqa: E402
 from pcapd.transport.ws import Link, open_websocket  # noqa: E402
 
 SENDER = """
@@ -78,20 +74,6 @@ while True:
         sock.sendto(b"soak" + b"." * 96, ("127.0.0.1", 9999))
     time.sleep(0.01)
 """
-
-
-@dataclass(frozen=True)
-class Figures:
-    fds: int
-    threads: int
-    rss_mb: float
-
-    @classmethod
-    def of(cls, pid: int) -> Figures:
-        rss = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if line.startswith("VmRSS:"))
-        return cls(len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task")),
-                   int(rss.split()[1]) / 1024)
 
 
 @dataclass(frozen=True)
@@ -116,12 +98,8 @@ class Soak:
                         options=options)
         self.bosh = Start(target=BoshTarget(deployment="soak", groups=["router"]),
                           options=options)
-        hosts = [cell.host for cell in landscape.cells] + landscape.vms
-        self.agents: dict[str, tuple[Host, int]] = {}
-        for process in landscape.processes:
-            for host in hosts:
-                if host.ns.name in " ".join(map(str, process.popen.args)):  # type: ignore
-                    self.agents[process.name] = (host, process.popen.pid)
+        self.agent_pids = {name: process.popen.pid
+                           for name, (_, process) in agents(landscape).items()}
 
     def kind(self, i: int) -> tuple[str, Start]:
         return (self.alice, self.cf) if i % 2 == 0 else (self.bob, self.bosh)
@@ -172,31 +150,12 @@ class Soak:
 
     async def idle(self) -> None:
         """Until no capture runs on the api or any agent (bounded)."""
-        certs = self.landscape.certs
-        ctx = client_context(ca=certs.ca_cert, certificate=certs.api_client_cert,
-                             private_key=certs.api_client_key)
-        with trio.fail_after(30):
-            while True:
-                async with httpx.AsyncClient(timeout=5) as http:
-                    reply = await http.get(f"{self.landscape.api_url}/status")
-                running = reply.json()["captures"]
-                for host, _ in self.agents.values():
-                    async with open_websocket(host.ip, 9494, ssl_context=ctx,
-                                              server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
-                        link = Link(ws, InitiatorSession("api"), "agent")
-                        await link.send(link.session.make_hello())  # type: ignore[union-attr]
-                        await link.receive()
-                        await link.send(Status())
-                        status = await link.receive()
-                        assert isinstance(status, StatusReply)
-                        running += status.captures
-                if running == 0:
-                    return
-                await trio.sleep(0.2)
+        await wait_until(functools.partial(all_idle, self.landscape), 30,
+                         "no capture running on the api or any agent")
 
     def figures(self) -> dict[str, Figures]:
         pids = {"api": self.landscape.api.popen.pid,
-                **{f"agent {name.split('-')[0]}": pid for name, (_, pid) in self.agents.items()}}
+                **{f"agent {name.split('-')[0]}": pid for name, pid in self.agent_pids.items()}}
         return {name: Figures.of(pid) for name, pid in pids.items()}
 
     async def run(self) -> None:

@@ -266,6 +266,19 @@ class Merge:
         self._release(None)
         return self._take()
 
+    def alone(self, sid: int) -> bool:
+        """Whether ``sid`` is the only live source and nothing is buffered or pending.
+
+        Then a batch of it, pushed and popped at once, would come out exactly as it went in
+        (the merge of one stream is the identity), so a caller may write it directly — one
+        copy-free step instead of a block list, a push and a pop — and push an empty batch to
+        keep the source heard. Such packets pass by the merge's statistics (``released``,
+        ``reordered``): there is nothing to reorder them against.
+        """
+        return not self._buffered and not self._pending and len(self._live) == 1 and (
+            sid in self._live
+        )
+
     def frontier(self, sid: int) -> float:
         """A live source's frontier: the greater of its greatest pushed timestamp and its last
         watermark (below every timestamp when it has sent neither)."""

@@ -51,6 +51,26 @@ def test_two_sources_interleave() -> None:
     )
 
 
+def test_a_source_is_alone_while_it_is_the_only_live_one_and_nothing_waits() -> None:
+    m = Merge()
+    a = m.add_source(0.0)
+    assert m.alone(a)  # a batch of it would come out as it went in: the api passes it by
+    b = m.add_source(0.0)
+    assert not m.alone(a) and not m.alone(b)  # a second source: merge
+    m.remove_source(b, 0.0)
+    assert m.alone(a)
+    push(m, a, "a", [10, 20], 0.0)
+    assert not m.alone(a)  # buffered
+    assert m.pop(0.0).blocks == [blk("a", 10), blk("a", 20)]
+    assert m.alone(a)
+    c = m.add_source(0.0)
+    push(m, c, "c", [5], 0.0)
+    m.remove_source(c, 0.0)
+    assert not m.alone(a)  # c's packet still waits for its turn
+    assert m.pop(0.0).blocks == [blk("c", 5)]
+    assert m.alone(a) and not m.alone(c)
+
+
 def test_released_blocks_are_the_pushed_objects() -> None:
     m = Merge()
     a = m.add_source(0.0)

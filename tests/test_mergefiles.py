@@ -657,3 +657,42 @@ def test_a_long_run_of_one_timestamp_is_not_held_back_whole(
     data = [d for _, _, d in packets_in((tmp_path / "out.pcapng").read_bytes())]
     assert data == [frame(i) for i in range(40)] + [frame(100 + i) for i in range(3)]
     assert len(peaks) > 3  # pushed as it came, not held to the end
+
+
+def test_many_inputs_pop_every_few_reads_in_order_and_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 12 inputs a pop follows every 3 reads: equal timestamps still go out later input
+    first, and what waits stays within two reads per input plus the reads between pops."""
+    import pcapd.mergefiles
+
+    peaks: list[int] = []
+
+    class Watched(Merge):
+        def pop(self, now: float) -> Release:
+            stats = self.statistics()
+            peaks.append(stats.buffered + stats.pending)
+            return super().pop(now)
+
+    monkeypatch.setattr(pcapd.mergefiles, "Merge", Watched)
+    inputs = 12
+    rows = [
+        [(0, BASE + (i // (n + 1)) * 1000, frame(1000 * n + i), 60, None) for i in range(300)]
+        for n in range(inputs)
+    ]  # input n: runs of n + 1 packets of one time; every input has packets of most times
+    paths = [
+        _write(tmp_path / f"in{n:02d}.pcapng", pcapng([(f"i{n}", 9 if n % 2 else 6)], row))
+        for n, row in enumerate(rows)
+    ]
+    order = sorted(
+        ((ns, -n, i) for n, row in enumerate(rows) for i, (_, ns, _, _, _) in enumerate(row))
+    )  # by time, then later input first, then file order
+    expected = [frame(1000 * -m + i) for _, m, i in order]
+    for chunk in (512, 1000, 4096):
+        peaks.clear()
+        out = tmp_path / "out.pcapng"
+        result = merge_files(paths, out, chunk_size=chunk)
+        assert result.packets == 3600
+        assert [data for _, _, data in packets_in(out.read_bytes())] == expected, chunk
+        per_read = chunk // 92 + 1
+        assert peaks and max(peaks) <= inputs * 2 * per_read + 3 * per_read, chunk

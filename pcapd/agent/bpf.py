@@ -7,6 +7,7 @@ any agent without loading the capture engine's namespace machinery.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 import cypcap
@@ -45,6 +46,42 @@ def compile_filter(expr: str, link_type: int = DLT_EN10MB, snaplen: int = 65535)
         cypcap.compile(link_type, snaplen, expr, True, cypcap.NETMASK_UNKNOWN)
     except cypcap.Error as exc:
         raise InvalidFilter(f'invalid BPF filter "{expr}": {_libpcap_words(exc)}') from None
+
+
+_LEADING_DIRECTION = re.compile(r"\s*(inbound|outbound)\b\s*(?:(?:and\b|&&)(.*))?", re.DOTALL)
+_DIRECTIONS = {"inbound": cypcap.Direction.IN, "outbound": cypcap.Direction.OUT}
+
+
+def split_direction(user_filter: str) -> tuple[cypcap.Direction | None, str]:
+    """``(direction, REST)`` for ``inbound [and REST]`` or ``outbound [and REST]``.
+
+    Any other filter comes back as ``(None, user_filter)``.
+
+    libpcap (1.10, TPACKET_V3) filters the ring block being filled when ``setfilter`` runs in
+    user space, where the kernel-only ``inbound``/``outbound`` test never matches: that whole
+    first block is lost. ``pcap_setdirection`` checks the same packet type on every block, so a
+    direction that applies to the whole filter is taken out and set that way. It applies only
+    if the filter means ``DIRECTION and (REST)``: ``and`` and ``or`` bind equally, left to
+    right (``inbound and udp or icmp`` is ``(inbound and udp) or icmp``), so libpcap decides:
+    the split is used only when both compile to the same program. Compiles (and so may
+    resolve names): call it in a worker thread from async code.
+    """
+    match = _LEADING_DIRECTION.fullmatch(user_filter)
+    if match is None:
+        return None, user_filter
+    keyword, rest = match.group(1), match.group(2)
+    if rest is None:
+        return _DIRECTIONS[keyword], ""
+    rest = rest.strip()
+    try:
+        same = bool(rest) and _program(user_filter) == _program(f"{keyword} and ({rest})")
+    except cypcap.Error:
+        same = False
+    return (_DIRECTIONS[keyword], rest) if same else (None, user_filter)
+
+
+def _program(expr: str) -> str:
+    return str(cypcap.compile(DLT_EN10MB, 65535, expr, True, cypcap.NETMASK_UNKNOWN).dumps())
 
 
 def exclusion_filter(user_filter: str, exclude: Iterable[Link]) -> str:

@@ -62,6 +62,10 @@ class TimestampReader:
     """True: nanoseconds straight from the C header. False: microseconds via the float."""
     why: str
     """One line for the log when ``exact`` is False."""
+    layout: tuple[int, int] | None = None
+    """``(offset, scale)`` when ``exact``: where the C header sits in a ``Pkthdr`` and what
+    its fractional field is multiplied by to give nanoseconds (1 or 1000), for a hot path that
+    fuses the read into its own loop (:func:`header_views`); None for the float fallback."""
 
 
 def raw_reader(offset: int, nanoseconds: bool) -> Callable[[Any], tuple[int, int]]:
@@ -74,21 +78,38 @@ def raw_reader(offset: int, nanoseconds: bool) -> Callable[[Any], tuple[int, int
     that header's own bytes.
     """
     unpack_from = PKTHDR.unpack_from
-    view_type = ctypes.c_char * PKTHDR.size
-    views: dict[int, Any] = {}
+    cached, view_at = header_views(offset)
     scale = 1 if nanoseconds else 1000
 
     def read(hdr: Any) -> tuple[int, int]:
         address = id(hdr)
-        view = views.get(address)
+        view = cached(address)
         if view is None:
-            if len(views) >= _MAX_VIEWS:
-                views.clear()
-            view = views[address] = view_type.from_address(address + offset)
+            view = view_at(address)
         sec, frac, _caplen, length = unpack_from(view)
         return sec * 1_000_000_000 + frac * scale, length
 
     return read
+
+
+def header_views(offset: int) -> tuple[Callable[[int], Any], Callable[[int], Any]]:
+    """``(cached, view_at)`` for reading C headers at ``offset`` inside ``Pkthdr`` objects.
+
+    ``cached(id(hdr))`` is the ctypes view made before for that address, or None (a dict
+    lookup: cheap enough for every packet); ``view_at(id(hdr))`` makes, caches and returns it
+    (bounded: the cache is cleared at ``_MAX_VIEWS`` addresses). Read a view only while the
+    live ``Pkthdr`` it was asked for occupies its address (see :func:`raw_reader`).
+    """
+    view_type = ctypes.c_char * PKTHDR.size
+    views: dict[int, Any] = {}
+
+    def view_at(address: int) -> Any:
+        if len(views) >= _MAX_VIEWS:
+            views.clear()
+        view = views[address] = view_type.from_address(address + offset)
+        return view
+
+    return views.get, view_at
 
 
 def _float_reader(hdr: Any) -> tuple[int, int]:
@@ -103,7 +124,8 @@ def timestamp_reader(nanoseconds: bool) -> TimestampReader:
     """
     offset = header_offset()
     if offset is not None:
-        return TimestampReader(raw_reader(offset, nanoseconds), True, "")
+        return TimestampReader(raw_reader(offset, nanoseconds), True, "",
+                               (offset, 1 if nanoseconds else 1000))
     if nanoseconds:
         raise ValueError("nanosecond precision needs the probed Pkthdr layout; open with MICRO")
     why = (

@@ -22,7 +22,7 @@ import trio
 
 from pcapd.agent.capture import Batch, Capture, CaptureStats
 from pcapd.flow import DropGate
-from pcapd.pcapng import encode_interface_description, encode_interface_statistics, split_packets
+from pcapd.pcapng import encode_interface_description, encode_interface_statistics
 from pcapd.proto import Counters, Data, End, Notice, SourceStatistics, Start, Statistics, Stop
 from pcapd.proto.messages import EndReason, SourceState
 from pcapd.transport.groups import open_nursery
@@ -141,17 +141,7 @@ class CaptureRun:
     def _offer(self, queue: PacketQueue, batch: Batch) -> None:
         self.counters.packets += batch.packets
         self.counters.bytes += batch.captured_bytes
-        if batch.packets == 0:
-            queue.offer([], batch.watermark)
-            return
-        admit = queue.gate.admit(queue.depth, batch.packets)  # decided once, for the batch
-        if admit == batch.packets:
-            queue.put_unbounded(batch.blocks, batch.packets, batch.watermark)
-        elif admit:
-            blocks = split_packets(batch.blocks).blocks[:admit]
-            queue.put_unbounded(b"".join(blocks), admit, batch.watermark)
-        else:
-            queue.offer([], batch.watermark)
+        queue.offer_joined(batch.blocks, batch.packets, batch.watermark)  # one answer a batch
 
     async def _send(self, link: Link, queue: PacketQueue) -> None:
         while (chunk := await queue.take(MAX_PAYLOAD)) is not None:

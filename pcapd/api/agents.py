@@ -2,8 +2,9 @@
 
 The agent's stream is pcapng blocks of one interface (id 0): its Interface Description Block
 first, Enhanced Packet Blocks with watermarks, an Interface Statistics Block at the end. This
-module splits payloads into those kinds and hands packets on with their timestamps; the merge
-and the interface-id rewrite happen in :mod:`pcapd.api.capture`.
+module splits payloads into those kinds and hands the packets on as one checked run (cut into
+blocks only when several sources are merged); the merge and the interface-id rewrite happen in
+:mod:`pcapd.api.capture`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from pcapd.errors import PcapngFormatError
-from pcapd.pcapng import IDB, ISB, split_packets
+from pcapd.pcapng import IDB, ISB, PacketBatch, split_packets
+from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
     AgentTarget,
     CaptureLimits,
@@ -55,10 +57,20 @@ class AgentPayload:
 
     interfaces: list[bytes]
     """Whole IDBs, forwarded unchanged: they carry no interface id."""
-    packets: list[bytes]
-    timestamps: list[int]
+    packets: bytes
+    """The Enhanced Packet Blocks, concatenated as the agent sent them: framing checked, every
+    one of interface 0. Not cut into blocks: a capture of one source writes them as they are,
+    and only the merge of several needs :meth:`split`."""
+    count: int
+    """How many EPBs ``packets`` holds."""
     statistics: list[bytes]
     watermark: int
+    offset: int = 0
+    """Where ``packets`` began in the message (for the position in an error)."""
+
+    def split(self) -> PacketBatch:
+        """The packets one by one, with their timestamps (about 0.3 µs a packet)."""
+        return split_packets(self.packets, self.offset)
 
 
 class AgentRefused(Exception):
@@ -71,11 +83,12 @@ class AgentRefused(Exception):
 
 
 def split_payload(payload: bytes | memoryview, watermark: int) -> AgentPayload:
-    """Sort an agent payload into IDBs, EPBs (with timestamps) and ISBs.
+    """Sort an agent payload into IDBs, a run of EPBs (checked, counted) and ISBs.
 
     IDBs can only lead a payload and ISBs only end one (the agent sends them first and last),
-    so they are peeled off the edges and the middle is split as EPBs in one pass. Anything else
-    is a protocol fault of the agent: :class:`PcapngFormatError`.
+    so they are peeled off the edges and the middle is checked as EPBs in one pass (not split:
+    see :attr:`AgentPayload.packets`). Anything else is a protocol fault of the agent:
+    :class:`PcapngFormatError`.
     """
     data = bytes(payload)
     interfaces: list[bytes] = []
@@ -88,9 +101,10 @@ def split_payload(payload: bytes | memoryview, watermark: int) -> AgentPayload:
     end = tail[0][0] if tail else len(data)
     statistics = [data[offset:offset + length] for offset, length in tail]
     if start == end:
-        return AgentPayload(interfaces, [], [], statistics, watermark)
-    batch = split_packets(data[start:end], start)
-    return AgentPayload(interfaces, batch.blocks, batch.timestamps, statistics, watermark)
+        return AgentPayload(interfaces, b"", 0, statistics, watermark, start)
+    packets = data if start == 0 and end == len(data) else data[start:end]
+    count = check_epbs(packets, interface_id=0, offset=start)
+    return AgentPayload(interfaces, packets, count, statistics, watermark, start)
 
 
 def _block_length(data: bytes, offset: int) -> int:

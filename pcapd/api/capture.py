@@ -43,8 +43,10 @@ from pcapd.pcapng import (
     encode_name_resolution,
     encode_section_header,
     parse,
+    split_packets,
     with_interface_id,
 )
+from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
     CaptureLimits,
     Code,
@@ -71,7 +73,14 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
 """Seconds each agent gets to send its tail and ``end`` after ``stop``."""
 STATS_PERIOD = 1.0
-MAX_PAYLOAD = 1024 * 1024
+MAX_PAYLOAD = 256 * 1024
+"""Largest ``data`` message to the user. A user's WebSocket takes in a whole message before
+reading on, so a slow reader empties its socket one message at a time: at 256 KiB one taking
+100 kB/s shows progress every ~2.6 s, well within the keepalive's pong timeout (with 1 MiB it
+was ~10 s, and it was given up as dead)."""
+SEND_LINGER = 0.01
+"""Seconds the sender may wait to fill a whole ``MAX_PAYLOAD`` message under load, rather than
+send many small ones (each costs framing, and a write on the user's side, whatever its size)."""
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 10.0
 RECONNECT_INTERVAL = 1.0
@@ -322,8 +331,8 @@ class ApiCapture:
                               exc.text)  # type: ignore[assignment]
         except (LinkClosed, PcapngFormatError) as exc:
             what = "lost" if source.idb is not None else "unavailable"
-            source.failure = ("INSTANCE_UNAVAILABLE", f"{job.origin} ({job.address}) {what}: "
-                                                      f"{exc}")
+            source.failure = source.failure or (  # (set when the reconnect grace ran out)
+                "INSTANCE_UNAVAILABLE", f"{job.origin} ({job.address}) {what}: {exc}")
         finally:
             await self._source_gone(source)
 
@@ -376,6 +385,10 @@ class ApiCapture:
                                    "(its agent was unreachable): packets in between were not "
                                    "captured")
                 return True
+        if not self._stop.is_set():
+            source.failure = ("INSTANCE_UNAVAILABLE",
+                              f"{source.job.origin} ({source.job.address}) not back within "
+                              f"{grace:g}s (agents.reconnect_grace): given up (lost: {lost})")
         return False
 
     async def _receive(self, source: SourceRun, agent: AgentLink) -> None:
@@ -440,14 +453,20 @@ class ApiCapture:
         if source.merge_id is None:
             return
         now = trio.current_time()
-        blocks = payload.packets
-        if blocks:
+        if payload.count and source.gap_note is None and self.merge.alone(source.merge_id):
+            # One live source and an empty merge: merging is the identity, so the batch goes
+            # out as the agent sent it (one run, no block list, no push and pop).
+            self.merge.push(source.merge_id, [], [], now)  # heard
+            self._emit_run(source, payload)
+        elif payload.count:
+            batch = payload.split()
+            blocks = batch.blocks
             if source.id != 0:
                 blocks = [with_interface_id(b, source.id) for b in blocks]
             if source.gap_note is not None:
                 blocks = [_with_comment(blocks[0], source.gap_note), *blocks[1:]]
                 source.gap_note = None
-            self.merge.push(source.merge_id, payload.timestamps, blocks, now)
+            self.merge.push(source.merge_id, batch.timestamps, blocks, now)
         if payload.watermark:
             self.merge.advance(source.merge_id, payload.watermark, now)
         self._wake()
@@ -519,6 +538,31 @@ class ApiCapture:
             for iface, n in Counter(unpack(b, 8)[0] for b in blocks[kept:]).items():
                 self.sources[self._index_of(iface)].api_dropped += n
 
+    def _emit_run(self, source: SourceRun, payload: AgentPayload) -> None:
+        """:meth:`_emit` for one source's whole batch, passed by the merge: counted per batch.
+
+        Only a batch that reaches a count or size limit is cut into blocks (the limit may fall
+        inside it); the queue cuts one only when its gate keeps part of it.
+        """
+        count, run = payload.count, payload.packets
+        if source.id != 0:  # the other sources have gone: rewrite the ids in one pass
+            rewritten = bytearray(run)
+            check_epbs(rewritten, new_id=source.id, offset=payload.offset)
+            run = bytes(rewritten)
+        if self._full:
+            source.discarded += count
+            return
+        packets, size = self._limits.get("max_packets"), self._limits.get("max_bytes")
+        if (packets is not None and self._written_packets + count >= packets[0]) or (
+                size is not None and self._written_bytes + len(run) >= size[0]):
+            self._emit(split_packets(run, payload.offset).blocks)
+            return
+        kept, kept_bytes = self.queue.offer_joined(run, count)
+        source.written += kept
+        source.api_dropped += count - kept
+        self._written_packets += kept
+        self._written_bytes += kept_bytes
+
     def _index_of(self, interface_id: int) -> int:
         for source in self.sources:
             if source.id == interface_id:
@@ -566,7 +610,8 @@ class ApiCapture:
                 pcapd_dropped=c.agent_dropped + source.api_dropped))
 
     async def _sender(self, done: trio.Event) -> None:
-        while (chunk := await self.queue.take(MAX_PAYLOAD)) is not None:
+        while (chunk := await self.queue.take(MAX_PAYLOAD, min_bytes=MAX_PAYLOAD,
+                                              linger=SEND_LINGER)) is not None:
             await self.output.send_data(chunk.payload)
         done.set()
 
@@ -595,16 +640,20 @@ class ApiCapture:
         if self._settled.is_set() or source is None:
             await self.output.send_message(msg)
 
-    async def _finish(self) -> End:
-        await self.output.send_message(self._statistics(final=True))
+    def totals(self) -> Counters:
+        """Every party's counts over all sources: final once the capture ended, the counts
+        known so far when it ends by error or cancellation (for the audit line and metrics)."""
         totals = Counters()
         for source in self.sources:
             s = source.statistics()
             totals = Counters(**{f: getattr(totals, f) + getattr(s, f)
                                  for f in Counters.__struct_fields__})
-        totals = msgspec.structs.replace(totals, late=self.merge.statistics().reordered)
+        return msgspec.structs.replace(totals, late=self.merge.statistics().reordered)
+
+    async def _finish(self) -> End:
+        await self.output.send_message(self._statistics(final=True))
         return End(reason=self.end_reason, text=self.end_text, limit=self.end_limit,
-                   totals=totals)
+                   totals=self.totals())
 
 
 def _added(a: Counters, b: Counters) -> Counters:

@@ -40,7 +40,6 @@ from pcapd.proto import (
     BoshTarget,
     CaptureList,
     CfTarget,
-    Counters,
     Data,
     Download,
     End,
@@ -366,18 +365,23 @@ class Api:
             del self.captures[capture_id]
             self._captures_changed.set()
             self._captures_changed = trio.Event()
-            totals = end.totals if end is not None else None
-            self.metrics.ended(end.reason if end is not None else "aborted",
-                               totals or Counters())
-            log.info("capture %s by %s ended: %s", capture_id, user,
-                     end.reason if end is not None else "client gone or failed", extra={
+            # an aborted capture (client gone, failure, drain timeout) has no end: its
+            # counts so far still go into the audit line and the metrics
+            totals = end.totals if end is not None else capture.totals()
+            reason = end.reason if end is not None else "aborted"
+            self.metrics.ended(reason, totals)
+            log.info("capture %s by %s ended: %s (%d packets, %d written)", capture_id, user,
+                     reason if end is not None else "aborted (client gone or failed)",
+                     totals.packets, totals.written, extra={
                          "event": "capture_ended", "capture_id": capture_id, "user": user,
                          "target": resolution.target, "filter": start.options.filter,
-                         "reason": end.reason if end is not None else "aborted",
-                         "packets": totals.packets if totals else None,
-                         "written": totals.written if totals else None,
+                         "reason": reason, "packets": totals.packets, "bytes": totals.bytes,
+                         "written": totals.written,
                          "dropped": (totals.agent_dropped + totals.api_dropped
-                                     + totals.kernel_dropped) if totals else None})
+                                     + totals.kernel_dropped),
+                         "dropped_by": {"kernel": totals.kernel_dropped,
+                                        "agent": totals.agent_dropped,
+                                        "api": totals.api_dropped}})
 
     async def _listen(self, link: Link, capture: ApiCapture, start: Start,
                       scope: trio.CancelScope | None) -> None:

@@ -26,7 +26,7 @@ from pcapd.client.boshcli import BoshCredentials, bosh_config_path, load_bosh_en
 from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
 from pcapd.client.credentials import Credentials
 from pcapd.client.remote import api_address, choose_api_url
-from pcapd.client.session import ApiAddress, open_api_link
+from pcapd.client.session import ApiAddress, open_api_link, refusal_text
 from pcapd.errors import PcapdError
 from pcapd.proto import (
     CaptureList,
@@ -81,7 +81,7 @@ async def _ask(plan: CapturesPlan, request: ListCaptures | GetDownload) -> Messa
     except LinkClosed as exc:
         raise CapturesError(f"lost the connection to the api: {exc}") from exc
     if isinstance(answer, Error):
-        raise CapturesError(answer.text)
+        raise CapturesError(refusal_text(answer))
     if isinstance(answer, Data):
         raise CapturesError("the api answered with data instead of an answer")
     return answer

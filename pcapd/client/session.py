@@ -78,6 +78,12 @@ class CaptureRefused(PcapdError):
     """The api refused or could not start the capture."""
 
 
+def refusal_text(error: Error) -> str:
+    """The one line for an api's ``error``: its code first (``LIMIT_REACHED: …``), the word
+    to look up in docs/troubleshooting.md, then the api's own words."""
+    return f"{error.code}: {error.text}"
+
+
 class CaptureInterrupted(PcapdError):
     """The user insisted (a second Ctrl-C): the capture was abandoned without its end."""
 
@@ -105,7 +111,7 @@ async def open_api_link(api: ApiAddress, extra_headers: Headers | None = None
         await link.send(link.session.make_hello())  # type: ignore[union-attr]
         welcome = await link.receive()
         if isinstance(welcome, Error):
-            raise CaptureRefused(welcome.text)
+            raise CaptureRefused(refusal_text(welcome))
         assert isinstance(welcome, Welcome)
         yield link
 
@@ -160,7 +166,7 @@ async def _stream(link: Link, output: PcapngOutput, progress: Progress) -> End:
         elif isinstance(msg, End):
             return msg
         elif isinstance(msg, Error):
-            raise CaptureRefused(msg.text)
+            raise CaptureRefused(refusal_text(msg))
 
 
 async def _stop_on_signal(link: Link, scope: trio.CancelScope, progress: Progress) -> None:

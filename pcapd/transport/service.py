@@ -8,6 +8,7 @@ file, exit when they are done or ``drain_timeout`` has passed; a second signal e
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
@@ -49,15 +50,35 @@ def status_reply(server_id: str, service: Service) -> StatusReply:
                        server_id=server_id, captures=len(running), capture_ids=running[:1024])
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; the limit now in force.
+
+    Every connection costs a descriptor, idle ones included, and the usual soft limit (1024)
+    is far below what the hard limit (systemd's LimitNOFILE=, bpm's limits.open_files)
+    allows; Trio waits on epoll, so no select() ceiling is in the way. Should the table still
+    fill up, the listeners wait for descriptors to be freed (:mod:`pcapd.transport.ws`).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
+
+
 async def serve_until_signalled(role: str, server_id: str, serve: Serve, service: Service,
                                 drain_timeout: float, log: logging.Logger) -> None:
     """Run ``serve`` (a ``serve_*`` function taking ``task_status``) until a signal, then drain."""
+    open_files = raise_open_files_limit()
     async with open_nursery() as nursery:
         listeners: list[trio.SocketListener] = await nursery.start(serve)
         for listener in listeners:
             host, port, *_ = listener.socket.getsockname()
-            log.info("pcapd %s %s listening on %s:%d", role, server_id, host, port,
-                     extra={"event": "listening", "port": port})
+            log.info("pcapd %s %s listening on %s:%d (open files limit %d)", role, server_id,
+                     host, port, open_files,
+                     extra={"event": "listening", "port": port, "open_files": open_files})
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("%s: draining (%d captures running)", signal.Signals(signum).name,

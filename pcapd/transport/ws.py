@@ -10,9 +10,14 @@ connection and turns every way a link can fail into :class:`LinkClosed`.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import resource
 import socket
 import ssl
+import struct
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, overload
@@ -42,6 +47,10 @@ log = logging.getLogger(__name__)
 RECEIVE_BUFFER = 256 * 1024
 MAX_MESSAGE = MAX_BINARY_MESSAGE + DATA_HEADER_SIZE
 HANDSHAKE_TIMEOUT = 10.0
+ACCEPT_RETRY = 0.1
+"""Seconds between attempts to accept while the process is out of file descriptors."""
+ACCEPT_LOG_INTERVAL = 10.0
+"""At most one log line per this many seconds about being unable to accept."""
 
 Headers = list[tuple[bytes, bytes]]
 Handler = Callable[[WebSocketConnection, str, Headers], Awaitable[None]]
@@ -156,6 +165,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
             endpoints = _endpoints(stream)
             if endpoints is not None:
                 _ENDPOINTS[ws] = endpoints
+            _SOCKETS[ws] = tcp.socket
             try:
                 await handler(ws, peer, headers)
             except Exception:
@@ -169,17 +179,79 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                 nursery.cancel_scope.cancel()
 
     if unix_path is None:
-        await trio.serve_tcp(on_connection, port, host=host, task_status=task_status)
-        return
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(unix_path)
-    sock.listen()
-    await trio.serve_listeners(on_connection, [trio.SocketListener(sock)],
-                               task_status=task_status)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    else:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(unix_path)
+        sock.listen()
+        listeners = [trio.SocketListener(sock)]
+    task_status.started(listeners)
+    await trio.serve_listeners(on_connection, [_PatientListener(lst) for lst in listeners])
+
+
+class _PatientListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener that waits out a full descriptor table instead of failing or flooding logs.
+
+    When ``accept`` fails for want of descriptors (EMFILE: the process's ``RLIMIT_NOFILE``;
+    ENFILE: the system's) the connection stays in the kernel's backlog; we try again every
+    :data:`ACCEPT_RETRY` seconds, so the server recovers by itself once connections close.
+    Trio's own loop does the same but logs a traceback ten times a second; this says once
+    (per :data:`ACCEPT_LOG_INTERVAL`) what is wrong and what to do, in pcapd's log.
+    """
+
+    def __init__(self, inner: trio.SocketListener) -> None:
+        self.inner = inner
+        self._refused_since: float | None = None
+        self._logged_at = -ACCEPT_LOG_INTERVAL
+
+    async def accept(self) -> trio.SocketStream:
+        while True:
+            try:
+                stream = await self.inner.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                    raise
+                self._cannot_accept(exc)
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            if self._refused_since is not None:
+                log.warning("%s: accepting connections again after %.1fs",
+                            self._where(), trio.current_time() - self._refused_since,
+                            extra={"event": "accepting"})
+                self._refused_since = None
+            return stream
+
+    def _cannot_accept(self, exc: OSError) -> None:
+        now = trio.current_time()
+        if self._refused_since is None:
+            self._refused_since = now
+        if now - self._logged_at < ACCEPT_LOG_INTERVAL:
+            return
+        self._logged_at = now
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        log.error("%s: cannot accept connections: %s (%s; this process may open %d files): "
+                  "new connections wait in the backlog until some close; if this recurs, "
+                  "raise the limit (systemd LimitNOFILE=, bpm limits.open_files)",
+                  self._where(), exc.strerror, errno.errorcode.get(exc.errno or 0, "?"), soft,
+                  extra={"event": "cannot_accept"})
+
+    def _where(self) -> str:
+        try:
+            name = self.inner.socket.getsockname()
+        except OSError:
+            return "listener"
+        if isinstance(name, tuple):
+            return f"port {name[1]}"
+        return str(name) or "listener"
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 _ENDPOINTS: WeakKeyDictionary[WebSocketConnection, tuple[Endpoint, Endpoint]] = (
     WeakKeyDictionary())
+_SOCKETS: WeakKeyDictionary[WebSocketConnection, trio.socket.SocketType] = WeakKeyDictionary()
+"""The TCP (or Unix) socket under each link, for the keepalive's look at the peer's progress."""
 
 
 def link_endpoints(ws: WebSocketConnection) -> tuple[Endpoint | str, Endpoint | str]:
@@ -256,6 +328,7 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
                             if ssl_context is not None else "")
                     raise LinkClosed(f"{target}: connection ended during the handshake "
                                      f"({why}){hint}")
+                _SOCKETS[ws] = tcp.socket
         except trio.TooSlowError as exc:
             raise LinkClosed(f"{target}: no answer within {connect_timeout}s") from exc
         except OSError as exc:
@@ -304,10 +377,43 @@ class _WatchedStream(trio.abc.Stream):
             raise
         if not data:
             self.broken.set()
+        elif max_bytes is not None and len(data) < max_bytes:
+            data = _buffered_records(self.inner, data, max_bytes)
         return data
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _buffered_records(stream: trio.abc.Stream, data: bytes | bytearray,
+                      max_bytes: int) -> bytes | bytearray:
+    """``data`` plus what the TLS records already received decrypt to, up to ``max_bytes``.
+
+    Trio's ``SSLStream.receive_some`` hands over one TLS record (16 KiB at most) per call, each
+    through its retry loop and a checkpoint, and the WebSocket reader runs once per call: a
+    100 kB agent batch took seven rounds. The records that are already in the SSL object's
+    buffer decrypt without I/O, so they are read here straight away: the api's side of an
+    agent link spends a quarter less CPU per MB (4.7 → 3.4 ms/MB; docs/performance.md,
+    "Capture"). Only what is buffered: ``SSLWantReadError`` (or any other SSL error, which the
+    next ``receive_some`` then reports through trio as usual) ends it. Outgoing TLS data a read
+    may produce goes out with trio's next operation on the stream. Without the SSL object (not
+    TLS, or another trio) nothing changes.
+    """
+    ssl_object = getattr(stream, "_ssl_object", None)
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return data
+    parts = [data]
+    size = len(data)
+    while size < max_bytes:
+        try:
+            more = ssl_object.read(max_bytes - size)
+        except ssl.SSLError:  # SSLWantReadError: nothing more buffered
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts) if len(parts) > 1 else data
 
 
 async def _cancel_when_broken(stream: _WatchedStream, scope: trio.CancelScope) -> None:
@@ -363,30 +469,101 @@ class Link:
             raise LinkClosed(f"{self.peer}: {exc}") from exc
 
     async def keepalive(self, interval: float, pong_within: float) -> None:
-        """Ping the peer every ``interval``; close the link if no pong comes ``pong_within``.
+        """Ping the peer every ``interval``; close the link once the peer has neither answered
+        a ping nor made progress for ``pong_within`` seconds.
 
         This is what notices a peer that vanished without a FIN (power cut, dropped route):
-        TCP alone would wait for minutes. Runs until cancelled or the link closes.
+        TCP alone would wait for minutes. A slow reader is not such a peer: our ping queues
+        behind the data already on its way, and the pong comes only once the peer has read
+        all of it, which at 100 kB/s behind a few MB of socket buffers takes far longer than
+        ``pong_within``. So while a pong is due the kernel is asked whether the peer still
+        takes our data (:func:`_flow`): the TCP bytes it acknowledged grow while data waits
+        for it (for a Unix socket: the queue toward it changes). Only a peer that neither
+        answers nor takes anything for ``pong_within`` is given up. Runs until cancelled or
+        the link closes.
         """
+        sock = _SOCKETS.get(self.ws)
         while True:
             await trio.sleep(interval)
-            with trio.move_on_after(pong_within) as scope:
-                try:
-                    await self.ws.ping()
-                except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-            if scope.cancelled_caught:
-                log.warning("%s: no pong within %ss: closing the link", self.peer, pong_within)
+            answered = trio.Event()
+            dead = False
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ping, answered)
+                flow = _flow(sock)
+                moved = trio.current_time()  # when the peer last answered or took data
+                poll = min(1.0, pong_within / 4)
+                while not answered.is_set():
+                    left = moved + pong_within - trio.current_time()
+                    with trio.move_on_after(max(0.0, min(poll, left))):
+                        await answered.wait()
+                    if answered.is_set():
+                        break
+                    now = _flow(sock)
+                    if _progressed(flow, now):
+                        moved = trio.current_time()
+                    flow = now
+                    if trio.current_time() - moved >= pong_within:
+                        dead = True
+                        break
+                nursery.cancel_scope.cancel()
+            if self.ws.closed is not None:
+                return
+            if dead:
+                log.warning("%s: no pong and no data taken for %ss: closing the link",
+                            self.peer, pong_within)
                 self.gave_up = f"no answer to pings for {pong_within:g}s"
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     await self.ws.aclose(code=1001, reason="ping timeout")
                 return
 
+    async def _ping(self, answered: trio.Event) -> None:
+        """One ping; ``answered`` is set when its pong came or the link closed."""
+        try:
+            await self.ws.ping()
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        answered.set()
+
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         with trio.move_on_after(1) as cleanup:
             cleanup.shield = True
             await self.ws.aclose(code=code, reason=reason)
+
+
+_TCP_INFO_SIZE = 136
+_TCPI_BYTES_ACKED = 120
+"""Offset of ``tcpi_bytes_acked`` in Linux's ``struct tcp_info`` (since Linux 4.1)."""
+
+
+def _flow(sock: trio.socket.SocketType | None) -> tuple[int | None, int] | None:
+    """``(bytes the peer acknowledged, bytes queued toward it)`` from the kernel; the first is
+    None for a Unix socket, the whole None when the link has no socket (or the kernel will
+    not say). Cheap: two system calls, made only while a pong is overdue."""
+    if sock is None:
+        return None
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        if sock.family == socket.AF_UNIX:
+            return None, queued
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    acked: int = struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0]
+    return acked, queued
+
+
+def _progressed(before: tuple[int | None, int] | None,
+                after: tuple[int | None, int] | None) -> bool:
+    """Whether the peer took data between two :func:`_flow` samples while data waited for it
+    (a ping that waits behind nothing has no excuse)."""
+    if before is None or after is None or after[1] <= 0:
+        return False
+    if after[0] is not None and before[0] is not None:
+        return after[0] > before[0]
+    return after[1] != before[1]
 
 
 def _reason(exc: ConnectionClosed) -> str:

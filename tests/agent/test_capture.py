@@ -29,6 +29,7 @@ from netns import (
 
 from pcapd.agent import capture as capture_module
 from pcapd.agent import pkthdr
+from pcapd.agent.bpf import split_direction
 from pcapd.agent.capture import (
     Batch,
     Capture,
@@ -217,6 +218,30 @@ def test_exclusion_filter_ipv4_ipv6_and_mapped() -> None:
         exclusion_filter("", [("198.18.0.1; rm -rf /", 1, "198.18.0.2", 2)])
 
 
+@pytest.mark.parametrize(
+    ("user", "direction", "rest"),
+    [
+        ("inbound", cypcap.Direction.IN, ""),
+        ("  outbound ", cypcap.Direction.OUT, ""),
+        ("inbound and udp port 53", cypcap.Direction.IN, "udp port 53"),
+        ("outbound and (udp or icmp)", cypcap.Direction.OUT, "(udp or icmp)"),
+        ("inbound&&tcp and not port 22", cypcap.Direction.IN, "tcp and not port 22"),
+        # `and` and `or` bind equally, left to right: the direction covers only `udp` here
+        ("inbound and udp or icmp", None, "inbound and udp or icmp"),
+        ("inbound and host 198.18.0.1 or 198.18.0.2", None, ""),
+        ("udp and inbound", None, ""),
+        ("not inbound and udp", None, ""),
+        ("inboundx", None, ""),
+        ("inbound and", None, ""),
+        ("", None, ""),
+    ],
+)
+def test_a_leading_direction_is_split_off_only_when_it_covers_the_whole_filter(
+    user: str, direction: cypcap.Direction | None, rest: str
+) -> None:
+    assert split_direction(user) == (direction, rest if direction else user)
+
+
 def test_pkthdr_layout_probe_and_raw_read() -> None:
     offset = pkthdr.header_offset()
     assert offset is not None, "the Pkthdr layout probe failed on this build"
@@ -364,7 +389,10 @@ async def test_drain_reads_the_tail_before_the_statistics(ns_a: Netns, veth: Vet
 
 @root
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-async def test_the_excluded_tcp_link_is_not_captured(ns_a: Netns, host: str) -> None:
+@pytest.mark.parametrize("user_filter", ["tcp", "inbound and tcp"])  # direction split off
+async def test_the_excluded_tcp_link_is_not_captured(
+    ns_a: Netns, host: str, user_filter: str
+) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket_in_netns(ns_a, family, socket.SOCK_STREAM)
     client = socket_in_netns(ns_a, family, socket.SOCK_STREAM)
@@ -377,7 +405,9 @@ async def test_the_excluded_tcp_link_is_not_captured(ns_a: Netns, host: str) -> 
             local, remote = client.getsockname(), client.getpeername()
             link = (local[0], local[1], remote[0], remote[1])
             with trio.fail_after(20):
-                async with open_capture("lo", filter="tcp", netns=ns_a.path, exclude=[link]) as cap:
+                async with open_capture(
+                    "lo", filter=user_filter, netns=ns_a.path, exclude=[link]
+                ) as cap:
                     await trio.to_thread.run_sync(client.sendall, b"excluded" * 100)
                     await trio.to_thread.run_sync(server.recv, 4096)
                     other_port = await tcp_exchange(ns_a, host, 3)
@@ -407,20 +437,28 @@ async def test_fallback_to_microseconds_when_the_probe_fails(
 
 
 @root
-@pytest.mark.xfail(
-    strict=True,
-    reason="libpcap 1.10 re-filters the first ring block after setfilter in user space, where "
-    "inbound/outbound (a Linux kernel-only BPF extension) never match: that block is lost",
-)
-async def test_direction_filters_keep_the_first_packets(ns_a: Netns, veth: VethPair) -> None:
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+async def test_direction_filters_keep_the_first_packets(
+    ns_a: Netns, veth: VethPair, direction: str
+) -> None:
+    """libpcap filters the block being filled at ``setfilter`` in user space, where the kernel-only
+    ``inbound``/``outbound`` never match: the first burst was lost until the direction became
+    ``setdirection``. Traffic the other way, sent after it, must still be left out."""
+    to_a = (veth.b, veth.a_ip)  # inbound on a's end
+    to_b = (ns_a, veth.b_ip)
+    wanted, other = (to_a, to_b) if direction == "inbound" else (to_b, to_a)
     with trio.fail_after(10):
         async with open_capture(
-            veth.a_dev, filter=f"inbound and udp port {UDP_PORT}", netns=ns_a.path
+            veth.a_dev, filter=f"{direction} and udp port {UDP_PORT}", netns=ns_a.path
         ) as cap:
-            await send_udp(veth.b, veth.a_ip, UDP_PORT, 20)
+            await send_udp(*wanted, UDP_PORT, 20, marker=b"want_")
+            await send_udp(*other, UDP_PORT, 5, marker=b"other")
+            await send_udp(*wanted, UDP_PORT, 3, marker=b"later")
             tail = await cap.drain()
-            assert cap.stats().received == 20
-    assert tail.packets == 20
+    payloads = [udp_payload(data)[:9] for *_, data in packets(tail.blocks)]
+    assert payloads == [payload(b"want_", seq, 9) for seq in range(20)] + [
+        payload(b"later", seq, 9) for seq in range(3)
+    ]
 
 
 @root

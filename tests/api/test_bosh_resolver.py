@@ -9,10 +9,8 @@ Trio's autojump clock, so these run on the real clock with a ``fail_after`` guar
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -21,16 +19,14 @@ import trio
 from fakes.director import Deployment, FakeDirector, Instance
 from fakes.http import Response, json_response, text_response
 from fakes.uaa import BOB, FakeUAA
+from resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
 
 from pcapd.api.agents import AgentJob
 from pcapd.api.bosh import BoshResolver
-from pcapd.api.resolve import Resolution, Unavailable
+from pcapd.api.resolve import Unavailable
 from pcapd.config import BoshConfig
 from pcapd.proto import AgentTarget, BoshTarget, CaptureOptions, Start
 from pcapd.transport.service import Refusal
-
-PORT = 9494
-GUARD = 5.0
 
 
 @dataclass
@@ -51,23 +47,6 @@ def bosh() -> Iterator[Bosh]:
         yield Bosh(uaa, director)
 
 
-@pytest.fixture(scope="module")
-def tls() -> ssl.SSLContext:
-    """One system-CA context for every test's client (loading the CAs takes most of the time
-    a client takes to make; the fakes here speak plain HTTP anyway)."""
-    return ssl.create_default_context()
-
-
-@pytest.fixture
-async def http(tls: ssl.SSLContext) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(verify=tls, timeout=5.0, follow_redirects=False) as client:
-        yield client
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 def resolver(director: str, http: httpx.AsyncClient) -> BoshResolver:
     return BoshResolver(BoshConfig(director=director), http, PORT)
 
@@ -78,18 +57,6 @@ def start(deployment: Deployment | str, *groups: str, ids: tuple[str, ...] = ())
                  options=CaptureOptions(device="eth0"))
 
 
-async def resolve(bosh_resolver: BoshResolver, request: Start, token: str | None) -> Resolution:
-    with trio.fail_after(GUARD):
-        return await bosh_resolver.resolve(request, token)
-
-
-async def refused(bosh_resolver: BoshResolver, request: Start, token: str | None) -> Refusal:
-    with trio.fail_after(GUARD), pytest.raises(Refusal) as info:
-        await bosh_resolver.resolve(request, token)
-    assert info.value.text == str(info.value)
-    return info.value
-
-
 def job(instance: Instance) -> AgentJob:
     origin = f"{instance.job}/{instance.id}"
     return AgentJob(instance.ips[0], PORT, AgentTarget(namespace="host", source=origin),
@@ -98,13 +65,6 @@ def job(instance: Instance) -> AgentJob:
 
 def names(*instances: Instance) -> list[tuple[str, str]]:
     return [(ip, f"{i.job}/{i.id}") for i in instances for ip in i.ips]
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def capture_scopes(bosh: Bosh, *teams: str) -> str:

@@ -9,10 +9,8 @@ Trio's autojump clock, so these run on the real clock with a ``fail_after`` guar
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -21,17 +19,16 @@ import trio
 from fakes.cloud_controller import FakeCloudController, Instance, Org, Space
 from fakes.http import Response, json_response
 from fakes.uaa import ALICE, FakeUAA, User, make_user
+from resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
 
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import IdentityProviderUnavailable
 from pcapd.api.cf import CfResolver
-from pcapd.api.resolve import Resolution, Unavailable
+from pcapd.api.resolve import Unavailable
 from pcapd.config import CfConfig
 from pcapd.proto import AgentTarget, CaptureOptions, CfTarget, Start
 from pcapd.transport.service import Refusal
 
-PORT = 9494
-GUARD = 5.0
 SENSITIVE = "capturing needs the right to read its sensitive data (Space Developer of its " \
             "space, or admin)"
 
@@ -47,23 +44,6 @@ class Cf:
 def cf() -> Iterator[Cf]:
     with FakeUAA() as uaa, FakeCloudController(uaa) as cc:
         yield Cf(uaa, cc, cc.add_org("pcapd-org"))
-
-
-@pytest.fixture(scope="module")
-def tls() -> ssl.SSLContext:
-    """One system-CA context for every test's client (loading the CAs takes most of the time
-    a client takes to make; the fakes here speak plain HTTP anyway)."""
-    return ssl.create_default_context()
-
-
-@pytest.fixture
-async def http(tls: ssl.SSLContext) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(verify=tls, timeout=5.0, follow_redirects=False) as client:
-        yield client
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def dev_space(cf: Cf, user: User = ALICE, role: str = "developer", *,
@@ -87,29 +67,10 @@ def start(app: str, space: Space | str | None = None, instances: list[int] | Non
                  options=CaptureOptions(device="eth0"))
 
 
-async def resolve(cf_resolver: CfResolver, request: Start, token: str | None) -> Resolution:
-    with trio.fail_after(GUARD):
-        return await cf_resolver.resolve(request, token)
-
-
-async def refused(cf_resolver: CfResolver, request: Start, token: str | None) -> Refusal:
-    with trio.fail_after(GUARD), pytest.raises(Refusal) as info:
-        await cf_resolver.resolve(request, token)
-    assert info.value.text == str(info.value)
-    return info.value
-
-
 def job(name: str, app_guid: str, instance: Instance) -> AgentJob:
     origin = f"{name}/{instance.index}"
     return AgentJob(instance.host, PORT, AgentTarget(
         namespace=instance.instance_guid, app_guid=app_guid, source=origin), origin=origin)
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def v3_requests(cc: FakeCloudController) -> int:

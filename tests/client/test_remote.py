@@ -142,7 +142,9 @@ async def test_capture_cf_sends_the_token_in_the_handshake_and_the_start(
         nursery.cancel_scope.cancel()
     stderr = result.stderr.decode()
     assert result.returncode == 1, stderr
-    assert stderr == "pcapd: error: you may not see the app 'myapp' (space dev)\n"
+    # the code first: what docs/troubleshooting.md is searched for
+    assert stderr == ("pcapd: error: PERMISSION_DENIED: you may not see the app 'myapp' "
+                      "(space dev)\n")
     assert result.stdout == b""
     [headers] = seen.headers
     assert headers["authorization"] == f"bearer {access}"

@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import httpx
 from fakes import ALICE, FakeCloudController, FakeDirector, FakeUAA
 from fakes.cloud_controller import App, Instance, Space
 from fakes.director import Instance as VmInstance
 from netns import Host, Netns, named_netns, netns_dir, vm
-from procs import PCAPD
+from procs import AGENT_PORT, PCAPD, agent_status
 
 from pcapd.certs import CertPaths, init_certs
-
-AGENT_PORT = 9494
 
 
 @dataclass
@@ -264,3 +263,41 @@ def _merged(config: dict[str, object], settings: dict[str, object]) -> dict[str,
 def developer_tokens(landscape: Landscape) -> tuple[str, str]:
     landscape.cc.grant(ALICE, "developer", landscape.space)
     return landscape.uaa.issue_pair(ALICE)
+
+
+# --- asking the api and the agents what runs -----------------------------------------------------
+
+
+def agents(landscape: Landscape) -> dict[str, tuple[Host, Process]]:
+    """Every agent of the landscape by its id: where it listens and its process."""
+    found: dict[str, tuple[Host, Process]] = {}
+    hosts = [cell.host for cell in landscape.cells] + landscape.vms
+    for process in landscape.processes:
+        if process is landscape.api or process.name == "api":
+            continue
+        for host in hosts:
+            if host.ns.name in " ".join(str(a) for a in process.popen.args):  # type: ignore[union-attr]
+                found[process.name] = (host, process)
+    return found
+
+
+async def api_captures(landscape: Landscape) -> int:
+    """Captures running on the api, from its ``GET /status``."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        reply = await http.get(f"{landscape.api_url}/status")
+    return int(reply.json()["captures"])
+
+
+async def agent_captures(landscape: Landscape, host: Host) -> int:
+    """Captures running on the agent at ``host``, asked over mutual TLS as the api asks."""
+    return (await agent_status(landscape.certs, host.ip)).captures
+
+
+async def all_idle(landscape: Landscape) -> bool:
+    """Whether no capture runs on the api or on any agent."""
+    if await api_captures(landscape):
+        return False
+    for host, _ in agents(landscape).values():
+        if await agent_captures(landscape, host):
+            return False
+    return True

@@ -4,6 +4,8 @@ A capture writing to stdout is read as it comes: its stream is decoded with pcap
 pcapng decoder, so a test can wait for the *event* "the capture has started" (the header with
 every interface's IDB arrived) before it sends traffic, instead of sleeping. Agents log one JSON
 line per event on stderr; a test waits for "listening" or "capture ... ended" the same way.
+What a process holds is read from /proc (:class:`Figures`); an agent is asked for its status
+over its own mutual-TLS protocol, as the api asks (:func:`agent_status`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,66 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from pcapd.certs import CertPaths
+from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
 from pcapd.pcapng import IDB, PcapngDecoder
+from pcapd.proto import InitiatorSession, Status, StatusReply
+from pcapd.transport.tls import client_context
+from pcapd.transport.ws import Link, open_websocket
 
 PCAPD = str(Path(sys.executable).with_name("pcapd"))
+AGENT_PORT = 9494
+"""Where an agent listens unless its configuration says otherwise."""
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a process holds, from /proc."""
+
+    fds: int
+    threads: int
+    rss_mb: float
+
+    @classmethod
+    def of(cls, pid: int) -> Figures:
+        status = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines())
+        return cls(fds=len(os.listdir(f"/proc/{pid}/fd")),
+                   threads=int(status["Threads"]),
+                   rss_mb=int(status["VmRSS"].split()[0]) / 1024)
+
+
+async def agent_status(certs: CertPaths, address: str, port: int = AGENT_PORT) -> StatusReply:
+    """Ask the agent at ``address:port`` for its status over mutual TLS, as the api asks."""
+    ctx = client_context(ca=certs.ca_cert, certificate=certs.api_client_cert,
+                         private_key=certs.api_client_key)
+    with trio.fail_after(10):
+        async with open_websocket(address, port, ssl_context=ctx,
+                                  server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
+            link = Link(ws, InitiatorSession("api"), "agent")
+            await link.send(link.session.make_hello())  # type: ignore[union-attr]
+            await link.receive()
+            await link.send(Status())
+            reply = await link.receive()
+    assert isinstance(reply, StatusReply), reply
+    return reply
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
+    """Poll ``check`` until true; seconds it took. Fails after ``within`` seconds."""
+    began = trio.current_time()
+    with trio.move_on_after(within):
+        while not await check():  # noqa: ASYNC110 (other processes: no event to await)
+            await trio.sleep(0.1)
+        return trio.current_time() - began
+    raise AssertionError(f"not within {within}s: {what}")
 
 
 @dataclass

@@ -16,18 +16,12 @@ from pathlib import Path
 import pytest
 import trio
 from netns import netns, send_udp
-from procs import PCAPD, Proc, json_event, running, streamed_capture
+from procs import PCAPD, Proc, agent_status, json_event, running, streamed_capture
 from readers import run_tool, tshark_fields
 
-from pcapd.certs import init_certs
-from pcapd.proto import InitiatorSession, Status, StatusReply
-from pcapd.transport.tls import client_context
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.certs import CertPaths, init_certs
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
-
-SERVER_NAME = "pcap-agent.service.cf.internal"
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -55,21 +49,6 @@ async def agent(tmp: Path, certs: Path, name: str,
                        stdout_lines=False) as proc:
         await proc.stderr.wait_for(json_event("listening"))
         yield proc, port
-
-
-async def agent_status(certs: Path, port: int) -> StatusReply:
-    """Ask an agent for its status over the real protocol, as the api would."""
-    ctx = client_context(ca=certs / "ca.crt", certificate=certs / "api-client.crt",
-                         private_key=certs / "api-client.key")
-    async with open_websocket("127.0.0.1", port, ssl_context=ctx,
-                              server_hostname=SERVER_NAME) as ws:
-        link = Link(ws, InitiatorSession("api"), "agent")
-        await link.send(link.session.make_hello())  # type: ignore[union-attr]
-        await link.receive()
-        await link.send(Status())
-        reply = await link.receive()
-        assert isinstance(reply, StatusReply)
-        return reply
 
 
 @pytest.fixture
@@ -111,11 +90,13 @@ async def test_killed_client_ends_the_agent_capture_within_5_seconds(tmp_path: P
                 "local", "--agent", f"127.0.0.1:{port}#{a.name}", "--certs", str(certs),
                 "-i", "lo") as capture:
             await capture.wait_started(interfaces=1)
-            assert (await agent_status(certs, port)).captures == 1
+            assert (await agent_status(CertPaths.in_directory(certs), "127.0.0.1",
+                                       port)).captures == 1
             capture.process.kill()  # no goodbye: SIGKILL
             with trio.fail_after(5):
                 await agent_a.stderr.wait_for(json_event("capture_ended"))
-            assert (await agent_status(certs, port)).captures == 0
+            assert (await agent_status(CertPaths.in_directory(certs), "127.0.0.1",
+                                       port)).captures == 0
 
 
 async def test_agent_refuses_a_client_certificate_from_another_ca(tmp_path: Path,

@@ -85,6 +85,26 @@ async def test_two_namespaces_are_merged_into_one_ordered_pcapng(tmp_path: Path)
     assert leftover_namespaces() == [] or True  # namespaces of other tests may still live
 
 
+async def test_a_direction_filter_keeps_the_first_packets_and_the_users_words(
+    tmp_path: Path,
+) -> None:
+    """``inbound`` lost libpcap's first ring block (it became ``setdirection``); the file still
+    records the filter as the user wrote it."""
+    user_filter = "inbound and udp port 9999"
+    with netns() as a, trio.fail_after(60):
+        async with streamed_capture("local", "--netns", a.name, "-i", "lo",
+                                    "-f", user_filter) as capture:
+            await capture.wait_started(interfaces=1)
+            await send_udp(a, "127.0.0.1", 9999, UDP_COUNT, marker=b"first")
+            capture.interrupt()
+            assert await capture.wait_exit() == 0, capture.stderr.text
+    out = tmp_path / "out.pcapng"
+    out.write_bytes(capture.data)
+    rows = tshark_fields(out, *FIELDS)
+    assert udp_sequences(rows, f"{a.name}:lo", b"first") == list(range(UDP_COUNT))
+    assert f"Filter string = {user_filter}\n" in run_tool("capinfos", out)
+
+
 async def test_stdout_holds_nothing_but_pcapng_while_the_capture_runs() -> None:
     with netns() as a, trio.fail_after(60):
         async with trio.open_nursery() as nursery:

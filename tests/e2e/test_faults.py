@@ -24,19 +24,26 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import wsproto
 from fakes import ALICE, BOB
 from netns import Host, ip, send_udp
-from platform_landscape import AGENT_PORT, Landscape, Process, developer_tokens, start_process
-from procs import PCAPD, StreamedCapture, streamed_capture
+from platform_landscape import (
+    Landscape,
+    Process,
+    agent_captures,
+    agents,
+    all_idle,
+    api_captures,
+    developer_tokens,
+    start_process,
+)
+from procs import PCAPD, Figures, StreamedCapture, streamed_capture, wait_until
 from readers import run_tool, tshark_fields
 from wsproto.events import AcceptConnection, Ping, Request, TextMessage
 
 from pcapd.api.capture import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT
-from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
 from pcapd.pcapng import EPB, PcapngDecoder
 from pcapd.proto import (
     BoshTarget,
@@ -49,12 +56,9 @@ from pcapd.proto import (
     Notice,
     Start,
     Started,
-    Status,
-    StatusReply,
     Stop,
     Welcome,
 )
-from pcapd.transport.tls import client_context
 from pcapd.transport.ws import Link, open_websocket
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
@@ -102,78 +106,6 @@ def child_pids() -> list[int]:
         if int(ppid) == os.getpid() and state != "Z":
             found.append(int(entry))
     return found
-
-
-@dataclass(frozen=True)
-class Figures:
-    """What a process holds, from /proc."""
-
-    fds: int
-    threads: int
-    rss_mb: float
-
-    @classmethod
-    def of(cls, pid: int) -> Figures:
-        status = dict(line.split(":", 1) for line in
-                      Path(f"/proc/{pid}/status").read_text().splitlines())
-        return cls(fds=len(os.listdir(f"/proc/{pid}/fd")),
-                   threads=int(status["Threads"]),
-                   rss_mb=int(status["VmRSS"].split()[0]) / 1024)
-
-
-def agents(landscape: Landscape) -> dict[str, tuple[Host, Process]]:
-    """Every agent of the landscape by its id: where it listens and its process."""
-    found: dict[str, tuple[Host, Process]] = {}
-    hosts = [cell.host for cell in landscape.cells] + landscape.vms
-    for process in landscape.processes:
-        if process is landscape.api or process.name == "api":
-            continue
-        for host in hosts:
-            if host.ns.name in " ".join(str(a) for a in process.popen.args):  # type: ignore[union-attr]
-                found[process.name] = (host, process)
-    return found
-
-
-async def api_captures(landscape: Landscape) -> int:
-    async with httpx.AsyncClient(timeout=5) as http:
-        reply = await http.get(f"{landscape.api_url}/status")
-    return int(reply.json()["captures"])
-
-
-async def agent_captures(landscape: Landscape, host: Host) -> int:
-    """Captures running on the agent at ``host``, asked over mutual TLS as the api asks."""
-    certs = landscape.certs
-    ctx = client_context(ca=certs.ca_cert, certificate=certs.api_client_cert,
-                         private_key=certs.api_client_key)
-    with trio.fail_after(10):
-        async with open_websocket(host.ip, AGENT_PORT, ssl_context=ctx,
-                                  server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
-            link = Link(ws, InitiatorSession("api"), "agent")
-            await link.send(link.session.make_hello())  # type: ignore[union-attr]
-            await link.receive()
-            await link.send(Status())
-            reply = await link.receive()
-    assert isinstance(reply, StatusReply)
-    return reply.captures
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
-    """Poll ``check`` until true; seconds it took. Fails after ``within`` seconds."""
-    began = trio.current_time()
-    with trio.move_on_after(within):
-        while not await check():  # noqa: ASYNC110 (other processes: no event to await)
-            await trio.sleep(0.1)
-        return trio.current_time() - began
-    raise AssertionError(f"not within {within}s: {what}")
-
-
-async def all_idle(landscape: Landscape) -> bool:
-    if await api_captures(landscape):
-        return False
-    for host, _ in agents(landscape).values():
-        if await agent_captures(landscape, host):
-            return False
-    return True
 
 
 def bosh_env(landscape: Landscape) -> dict[str, str]:
@@ -355,6 +287,8 @@ async def test_agent_host_unreachable_without_fin(landscape: Landscape, tmp_path
     assert o.name(o.silent) in first, first
     assert f"no answer to pings for {KEEPALIVE_TIMEOUT:g}s" in first, first
     assert "reconnecting for up to" in first and o.name(o.silent) in last, last
+    # the second names the knob that decided it
+    assert f"not back within {RECONNECT_GRACE:g}s (agents.reconnect_grace)" in last, last
     assert not o.lines("CAPTURE_RESUMED")
     assert accounted(o.capture.stderr.lines), o.capture.stderr.text
     from_silent = o.check_file(tmp_path / "out.pcapng")

@@ -100,6 +100,23 @@ def test_interface_map_rewrites_only_the_id() -> None:
     assert [i for b in batches for i in b.interface_ids] == [i % 2 for i in range(40)]
 
 
+@pytest.mark.parametrize("mapping", [[0, 3], [0, 0xFE], [0, 0x1FF], [0, 0x301], [0, 0xFFFFFFFF]])
+def test_interface_map_rewrites_runs_of_one_interface(mapping: list[int]) -> None:
+    """A run of one interface is rewritten by its low byte alone where only that byte changes
+    (1 -> 3, 1 -> 0xFE), else word by word (1 -> 0x1FF, 0x301, 0xFFFFFFFF): the same blocks."""
+    parts = [encode_section_header()]
+    parts += [encode_interface_description(link_type=1, snaplen=0, name=n) for n in "ab"]
+    packets = [
+        encode_enhanced_packet(interface_id=1, timestamp=i, data=bytes([i]) * (i % 9), comment=c)
+        for i in range(30)
+        for c in [("c" * (i % 3)) if i % 4 == 0 else None]
+    ]
+    batches, _ = alternate([b"".join(parts + packets)], mapping=mapping)
+    blocks = [block for batch in batches for block in batch.blocks]
+    assert blocks == [with_interface_id(packet, mapping[1]) for packet in packets]
+    assert [i for b in batches for i in b.interface_ids] == [1] * 30
+
+
 def test_stops_at_other_blocks_and_leaves_them_to_next_raw() -> None:
     data, packets = sample_capture()  # EPBs, then an NRB and ISBs
     batches, raws = alternate([data])

@@ -1,4 +1,4 @@
-"""Hot-path helpers: split_packets, epb_timestamp, with_interface_id."""
+"""Hot-path helpers: split_packets, check_epbs, epb_timestamp, with_interface_id."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pcapd.pcapng import (
     split_packets,
     with_interface_id,
 )
+from pcapd.pcapng.packets import check_epbs
 
 TS = 0x1234_5678_9ABC_DEF0
 
@@ -87,3 +88,53 @@ def test_with_interface_id_rewrites_only_the_id() -> None:
 def test_with_interface_id_refuses_misuse(block: bytes, interface_id: int) -> None:
     with pytest.raises(ValueError):
         with_interface_id(block, interface_id)
+
+
+def one_interface(sizes: list[int], interface_id: int = 0) -> list[bytes]:
+    return [encode_enhanced_packet(interface_id=interface_id, timestamp=TS + i, data=bytes(size),
+                                   original_length=size + 10) for i, size in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("sizes", [[100] * 50, [97, 98, 99, 100] * 10, [0, 1, 60, 1500, 9000] * 9])
+def test_check_epbs_counts_equal_and_mixed_blocks_and_rewrites_ids(sizes: list[int]) -> None:
+    blocks = one_interface(sizes)
+    run = bytearray(b"".join(blocks))
+    assert check_epbs(bytes(run)) == len(blocks)
+    assert check_epbs(run, new_id=5) == len(blocks)
+    assert bytes(run) == b"".join(one_interface(sizes, 5))  # nothing but the ids changed
+    assert check_epbs(b"") == 0
+
+
+def _patched(blocks: list[bytes], index: int, at: int, value: bytes) -> bytes:
+    bad = bytearray(blocks[index])
+    bad[at:at + len(value)] = value
+    return b"".join([*blocks[:index], bytes(bad), *blocks[index + 1:]])
+
+
+@pytest.mark.parametrize("sizes", [[100] * 6, [100, 60, 1500, 100, 7, 100]])
+@pytest.mark.parametrize(
+    ("at", "value", "words"),
+    [
+        (0, b"\x05", "block type 0x5"),
+        (8, b"\x01", "interface 1 where only 0"),
+        (20, b"\xff\xff", "captured length"),
+        (-4, b"\0\0\0\0", "trailing"),
+    ],
+)
+def test_check_epbs_says_what_is_wrong_and_where(sizes: list[int], at: int, value: bytes,
+                                                 words: str) -> None:
+    blocks = one_interface(sizes)
+    at = at % len(blocks[3])
+    with pytest.raises(PcapngFormatError, match=words) as info:
+        check_epbs(_patched(blocks, 3, at, value), offset=12)
+    assert info.value.offset == 12 + sum(len(b) for b in blocks[:3])
+
+
+def test_check_epbs_refuses_what_is_not_only_whole_epbs() -> None:
+    blocks = one_interface([100] * 3)
+    for data in (b"".join(blocks)[:-4], b"".join(blocks) + encode_section_header(),
+                 encode_interface_description(link_type=1, snaplen=0) + blocks[0]):
+        with pytest.raises(PcapngFormatError):
+            check_epbs(data)
+    with pytest.raises(TypeError):
+        check_epbs(b"".join(blocks), new_id=1)  # rewriting needs a bytearray

@@ -121,6 +121,8 @@ def test_agent_bpm(agent_tls: dict[str, str], tmp_path: Path) -> None:
         "--config", "/var/vcap/jobs/pcapd-agent/config/agent.yml"]
     assert process["unsafe"]["privileged"] is True
     assert {"path": "/var/vcap/data"} in process["unsafe"]["unrestricted_volumes"]
+    assert process["env"] == {"MALLOC_MMAP_THRESHOLD_": "131072"}  # a flat RSS
+    assert process["limits"] == {"open_files": 65536}
 
     props["pcapd"]["agent"]["bpm"] = {"privileged": False}
     bpm = yaml.safe_load((render_job("pcapd-agent", props, tmp_path / "b")
@@ -297,6 +299,8 @@ def test_api_bpm_mounts_the_storage(
     bpm = yaml.safe_load((render_job("pcapd-api", props, out) / "config/bpm.yml").read_text())
     (process,) = bpm["processes"]
     assert process["args"] == ["api", "--config", "/var/vcap/jobs/pcapd-api/config/api.yml"]
+    assert process["env"] == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
+    assert process["limits"] == {"open_files": 65536}
     assert {k: v for k, v in process.items()
             if k in ("persistent_disk", "ephemeral_disk", "additional_volumes")} == expected
 

@@ -112,6 +112,8 @@ def test_start_writes_the_pid_of_the_process_and_is_idempotent(agent: Role) -> N
     assert agent.pidfile.read_text().strip() == str(pid)  # pcapd's own pid, not a wrapper's
     assert alive(pid)
     assert os.getsid(pid) == pid  # its own session: monit's process group may go away
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ  # glibc keeps the RSS flat
     again = agent.ctl("start")
     assert again.returncode == 0 and "already running" in again.stderr
     assert agent.started_pids() == [pid]

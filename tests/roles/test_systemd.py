@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -223,6 +224,7 @@ log: {{level: info, format: json}}
     with trio.fail_after(90):
         async with running_unit(unit, exec_line(unit, "ExecStart")) as agent:
             await agent.wait_event("listening")
+            assert_malloc_settings(agent, unit)
             with netns() as ns:  # made after the start: it must still reach the agent
                 async with trio.open_nursery() as nursery:
                     capture = await trio.lowlevel.open_process(
@@ -234,6 +236,15 @@ log: {{level: info, format: json}}
             await drain(agent, unit)
     rows = tshark_fields(out, "frame.interface_name", "udp.dstport")
     assert rows == [[f"{ns.name}:lo", "9999"]] * 5
+
+
+def assert_malloc_settings(service: Service, unit: Path) -> None:
+    """The unit's Environment= reached the process: glibc's malloc keeps the RSS flat
+    (docs/performance.md, "Soak")."""
+    environ = Path(f"/proc/{service.process.pid}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ, service_settings(unit)
+    if unit.name == "pcapd-api.service":
+        assert b"MALLOC_ARENA_MAX=2" in environ
 
 
 async def _send_until_exit(ns: Netns, process: trio.Process) -> None:
@@ -297,7 +308,11 @@ log: {{level: info, format: json}}
     with trio.fail_after(60):
         async with running_unit(unit, exec_line(unit, "ExecStart", credentials),
                                 [state]) as api:
-            await api.wait_event("listening")
+            listening = await api.wait_event("listening")
+            limit = int(service_settings(unit)["LimitNOFILE"][-1])  # (or all we may have)
+            assert listening["open_files"] == min(limit, resource.getrlimit(
+                resource.RLIMIT_NOFILE)[1])
+            assert_malloc_settings(api, unit)
             status = await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/status")
             assert status["healthy"] is True
             await drain(api, unit)

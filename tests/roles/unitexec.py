@@ -29,6 +29,8 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import resource
+import shlex
 import socket
 import subprocess
 import sys
@@ -249,11 +251,23 @@ def main(argv: list[str]) -> None:
     if settings.get("RestrictAddressFamilies"):
         names = " ".join(settings["RestrictAddressFamilies"]).split()
         families = [int(getattr(socket, name)) for name in names]
+    environment = dict(os.environ)
+    for value in settings.get("Environment", []):
+        for word in shlex.split(value):
+            key, _, text = word.partition("=")
+            environment[key] = text
+    if settings.get("LimitNOFILE"):  # before the capabilities go: may raise the hard limit
+        files = int(last(settings, "LimitNOFILE"))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+        except (ValueError, OSError):  # no CAP_SYS_RESOURCE here (a container): as far as allowed
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(files, hard), hard))
     apply_mounts(settings, writable)
     apply_privileges(settings, cap_last)
     if allowed is not None:
         load_seccomp(allowed, families)
-    os.execv(command[0], command)
+    os.execve(command[0], command, environment)
 
 
 if __name__ == "__main__":

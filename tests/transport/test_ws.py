@@ -201,3 +201,52 @@ async def _whoever_closes_first(handler: object,
             await trio.sleep(0.5)  # the server's side of the last ones
             assert open_fds() == before
             nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_reader_is_not_given_up_but_one_that_stops_reading_is() -> None:
+    """Real TCP on loopback: the server streams as fast as it can to a client that reads about
+    100 kB/s. Its pongs wait behind megabytes of socket buffers, far longer than the pong
+    timeout, yet the link stays up while the client keeps reading; once it stops reading
+    altogether the keepalive gives it up about one pong timeout later."""
+    interval, pong_within, rate = 0.5, 2.0, 100_000
+    sent = 0
+    gave_up = trio.Event()
+    links: list[Link] = []
+
+    async def stream_to(ws: trio_websocket.WebSocketConnection, peer: str,
+                        headers: object) -> None:
+        nonlocal sent
+        link = Link(ws, ResponderSession("api"), peer)
+        links.append(link)
+        async with trio.open_nursery() as nursery:
+
+            async def keepalive() -> None:
+                await link.keepalive(interval, pong_within)
+                gave_up.set()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(keepalive)
+            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                while True:
+                    await ws.send_message(bytes(16384))
+                    sent += 16384
+
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(serve_websocket, stream_to, "127.0.0.1", 0, None)
+            port = listeners[0].socket.getsockname()[1]
+            async with open_websocket("127.0.0.1", port, ssl_context=None) as ws:
+                began, received, backlog = trio.current_time(), 0, 0
+                while trio.current_time() - began < 4 * pong_within:
+                    received += len(await ws.get_message())
+                    backlog = max(backlog, sent - received)
+                    await trio.sleep(max(0.0, began + received / rate - trio.current_time()))
+                # the pong waited behind more than the pong timeout's worth of reading
+                assert backlog > 2 * pong_within * rate, backlog
+                assert not gave_up.is_set() and links[0].gave_up is None
+                stopped = trio.current_time()
+                await gave_up.wait()  # we read nothing from now on
+                took = trio.current_time() - stopped
+            nursery.cancel_scope.cancel()
+    assert pong_within - 1 <= took <= pong_within + interval + 3, took
+    assert links[0].gave_up == f"no answer to pings for {pong_within:g}s"

@@ -1,0 +1,192 @@
+"""The api and its users' links: slow readers kept, stopped readers given up, aborted captures
+still accounted for. A real agent and api in-process (mutual TLS on loopback between them), the
+users speaking the protocol to the api over real TCP, traffic from a namespace this test made.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import trio
+from netns import Netns, netns, send_udp
+
+from pcapd.agent.server import Agent, serve_agent
+from pcapd.api.server import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Api, LocalResolver, serve_api
+from pcapd.certs import init_certs
+from pcapd.config import local_api_config, parse_agent_config
+from pcapd.config.model import AgentListenConfig, ApiListenConfig
+from pcapd.pcapng import EPB, PcapngDecoder
+from pcapd.proto import (
+    CaptureOptions,
+    Data,
+    End,
+    Error,
+    InitiatorSession,
+    LocalTarget,
+    Start,
+    Started,
+    Statistics,
+    Stop,
+    Welcome,
+)
+from pcapd.transport.ws import Link, open_websocket
+
+pytestmark = pytest.mark.root
+
+PONG_WITHIN = KEEPALIVE_TIMEOUT
+"""The api's own keepalive (5 s, 10 s). A reader at 100 kB/s shows the api progress in steps:
+its kernel reopens the TCP window only once a sixteenth of its (autotuned, up to 6 MB)
+buffer is free, and its WebSocket takes one 256 KiB message at a time: every 3-5 s."""
+READ_RATE = 100_000
+"""Bytes per second the slow user reads."""
+
+
+@asynccontextmanager
+async def running_api(tmp: Path, **sections: object) -> AsyncIterator[tuple[Api, int]]:
+    """An agent and an api (TCP on loopback: the protocol, /status, /metrics); the api's port."""
+    pki = init_certs(tmp / "pki")
+    agent_config = msgspec.structs.replace(parse_agent_config({
+        "id": "agent", "containers": {"netns_dir": "/run/netns"},
+        "tls": {"certificate": str(pki.agent_cert), "private_key": str(pki.agent_key),
+                "client_ca": str(pki.ca_cert)}}),
+        listen=AgentListenConfig(address="127.0.0.1", port=0))
+    api_config = msgspec.structs.replace(local_api_config(
+        {"certificate": str(pki.api_client_cert), "private_key": str(pki.api_client_key),
+         "ca": str(pki.ca_cert)}, str(tmp / "store"), **sections),
+        listen=ApiListenConfig(address="127.0.0.1", port=0))
+    async with trio.open_nursery() as nursery:
+        agent = await nursery.start(serve_agent, agent_config, Agent(agent_config))
+        api = Api(api_config, LocalResolver([("127.0.0.1", agent[0].socket.getsockname()[1],
+                                               None)], from_request=True))
+        listeners = await nursery.start(partial(serve_api, api))
+        yield api, listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def capturing(port: int, ns: Netns) -> AsyncIterator[Link]:
+    """A user's link to the api over TCP, its capture of ``ns``'s ``lo`` started."""
+    async with open_websocket("127.0.0.1", port, ssl_context=None) as ws:
+        link = Link(ws, InitiatorSession("client"), "api")
+        await link.send(link.session.make_hello())  # type: ignore[union-attr]
+        assert isinstance(await link.receive(), Welcome)
+        await link.send(Start(target=LocalTarget(netns=[ns.name]),
+                              options=CaptureOptions(device="lo", filter="udp port 9999")))
+        assert isinstance(await link.receive(), Started)
+        yield link
+
+
+async def until(check: Callable[[], bool], within: float, what: str) -> None:
+    """Poll in-process state that has no event of its own; fail after ``within`` seconds."""
+    with trio.move_on_after(within):
+        while not check():  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"not within {within}s: {what}")
+
+
+def blocks(data: bytes | bytearray) -> tuple[int, int]:
+    """(blocks, packets) of a finished pcapng stream; raises if any block is cut short."""
+    decoder = PcapngDecoder()
+    decoder.receive_data(bytes(data))
+    decoder.receive_data(b"")
+    n = packets = 0
+    while (raw := decoder.next_raw()) is not None:
+        n += 1
+        packets += raw.block_type == EPB
+    return n, packets
+
+
+async def flood(ns: Netns, stop: trio.Event) -> None:
+    """~2 MB/s of 1000-byte datagrams: twenty times what the slow user reads, and little
+    enough CPU that the user (in this same process) is never starved of it."""
+    while not stop.is_set():
+        await send_udp(ns, "127.0.0.1", 9999, 500, size=1000, marker=b"flood")
+        await trio.sleep(0.25)
+
+
+async def test_a_slow_reader_keeps_its_capture_and_a_stopped_one_is_given_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two users capture a flooded namespace through the api. One reads ~100 kB/s: the api's
+    pings wait behind megabytes of socket buffers toward it, far longer than the pong timeout,
+    yet it is not taken for dead; it stops, reads to ``end`` and has a complete file whose
+    counts add up (the api dropped what did not fit, and said so). The other stops reading
+    altogether: the api gives it up one pong timeout after its buffers filled."""
+    caplog.set_level(logging.INFO, logger="pcapd")
+    buffer = {"size": 300, "upper_limit": 250, "lower_limit": 150}
+    data = bytearray()
+    with netns() as ns, trio.fail_after(90):
+        async with running_api(tmp_path, buffer=buffer) as (api, port), \
+                capturing(port, ns) as slow, capturing(port, ns) as _stopped:
+            done_flooding = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood, ns, done_flooding)
+                began, stopped_gone = trio.current_time(), float("inf")
+                while trio.current_time() - began < 2 * PONG_WITHIN + 2:
+                    msg = await slow.receive()
+                    if isinstance(msg, Data):
+                        data += msg.payload
+                        ahead = began + len(data) / READ_RATE - trio.current_time()
+                        await trio.sleep(max(0.0, ahead))
+                    assert not isinstance(msg, End | Error), msg
+                    if len(api.captures) == 1:
+                        stopped_gone = min(stopped_gone, trio.current_time() - began)
+                done_flooding.set()
+            assert len(api.captures) == 1, "the slow reader lost its capture"
+            # the stopped reader: given up by pings, its capture over (the slow one runs); seen
+            # here when the slow one's next message arrives
+            assert stopped_gone <= KEEPALIVE_INTERVAL + PONG_WITHIN + 5, stopped_gone
+            slow_rate = len(data) / (trio.current_time() - began)
+            await slow.send(Stop())  # from here on it reads as fast as it can
+            while not isinstance(msg := await slow.receive(), End):
+                if isinstance(msg, Data):
+                    data += msg.payload
+                assert not isinstance(msg, Error), msg
+    totals = msg.totals
+    assert msg.reason == "stopped", msg
+    assert slow_rate < 2 * READ_RATE, slow_rate
+    assert totals.api_dropped > 0, totals  # it could not keep up: counted, not hidden
+    assert totals.packets == (totals.written + totals.agent_dropped + totals.api_dropped
+                              + totals.discarded), totals
+    assert blocks(data)[1] == totals.written
+    gave_up = [r for r in caplog.records if "no pong" in r.getMessage()]
+    assert len(gave_up) == 1, [r.getMessage() for r in gave_up]
+
+
+async def test_an_aborted_capture_is_audited_and_counted_with_what_it_had(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A user who goes away mid-capture leaves no ``end``: the audit line and the metrics
+    still carry the packets and bytes captured so far."""
+    caplog.set_level(logging.INFO, logger="pcapd")
+    with netns() as ns, trio.fail_after(30):
+        async with running_api(tmp_path) as (api, port):
+            async with capturing(port, ns) as link:
+                await send_udp(ns, "127.0.0.1", 9999, 200, size=300, marker=b"counted")
+                while True:  # until the api's statistics show all of them
+                    msg = await link.receive()
+                    if isinstance(msg, Statistics) and sum(
+                            s.packets for s in msg.sources) >= 200 and msg.sources[0].bytes:
+                        break
+            # the user is gone (the link closed mid-capture): the api aborts the capture
+            await until(lambda: not api.captures, 10, "the api ended the capture")
+            async with httpx.AsyncClient() as client:
+                metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    (ended,) = [r for r in caplog.records if r.name == "pcapd.api.server"
+                and getattr(r, "event", None) == "capture_ended"]
+    audit: dict[str, object] = vars(ended)
+    assert audit["reason"] == "aborted"
+    assert isinstance(audit["packets"], int) and audit["packets"] >= 200, audit
+    assert isinstance(audit["bytes"], int) and audit["bytes"] >= 200 * 300, audit
+    assert isinstance(audit["written"], int) and audit["written"] >= 200, audit
+    assert audit["dropped"] == 0 and audit["dropped_by"] == {"kernel": 0, "agent": 0, "api": 0}
+    assert 'pcapd_captures_total{reason="aborted"} 1.0' in metrics
+    assert f"pcapd_packets_total {float(audit['packets'])}" in metrics, metrics
+    assert f"pcapd_bytes_total {float(audit['bytes'])}" in metrics, metrics
+
