@@ -31,14 +31,14 @@ from pcapd.transport.ws import Link, LinkClosed
 
 log = logging.getLogger(__name__)
 
-READ_WAIT = 0.2
+READ_WAIT = 0.1
 """Seconds a read waits before returning empty: the heartbeat period of an idle source."""
 STATS_PERIOD = 1.0
 MAX_READ = 4096
 """Packets per read at most: bounds the time one read holds the event loop."""
 MIN_READ = 64
 """A read smaller than this is not worth a wake-up: wait for the sender instead."""
-BACKPRESSURE_WAIT = 0.05
+BACKPRESSURE_WAIT = 0.5
 """Seconds the reader waits for the sender before reading anyway (and the gate drops)."""
 MAX_PAYLOAD = 1024 * 1024
 """Bytes per binary message: large enough to amortise framing, far below the 8 MiB limit."""

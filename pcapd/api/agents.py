@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from pcapd.errors import PcapngFormatError
-from pcapd.pcapng import IDB, ISB, PacketBatch, split_packets
+from pcapd.pcapng import IDB, ISB
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
     AgentTarget,
@@ -60,17 +60,13 @@ class AgentPayload:
     packets: bytes
     """The Enhanced Packet Blocks, concatenated as the agent sent them: framing checked, every
     one of interface 0. Not cut into blocks: a capture of one source writes them as they are,
-    and only the merge of several needs :meth:`split`."""
+    and only the merge of several splits them."""
     count: int
     """How many EPBs ``packets`` holds."""
     statistics: list[bytes]
     watermark: int
     offset: int = 0
     """Where ``packets`` began in the message (for the position in an error)."""
-
-    def split(self) -> PacketBatch:
-        """The packets one by one, with their timestamps (about 0.3 µs a packet)."""
-        return split_packets(self.packets, self.offset)
 
 
 class AgentRefused(Exception):

