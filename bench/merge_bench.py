@@ -1,18 +1,18 @@
 """Offline merge throughput: ``pcapd merge`` against ``mergecap`` on the same files (not a test).
 
 For each k (default 2, 8 and 32) it writes k pcapng files holding ``--packets`` packets in all
-(default 1,000,000) with pcapd's encoder: 60–100-byte packets on one clock that advances
-0–2 µs per packet, each packet going to a random input, as concurrent captures interleave (the
-worst case for a merge: runs from one input are short); even-numbered inputs have nanosecond
-interfaces, odd-numbered ones microsecond interfaces. It then times ``pcapd merge -w`` and
-``mergecap -w`` on them as subprocesses (wall clock, start-up included, best of ``--rounds``,
-the two tools taking turns), prints packets per second for both and the ratio pcapd/mergecap,
-with each tool's best CPU time (user + system) and that ratio beside in parentheses (on a
-machine shared with other work the CPU ratio moves less than the wall-clock one), and decodes
-both outputs with pcapd's decoder to check that they hold the same packets in the
-same order: every packet's timestamp in nanoseconds, original length and bytes. Exits 1 if they
-differ, 2 if mergecap is missing. First it prints each tool's start-up cost: the best time to
-merge a file of one packet. Usage::
+(default 2,000,000, the size issue #8 names) with pcapd's encoder: 60–100-byte packets on one
+clock that advances 0–2 µs per packet, each packet going to a random input, as concurrent
+captures interleave (the worst case for a merge: runs from one input are short); even-numbered
+inputs have nanosecond interfaces, odd-numbered ones microsecond interfaces. It then times
+``pcapd merge -w`` and ``mergecap -w`` on them as subprocesses (wall clock, start-up included,
+best of ``--rounds``, the two tools taking turns), prints packets per second for both and the
+ratio pcapd/mergecap, with each tool's best CPU time (user + system) and that ratio beside in
+parentheses (on a machine shared with other work the CPU ratio moves less than the wall-clock
+one), and decodes both outputs with pcapd's decoder to check that they hold the same packets in
+the same order: every packet's timestamp in nanoseconds, original length and bytes. Exits 1 if
+they differ, 2 if mergecap is missing. First it prints each tool's start-up cost: the best time
+to merge a file of one packet. Usage::
 
     .venv/bin/python bench/merge_bench.py [--packets N] [--rounds N] [-k K ...] [--keep DIR]
     tox -e bench
@@ -159,7 +159,7 @@ def rate(packets: int, seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--packets", type=int, default=1_000_000, help="packets over all inputs")
+    parser.add_argument("--packets", type=int, default=2_000_000, help="packets over all inputs")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each tool; best counts")
     parser.add_argument("-k", type=int, nargs="+", default=[2, 8, 32], help="input counts")
     parser.add_argument("--seed", type=int, default=1)
