@@ -9,16 +9,13 @@ from functools import partial
 from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
 import trio
+from inprocess import in_process_configs
 from netns import netns
 
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.api.server import Api, LocalResolver, serve_api
-from pcapd.certs import init_certs
-from pcapd.config import local_api_config, parse_agent_config
-from pcapd.config.model import AgentListenConfig, ApiListenConfig
 from pcapd.proto import (
     CaptureOptions,
     End,
@@ -38,16 +35,7 @@ pytestmark = pytest.mark.root
 @asynccontextmanager
 async def running_api(tmp: Path, **limits: int) -> AsyncIterator[tuple[Api, str, int]]:
     """An agent and an api; the api on a Unix socket (the protocol) and TCP (plain HTTP)."""
-    pki = init_certs(tmp / "pki")
-    agent_config = msgspec.structs.replace(parse_agent_config({
-        "id": "agent", "containers": {"netns_dir": "/run/netns"},
-        "tls": {"certificate": str(pki.agent_cert), "private_key": str(pki.agent_key),
-                "client_ca": str(pki.ca_cert)}}),
-        listen=AgentListenConfig(address="127.0.0.1", port=0))
-    api_config = msgspec.structs.replace(local_api_config(
-        {"certificate": str(pki.api_client_cert), "private_key": str(pki.api_client_key),
-         "ca": str(pki.ca_cert)}, str(tmp / "store"), limits=limits),
-        listen=ApiListenConfig(address="127.0.0.1", port=0))
+    agent_config, api_config = in_process_configs(tmp, limits=limits)
     async with trio.open_nursery() as nursery:
         agent = await nursery.start(serve_agent, agent_config, Agent(agent_config))
         port = agent[0].socket.getsockname()[1]
