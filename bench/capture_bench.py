@@ -53,9 +53,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pcapd.pcapng import IDB, PcapDecoder, PcapngDecoder, sniff_format
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from netns import ip  # noqa: E402  (the tests' iproute2 runner)
+
+from pcapd.pcapng import IDB, PcapDecoder, PcapngDecoder, sniff_format  # noqa: E402
+
 PCAPD = Path(sys.executable).parent / "pcapd"
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")
 TX_IP, RX_IP, PREFIX_LEN = "198.19.255.1", "198.19.255.2", 30
@@ -78,13 +82,6 @@ DEFAULT_RATES = "25k,50k,75k,100k,150k,200k,250k,400k,max"
 
 
 # -- setup: namespaces, veth, generator ---------------------------------------------------------
-
-
-def ip(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from pcapd.client.credentials import (
     RefreshFailed,
     RefreshRequest,
     Tokens,
+    read_cli_config,
     write_atomically,
 )
 from pcapd.errors import UsageError
@@ -105,14 +106,10 @@ class BoshEnvironment:
 
 
 def read_bosh_document(path: Path) -> dict[str, Any]:
+    data = read_cli_config(path, "bosh",
+                           "log in with 'bosh -e ENV log-in' first (or set BOSH_CONFIG)")
     try:
-        raw = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no bosh CLI config here: log in with 'bosh -e ENV log-in' "
-                         "first (or set BOSH_CONFIG)") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the bosh CLI config: "
-                         f"{exc.strerror or exc}") from None
+        raw = data.decode()
     except UnicodeDecodeError:
         raise UsageError(f"{path}: the bosh CLI config is not UTF-8 text: log in again with "
                          "'bosh -e ENV log-in'") from None

@@ -37,6 +37,7 @@ from pcapd.client.credentials import (
     Credentials,
     RefreshRequest,
     Tokens,
+    read_cli_config,
     split_authorization,
     write_atomically,
 )
@@ -93,14 +94,8 @@ def _fields(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 def read_cf_document(path: Path) -> dict[str, Any]:
     """The config file as a JSON object (its key order kept); UsageError naming the file."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no cf CLI config here: log in with 'cf login' first (or "
-                         "set CF_HOME to the directory holding .cf/config.json)") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the cf CLI config: "
-                         f"{exc.strerror or exc}") from None
+    raw = read_cli_config(path, "cf", "log in with 'cf login' first (or set CF_HOME to the "
+                                      "directory holding .cf/config.json)")
     try:
         document = json.loads(raw)
     except ValueError:

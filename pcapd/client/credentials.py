@@ -42,7 +42,7 @@ from oauthlib.oauth2 import BackendApplicationClient, InsecureTransportError, OA
 from requests.auth import AuthBase, HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
 
-from pcapd.errors import PcapdError
+from pcapd.errors import PcapdError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,18 @@ def _reason(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc)
     return text.rsplit(": ", 1)[-1] if len(text) > 200 else text or type(exc).__name__
+
+
+def read_cli_config(path: Path, cli: str, missing: str) -> bytes:
+    """The bytes of the ``cli`` CLI's config file; a UsageError naming the file, with
+    ``missing`` (what to do) when there is none."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no {cli} CLI config here: {missing}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the {cli} CLI config: "
+                         f"{exc.strerror or exc}") from None
 
 
 def write_atomically(path: Path, data: bytes) -> None:
