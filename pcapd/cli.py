@@ -17,6 +17,7 @@ from pcapd import __version__
 from pcapd.errors import NotImplementedYetError, PcapdError, UsageError, collapse
 from pcapd.extcap import add_arguments as add_extcap_arguments
 from pcapd.extcap import joined_values
+from pcapd.extras import require_server
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -187,6 +188,7 @@ def _check_config(role: str, path: Path) -> int:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
+    require_server("agent")
     if args.check:
         return _check_config("agent", args.config)
     import trio
@@ -202,6 +204,7 @@ def _run_agent(args: argparse.Namespace) -> int:
 
 
 def _run_api(args: argparse.Namespace) -> int:
+    require_server("api")
     if args.check:
         return _check_config("api", args.config)
     import trio
@@ -218,6 +221,7 @@ def _run_api(args: argparse.Namespace) -> int:
 
 
 def _certs_init(args: argparse.Namespace) -> int:
+    require_server("certs")
     from pcapd.certs import init_certs
 
     paths = init_certs(args.directory, args.agent_host, force=args.force)
@@ -235,6 +239,7 @@ def _capture(args: argparse.Namespace) -> int:
 
     logs.configure("info" if args.verbose else "warning", "text")
     if args.target == "local":
+        require_server("capture local")
         from pcapd.client.local import capture_local, local_plan
 
         with local_plan(args) as plan:
