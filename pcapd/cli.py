@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="tcpdump for everyone on Cloud Foundry and BOSH: one merged pcapng "
                     "of many app instances or VMs.",
     )
+    parser.add_argument("--version", action="version", version=f"pcapd {__version__}")
     roles = parser.add_subparsers(dest="role", metavar="ROLE", required=True)
 
     for role in ("agent", "api"):

@@ -211,12 +211,13 @@ class StreamedCapture:
 
 
 @asynccontextmanager
-async def streamed_capture(*args: str, env: dict[str, str] | None = None
+async def streamed_capture(*args: str, env: dict[str, str] | None = None, pcapd: str = PCAPD
                            ) -> AsyncIterator[StreamedCapture]:
-    """``pcapd capture ARGS -w -`` with its stdout decoded as it comes."""
+    """``pcapd capture ARGS -w -`` with its stdout decoded as it comes (``pcapd``: another
+    install's executable, e.g. a client-only venv's)."""
     async with trio.open_nursery() as nursery:
         process = await trio.lowlevel.open_process(
-            [PCAPD, "capture", *args, "-w", "-"], stdout=subprocess.PIPE,
+            [pcapd, "capture", *args, "-w", "-"], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=env)
         capture = StreamedCapture(process, Lines())
         assert process.stderr is not None
