@@ -106,8 +106,8 @@ def decode_text(data: str | Buffer, *, max_size: int = MAX_TEXT_MESSAGE) -> Mess
             f"text message of {size} bytes is over the limit of {max_size} bytes"
         )
     if not isinstance(data, str):
-        # Checked here, not left to the JSON parser: its answer (and wording) differs between
-        # versions (msgspec 0.23 rejects invalid UTF-8 itself, older ones let it through).
+        # Checked here, not left to the JSON parser: its answer differs between versions
+        # (msgspec 0.22 raised UnicodeDecodeError, 0.23 a DecodeError in its own words).
         try:
             str(raw, "utf-8")
         except UnicodeDecodeError as exc:
