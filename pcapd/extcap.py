@@ -305,4 +305,5 @@ def capture_command(args: argparse.Namespace) -> list[str]:
     environment = _value(args, interface, "environment")
     return ["capture", "bosh", f"--deployment={_value(args, interface, 'deployment')}",
             *groups, *([f"--environment={environment}"] if environment else []),
-            *common, *connection, "--", *_items(_value(args, interface, "instance_ids"))]
+            *common, *connection,
+            *(f"--instance={item}" for item in _items(_value(args, interface, "instance_ids")))]
