@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from pcapd.client.boshcli import BoshCredentials, bosh_config_path, load_bosh_environment
+from pcapd.client.boshcli import bosh_config_path, bosh_credentials
 from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
 from pcapd.client.credentials import Credentials
 from pcapd.client.remote import api_address, choose_api_url
@@ -58,10 +58,10 @@ def captures_plan(args: argparse.Namespace) -> Iterator[CapturesPlan]:
     """Read the CLI login and work out the api, before the event loop (blocking work)."""
     with ExitStack() as stack:
         if args.bosh:
-            environment = load_bosh_environment(
-                bosh_config_path(), args.environment or os.environ.get("BOSH_ENVIRONMENT"))
-            credentials: Credentials = BoshCredentials(environment)
-            stack.callback(credentials.close)  # type: ignore[attr-defined]
+            bosh = bosh_credentials(bosh_config_path(),
+                                    args.environment or os.environ.get("BOSH_ENVIRONMENT"))
+            stack.callback(bosh.close)
+            credentials: Credentials = bosh
             url = choose_api_url(args, None, "")
         else:
             config = load_cf_config(cf_config_path())

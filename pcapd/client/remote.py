@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pcapd.client.boshcli import BoshCredentials, bosh_config_path, load_bosh_environment
+from pcapd.client.boshcli import bosh_config_path, bosh_credentials
 from pcapd.client.cfcli import (
     CfCredentials,
     cf_config_path,
@@ -142,9 +142,8 @@ def _cf(args: argparse.Namespace) -> tuple[Credentials, Target, str]:
 
 
 def _bosh(args: argparse.Namespace, stack: ExitStack) -> tuple[Credentials, Target, str]:
-    environment = load_bosh_environment(bosh_config_path(),
-                                        args.environment or os.environ.get("BOSH_ENVIRONMENT"))
-    credentials = BoshCredentials(environment)
+    credentials = bosh_credentials(bosh_config_path(),
+                                   args.environment or os.environ.get("BOSH_ENVIRONMENT"))
     stack.callback(credentials.close)
     target = BoshTarget(deployment=args.deployment, groups=list(args.group),
                         instances=list(args.instance_ids))

@@ -9,9 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jwt
 import pytest
 import trio
-from cli_logins import SPACE_GUID, cf_document, write_bosh_config, write_cf_config
+import trustme
+from cli_logins import (
+    SPACE_GUID,
+    RecordingUAA,
+    cf_document,
+    write_bosh_config,
+    write_cf_config,
+)
+from fakes.director import FakeDirector
 from test_remote import child_env, refuse, run_pcapd, serve_fake_api
 
 from pcapd.client.arguments import parse_duration, parse_size
@@ -124,3 +133,41 @@ def test_bosh_without_a_deployment_says_where_it_comes_from(tmp_path: Path) -> N
     assert result.returncode == 2
     assert result.stderr == ("pcapd: error: say which deployment: -d DEPLOYMENT (or set "
                              "BOSH_DEPLOYMENT)\n")
+
+
+async def test_bbl_style_environment_logs_in_with_client_credentials(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    """``eval "$(bbl print-env)"``: no bosh CLI config at all, a director address, a client and
+    its secret, the director's CA as PEM text; the api gets the client's token from the
+    director's UAA, and the secret appears nowhere."""
+    secret = "s3cret-Never-Shown"
+    with RecordingUAA(tls=ca) as uaa, FakeDirector(uaa, tls=ca) as director:
+        uaa.clients["pcap-ops"] = secret
+        uaa.client_scopes["pcap-ops"] = ("bosh.admin",)
+        async with trio.open_nursery() as nursery:
+            port, seen = await serve_fake_api(nursery, refuse)
+            result = await run_pcapd(
+                "capture", "bosh", "router/0", "-w", str(tmp_path / "out.pcapng"), "-q",
+                env=child_env(BOSH_CONFIG=str(tmp_path / "no-bosh-config"),
+                              BOSH_ENVIRONMENT=director.url, BOSH_DEPLOYMENT="cf",
+                              BOSH_CLIENT="pcap-ops", BOSH_CLIENT_SECRET=secret,
+                              BOSH_CA_CERT=ca.cert_pem.bytes().decode(),
+                              PCAPD_API=f"ws://127.0.0.1:{port}"))
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 1, result.stderr
+    [request] = uaa.token_requests
+    assert request.basic == ("pcap-ops", secret)
+    assert request.form == {"grant_type": "client_credentials"}
+    scheme, token = seen.headers[0]["authorization"].split(" ", 1)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (scheme, claims["client_id"], claims["scope"]) == ("bearer", "pcap-ops",
+                                                              ["bosh.admin"])
+    assert secret not in result.stderr.decode() + result.stdout.decode()
+
+
+def test_a_client_without_its_secret_says_what_to_set(tmp_path: Path) -> None:
+    result = pcapd("capture", "bosh", "-d", "cf", "router/0",
+                   env=child_env(BOSH_CONFIG=str(tmp_path / "none"), BOSH_CLIENT="ops",
+                                 BOSH_ENVIRONMENT="https://10.0.0.6"))
+    assert result.returncode == 2
+    assert "BOSH_CLIENT_SECRET" in result.stderr and result.stderr.count("\n") == 1

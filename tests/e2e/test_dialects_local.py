@@ -38,7 +38,8 @@ def test_dash_D_lists_the_devices_of_each_namespace() -> None:
         done = subprocess.run([PCAPD, "capture", "local", "-D", "--netns", a.name, "--netns",
                                b.name], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"1.{a.name}:lo", f"1.{b.name}:lo", f"2.{b.name}:{pair.a_dev}"]
+    assert done.stdout.splitlines() == [f"1.{a.name}:lo", f"1.{b.name}:lo",
+                                        f"2.{b.name}:{pair.a_dev}"]
 
 
 def test_dash_D_names_a_missing_namespace_and_the_command_that_lists_them() -> None:
