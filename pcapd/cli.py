@@ -375,13 +375,19 @@ def _list_devices(args: argparse.Namespace) -> int:
 def _captures(args: argparse.Namespace) -> int:
     import trio
 
-    from pcapd.client.captures import captures_plan, download_capture, list_captures
+    from pcapd.client.captures import (
+        captures_plan,
+        download_capture,
+        list_captures,
+        resolve_capture_id,
+    )
 
     with captures_plan(args) as plan:
         if args.captures_command == "list":
             trio.run(list_captures, plan)
         else:
-            trio.run(download_capture, plan, args.capture_id, args.write)
+            capture_id = trio.run(resolve_capture_id, plan, args.capture_id)
+            trio.run(download_capture, plan, capture_id, args.write)
     return EXIT_OK
 
 
