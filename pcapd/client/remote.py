@@ -38,7 +38,7 @@ from pcapd.client.cfcli import (
 from pcapd.client.credentials import Credentials
 from pcapd.client.output import PcapngOutput
 from pcapd.client.plan import capture_request, opened_output
-from pcapd.client.progress import Progress
+from pcapd.client.progress import Header, Progress
 from pcapd.client.session import ApiAddress, run_capture
 from pcapd.errors import UsageError
 from pcapd.proto import BoshTarget, CfTarget, End, Start
@@ -176,7 +176,8 @@ def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
 async def capture_remote(plan: RemotePlan) -> End:
     """Run ``pcapd capture cf|bosh`` as planned; returns the api's ``end``."""
     authorization = plan.credentials.tokens.authorization.encode()
-    with Progress(quiet=plan.args.quiet) as progress:
+    header = Header.of(plan.start, f"{plan.api.host}:{plan.api.port}", plan.output.target)
+    with Progress(quiet=plan.args.quiet, header=header) as progress:
         end = await run_capture(plan.api, plan.start, plan.output, progress,
                                 extra_headers=[(b"authorization", authorization)],
                                 token_source=plan.credentials)
