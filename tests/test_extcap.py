@@ -226,6 +226,34 @@ def test_a_capture_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> Non
     assert lines[-1] == result.stderr.strip()
 
 
+def wireshark_run(fifo: Path) -> str:
+    """One capture that fails after it opened the fifo (no such device), read as Wireshark
+    reads it: the fifo to its end, then the extcap is done with at once (SIGKILL, as Wireshark
+    stops reading it); what had reached stderr by then is what Wireshark can show."""
+    process = subprocess.Popen(
+        [str(PCAPD), "--capture", "--extcap-interface", "pcapd-local", "--fifo", str(fifo),
+         "--device", "pcapd-nosuch0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with open(fifo, "rb") as reader:  # blocks until pcapd opens its end
+            while reader.read(65536):
+                pass
+        process.kill()
+        assert process.stderr is not None
+        return process.stderr.read().decode()
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.root
+def test_the_reason_of_a_failed_capture_reaches_wireshark_every_time(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    lost = [text for text in (wireshark_run(fifo) for _ in range(40))
+            if "pcapd-nosuch0" not in text]
+    assert lost == [], f"{len(lost)} of 40 runs lost the reason"
+
+
 @pytest.mark.tools
 def test_tshark_finds_the_interfaces_and_their_options(extcap_folder: Path) -> None:
     env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(extcap_folder)}

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from pcapd.errors import PcapdError, UsageError
+from pcapd.errors import PcapdError, UsageError, collapse
 from pcapd.extcap import (
     capture_command,
     config_sentences,
@@ -90,24 +92,55 @@ def _quiet_stderr(log_path: str | None) -> Iterator[_Quiet]:
             log.close()
 
 
+@contextmanager
+def _fifo_held(path: str) -> Iterator[None]:
+    """Keep a write end of Wireshark's fifo open for as long as the block runs.
+
+    Wireshark takes the end of the fifo as the end of the extcap and may stop reading its
+    stderr there: the capture's own output closes the fifo as it unwinds, before the reason was
+    written. With a second write end held until the reason is on stderr, the fifo ends after it.
+    """
+    fd = None
+    try:
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = None  # no fifo, or no reader yet: nothing to hold
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _tell(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 def _capture(args: argparse.Namespace, capture: Callable[[list[str]], int]) -> int:
     argv = capture_command(args)
     failed = ""
-    try:
-        with _quiet_stderr(args.log_file) as quiet:
-            quiet.to_log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pcapd {' '.join(argv)}\n")
-            try:
-                status = capture(argv)
-            except PcapdError as exc:
-                quiet.to_log(f"pcapd: error: {exc}\n")
-                raise
-            finally:
-                failed = quiet.tail()
-    except SystemExit:  # argparse refused the command line: its words are in `failed`
-        sys.stderr.write(failed)
-        raise
-    if status != 0:
-        sys.stderr.write(failed)
+    with _fifo_held(args.fifo):
+        try:
+            with _quiet_stderr(args.log_file) as quiet:
+                quiet.to_log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pcapd {' '.join(argv)}\n")
+                try:
+                    with collapse():
+                        status = capture(argv)
+                except PcapdError as exc:
+                    quiet.to_log(f"pcapd: error: {exc}\n")
+                    raise
+                finally:
+                    failed = quiet.tail()
+        except SystemExit:  # argparse refused the command line: its words are in `failed`
+            _tell(failed)
+            raise
+        except PcapdError as exc:  # said here, while the fifo is still open
+            _tell(f"pcapd: error: {exc}\n")
+            return 2 if isinstance(exc, UsageError) else 1
+        if status != 0:
+            _tell(failed)
     return status
 
 
@@ -116,8 +149,7 @@ def run_extcap(args: argparse.Namespace, capture: Callable[[list[str]], int]) ->
 
     ``capture`` runs a ``pcapd capture`` command line and returns its exit status. During it
     stderr is held back (and copied to ``--log-file``); only when the capture fails does its
-    end reach Wireshark. A :class:`~pcapd.errors.PcapdError` passes through for the CLI's
-    one-line message.
+    end reach Wireshark, written before the fifo closes (see :func:`_fifo_held`).
     """
     if args.capture:
         return _capture(args, capture)
