@@ -7,6 +7,7 @@ writes to stdout: stdout may be the pcapng itself.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class Header:
     filter: str = ""
     output: str = ""
     limits: CaptureLimits = field(default_factory=CaptureLimits)
+    kind: str = ""
+    """``cf``, ``bosh`` or ``local``."""
+    device: str = ""
 
     @classmethod
     def of(cls, start: Start, api: str, output: str) -> Header:
@@ -72,7 +76,7 @@ class Header:
             where = "local " + (",".join(getattr(t, "netns", [])) or "host")
         return cls(f"{where}:{start.options.device}", api, start.options.filter,
                    "upload" if start.upload else ("stdout" if output == "-" else output),
-                   start.limits)
+                   start.limits, where.split(" ", 1)[0], start.options.device)
 
     def line(self, elapsed: float | None, limits: CaptureLimits | None = None) -> Text:
         lim = limits or self.limits
@@ -89,6 +93,25 @@ class Header:
         if any(limit_text):
             parts.append("limits " + ", ".join(x for x in limit_text if x))
         return Text(" · ".join(parts), style="bold")
+
+
+ROUTE_HINT_AFTER = 10.0
+"""Seconds of nothing on a cf ``eth0`` with a port filter before pcapd suggests ``-i lo``."""
+ENVOY_PORT = 61001
+"""Where gorouter's TLS reaches an app container (Diego's envoy)."""
+_PORTS = re.compile(r"\bport\s+(\d+)")
+
+
+def route_hint(header: Header, elapsed: float, packets: int) -> str | None:
+    """The hint for a cf capture on ``eth0`` whose port filter has matched nothing for
+    :data:`ROUTE_HINT_AFTER` seconds: the app's port is on ``lo`` (pure; None: no hint)."""
+    ports = {int(p) for p in _PORTS.findall(header.filter)}
+    if header.kind != "cf" or header.device != "eth0" or packets or elapsed < ROUTE_HINT_AFTER \
+            or not ports or ENVOY_PORT in ports:
+        return None
+    return (f"nothing captured on eth0 in {elapsed:.0f}s with filter {header.filter!r}: "
+            f"gorouter reaches the container's eth0 as TLS to envoy (port {ENVOY_PORT}); the "
+            f"plain hop to the app's port is on lo: try -i lo")
 
 
 _TROUBLE = ("unavailable", "congested")
@@ -124,6 +147,7 @@ class Progress:
         self.limits: CaptureLimits | None = None
         self._clock = clock
         self._started_at: float | None = None
+        self._hinted = False
         self._live: Live | None = None
 
     def __enter__(self) -> Progress:
@@ -156,6 +180,13 @@ class Progress:
     def statistics(self, msg: Statistics) -> None:
         for s in msg.sources:
             self.stats[s.source] = s
+        if not self._hinted and self.header is not None and self._started_at is not None:
+            hint = route_hint(self.header, self._clock() - self._started_at,
+                              self.totals().packets)
+            if hint is not None:
+                self._hinted = True
+                self.console.print(f"[bold]hint:[/bold] {hint}", highlight=False,
+                                   markup=True, soft_wrap=True)
         self._refresh()
 
     def notice(self, msg: Notice) -> None:

@@ -7,11 +7,12 @@ import io
 
 from rich.console import Console
 
-from pcapd.client.progress import Header, Progress
+from pcapd.client.progress import ROUTE_HINT_AFTER, Header, Progress, route_hint
 from pcapd.proto import (
     CaptureLimits,
     CaptureOptions,
     CfTarget,
+    LocalTarget,
     Notice,
     Source,
     SourceStatistics,
@@ -96,3 +97,30 @@ def test_few_sources_are_listed_one_by_one() -> None:
     shown = screen(progress)
     assert all(f"my-app/{n}:eth0" in shown for n in range(3))
     assert "sources " not in shown.replace("sources)", "")
+
+
+def test_a_cf_capture_on_eth0_that_sees_nothing_on_the_apps_port_says_try_lo() -> None:
+    progress, clock = view(2)
+    quiet = Statistics(sources=[stats(n, packets=0, bytes=0, written=0) for n in range(2)])
+    clock.now += ROUTE_HINT_AFTER - 1
+    progress.statistics(quiet)
+    assert "hint:" not in progress.console.export_text(clear=False)
+    clock.now += 1
+    progress.statistics(quiet)
+    progress.statistics(quiet)
+    hints = [line for line in progress.console.export_text().splitlines() if "hint:" in line]
+    assert hints == ["hint: nothing captured on eth0 in 10s with filter 'tcp port 8080': "
+                     "gorouter reaches the container's eth0 as TLS to envoy (port 61001); the "
+                     "plain hop to the app's port is on lo: try -i lo"]
+
+
+def test_no_route_hint_where_it_would_be_wrong() -> None:
+    header = Header.of(START, "api", "out.pcapng")
+    assert route_hint(header, 60, 0) is not None
+    assert route_hint(header, 60, 1) is None  # something came
+    for other in (
+            Start(target=START.target, options=CaptureOptions(device="lo", filter="port 8080")),
+            Start(target=START.target, options=CaptureOptions(device="eth0", filter="port 61001")),
+            Start(target=START.target, options=CaptureOptions(device="eth0", filter="udp")),
+            Start(target=LocalTarget(), options=CaptureOptions(device="eth0", filter="port 80"))):
+        assert route_hint(Header.of(other, "api", "-"), 60, 0) is None
