@@ -362,12 +362,10 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _list_devices(args: argparse.Namespace) -> int:
-    from pcapd.client.devices import device_lines, local_devices
+    from pcapd.client.devices import device_lines, local_devices, remote_devices
 
-    if args.target != "local":
-        raise UsageError(f"-D lists devices of capture local only for now; for {args.target} "
-                         "instances capture with -i DEV (eth0 and lo exist everywhere)")
-    for line in device_lines(local_devices(args.netns)):
+    listing = local_devices(args.netns) if args.target == "local" else remote_devices(args)
+    for line in device_lines(listing):
         print(line)
     return EXIT_OK
 

@@ -15,7 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from pcapd.errors import PcapngFormatError
+import msgspec
+import trio
+
+from pcapd.errors import PcapngFormatError, ProtocolError
 from pcapd.pcapng import IDB, ISB
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
@@ -23,10 +26,13 @@ from pcapd.proto import (
     CaptureLimits,
     CaptureOptions,
     Data,
+    DeviceList,
     End,
     Error,
     InitiatorSession,
+    ListDevices,
     Message,
+    SourceDevices,
     Start,
     Started,
     Welcome,
@@ -171,5 +177,31 @@ async def open_agent_capture(job: AgentJob, *, capture_id: str, options: Capture
         yield AgentLink(job, link, msg)
 
 
+async def ask_agent_devices(job: AgentJob, *, ssl_context: ssl.SSLContext | None,
+                            server_name: str, within: float) -> SourceDevices:
+    """The devices of one source, as its agent sees them (``list_devices``); never raises:
+    an agent that cannot answer is a source with a ``problem``."""
+    problem = ""
+    with trio.move_on_after(within) as scope:
+        try:
+            async with open_websocket(job.host, job.port, ssl_context=ssl_context,
+                                      server_hostname=server_name,
+                                      connect_timeout=within) as ws:
+                link = Link(ws, InitiatorSession("api"), f"agent {job.address}")
+                await link.send(link.session.make_hello())  # type: ignore[union-attr]
+                answer = await link.receive()
+                if isinstance(answer, Welcome):
+                    await link.send(ListDevices(target=job.target))
+                    answer = await link.receive()
+                if isinstance(answer, DeviceList) and answer.sources:
+                    return msgspec.structs.replace(answer.sources[0], origin=job.origin)
+                problem = answer.text if isinstance(answer, Error) else "no answer"
+        except (LinkClosed, ProtocolError) as exc:
+            problem = f"cannot reach its agent at {job.address}: {exc}"
+    if scope.cancelled_caught:
+        problem = f"its agent at {job.address} did not answer within {within:g} s"
+    return SourceDevices(origin=job.origin, problem=problem)
+
+
 __all__ = ["AgentJob", "AgentLink", "AgentPayload", "AgentRefused", "LinkClosed",
-           "open_agent_capture", "split_payload"]
+           "ask_agent_devices", "open_agent_capture", "split_payload"]

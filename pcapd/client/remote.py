@@ -150,6 +150,12 @@ def _bosh(args: argparse.Namespace, stack: ExitStack) -> tuple[Credentials, Targ
     return credentials, target, choose_api_url(args, None, "")
 
 
+def login_and_target(args: argparse.Namespace,
+                     stack: ExitStack) -> tuple[Credentials, Target, str]:
+    """The CLI login, the target and the api URL of ``capture cf|bosh`` (blocking)."""
+    return _cf(args) if args.target == "cf" else _bosh(args, stack)
+
+
 @contextmanager
 def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
     """Read the CLI's login, check the flags, open the output, refresh a token about to expire.
