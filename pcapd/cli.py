@@ -408,7 +408,8 @@ def _merge(args: argparse.Namespace) -> int:
 def _extcap(args: argparse.Namespace) -> int:
     from pcapd.client.extcap import run_extcap
 
-    return run_extcap(args, lambda argv: _capture(build_parser().parse_args(argv)))
+    return run_extcap(args, lambda argv: _capture(build_parser().parse_args(argv)),
+                      build_parser().parse_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

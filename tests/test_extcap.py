@@ -427,3 +427,19 @@ async def test_tshark_runs_the_extcap_itself(namespace: Netns, extcap_folder: Pa
     assert b"Error by extcap pipe" not in tshark.stderr, tshark.stderr.decode()
     assert f"--filter=udp port {PROBE}" in log.read_text().splitlines()[0]
     graceful_end(log)  # tshark waited for it: SIGTERM, then the drain
+
+
+def test_apps_instances_and_devices_are_reloadable_selectors() -> None:
+    lines = extcap.config_sentences(extcap.CF)
+    parsed = sentences("\n".join(lines))
+    args = {fields["call"]: fields for kind, fields in parsed if kind == "arg"}
+    for call in ("--app", "--instances", "--device"):
+        assert args[call]["type"] == "selector" and args[call]["reload"] == "true"
+    device = args["--device"]["number"]
+    shown = [(f["value"], f.get("default")) for kind, f in parsed
+             if kind == "value" and f["arg"] == device]
+    assert shown == [("eth0", "true"), ("lo", None)]
+    assert extcap.reloadable(extcap.CF, "app") is extcap.CF.arg("app")
+    assert extcap.reloadable(extcap.CF, "--instances") is extcap.CF.arg("instances")
+    with pytest.raises(UsageError, match="reloads --app, --instances, --device"):
+        extcap.reloadable(extcap.CF, "--process-type")

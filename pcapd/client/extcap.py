@@ -21,11 +21,16 @@ from typing import TextIO
 
 from pcapd.errors import PcapdError, UsageError, collapse
 from pcapd.extcap import (
+    Arg,
+    Interface,
     capture_command,
     config_sentences,
+    devices_command,
     dlts_sentences,
     interface_named,
     interfaces_sentences,
+    reloadable,
+    value_sentences,
     version_sentence,
 )
 
@@ -144,7 +149,25 @@ def _capture(args: argparse.Namespace, capture: Callable[[list[str]], int]) -> i
     return status
 
 
-def run_extcap(args: argparse.Namespace, capture: Callable[[list[str]], int]) -> int:
+def _reload(interface: Interface, arg: Arg, args: argparse.Namespace,
+            parse: Callable[[list[str]], argparse.Namespace] | None) -> list[tuple[str, str]]:
+    """A selector's values, asked of Cloud Controller or the agents now; a failure is one
+    value that says why (Wireshark shows the list, not stderr)."""
+    from pcapd.client import selectors  # noqa: PLC0415 (network clients only for a reload)
+
+    try:
+        if arg.dest == "app":
+            return selectors.cf_apps()
+        if arg.dest == "instances":
+            return selectors.cf_instances(args.app or "", args.process_type or "web")
+        assert parse is not None, "a device reload parses a capture command line"
+        return selectors.devices(interface.target, parse(devices_command(args)))
+    except PcapdError as exc:
+        return [("", f"cannot list them: {exc}")]
+
+
+def run_extcap(args: argparse.Namespace, capture: Callable[[list[str]], int],
+               parse: Callable[[list[str]], argparse.Namespace] | None = None) -> int:
     """``pcapd extcap``: answer Wireshark, or run ``capture(argv)`` for a ``--capture`` call.
 
     ``capture`` runs a ``pcapd capture`` command line and returns its exit status. During it
@@ -158,7 +181,12 @@ def run_extcap(args: argparse.Namespace, capture: Callable[[list[str]], int]) ->
     elif args.extcap_dlts:
         lines = dlts_sentences(interface_named(args.extcap_interface))
     elif args.extcap_config:
-        lines = config_sentences(interface_named(args.extcap_interface))
+        interface = interface_named(args.extcap_interface)
+        if args.extcap_reload_option:
+            arg = reloadable(interface, args.extcap_reload_option)
+            lines = value_sentences(interface, arg, _reload(interface, arg, args, parse))
+        else:
+            lines = config_sentences(interface)
     elif args.extcap_capture_filter is not None:
         interface_named(args.extcap_interface)
         problem = filter_problem(args.extcap_capture_filter)

@@ -3,8 +3,10 @@ through the real api, with the same login and the same authorization as a captur
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -56,3 +58,44 @@ async def test_listing_devices_is_authorized_like_a_capture(landscape: Landscape
     assert result.returncode == 1
     assert "PERMISSION_DENIED" in result.stderr and result.stdout == ""
     assert result.stderr.count("\n") == 1
+
+
+def values(stdout: str) -> list[tuple[str, str]]:
+    """(value, display) of each ``value`` sentence Wireshark would read."""
+    found = []
+    for line in stdout.splitlines():
+        assert line.startswith("value "), line
+        fields = dict(re.findall(r"\{(\w+)=([^}]*)\}", line))
+        found.append((fields["value"], fields["display"]))
+    return found
+
+
+async def test_wireshark_reloads_apps_instances_and_devices(landscape: Landscape) -> None:
+    """The capture dialog's reload buttons, as Wireshark calls them: the apps of the targeted
+    space (Cloud Controller), the app's instances, and the devices its agents see."""
+    token, refresh = developer_tokens(landscape)
+    env = landscape.cf_home(token, refresh)
+    ask = ("--extcap-config", "--extcap-interface", "pcapd-cf", "--extcap-reload-option")
+    apps = await pcapd(*ask, "app", env=env)
+    assert (apps.returncode, apps.stderr) == (0, ""), apps.stderr
+    assert ("my-app", "my-app") in values(apps.stdout)
+    instances = await pcapd(*ask, "--instances", "--app", "my-app", env=env)
+    assert values(instances.stdout) == [("", "all instances"), ("0", "0 (RUNNING)"),
+                                        ("1", "1 (RUNNING)")], instances.stderr
+    devices = await pcapd(*ask, "device", "--app", "my-app", env=env)
+    assert values(devices.stdout) == [("lo", "lo")], devices.stderr
+    bob = landscape.uaa.issue_pair(BOB, client_id="bosh_cli", scopes=["openid", "bosh.admin"])
+    vm = await pcapd("--extcap-config", "--extcap-interface", "pcapd-bosh",
+                     "--extcap-reload-option", "device", "--deployment", "cf", "--groups",
+                     "router", env=landscape.bosh_env(*bob))
+    assert ("eth0", "eth0") in values(vm.stdout) and ("lo", "lo") in values(vm.stdout), vm
+
+
+async def test_a_reload_that_cannot_list_says_why_in_the_list(landscape: Landscape,
+                                                              tmp_path: Path) -> None:
+    env = {**landscape.cf_home("x", "y"), "CF_HOME": str(tmp_path)}  # no cf login at all
+    result = await pcapd("--extcap-config", "--extcap-interface", "pcapd-cf",
+                         "--extcap-reload-option", "app", env=env)
+    assert result.returncode == 0 and result.stderr == ""
+    [(value, display)] = values(result.stdout)
+    assert value == "" and display.startswith("cannot list them: ") and "cf login" in display
