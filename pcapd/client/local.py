@@ -139,8 +139,8 @@ async def _run(args: argparse.Namespace, start: Start, output: PcapngOutput, pki
         # capture its own output (the agent's TCP link it leaves out by itself)
         socket_path = str(storage.parent / "api.sock")
         await nursery.start(partial(serve_api, api, unix_path=socket_path))
-        with Progress(quiet=args.quiet,
-                      header=Header.of(start, "embedded api", output.target)) as progress:
+        with Progress(quiet=args.quiet, header=Header.of(start, "embedded api", output.target),
+                      notes=getattr(output, "notes", None)) as progress:
             end = await run_capture(ApiAddress("local", 0, unix_path=socket_path), start,
                                     output, progress)
         progress.end(end, output.target)

@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pcapd.client.notes import Notes
 from pcapd.proto import (
     BoshTarget,
     CaptureLimits,
@@ -134,11 +135,13 @@ class Progress:
     """What the user sees while a capture runs."""
 
     def __init__(self, *, quiet: bool = False, console: Console | None = None,
-                 header: Header | None = None,
+                 header: Header | None = None, notes: Notes | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console or Console(stderr=True)
         self.quiet = quiet
         self.header = header
+        self.notes = notes
+        """Where notices go to become packet comments in the file (None: nowhere)."""
         self.sources: dict[int, Source] = {}
         self.stats: dict[int, SourceStatistics] = {}
         self.unavailable: dict[str, str] = {}
@@ -190,6 +193,8 @@ class Progress:
         self._refresh()
 
     def notice(self, msg: Notice) -> None:
+        if self.notes is not None:
+            self.notes.add(msg)
         if msg.code == "INSTANCE_UNAVAILABLE" and msg.origin and msg.source is None:
             self.unavailable[msg.origin] = msg.text
         elif msg.code == "CONGESTED" and msg.source is not None:

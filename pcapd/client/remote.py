@@ -183,7 +183,8 @@ async def capture_remote(plan: RemotePlan) -> End:
     """Run ``pcapd capture cf|bosh`` as planned; returns the api's ``end``."""
     authorization = plan.credentials.tokens.authorization.encode()
     header = Header.of(plan.start, f"{plan.api.host}:{plan.api.port}", plan.output.target)
-    with Progress(quiet=plan.args.quiet, header=header) as progress:
+    with Progress(quiet=plan.args.quiet, header=header,
+                  notes=getattr(plan.output, "notes", None)) as progress:
         end = await run_capture(plan.api, plan.start, plan.output, progress,
                                 extra_headers=[(b"authorization", authorization)],
                                 token_source=plan.credentials)
