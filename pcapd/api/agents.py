@@ -146,15 +146,9 @@ class AgentLink:
 
 
 @asynccontextmanager
-async def open_agent_capture(job: AgentJob, *, capture_id: str, options: CaptureOptions,
-                             limits: CaptureLimits, ssl_context: ssl.SSLContext | None,
-                             server_name: str, connect_timeout: float
-                             ) -> AsyncIterator[AgentLink]:
-    """Connect, shake hands and start the capture on one agent; yield once it has started.
-
-    Raises :class:`LinkClosed` when the agent cannot be reached or the link breaks, and
-    :class:`AgentRefused` when it answers the start with an ``error``.
-    """
+async def _open_agent_link(job: AgentJob, *, ssl_context: ssl.SSLContext | None,
+                           server_name: str, connect_timeout: float) -> AsyncIterator[Link]:
+    """A link to one agent, past the handshake (an ``error`` instead: AgentRefused)."""
     async with open_websocket(job.host, job.port, ssl_context=ssl_context,
                               server_hostname=server_name,
                               connect_timeout=connect_timeout) as ws:
@@ -164,6 +158,21 @@ async def open_agent_capture(job: AgentJob, *, capture_id: str, options: Capture
         if isinstance(welcome, Error):
             raise AgentRefused(welcome.code, welcome.text)
         assert isinstance(welcome, Welcome)
+        yield link
+
+
+@asynccontextmanager
+async def open_agent_capture(job: AgentJob, *, capture_id: str, options: CaptureOptions,
+                             limits: CaptureLimits, ssl_context: ssl.SSLContext | None,
+                             server_name: str, connect_timeout: float
+                             ) -> AsyncIterator[AgentLink]:
+    """Connect, shake hands and start the capture on one agent; yield once it has started.
+
+    Raises :class:`LinkClosed` when the agent cannot be reached or the link breaks, and
+    :class:`AgentRefused` when it answers the start with an ``error``.
+    """
+    async with _open_agent_link(job, ssl_context=ssl_context, server_name=server_name,
+                                connect_timeout=connect_timeout) as link:
         await link.send(Start(capture_id=capture_id, target=job.target, options=options,
                               limits=limits))
         while True:
@@ -184,18 +193,15 @@ async def ask_agent_devices(job: AgentJob, *, ssl_context: ssl.SSLContext | None
     problem = ""
     with trio.move_on_after(within) as scope:
         try:
-            async with open_websocket(job.host, job.port, ssl_context=ssl_context,
-                                      server_hostname=server_name,
-                                      connect_timeout=within) as ws:
-                link = Link(ws, InitiatorSession("api"), f"agent {job.address}")
-                await link.send(link.session.make_hello())  # type: ignore[union-attr]
+            async with _open_agent_link(job, ssl_context=ssl_context, server_name=server_name,
+                                        connect_timeout=within) as link:
+                await link.send(ListDevices(target=job.target))
                 answer = await link.receive()
-                if isinstance(answer, Welcome):
-                    await link.send(ListDevices(target=job.target))
-                    answer = await link.receive()
                 if isinstance(answer, DeviceList) and answer.sources:
                     return msgspec.structs.replace(answer.sources[0], origin=job.origin)
                 problem = answer.text if isinstance(answer, Error) else "no answer"
+        except AgentRefused as exc:
+            problem = exc.text
         except (LinkClosed, ProtocolError) as exc:
             problem = f"cannot reach its agent at {job.address}: {exc}"
     if scope.cancelled_caught:

@@ -105,14 +105,18 @@ def _capture(args: argparse.Namespace, typed: dict[str, str],
                              f"filter expression {' '.join(words)!r}: give the filter once")
         args.filter = " ".join(words)
     args.words = []
-    if args.snaplen == 0:
-        args.snaplen = WHOLE_PACKET_LOCAL if args.target == "local" else WHOLE_PACKET_REMOTE
+    if args.snaplen == 0:  # the embedded agent allows libpcap's maximum; others their own
+        embedded = args.target == "local" and not args.agent
+        args.snaplen = WHOLE_PACKET_LOCAL if embedded else WHOLE_PACKET_REMOTE
     if args.list_interfaces:
         _refuse(typed, ("write", "count", "duration", "max_bytes", "upload", "filter",
                         "snaplen"), "does not apply to -D (it lists devices, captures nothing)")
         if args.filter:
             raise UsageError(f"-D lists devices and captures nothing: drop the filter "
                              f"expression {args.filter!r}")
+        if args.target == "local" and args.agent:
+            raise UsageError("-D lists this machine's devices (with --netns: a namespace's); "
+                             "it does not ask agents named by --agent")
 
 
 def _cf_app(args: argparse.Namespace, typed: dict[str, str]) -> None:

@@ -77,6 +77,7 @@ def test_dash_dash_version_is_pcapd_version() -> None:
     (("capture", "local", "--max-bytes", "lots"), "--max-bytes"),
     (("capture", "local", "-D", "-w", "x.pcapng"), "-w does not apply to -D"),
     (("capture", "local", "-D", "udp"), "-D lists devices"),
+    (("capture", "local", "-D", "--agent", "127.0.0.1:9494", "--certs", "pki"), "--agent"),
     (("captures", "list", "-e", "lab"), "-e names a bosh environment"),
     (("captures", "list", "--json", "--no-headers"), "--json and --no-headers"),
     (("capture", "local", "--bogus", "udp"), "--bogus"),
