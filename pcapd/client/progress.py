@@ -90,7 +90,8 @@ class Header:
             parts.append(time_text)
         limit_text = [f"{lim.max_packets:,} packets" if lim.max_packets is not None else "",
                       f"{_size(lim.max_bytes)}" if lim.max_bytes is not None else "",
-                      _duration(lim.max_duration) if lim.max_duration is not None else ""]
+                      f"duration {_duration(lim.max_duration)}"
+                      if lim.max_duration is not None else ""]
         if any(limit_text):
             parts.append("limits " + ", ".join(x for x in limit_text if x))
         return Text(" · ".join(parts), style="bold")
