@@ -141,7 +141,8 @@ async def test_single_cf_instance_uploaded(landscape: Landscape, tmp_path: Path)
         landscape, tmp_path, ["cf", "my-app", "--instance", "0", "-i", "lo"],
         landscape.cf_home(token, refresh), [(container, "127.0.0.1", b"up-one", "my-app/0:lo")])
     record = stored_record(landscape, capture_id)
-    assert record["target"] == "cf:my-app" and record["user_name"] == ALICE.user_name
+    assert record["target"] == f"cf:{landscape.org.name}/{landscape.space.name}/my-app"
+    assert record["user_name"] == ALICE.user_name
     assert record["filter"] == "udp and not icmp" and record["packets"] == 20
     assert record["reason"] == "stopped"
 
