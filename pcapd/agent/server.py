@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from functools import cached_property
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from pcapd.agent.capture import (
 from pcapd.agent.capture import (
     Link as TcpLink,
 )
-from pcapd.agent.netns import NamespaceError, resolve_container_netns
+from pcapd.agent.netns import NamespaceError, open_in_netns, resolve_container_netns
 from pcapd.agent.run import CaptureRun
 from pcapd.config import AgentConfig
 from pcapd.flow import DropGate
@@ -36,10 +37,13 @@ from pcapd.metrics import Metrics
 from pcapd.proto import (
     AgentTarget,
     Counters,
+    DeviceList,
     Error,
     Hello,
+    ListDevices,
     ResponderSession,
     Source,
+    SourceDevices,
     Start,
     Started,
     Status,
@@ -106,6 +110,8 @@ class Agent:
                 elif isinstance(msg, Start):
                     await self._capture(link, msg)
                     return
+                elif isinstance(msg, ListDevices):
+                    await link.send(await self._devices(msg))
                 elif isinstance(msg, Error):
                     return
         except LinkClosed as exc:
@@ -185,6 +191,10 @@ class Agent:
         if start.options.snaplen > limits.max_snaplen:
             raise Refusal("INVALID_REQUEST", f"snaplen {start.options.snaplen} is above this "
                           f"agent's maximum of {limits.max_snaplen} (limits.max_snaplen)")
+        return self._netns(target)
+
+    def _netns(self, target: AgentTarget) -> Path | None:
+        """The namespace file of ``target`` (None: the agent's own), or a Refusal."""
         if target.namespace == "host":
             return None
         netns_dir = self.config.containers.netns_dir
@@ -196,6 +206,22 @@ class Agent:
         except NamespaceError as exc:
             raise Refusal("INSTANCE_UNAVAILABLE", f"{self.config.id}: {exc}") from None
 
+
+    async def _devices(self, msg: ListDevices) -> DeviceList | Error:
+        """``tcpdump -D`` in the namespace the api names, checked as a capture there would be."""
+        target = msg.target
+        assert isinstance(target, AgentTarget)  # the session checks
+        try:
+            netns = self._netns(target)
+            await self._check_container(target)
+            names = await open_in_netns(netns, socket.if_nameindex)
+        except Refusal as refusal:
+            return Error(code=refusal.code, text=refusal.text, origin=self.config.id)
+        except (NamespaceError, OSError) as exc:
+            return Error(code="INSTANCE_UNAVAILABLE", text=f"{self.config.id}: {exc}",
+                         origin=self.config.id)
+        devices = [name for _, name in sorted(names)]
+        return DeviceList(sources=[SourceDevices(origin=target.source, devices=devices)])
 
     async def _check_container(self, target: AgentTarget) -> None:
         """With garden's container metadata store configured, the container must belong to the

@@ -105,12 +105,12 @@ class BoshResolver(UaaPlatform):
                               f"{', '.join(sorted(groups)) or 'none'}")
         chosen = [i for i in rows if i.get("job") in target.groups]
         if target.instances:
-            known = {str(i.get("id")) for i in chosen}
+            known = set().union(*(_instance_names(i) for i in chosen))
             for wanted in target.instances:
                 if wanted not in known:
                     raise Refusal("INVALID_REQUEST", f"no instance {wanted} in group(s) "
                                   f"{', '.join(target.groups)} of {target.deployment}")
-            chosen = [i for i in chosen if str(i.get("id")) in target.instances]
+            chosen = [i for i in chosen if _instance_names(i) & set(target.instances)]
         jobs: list[AgentJob] = []
         unavailable: list[Unavailable] = []
         names: list[tuple[str, str]] = []
@@ -126,3 +126,13 @@ class BoshResolver(UaaPlatform):
         groups_text = ",".join(target.groups)
         return Resolution(jobs, unavailable, names, identity,
                           target=f"bosh:{target.deployment}/{groups_text}")
+
+
+def _instance_names(instance: dict[str, Any]) -> set[str]:
+    """How a user may name an instance, as the bosh CLI takes it: ``ID``, ``GROUP/ID`` and
+    ``GROUP/INDEX``."""
+    group, uid, index = instance.get("job"), str(instance.get("id")), instance.get("index")
+    names = {uid, f"{group}/{uid}"}
+    if isinstance(index, int) and not isinstance(index, bool):
+        names.add(f"{group}/{index}")
+    return names

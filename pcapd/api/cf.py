@@ -9,6 +9,7 @@ namespace there, and ``instance_internal_ip`` goes into the Name Resolution Bloc
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -73,12 +74,14 @@ class CfResolver(UaaPlatform):
                           f"{target.process_type!r} (--process-type)")
         self._check(status, stats, name)
         resources = stats.get("resources") if isinstance(stats, dict) else None
-        return self._instances(target, guid, name, resources or [], identity)
+        resolution = self._instances(target, guid, name, resources or [], identity)
+        # users see their captures by org and space too (`pcapd captures list`)
+        return dataclasses.replace(resolution, target=f"cf:{_org_space(app)}{name}")
 
     async def _find_app(self, v3: str, target: CfTarget, token: str) -> dict[str, Any]:
         if _GUID.fullmatch(target.app):
-            status, app = await get_json(self.http, f"{v3}/apps/{target.app}", token=token,
-                                         what="Cloud Controller")
+            status, app = await get_json(self.http, f"{v3}/apps/{target.app}?{_INCLUDE}",
+                                         token=token, what="Cloud Controller")
             if status == 200 and isinstance(app, dict):
                 return app
             if status != 404:
@@ -90,7 +93,8 @@ class CfResolver(UaaPlatform):
             raise Refusal("INVALID_REQUEST", f"app {target.app} not found (name an app guid, "
                           "or target a space with `cf target -s SPACE`)")
         url = httpx.URL(f"{v3}/apps", params={"names": target.app,
-                                              "space_guids": target.space})
+                                              "space_guids": target.space,
+                                              "include": "space.organization"})
         status, found = await get_json(self.http, str(url), token=token,
                                        what="Cloud Controller")
         self._check(status, found, target.app)
@@ -99,7 +103,7 @@ class CfResolver(UaaPlatform):
         for app in resources if isinstance(resources, list) else []:
             if isinstance(app, dict) and app.get("name") == target.app \
                     and _space_guid(app) == target.space:
-                return app
+                return {**app, "included": found.get("included")}
         raise Refusal("INVALID_REQUEST", f"app {target.app} not found in the targeted space "
                       "(or you may not see it): check `cf apps`")
 
@@ -146,6 +150,22 @@ class CfResolver(UaaPlatform):
             if instance.get("instance_internal_ip"):
                 names.append((str(instance["instance_internal_ip"]), origin))
         return Resolution(jobs, unavailable, names, identity, target=f"cf:{name}")
+
+
+_INCLUDE = "include=space.organization"
+
+
+def _org_space(app: dict[str, Any]) -> str:
+    """``my-org/dev/`` from the ``included`` space and organization of an app answer; ``""``
+    when Cloud Controller did not include them."""
+    try:
+        included = app["included"]
+        space = next(s for s in included["spaces"] if s["guid"] == _space_guid(app))
+        org_guid = space["relationships"]["organization"]["data"]["guid"]
+        org = next(o for o in included["organizations"] if o["guid"] == org_guid)
+        return f"{org['name']}/{space['name']}/"
+    except (TypeError, KeyError, StopIteration):
+        return ""
 
 
 def _space_guid(app: dict[str, Any]) -> object:

@@ -24,10 +24,10 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from pcapd.agent.bpf import InvalidFilter, compile_filter
-from pcapd.api.agents import AgentJob
+from pcapd.api.agents import AgentJob, ask_agent_devices
 from pcapd.api.auth import authorization_from_headers
 from pcapd.api.bosh import BoshResolver
-from pcapd.api.capture import ApiCapture, CaptureFailed
+from pcapd.api.capture import START_TIMEOUT, ApiCapture, CaptureFailed
 from pcapd.api.cf import CfResolver
 from pcapd.api.resolve import Resolution, Resolver
 from pcapd.api.upload import UploadOutput, finish_upload, owner_key, stored_capture
@@ -36,20 +36,25 @@ from pcapd.errors import PcapdError
 from pcapd.flow import RateLimiter
 from pcapd.metrics import Metrics
 from pcapd.proto import (
+    MAX_LIST,
     AgentTarget,
     BoshTarget,
     CaptureList,
+    CaptureOptions,
     CfTarget,
     Data,
+    DeviceList,
     Download,
     End,
     Error,
     GetDownload,
     Hello,
     ListCaptures,
+    ListDevices,
     LocalTarget,
     Notice,
     ResponderSession,
+    SourceDevices,
     Start,
     Started,
     Statistics,
@@ -258,6 +263,9 @@ class Api:
                 elif isinstance(msg, ListCaptures | GetDownload):
                     if not await self._query(link, msg, authorization, headers):
                         return
+                elif isinstance(msg, ListDevices):
+                    if not await self._devices(link, msg, authorization):
+                        return
                 elif isinstance(msg, Start):
                     await self._capture(link, msg, authorization, headers)
                     return
@@ -291,6 +299,33 @@ class Api:
         except Refusal as refusal:
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return False
+
+    async def _devices(self, link: Link, msg: ListDevices, authorization: str | None) -> bool:
+        """``pcapd capture … -D``: each source's devices, from its agent. Resolved (so
+        authenticated and authorized) exactly as a capture of the same target; False when
+        refused (link ends)."""
+        try:
+            resolution = await self.resolver.resolve(
+                Start(target=msg.target, options=CaptureOptions(device="lo")),
+                _bearer(authorization))
+        except Refusal as refusal:
+            await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
+            return False
+        answers: list[SourceDevices] = []
+
+        async def ask(job: AgentJob) -> None:
+            answers.append(await ask_agent_devices(
+                job, ssl_context=self.agent_tls, server_name=self.config.agents.server_name,
+                within=START_TIMEOUT))
+
+        async with open_nursery() as nursery:
+            for job in resolution.jobs:
+                nursery.start_soon(ask, job)
+        order = [j.origin for j in resolution.jobs]
+        answers.sort(key=lambda a: order.index(a.origin))
+        answers += [SourceDevices(origin=u.origin, problem=u.text) for u in resolution.unavailable]
+        await link.send(DeviceList(sources=answers[:MAX_LIST]))
+        return True
 
     def _store(self) -> Store:
         if self.store is None:

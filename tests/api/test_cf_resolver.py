@@ -92,7 +92,7 @@ async def test_a_developer_gets_every_instance_of_the_app_by_name(
     assert result.jobs[0].target.namespace == instances[0].instance_guid
     assert result.unavailable == []
     assert result.names == [(i.instance_internal_ip, f"{app.name}/{i.index}") for i in instances]
-    assert result.target == f"cf:{app.name}"
+    assert result.target == f"cf:{cf.org.name}/{space.name}/{app.name}"  # as captures list shows
     assert result.identity is not None
     assert (result.identity.user_name, result.identity.user_id) == ("alice", ALICE.user_id)
     # every Cloud Controller call about the app carried the user's own token
@@ -106,7 +106,7 @@ async def test_an_app_guid_needs_no_space(cf: Cf, http: httpx.AsyncClient) -> No
     instances = app.processes["web"].instances
     result = await resolve(resolver(cf.cc.url, http), start(app.guid), cf.uaa.issue(ALICE))
     assert result.jobs == [job(app.name, app.guid, i) for i in instances]
-    assert result.target == f"cf:{app.name}"  # named as users know it, not by guid
+    assert result.target == f"cf:{cf.org.name}/{space.name}/{app.name}"  # not by guid
 
 
 async def test_only_the_requested_instances(cf: Cf, http: httpx.AsyncClient) -> None:
