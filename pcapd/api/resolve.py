@@ -42,6 +42,8 @@ class Resolution:
     identity: Identity | None = None
     target: str = ""
     """How the audit log and the stored object name the target, e.g. ``cf:my-app``."""
+    audit: dict[str, str] = field(default_factory=dict)
+    """More about the target for the audit line (CF: org, space, app guid, process type)."""
 
 
 class Resolver(Protocol):

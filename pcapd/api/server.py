@@ -330,11 +330,13 @@ class Api:
         self.captures[capture_id] = capture
         who = resolution.identity
         user = f"{who.user_name} ({who.user_id})" if who is not None else "local user"
-        log.info("capture %s started by %s: %s, filter %r", capture_id, user, resolution.target,
-                 start.options.filter, extra={
+        where = "".join(f", {key.replace('_', ' ')} {value}"
+                        for key, value in resolution.audit.items())
+        log.info("capture %s started by %s: %s%s, filter %r", capture_id, user,
+                 resolution.target, where, start.options.filter, extra={
                      "event": "capture_started", "capture_id": capture_id, "user": user,
                      "target": resolution.target, "filter": start.options.filter,
-                     "sources": [j.origin for j in resolution.jobs]})
+                     "sources": [j.origin for j in resolution.jobs], **resolution.audit})
         end: End | None = None
         try:
             async with open_nursery() as nursery:
@@ -375,6 +377,7 @@ class Api:
                      totals.packets, totals.written, extra={
                          "event": "capture_ended", "capture_id": capture_id, "user": user,
                          "target": resolution.target, "filter": start.options.filter,
+                         **resolution.audit,
                          "reason": reason, "packets": totals.packets, "bytes": totals.bytes,
                          "written": totals.written,
                          "dropped": (totals.agent_dropped + totals.api_dropped

@@ -33,6 +33,7 @@ import trio
 
 from pcapd.config.model import Secret
 from pcapd.store import signing
+from pcapd.urls import join
 from pcapd.store.base import (
     CAPTURE_ID,
     PREFIX,
@@ -199,7 +200,8 @@ class LocalStore:
         check_info(info)
         expires = link_expiry(info, now, self.url_expiry)
         token = signing.sign(self._key(), info.capture_id, info.user_id, expires)
-        url = f"{base_url.rstrip('/')}/downloads/{info.capture_id}?expires={expires}&token={token}"
+        page = join(base_url, "downloads", (info.capture_id, "capture id"))
+        url = f"{page}?expires={expires}&token={token}"
         return url, float(expires)
 
     async def open_download(

@@ -476,7 +476,7 @@ async def test_a_cloud_controller_error_is_not_the_users_fault(
         cf: Cf, http: httpx.AsyncClient) -> None:
     space = dev_space(cf)
     app = cf.cc.add_app(space, unique("app"))
-    cf.cc.inject(f"/v3/apps/{app.guid}/processes/web/stats", json_response(500, {"errors": [
+    cf.cc.inject(f"/v3/processes/{app.guid}/stats", json_response(500, {"errors": [
         {"code": 10001, "title": "UnknownError", "detail": "An unknown error occurred."}]}))
     refusal = await refused(resolver(cf.cc.url, http), start(app.name, space),
                             cf.uaa.issue(ALICE))

@@ -1,0 +1,124 @@
+"""Issue 12's authorization holes, each attack replayed against a real ``pcapd api`` process,
+the fake UAA / Cloud Controller / director on loopback and real agents in network namespaces.
+
+The cells' agents run *without* ``containers.metadata_store`` here: the attack of hole 2 was
+seen through exactly such an agent, so the api's own checks must stop it alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from fakes import ALICE
+from fakes.cloud_controller import App
+from platform_landscape import Landscape
+
+from pcapd.proto import (
+    CaptureOptions,
+    CfTarget,
+    End,
+    Error,
+    InitiatorSession,
+    Message,
+    Start,
+    Started,
+    Stop,
+    Welcome,
+)
+from pcapd.transport.ws import Link, open_websocket
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture(scope="module")
+def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
+    with Landscape(tmp_path_factory.mktemp("authz"), cells=1, vms=1,
+                   metadata_store=False) as built:
+        built.app_a = built.deploy_app("app-a", instances=1)  # type: ignore[attr-defined]
+        built.app_b = built.deploy_app(  # type: ignore[attr-defined]
+            "app-b", instances=1, space=built.other_space)
+        # alice develops app-a; in app-b's space she is only an auditor: she may see app-b
+        # exists, never its traffic
+        built.cc.grant(ALICE, "developer", built.space)
+        built.cc.grant(ALICE, "auditor", built.other_space)
+        yield built
+
+
+def apps(landscape: Landscape) -> tuple[App, App]:
+    return landscape.app_a, landscape.app_b  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def api_link(landscape: Landscape, token: str | None) -> AsyncIterator[Link]:
+    headers = [(b"authorization", f"bearer {token}".encode())] if token else None
+    async with open_websocket("127.0.0.1", landscape.api_port, ssl_context=None,
+                              extra_headers=headers) as ws:
+        link = Link(ws, InitiatorSession("client"), "api")
+        await link.send(link.session.make_hello())  # type: ignore[union-attr]
+        assert isinstance(await link.receive(), Welcome)
+        yield link
+
+
+async def first_answer(landscape: Landscape, token: str, start: Start) -> Message:
+    """The api's first answer to ``start``; a capture that started is stopped again."""
+    with trio.fail_after(40):
+        async with api_link(landscape, token) as link:
+            await link.send(start)
+            answer = await link.receive()
+            if isinstance(answer, Started):
+                await link.send(Stop())
+                while not isinstance(await link.receive(), End | Error):
+                    pass
+            return answer
+
+
+def cf_start(app: str, process_type: str = "web") -> Start:
+    return Start(target=CfTarget(app=app, process_type=process_type),
+                 options=CaptureOptions(device="lo"))
+
+
+def api_events(landscape: Landscape, event: str) -> list[dict[str, object]]:
+    found = []
+    for line in landscape.api.lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == event:
+            found.append(entry)
+    return found
+
+
+# --- hole 2: another app's instances through process_type --------------------------------
+
+
+@pytest.mark.parametrize("shape", ["../../{b}/processes/web", "..%2F..%2F{b}%2Fprocesses%2Fweb",
+                                   "./../../{b}/processes/web"])
+async def test_process_type_cannot_reach_another_app(landscape: Landscape, shape: str) -> None:
+    app_a, app_b = apps(landscape)
+    token = landscape.uaa.issue(ALICE)
+    answer = await first_answer(landscape, token, cf_start(app_a.guid, shape.format(b=app_b.guid)))
+    assert isinstance(answer, Error), f"the api started a capture: {answer}"
+    assert answer.code == "INVALID_REQUEST" and "app-a has no process of type" in answer.text
+    assert app_b.guid not in json.dumps([e for e in api_events(landscape, "capture_started")])
+
+
+async def test_the_audit_line_names_org_space_app_guid_and_process_type(
+        landscape: Landscape) -> None:
+    app_a, _ = apps(landscape)
+    answer = await first_answer(landscape, landscape.uaa.issue(ALICE), cf_start(app_a.guid))
+    assert isinstance(answer, Started)
+    with trio.fail_after(10):
+        while not [e for e in api_events(landscape, "capture_ended")
+                   if e["capture_id"] == answer.capture_id]:
+            await trio.sleep(0.05)  # the api writes its line after the link closed
+    for event in ("capture_started", "capture_ended"):
+        entry, = [e for e in api_events(landscape, event) if e["capture_id"] == answer.capture_id]
+        assert entry["org"] == f"org ({landscape.org.guid})"
+        assert entry["space"] == f"dev ({landscape.space.guid})"
+        assert entry["app_guid"] == app_a.guid and entry["process_type"] == "web"
+        assert f"app guid {app_a.guid}" in str(entry["message"]) or event == "capture_ended"
