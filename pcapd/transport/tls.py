@@ -2,7 +2,10 @@
 
 Agents only talk to clients holding a certificate from their configured CA (mutual TLS), and
 the api only trusts agents whose certificate chains to ``agents.tls.ca`` *and* names
-``agents.server_name``. TLS 1.2 is the floor: older versions are refused in both directions.
+``agents.server_name``. TLS 1.2 is the floor: older versions are refused in both directions, and TLS 1.2 offers only
+AEAD suites with forward secrecy (ECDHE with AES-GCM or ChaCha20-Poly1305): the CBC suites
+OpenSSL still enables by default (Lucky13-style padding oracles, no forward secrecy for the
+``RSA`` key exchange) are never negotiated. TLS 1.3 suites are all AEAD already.
 Files are read here, once, at start-up; a failure names the file and the config key it came from.
 """
 
@@ -14,8 +17,17 @@ from pathlib import Path
 from pcapd.errors import PcapdError
 
 
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+"""OpenSSL's cipher string for TLS 1.2: AEAD suites with an ephemeral key exchange only."""
+
+
 class TlsSetupError(PcapdError):
     """A certificate, key or CA file could not be loaded."""
+
+
+def _harden(ctx: ssl.SSLContext) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
 
 
 def _load_chain(ctx: ssl.SSLContext, certificate: Path | str, private_key: Path | str,
@@ -42,7 +54,7 @@ def server_context(certificate: Path | str, private_key: Path | str, *,
                    client_ca: Path | str | None = None, what: str = "tls") -> ssl.SSLContext:
     """A server context; with ``client_ca`` it requires a client certificate from that CA."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _harden(ctx)
     _load_chain(ctx, certificate, private_key, what)
     if client_ca is not None:
         _load_ca(ctx, client_ca, f"{what}.client_ca")
@@ -60,7 +72,7 @@ def client_context(*, ca: Path | str | None = None, certificate: Path | str | No
     ``certificate`` the context presents it (the api's client certificate toward agents).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name by default
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _harden(ctx)
     if ca is None:
         ctx.load_default_certs()
     else:
