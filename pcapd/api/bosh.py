@@ -18,7 +18,7 @@ from pcapd.api.resolve import Resolution, UaaPlatform, Unavailable, get_json
 from pcapd.authz import bosh_may_capture
 from pcapd.config import BoshConfig
 from pcapd.proto import AgentTarget, BoshTarget, Start
-from pcapd.tokens import Identity
+from pcapd.tokens import Acceptance, Identity
 from pcapd.transport.service import Refusal
 from pcapd.urls import InvalidSegment, join
 
@@ -29,7 +29,10 @@ class BoshResolver(UaaPlatform):
     login = "bosh log-in"
 
     def __init__(self, config: BoshConfig, http: httpx.AsyncClient, agents_port: int) -> None:
-        super().__init__(http)
+        rule = config.tokens
+        super().__init__(http, Acceptance(
+            platform="BOSH", login=self.login, audiences=frozenset(rule.audiences),
+            scopes=rule.scopes, clients=frozenset(rule.clients)))
         self.config = config
         self.agents_port = agents_port
         self.director = config.director.rstrip("/")

@@ -20,7 +20,7 @@ import trio
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import TokenVerifier
 from pcapd.proto import Code, Start
-from pcapd.tokens import Identity, Unauthenticated
+from pcapd.tokens import Acceptance, Identity, Unauthenticated
 from pcapd.transport.service import Refusal
 
 
@@ -70,8 +70,10 @@ class UaaPlatform:
     login: str = "log in"
     """The command that gets a user a token, for messages (``cf login``)."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, accept: Acceptance) -> None:
         self.http = http
+        self.accept = accept
+        """The one acceptance rule for this platform's tokens, on every request."""
         self._found: tuple[str, TokenVerifier] | None = None
         self._finding = trio.Lock()
 
@@ -82,7 +84,8 @@ class UaaPlatform:
         async with self._finding:
             if self._found is None:
                 value, uaa = await self._find_uaa()
-                self._found = value, TokenVerifier(uaa_url=uaa, http=self.http)
+                self._found = value, TokenVerifier(uaa_url=uaa, http=self.http,
+                                                   accept=self.accept)
             return self._found
 
     async def verify(self, start: Start, token: str) -> Identity:

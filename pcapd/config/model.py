@@ -251,6 +251,38 @@ class AgentsConfig(_Section, frozen=True):
             yield "server_name", f"expected a DNS name, got {self.server_name!r}"
 
 
+class CfTokensConfig(_Section, frozen=True):
+    """Which UAA access tokens the api accepts for Cloud Foundry, on every request (captures,
+    renewals, stored captures): the ``cf`` CLI's by default. A token must name one of
+    ``audiences`` in its ``aud``, carry one of ``scopes`` and, when ``clients`` is set, come
+    from one of those OAuth clients. Id tokens are always refused."""
+
+    audiences: tuple[NonEmpty, ...] = ("cloud_controller",)  # one must be in the token's aud
+    # one of the token's scopes must match one of these (* matches within a scope)
+    scopes: tuple[NonEmpty, ...] = ("cloud_controller.read", "cloud_controller.admin",
+                                    "cloud_controller.admin_read_only",
+                                    "cloud_controller.global_auditor")
+    # OAuth client ids whose tokens are accepted, e.g. [cf]; empty: any client whose token
+    # has the audience and a scope above
+    clients: tuple[NonEmpty, ...] = ()
+
+
+class BoshTokensConfig(_Section, frozen=True):
+    """Which UAA access tokens the api accepts for BOSH, on every request (captures, renewals,
+    stored captures): the ``bosh`` CLI's by default (and client-credentials logins with BOSH
+    scopes). A token must name one of ``audiences`` in its ``aud``, carry one of ``scopes``
+    and, when ``clients`` is set, come from one of those OAuth clients. Id tokens are always
+    refused."""
+
+    audiences: tuple[NonEmpty, ...] = ("bosh",)  # one must be in the token's aud
+    # one of the token's scopes must match one of these (* matches within a scope)
+    scopes: tuple[NonEmpty, ...] = ("bosh.admin", "bosh.read", "bosh.*.admin", "bosh.*.read",
+                                    "bosh.teams.*.admin", "bosh.teams.*.read")
+    # OAuth client ids whose tokens are accepted, e.g. [bosh_cli, ci]; empty: any client
+    # whose token has the audience and a scope above
+    clients: tuple[NonEmpty, ...] = ()
+
+
 class CfConfig(_Section, frozen=True):
     """Cloud Foundry: the Cloud Controller that finds apps' instances and says who may see them."""
 
@@ -258,6 +290,7 @@ class CfConfig(_Section, frozen=True):
     ca: FilePath | None = None  # CA (PEM) of Cloud Controller and UAA; not set: the system's
     # also require `cf ssh` to be allowed for the app (global, space and app flags)
     require_ssh_enabled: bool = False
+    tokens: CfTokensConfig = msgspec.field(default_factory=CfTokensConfig)
 
     def _rules(self) -> Iterator[Rule]:
         yield from _url_rule("api", self.api, "https://api.sys.example.com")
@@ -268,6 +301,7 @@ class BoshConfig(_Section, frozen=True):
 
     director: Url  # UAA is found from the director's /info
     ca: FilePath | None = None  # CA (PEM) of the director and its UAA; not set: the system's
+    tokens: BoshTokensConfig = msgspec.field(default_factory=BoshTokensConfig)
 
     def _rules(self) -> Iterator[Rule]:
         yield from _url_rule("director", self.director, "https://10.0.0.6:25555")

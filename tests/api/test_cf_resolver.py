@@ -294,20 +294,21 @@ async def test_a_global_auditor_may_not_capture(cf: Cf, http: httpx.AsyncClient)
 
 async def test_a_token_cloud_controller_does_not_accept(
         cf: Cf, http: httpx.AsyncClient) -> None:
-    """Signed by the platform's UAA, but not for Cloud Controller (a bosh_cli token)."""
+    """Signed by the platform's UAA, but not for Cloud Controller (a bosh_cli token): the api's
+    acceptance rule refuses it before Cloud Controller is asked (issue 12, hole 3)."""
     space = dev_space(cf)
     app = cf.cc.add_app(space, unique("app"))
     cf_resolver = resolver(cf.cc.url, http)
     bosh = cf.uaa.issue(ALICE, client_id="bosh_cli", scopes=["openid", "bosh.admin"])
     refusal = await refused(cf_resolver, start(app.name, space), bosh)
     assert refusal.code == "UNAUTHENTICATED"
-    assert refusal.text == ("Cloud Controller refused the token (CF-InvalidAuthToken: Invalid "
-                            "Auth Token): log in again with `cf login`")
+    assert refusal.text == ("the token was issued for openid, bosh, bosh_cli, not for Cloud "
+                            "Foundry (cloud_controller): log in with `cf login` and try again")
     write_only = cf.uaa.issue(ALICE, scopes=["openid", "cloud_controller.write"])
     refusal = await refused(cf_resolver, start(app.name, space), write_only)
-    assert refusal.code == "PERMISSION_DENIED"
-    assert refusal.text == ("Cloud Controller: CF-NotAuthorized: You are not authorized to "
-                            "perform the requested action")
+    assert refusal.code == "UNAUTHENTICATED"
+    assert refusal.text.startswith("the token carries none of the scopes Cloud Foundry needs "
+                                   "here (cloud_controller.read, ")
 
 
 # --- cf.require_ssh_enabled -----------------------------------------------------------------

@@ -13,16 +13,19 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
-from fakes import ALICE
+from fakes import ALICE, FakeUAA
 from fakes.cloud_controller import App
 from platform_landscape import Landscape
 
 from pcapd.proto import (
+    CaptureList,
     CaptureOptions,
     CfTarget,
     End,
     Error,
+    GetDownload,
     InitiatorSession,
+    ListCaptures,
     Message,
     Start,
     Started,
@@ -122,3 +125,63 @@ async def test_the_audit_line_names_org_space_app_guid_and_process_type(
         assert entry["space"] == f"dev ({landscape.space.guid})"
         assert entry["app_guid"] == app_a.guid and entry["process_type"] == "web"
         assert f"app guid {app_a.guid}" in str(entry["message"]) or event == "capture_ended"
+
+
+# --- hole 3: stored captures with a token UAA signed for something else ------------------
+
+
+async def store_a_capture(landscape: Landscape, token: str) -> str:
+    """A capture of app-a uploaded to the store (stopped at once); its stored id."""
+    app_a, _ = apps(landscape)
+    start = Start(target=CfTarget(app=app_a.guid), options=CaptureOptions(device="lo"),
+                  upload=True)
+    with trio.fail_after(40):
+        async with api_link(landscape, token) as link:
+            await link.send(start)
+            assert isinstance(await link.receive(), Started)
+            await link.send(Stop())
+            while not isinstance(end := await link.receive(), End):
+                pass
+    assert end.stored is not None
+    return end.stored.capture.capture_id
+
+
+async def ask_store(landscape: Landscape, token: str, question: ListCaptures | GetDownload
+                    ) -> Message:
+    with trio.fail_after(30):
+        async with api_link(landscape, token) as link:
+            await link.send(question)
+            return await link.receive()
+
+
+def foreign_tokens(uaa: FakeUAA) -> dict[str, str]:
+    """Tokens UAA really signs for alice that are not a cf/bosh CLI access token."""
+    return {
+        "another client": uaa.issue(ALICE, client_id="some-dashboard", scopes=["openid"]),
+        "an id token": uaa.issue(ALICE, scopes=["openid"], extra={
+            "aud": ["cf"], "nonce": "n-0S6_WzA2Mj", "amr": ["pwd"]}),
+        "id-token claims on an access token": uaa.issue(ALICE, extra={
+            "at_hash": "77QmUPtjPfzWtF2AnpK9RQ"}),
+    }
+
+
+@pytest.mark.parametrize("kind", ["another client", "an id token",
+                                  "id-token claims on an access token"])
+async def test_stored_captures_want_a_cli_access_token(landscape: Landscape, kind: str) -> None:
+    capture_id = await store_a_capture(landscape, landscape.uaa.issue(ALICE))
+    token = foreign_tokens(landscape.uaa)[kind]
+    for question in (ListCaptures(), GetDownload(capture_id=capture_id)):
+        answer = await ask_store(landscape, token, question)
+        assert isinstance(answer, Error), f"{kind}: {type(question).__name__} got {answer}"
+        assert answer.code == "UNAUTHENTICATED" and "cf login" in answer.text, answer.text
+    # the CLI's own token still works
+    listed = await ask_store(landscape, landscape.uaa.issue(ALICE), ListCaptures())
+    assert isinstance(listed, CaptureList)
+    assert capture_id in [c.capture_id for c in listed.captures]
+
+
+async def test_a_capture_wants_a_cli_access_token(landscape: Landscape) -> None:
+    app_a, _ = apps(landscape)
+    for kind, token in foreign_tokens(landscape.uaa).items():
+        answer = await first_answer(landscape, token, cf_start(app_a.guid))
+        assert isinstance(answer, Error) and answer.code == "UNAUTHENTICATED", (kind, answer)
