@@ -102,8 +102,9 @@ class TokenVerifier:
         self._verified = 0
 
     async def verify(self, token: str) -> Identity:
-        """The identity ``token`` speaks for (and, with ``accept``, a token that platform's
-        rule accepts); :class:`~pcapd.tokens.Unauthenticated` with the reason, or :class:`IdentityProviderUnavailable` if the keys cannot be had."""
+        """The identity ``token`` speaks for (with ``accept``: only a token that rule accepts);
+        :class:`~pcapd.tokens.Unauthenticated` with the reason, or
+        :class:`IdentityProviderUnavailable` if the keys cannot be had."""
         kid: str = unverified_header(token)["kid"]  # alg and kid checked before any I/O
         if kid not in self._keys or self._stale():
             await self._refresh(kid)

@@ -107,8 +107,8 @@ class CfResolver(UaaPlatform):
 
     async def _find_app(self, v3: str, target: CfTarget, token: str) -> dict[str, Any]:
         if _GUID.fullmatch(target.app):
-            url = join(v3, "apps", (target.app, "the app guid")) + f"?include={_INCLUDED}"
-            status, app = await get_json(self.http, url, token=token, what="Cloud Controller")
+            one = join(v3, "apps", (target.app, "the app guid")) + f"?include={_INCLUDED}"
+            status, app = await get_json(self.http, one, token=token, what="Cloud Controller")
             if status == 200 and isinstance(app, dict):
                 return app
             if status != 404:

@@ -33,7 +33,6 @@ import trio
 
 from pcapd.config.model import Secret
 from pcapd.store import signing
-from pcapd.urls import join
 from pcapd.store.base import (
     CAPTURE_ID,
     PREFIX,
@@ -49,6 +48,7 @@ from pcapd.store.base import (
     link_expiry,
     newest_first,
 )
+from pcapd.urls import join
 
 log = logging.getLogger("pcapd.store")
 

@@ -2,10 +2,11 @@
 
 Agents only talk to clients holding a certificate from their configured CA (mutual TLS), and
 the api only trusts agents whose certificate chains to ``agents.tls.ca`` *and* names
-``agents.server_name``. TLS 1.2 is the floor: older versions are refused in both directions, and TLS 1.2 offers only
-AEAD suites with forward secrecy (ECDHE with AES-GCM or ChaCha20-Poly1305): the CBC suites
-OpenSSL still enables by default (Lucky13-style padding oracles, no forward secrecy for the
-``RSA`` key exchange) are never negotiated. TLS 1.3 suites are all AEAD already.
+``agents.server_name``. TLS 1.2 is the floor: older versions are refused in both directions,
+and TLS 1.2 offers only AEAD suites with forward secrecy (ECDHE with AES-GCM or
+ChaCha20-Poly1305): the CBC suites OpenSSL still enables by default (Lucky13-style padding
+oracles, no forward secrecy with the ``RSA`` key exchange) are never negotiated. TLS 1.3
+suites are all AEAD already.
 Files are read here, once, at start-up; a failure names the file and the config key it came from.
 """
 
@@ -15,7 +16,6 @@ import ssl
 from pathlib import Path
 
 from pcapd.errors import PcapdError
-
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 """OpenSSL's cipher string for TLS 1.2: AEAD suites with an ephemeral key exchange only."""

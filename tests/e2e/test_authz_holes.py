@@ -118,7 +118,9 @@ async def test_the_audit_line_names_org_space_app_guid_and_process_type(
     with trio.fail_after(10):
         while not [e for e in api_events(landscape, "capture_ended")
                    if e["capture_id"] == answer.capture_id]:
-            await trio.sleep(0.05)  # the api writes its line after the link closed
+            # the api writes its line after the link closed, to a pipe a thread reads: no
+            # event to wait for across the process boundary
+            await trio.sleep(0.05)  # noqa: ASYNC110
     for event in ("capture_started", "capture_ended"):
         entry, = [e for e in api_events(landscape, event) if e["capture_id"] == answer.capture_id]
         assert entry["org"] == f"org ({landscape.org.guid})"

@@ -4,7 +4,6 @@ refused, in both directions, by the contexts every pcapd link is built with."""
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 
 import pytest
 
