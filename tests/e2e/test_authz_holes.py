@@ -116,11 +116,11 @@ async def test_the_audit_line_names_org_space_app_guid_and_process_type(
     answer = await first_answer(landscape, landscape.uaa.issue(ALICE), cf_start(app_a.guid))
     assert isinstance(answer, Started)
     with trio.fail_after(10):
-        while not [e for e in api_events(landscape, "capture_ended")
+        while not [e for e in api_events(landscape, "capture_ended")  # noqa: ASYNC110
                    if e["capture_id"] == answer.capture_id]:
             # the api writes its line after the link closed, to a pipe a thread reads: no
             # event to wait for across the process boundary
-            await trio.sleep(0.05)  # noqa: ASYNC110
+            await trio.sleep(0.05)
     for event in ("capture_started", "capture_ended"):
         entry, = [e for e in api_events(landscape, event) if e["capture_id"] == answer.capture_id]
         assert entry["org"] == f"org ({landscape.org.guid})"
