@@ -30,7 +30,14 @@ from pcapd.api.bosh import BoshResolver
 from pcapd.api.capture import ApiCapture, CaptureFailed
 from pcapd.api.cf import CfResolver
 from pcapd.api.resolve import Resolution, Resolver
-from pcapd.api.upload import UploadOutput, finish_upload, owner_key, stored_capture
+from pcapd.api.upload import (
+    UploadOutput,
+    finish_upload,
+    owned_capture,
+    owned_captures,
+    owner_key,
+    stored_capture,
+)
 from pcapd.config import ApiConfig
 from pcapd.errors import PcapdError
 from pcapd.flow import RateLimiter
@@ -272,13 +279,12 @@ class Api:
         try:
             store = self._store()
             identity = await self.resolver.identify(_bearer(authorization))
-            owner = owner_key(identity)
             if isinstance(msg, ListCaptures):
-                found = await store.list(owner)
+                found = await owned_captures(store, identity)
                 await link.send(CaptureList(captures=[stored_capture(i) for i in found][:1024]))
                 return True
             try:
-                info = await store.get(owner, msg.capture_id)
+                info = await owned_capture(store, identity, msg.capture_id)
             except InvalidId:
                 info = None
             if info is None:  # missing and someone else's look the same: no probing

@@ -187,3 +187,20 @@ async def test_a_capture_wants_a_cli_access_token(landscape: Landscape) -> None:
     for kind, token in foreign_tokens(landscape.uaa).items():
         answer = await first_answer(landscape, token, cf_start(app_a.guid))
         assert isinstance(answer, Error) and answer.code == "UNAUTHENTICATED", (kind, answer)
+
+
+# --- hole 8: a client whose id is a user's id ----------------------------------------------
+
+
+async def test_a_client_named_like_a_user_sees_none_of_their_captures(
+        landscape: Landscape) -> None:
+    capture_id = await store_a_capture(landscape, landscape.uaa.issue(ALICE))
+    # client credentials of a client registered with alice's user id as its client id, with
+    # the authorities a capture client has: a token the acceptance rule lets through
+    impostor = landscape.uaa.issue(None, client_id=ALICE.user_id,
+                                   scopes=["cloud_controller.read"])
+    listed = await ask_store(landscape, impostor, ListCaptures())
+    assert isinstance(listed, CaptureList) and listed.captures == []
+    answer = await ask_store(landscape, impostor, GetDownload(capture_id=capture_id))
+    assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST"
+    assert f"no capture {capture_id} of yours" in answer.text
