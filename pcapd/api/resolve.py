@@ -89,7 +89,15 @@ class UaaPlatform:
             return self._found
 
     async def verify(self, start: Start, token: str) -> Identity:
-        return await self.identify(token)
+        """A renewed token is authorized again for the same target, exactly as at the start
+        (the platform asked with the new token, pcapd's rule applied): a token may be renewed
+        with less than it had — a BOSH team scope removed, a space role revoked."""
+        resolution = await self.resolve(start, token)
+        assert resolution.identity is not None
+        return resolution.identity
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
+        raise NotImplementedError
 
     async def identify(self, token: str | None) -> Identity:
         """The token's user, verified against this platform's UAA."""

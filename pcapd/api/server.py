@@ -47,6 +47,7 @@ from pcapd.proto import (
     BoshTarget,
     CaptureList,
     CfTarget,
+    Code,
     Data,
     Download,
     End,
@@ -428,20 +429,40 @@ class Api:
             raise Refusal("START_CAPTURE_FAILED", f"cannot store the capture: {exc}") from None
 
     async def _renew(self, link: Link, capture: ApiCapture, start: Start, token: str) -> None:
-        """A refreshed token: same rules, same user; the capture may then run past the old
-        token's expiry."""
+        """A refreshed token: authorized again for the same target, for the same user; the
+        capture may then run past the old token's expiry. A refusal ends the capture (the
+        user may no longer capture this); only a platform that cannot be reached leaves it
+        running on the old token, which ends it when it expires."""
         try:
             identity = await self.resolver.verify(start, token)
         except Refusal as refusal:
-            await link.send(Notice(code="UNAUTHENTICATED", text=f"the refreshed token was "
-                                   f"refused: {refusal.text}", origin=self.config.id))
+            if refusal.code == "START_CAPTURE_FAILED":
+                await link.send(Notice(code="CONNECTION_ERROR", text="the refreshed token "
+                                       f"could not be checked: {refusal.text}; the capture "
+                                       "goes on until the current token expires",
+                                       origin=self.config.id))
+                return
+            await self._end_on_renewal(link, capture, refusal.code,
+                                       f"the refreshed token was refused: {refusal.text}")
             return
         current = capture.identity
-        if current is not None and identity.user_id != current.user_id:
-            await link.send(Notice(code="PERMISSION_DENIED", text="the refreshed token belongs "
-                                   "to another user: ignored", origin=self.config.id))
+        if current is not None and (identity.user_id, identity.is_client) != \
+                (current.user_id, current.is_client):
+            await self._end_on_renewal(link, capture, "PERMISSION_DENIED",
+                                       "the refreshed token belongs to someone else")
             return
         capture.renew(identity)
+
+    async def _end_on_renewal(self, link: Link, capture: ApiCapture, code: Code,
+                              text: str) -> None:
+        text = f"{text}: the capture ends here"
+        log.info("capture %s: %s", capture.capture_id, text,
+                 extra={"event": "renewal_refused", "capture_id": capture.capture_id,
+                        "code": code})
+        try:
+            await link.send(Notice(code=code, text=text, origin=self.config.id))
+        finally:
+            capture.request_stop("limit", text, "token")
 
     def _check_user_limits(self, resolution: Resolution) -> None:
         """``limits.concurrent_captures_per_user`` and ``limits.requests_per_minute``."""

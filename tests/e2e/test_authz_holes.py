@@ -8,16 +8,18 @@ seen through exactly such an agent, so the api's own checks must stop it alone.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
-from fakes import ALICE, FakeUAA
+from fakes import ALICE, BOB, FakeUAA
 from fakes.cloud_controller import App
+from fakes.uaa import make_user
 from platform_landscape import Landscape
 
 from pcapd.proto import (
+    BoshTarget,
     CaptureList,
     CaptureOptions,
     CfTarget,
@@ -27,9 +29,11 @@ from pcapd.proto import (
     InitiatorSession,
     ListCaptures,
     Message,
+    Notice,
     Start,
     Started,
     Stop,
+    Token,
     Welcome,
 )
 from pcapd.transport.ws import Link, open_websocket
@@ -48,6 +52,7 @@ def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
         # exists, never its traffic
         built.cc.grant(ALICE, "developer", built.space)
         built.cc.grant(ALICE, "auditor", built.other_space)
+        built.deploy_vms("dep", "router", teams=["team-a"])
         yield built
 
 
@@ -204,3 +209,73 @@ async def test_a_client_named_like_a_user_sees_none_of_their_captures(
     answer = await ask_store(landscape, impostor, GetDownload(capture_id=capture_id))
     assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST"
     assert f"no capture {capture_id} of yours" in answer.text
+
+
+# --- hole 6: a renewed token is authorized again ---------------------------------------------
+
+
+async def renew_during_capture(landscape: Landscape, start: Start, token: str,
+                               renewal: Callable[[], str]) -> list[Message]:
+    """Start a capture, send ``renewal()`` once it runs; every message until the end (or a
+    stop of ours after 15 s: the renewal was accepted and the capture went on)."""
+    seen: list[Message] = []
+    with trio.fail_after(60):
+        async with api_link(landscape, token) as link:
+            await link.send(start)
+            seen.append(await link.receive())
+            assert isinstance(seen[0], Started), seen[0]
+            await link.send(Token(token=renewal()))
+            with trio.move_on_after(15):
+                while not isinstance(seen[-1], End | Error):
+                    seen.append(await link.receive())
+            if not isinstance(seen[-1], End | Error):
+                await link.send(Stop())
+                while not isinstance(seen[-1], End | Error):
+                    seen.append(await link.receive())
+    return seen
+
+
+def ended_by_refusal(seen: list[Message], code: str, words: str) -> None:
+    notices = [m for m in seen if isinstance(m, Notice) and m.code == code]
+    assert notices and words in notices[0].text and "the capture ends here" in notices[0].text, \
+        seen
+    end = seen[-1]
+    assert isinstance(end, End) and end.reason == "limit" and end.limit == "token", end
+    assert "refreshed token was refused" in end.text
+
+
+async def test_a_bosh_renewal_without_the_team_scope_ends_the_capture(
+        landscape: Landscape) -> None:
+    start = Start(target=BoshTarget(deployment="dep", groups=["router"]),
+                  options=CaptureOptions(device="eth0"))
+    scopes = ["openid", "bosh.teams.team-a.admin"]
+    token = landscape.uaa.issue(BOB, client_id="bosh_cli", scopes=scopes)
+    seen = await renew_during_capture(landscape, start, token, lambda: landscape.uaa.issue(
+        BOB, client_id="bosh_cli", scopes=["openid", "bosh.teams.team-a.read"]))
+    ended_by_refusal(seen, "PERMISSION_DENIED", "you may not capture deployment dep")
+
+
+async def test_a_cf_renewal_after_the_role_was_revoked_ends_the_capture(
+        landscape: Landscape) -> None:
+    app_a, _ = apps(landscape)
+    carol = make_user("carol-dev")
+    landscape.cc.grant(carol, "developer", landscape.space)
+
+    def revoke_then_renew() -> str:
+        landscape.cc.revoke(carol, "developer", landscape.space)
+        landscape.cc.grant(carol, "auditor", landscape.space)
+        return landscape.uaa.issue(carol)
+
+    seen = await renew_during_capture(landscape, cf_start(app_a.guid),
+                                      landscape.uaa.issue(carol), revoke_then_renew)
+    ended_by_refusal(seen, "PERMISSION_DENIED", "sensitive data")
+
+
+async def test_an_acceptable_renewal_keeps_the_capture_going(landscape: Landscape) -> None:
+    app_a, _ = apps(landscape)
+    seen = await renew_during_capture(landscape, cf_start(app_a.guid),
+                                      landscape.uaa.issue(ALICE),
+                                      lambda: landscape.uaa.issue(ALICE))
+    assert not [m for m in seen if isinstance(m, Notice)], seen
+    end = seen[-1]
+    assert isinstance(end, End) and end.reason == "stopped"  # our stop after 15 s
