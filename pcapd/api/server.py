@@ -291,7 +291,7 @@ class Api:
             if info is None:  # missing and someone else's look the same: no probing
                 raise Refusal("INVALID_REQUEST", f"no capture {msg.capture_id} of yours "
                               "(`pcapd captures list` shows yours)")
-            url, expires = await store.download_url(info, self._base_url(headers), time.time())
+            url, expires = await store.download_url(info, self._base_url(), time.time())
             await link.send(Download(capture=stored_capture(info), url=url,
                                      url_expires_at=expires))
             return True
@@ -305,16 +305,16 @@ class Api:
                           "(no storage configured)")
         return self.store
 
-    def _base_url(self, headers: Headers) -> str:
-        """Where users reach this api: the Host they used (behind gorouter with its
-        X-Forwarded-Proto), so download links work from the user's side."""
-        fields = {name.decode("latin-1").lower(): value.decode("latin-1")
-                  for name, value in headers}
-        scheme = fields.get("x-forwarded-proto", "")
-        if scheme not in ("http", "https"):
-            scheme = "https" if self.config.listen.tls is not None else "http"
-        host = fields.get("host") or f"{self.config.listen.address}:{self.config.listen.port}"
-        return f"{scheme}://{host}"
+    def _base_url(self) -> str:
+        """Where users reach this api, for download links: ``external_url`` as configured —
+        never the ``Host`` / ``X-Forwarded-Proto`` a client sent, which anyone can forge to
+        have a victim's link point at their own server. Not set: the listen address."""
+        if self.config.external_url is not None:
+            return self.config.external_url.rstrip("/")
+        listen = self.config.listen
+        scheme = "https" if listen.tls is not None else "http"
+        host = f"[{listen.address}]" if ":" in listen.address else listen.address
+        return f"{scheme}://{host}:{listen.port}"
 
     async def _capture(self, link: Link, start: Start, authorization: str | None,
                        headers: Headers) -> None:
@@ -362,7 +362,7 @@ class Api:
                     assert isinstance(output, UploadOutput) and self.store is not None
                     with trio.CancelScope(shield=True):  # the file must end complete
                         stored = await finish_upload(self.store, upload, info, end,
-                                                     output.bytes, self._base_url(headers))
+                                                     output.bytes, self._base_url())
                     end = msgspec.structs.replace(end, stored=stored)
                     log.info("capture %s stored as %s", capture_id, stored.capture.capture_id,
                              extra={"event": "capture_stored", "capture_id": capture_id,

@@ -416,6 +416,10 @@ class ApiConfig(_Section, frozen=True):
     # where captures made with --upload are kept: the api's disk or an S3/MinIO bucket
     storage: StorageConfig
     listen: ApiListenConfig = msgspec.field(default_factory=ApiListenConfig)
+    # where users reach this api, e.g. https://pcap.sys.example.com (its route); download
+    # links of the local store are built from it, never from the Host a client sent. Not
+    # set: the listen address (fine for local mode, not behind gorouter)
+    external_url: Url | None = None
     cf: CfConfig | None = None
     bosh: BoshConfig | None = None
     limits: ApiLimitsConfig = msgspec.field(default_factory=ApiLimitsConfig)
@@ -424,3 +428,7 @@ class ApiConfig(_Section, frozen=True):
     # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    def _rules(self) -> Iterator[Rule]:
+        if self.external_url is not None:
+            yield from _url_rule("external_url", self.external_url, "https://pcap.sys.example.com")

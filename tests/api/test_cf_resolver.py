@@ -418,14 +418,21 @@ async def test_no_token_is_unauthenticated(cf: Cf, http: httpx.AsyncClient) -> N
 
 
 async def test_a_renewed_token_is_verified_the_same_way(cf: Cf, http: httpx.AsyncClient) -> None:
+    """... and authorized again for the same app (issue 12, hole 6)."""
     cf_resolver = resolver(cf.cc.url, http)
-    request = start("any-app")
+    space = dev_space(cf)
+    request = start(cf.cc.add_app(space, unique("app")).name, space)
     with trio.fail_after(GUARD):
         identity = await cf_resolver.verify(request, cf.uaa.issue(ALICE))
         assert identity.user_id == ALICE.user_id
         with pytest.raises(Refusal) as info:
             await cf_resolver.verify(request, cf.uaa.expired(ALICE))
-    assert info.value.code == "UNAUTHENTICATED" and "expired" in info.value.text
+        assert info.value.code == "UNAUTHENTICATED" and "expired" in info.value.text
+        cf.cc.revoke(ALICE, "developer", space)
+        cf.cc.grant(ALICE, "auditor", space)
+        with pytest.raises(Refusal) as info:
+            await cf_resolver.verify(request, cf.uaa.issue(ALICE))
+    assert info.value.code == "PERMISSION_DENIED" and SENSITIVE in info.value.text
 
 
 # --- the platform is unwell -------------------------------------------------------------------

@@ -8,11 +8,14 @@ seen through exactly such an agent, so the api's own checks must stop it alone.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
+import httpx
 import pytest
 import trio
+import trio_websocket
 from fakes import ALICE, BOB, FakeUAA
 from fakes.cloud_controller import App
 from fakes.uaa import make_user
@@ -23,6 +26,7 @@ from pcapd.proto import (
     CaptureList,
     CaptureOptions,
     CfTarget,
+    Download,
     End,
     Error,
     GetDownload,
@@ -40,11 +44,13 @@ from pcapd.transport.ws import Link, open_websocket
 
 pytestmark = [pytest.mark.root]
 
+EXTERNAL_URL = "https://pcap.sys.example.com"
+
 
 @pytest.fixture(scope="module")
 def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
-    with Landscape(tmp_path_factory.mktemp("authz"), cells=1, vms=1,
-                   metadata_store=False) as built:
+    with Landscape(tmp_path_factory.mktemp("authz"), cells=1, vms=1, metadata_store=False,
+                   api_settings={"external_url": EXTERNAL_URL}) as built:
         built.app_a = built.deploy_app("app-a", instances=1)  # type: ignore[attr-defined]
         built.app_b = built.deploy_app(  # type: ignore[attr-defined]
             "app-b", instances=1, space=built.other_space)
@@ -279,3 +285,59 @@ async def test_an_acceptable_renewal_keeps_the_capture_going(landscape: Landscap
     assert not [m for m in seen if isinstance(m, Notice)], seen
     end = seen[-1]
     assert isinstance(end, End) and end.reason == "stopped"  # our stop after 15 s
+
+
+# --- hardening: download links from the configured URL; unknown and foreign ids alike -------
+
+
+async def download_link_via(landscape: Landscape, token: str, capture_id: str,
+                            host: str) -> Message:
+    """Ask for a download link over a WebSocket whose Host header is ``host`` (forged) and
+    which claims ``X-Forwarded-Proto: http``, as anyone can send them."""
+    with trio.fail_after(30):
+        tcp = await trio.open_tcp_stream("127.0.0.1", landscape.api_port)
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, tcp, host, "/", extra_headers=[
+                    (b"authorization", f"bearer {token}".encode()),
+                    (b"x-forwarded-proto", b"http")])
+            link = Link(ws, InitiatorSession("client"), "api")
+            await link.send(link.session.make_hello())  # type: ignore[union-attr]
+            assert isinstance(await link.receive(), Welcome)
+            await link.send(GetDownload(capture_id=capture_id))
+            answer = await link.receive()
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+    return answer
+
+
+async def test_download_links_ignore_a_forged_host(landscape: Landscape) -> None:
+    token = landscape.uaa.issue(ALICE)
+    capture_id = await store_a_capture(landscape, token)
+    answer = await download_link_via(landscape, token, capture_id, "evil.example.com")
+    assert isinstance(answer, Download), answer
+    assert answer.url.startswith(f"{EXTERNAL_URL}/downloads/{capture_id}?"), answer.url
+    async with httpx.AsyncClient(timeout=10) as http:  # the link works where the api is
+        local = answer.url.replace(EXTERNAL_URL, landscape.api_url)
+        assert (await http.get(local)).status_code == 200
+
+
+async def test_an_unknown_capture_and_another_users_answer_alike(
+        landscape: Landscape) -> None:
+    alices = await store_a_capture(landscape, landscape.uaa.issue(ALICE))
+    unknown = uuid.uuid4().hex
+    bob = landscape.uaa.issue(BOB)
+    answers = [await ask_store(landscape, bob, GetDownload(capture_id=capture_id))
+               for capture_id in (alices, unknown)]
+    assert all(isinstance(a, Error) for a in answers), answers
+    foreign, missing = answers
+    assert (foreign.code, foreign.text.replace(alices, "ID")) == \
+        (missing.code, missing.text.replace(unknown, "ID"))  # type: ignore[union-attr]
+    # the download endpoint too: a link for a capture that is not there, and a forged one for
+    # alice's, get the same status and words
+    async with httpx.AsyncClient(timeout=10) as http:
+        replies = [await http.get(f"{landscape.api_url}/downloads/{capture_id}",
+                                  params={"expires": "9999999999", "token": "A" * 43})
+                   for capture_id in (alices, unknown)]
+    assert replies[0].status_code == replies[1].status_code == 403
+    assert replies[0].text == replies[1].text

@@ -184,6 +184,7 @@ API_VALUES = {
     "id": "pcap-api/7",
     "listen.address": "127.0.0.1",
     "listen.port": 8443,
+    "external_url": "https://pcap.sys.example.com",
     "agents.port": 9595,
     "agents.server_name": "agent.pcapd.internal",
     "agents.reconnect_grace": 12.5,
