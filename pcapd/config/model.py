@@ -19,6 +19,7 @@ from msgspec import Meta
 
 DEFAULT_AGENT_PORT = 9494
 DEFAULT_AGENT_SERVER_NAME = "pcap-agent.service.cf.internal"
+DEFAULT_API_CLIENT_NAME = "pcapd-api"
 
 
 class Secret:
@@ -172,6 +173,10 @@ class AgentTlsConfig(_Section, frozen=True):
             "the agent accepts only clients with a certificate from it"
         ),
     ]
+    # the name the api's client certificate must carry (a DNS SAN, or its common name when
+    # it has none), with the clientAuth extended key usage: any other certificate of the CA
+    # is refused
+    client_name: NonEmpty = DEFAULT_API_CLIENT_NAME
 
 
 class ContainersConfig(_Section, frozen=True):

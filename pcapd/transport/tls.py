@@ -15,6 +15,9 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from pcapd.errors import PcapdError
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
@@ -85,3 +88,39 @@ def client_context(*, ca: Path | str | None = None, certificate: Path | str | No
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def client_identity_problem(der: bytes | None, name: str) -> str | None:
+    """Why a client certificate (DER, already chained to the CA by OpenSSL) is not the
+    api's; None when it is.
+
+    OpenSSL accepts any leaf of the CA as a client: one without an extended key usage is good
+    for every purpose, so the agents' own server certificates' siblings — any certificate
+    the CA ever issued — would be a full api. The api's certificate must say it is a TLS
+    *client* (``clientAuth``) and name ``name`` (a DNS SAN, or the common name when it has
+    no DNS SAN), compared exactly, ignoring case.
+    """
+    if der is None:
+        return "no client certificate"
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            usages = []
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = san.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = []
+        if not names:
+            names = [str(a.value) for a in cert.subject.get_attributes_for_oid(
+                NameOID.COMMON_NAME)]
+    except ValueError as exc:
+        return f"unreadable client certificate ({exc})"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return "its certificate is not for TLS clients (no clientAuth extended key usage)"
+    if name.lower() not in (n.lower() for n in names):
+        shown = ", ".join(n[:64] for n in names[:4]) or "no name"
+        return f"its certificate names {shown}, not the api's {name} (tls.client_name)"
+    return None

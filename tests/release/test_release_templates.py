@@ -67,7 +67,7 @@ def test_agent_with_spec_defaults(agent_tls: dict[str, str], out: Path) -> None:
     certs = "/var/vcap/jobs/pcapd-agent/config/certs"
     assert config["tls"] == {"certificate": f"{certs}/agent.crt",
                              "private_key": f"{certs}/agent.key",
-                             "client_ca": f"{certs}/client-ca.crt"}
+                             "client_ca": f"{certs}/client-ca.crt", "client_name": "pcapd-api"}
     assert (rendered / "config/certs/agent.crt").read_text() == agent_tls["certificate"]
     assert (rendered / "config/certs/agent.key").read_text() == agent_tls["private_key"]
     assert (rendered / "config/certs/client-ca.crt").read_text() == agent_tls["client_ca"]
@@ -79,6 +79,7 @@ AGENT_VALUES = {
     "id": "router/d55baeba",
     "listen.address": "10.0.16.5",
     "listen.port": 9595,
+    "tls.client_name": "api.pcapd.internal",
     "containers.netns_dir": "/var/vcap/data/other-netns",
     "containers.metadata_store": "/var/vcap/data/other-store.json",
     "limits.concurrent_captures": 7,
@@ -96,7 +97,7 @@ def test_agent_properties_map_to_config_keys_of_the_same_name(
     agent_tls: dict[str, str], out: Path
 ) -> None:
     props = nest({f"pcapd.agent.{k}": v for k, v in AGENT_VALUES.items()})
-    props["pcapd"]["agent"]["tls"] = agent_tls
+    props["pcapd"]["agent"]["tls"].update(agent_tls)
     rendered = render_job("pcapd-agent", props, out)
     config = rendered_config("pcapd-agent", rendered)
     for key, value in AGENT_VALUES.items():
