@@ -15,13 +15,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from inprocess import in_process_configs
+from links import agent_status
 
 from pcapd import certs
 from pcapd.agent.server import Agent, serve_agent
-from pcapd.config import DEFAULT_AGENT_SERVER_NAME
-from pcapd.proto import InitiatorSession, Status, StatusReply
-from pcapd.transport.tls import client_context
-from pcapd.transport.ws import Link, LinkClosed, open_websocket
+from pcapd.proto import StatusReply
+from pcapd.transport.ws import LinkClosed
 
 
 def leaf(pki: Path, out: Path, name: str, usage: x509.ObjectIdentifier | None,
@@ -40,18 +39,9 @@ def leaf(pki: Path, out: Path, name: str, usage: x509.ObjectIdentifier | None,
     return crt, pem
 
 
-async def status_as(port: int, ca: Path, cert: Path, key: Path) -> StatusReply:
-    ctx = client_context(ca=ca, certificate=cert, private_key=key)
-    with trio.fail_after(10):
-        async with open_websocket("127.0.0.1", port, ssl_context=ctx,
-                                  server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
-            link = Link(ws, InitiatorSession("api"), "agent")
-            await link.send(link.session.make_hello())  # type: ignore[union-attr]
-            await link.receive()
-            await link.send(Status())
-            reply = await link.receive()
-    assert isinstance(reply, StatusReply)
-    return reply
+async def status_as(port: int, ca: Path, certificate: Path, key: Path) -> StatusReply:
+    return await agent_status("127.0.0.1", port, ca=ca, certificate=certificate,
+                              private_key=key)
 
 
 async def test_only_the_apis_client_certificate_is_accepted(

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -19,6 +18,7 @@ import trio_websocket
 from fakes import ALICE, BOB, FakeUAA
 from fakes.cloud_controller import App
 from fakes.uaa import make_user
+from links import api_link
 from platform_landscape import Landscape
 
 from pcapd.proto import (
@@ -40,7 +40,7 @@ from pcapd.proto import (
     Token,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.ws import Link
 
 pytestmark = [pytest.mark.root]
 
@@ -66,21 +66,10 @@ def apps(landscape: Landscape) -> tuple[App, App]:
     return landscape.app_a, landscape.app_b  # type: ignore[attr-defined]
 
 
-@asynccontextmanager
-async def api_link(landscape: Landscape, token: str | None) -> AsyncIterator[Link]:
-    headers = [(b"authorization", f"bearer {token}".encode())] if token else None
-    async with open_websocket("127.0.0.1", landscape.api_port, ssl_context=None,
-                              extra_headers=headers) as ws:
-        link = Link(ws, InitiatorSession("client"), "api")
-        await link.send(link.session.make_hello())  # type: ignore[union-attr]
-        assert isinstance(await link.receive(), Welcome)
-        yield link
-
-
 async def first_answer(landscape: Landscape, token: str, start: Start) -> Message:
     """The api's first answer to ``start``; a capture that started is stopped again."""
     with trio.fail_after(40):
-        async with api_link(landscape, token) as link:
+        async with api_link(landscape.api_port, token) as link:
             await link.send(start)
             answer = await link.receive()
             if isinstance(answer, Started):
@@ -149,7 +138,7 @@ async def store_a_capture(landscape: Landscape, token: str) -> str:
     start = Start(target=CfTarget(app=app_a.guid), options=CaptureOptions(device="lo"),
                   upload=True)
     with trio.fail_after(40):
-        async with api_link(landscape, token) as link:
+        async with api_link(landscape.api_port, token) as link:
             await link.send(start)
             assert isinstance(await link.receive(), Started)
             await link.send(Stop())
@@ -162,7 +151,7 @@ async def store_a_capture(landscape: Landscape, token: str) -> str:
 async def ask_store(landscape: Landscape, token: str, question: ListCaptures | GetDownload
                     ) -> Message:
     with trio.fail_after(30):
-        async with api_link(landscape, token) as link:
+        async with api_link(landscape.api_port, token) as link:
             await link.send(question)
             return await link.receive()
 
@@ -226,7 +215,7 @@ async def renew_during_capture(landscape: Landscape, start: Start, token: str,
     stop of ours after 15 s: the renewal was accepted and the capture went on)."""
     seen: list[Message] = []
     with trio.fail_after(60):
-        async with api_link(landscape, token) as link:
+        async with api_link(landscape.api_port, token) as link:
             await link.send(start)
             seen.append(await link.receive())
             assert isinstance(seen[0], Started), seen[0]
