@@ -18,7 +18,7 @@ from pcapd.api.resolve import Resolution, UaaPlatform, Unavailable, get_json
 from pcapd.authz import bosh_may_capture
 from pcapd.config import BoshConfig
 from pcapd.proto import AgentTarget, BoshTarget, Start
-from pcapd.tokens import Acceptance, Identity
+from pcapd.tokens import Identity
 from pcapd.transport.service import Refusal
 from pcapd.urls import InvalidSegment, join
 
@@ -27,12 +27,10 @@ class BoshResolver(UaaPlatform):
     """Resolves ``bosh`` targets against one director (and its UAA)."""
 
     login = "bosh log-in"
+    platform = "BOSH"
 
     def __init__(self, config: BoshConfig, http: httpx.AsyncClient, agents_port: int) -> None:
-        rule = config.tokens
-        super().__init__(http, Acceptance(
-            platform="BOSH", login=self.login, audiences=frozenset(rule.audiences),
-            scopes=rule.scopes, clients=frozenset(rule.clients)))
+        super().__init__(http, config.tokens)
         self.config = config
         self.agents_port = agents_port
         self.director = config.director.rstrip("/")

@@ -27,7 +27,7 @@ from pcapd.api.resolve import Resolution, UaaPlatform, Unavailable, get_json
 from pcapd.authz import cf_may_capture
 from pcapd.config import CfConfig
 from pcapd.proto import AgentTarget, CfTarget, Start
-from pcapd.tokens import Acceptance, Identity
+from pcapd.tokens import Identity
 from pcapd.transport.service import Refusal
 from pcapd.urls import InvalidSegment, join
 
@@ -39,12 +39,10 @@ class CfResolver(UaaPlatform):
     """Resolves ``cf`` targets against one Cloud Controller (and its UAA)."""
 
     login = "cf login"
+    platform = "Cloud Foundry"
 
     def __init__(self, config: CfConfig, http: httpx.AsyncClient, agents_port: int) -> None:
-        rule = config.tokens
-        super().__init__(http, Acceptance(
-            platform="Cloud Foundry", login=self.login, audiences=frozenset(rule.audiences),
-            scopes=rule.scopes, clients=frozenset(rule.clients)))
+        super().__init__(http, config.tokens)
         self.config = config
         self.agents_port = agents_port
         self.api = config.api.rstrip("/")

@@ -19,6 +19,7 @@ import trio
 
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import TokenVerifier
+from pcapd.config.model import BoshTokensConfig, CfTokensConfig
 from pcapd.proto import Code, Start
 from pcapd.tokens import Acceptance, Identity, Unauthenticated
 from pcapd.transport.service import Refusal
@@ -70,9 +71,15 @@ class UaaPlatform:
     login: str = "log in"
     """The command that gets a user a token, for messages (``cf login``)."""
 
-    def __init__(self, http: httpx.AsyncClient, accept: Acceptance) -> None:
+    platform: str = "the platform"
+    """Its name, for messages (``Cloud Foundry``)."""
+
+    def __init__(self, http: httpx.AsyncClient, tokens: CfTokensConfig | BoshTokensConfig
+                 ) -> None:
         self.http = http
-        self.accept = accept
+        self.accept = Acceptance(platform=self.platform, login=self.login,
+                                 audiences=frozenset(tokens.audiences), scopes=tokens.scopes,
+                                 clients=frozenset(tokens.clients))
         """The one acceptance rule for this platform's tokens, on every request."""
         self._found: tuple[str, TokenVerifier] | None = None
         self._finding = trio.Lock()
