@@ -311,6 +311,24 @@ async def test_a_token_cloud_controller_does_not_accept(
                                    "here (cloud_controller.read, ")
 
 
+async def test_a_process_of_another_app_is_never_captured(
+        cf: Cf, http: httpx.AsyncClient) -> None:
+    """Whatever the path, the process must be the authorized app's (issue 12, hole 2): a
+    Cloud Controller (or a path trick) answering with app B's process is refused."""
+    space = dev_space(cf)
+    app_a = cf.cc.add_app(space, unique("app"))
+    app_b = cf.cc.add_app(space, unique("app"))
+    with trio.fail_after(GUARD):
+        b_web = (await http.get(f"{cf.cc.url}/v3/apps/{app_b.guid}/processes/web", headers={
+            "Authorization": f"bearer {cf.uaa.issue(ALICE)}"})).json()
+    cf.cc.inject(f"/v3/apps/{app_a.guid}/processes/web", json_response(200, b_web))
+    refusal = await refused(resolver(cf.cc.url, http), start(app_a.name, space),
+                            cf.uaa.issue(ALICE))
+    assert refusal.code == "PERMISSION_DENIED"
+    assert refusal.text == (f"Cloud Controller answered for --process-type 'web' with a "
+                            f"process that is not app {app_a.name}'s: nothing was captured")
+
+
 # --- cf.require_ssh_enabled -----------------------------------------------------------------
 
 
