@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import trio
@@ -52,7 +52,7 @@ from pcapd.proto import (
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import HttpRouter, metrics_route, status_route
 from pcapd.transport.service import Refusal, status_reply
-from pcapd.transport.tls import server_context
+from pcapd.transport.tls import client_identity_problem, server_context
 from pcapd.transport.ws import Headers, Link, LinkClosed, link_endpoints, serve_websocket
 
 log = logging.getLogger(__name__)
@@ -272,4 +272,6 @@ async def serve_agent(config: AgentConfig, agent: Agent | None = None, *,
     ctx = server_context(tls.certificate, tls.private_key, client_ca=tls.client_ca, what="tls")
     agent = agent or Agent(config)
     await serve_websocket(agent.handle, config.listen.address, config.listen.port, ctx,
-                          http_handler=agent.http, task_status=task_status)
+                          http_handler=agent.http,
+                          check_client=partial(client_identity_problem, name=tls.client_name),
+                          task_status=task_status)

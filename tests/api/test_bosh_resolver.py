@@ -310,14 +310,20 @@ async def test_a_token_the_director_refuses(bosh: Bosh, http: httpx.AsyncClient)
 
 async def test_a_renewed_token_is_verified_the_same_way(bosh: Bosh, http: httpx.AsyncClient
                                                        ) -> None:
+    """... and authorized again for the same deployment (issue 12, hole 6)."""
     bosh_resolver = resolver(bosh.director.url, http)
-    request = start("cf", "router")
+    request = start(bosh.deployment(Instance("router", 0, ips=["10.0.1.3"]),
+                                    teams=("team-a",)), "router")
     with trio.fail_after(GUARD):
         identity = await bosh_resolver.verify(request, bosh.token("bosh.admin"))
         assert identity.user_id == BOB.user_id and "bosh.admin" in identity.scopes
         with pytest.raises(Refusal) as info:
             await bosh_resolver.verify(request, bosh.uaa.issue_refresh(BOB, client_id="bosh_cli"))
-    assert info.value.code == "UNAUTHENTICATED" and "refresh token" in info.value.text
+        assert info.value.code == "UNAUTHENTICATED" and "refresh token" in info.value.text
+        await bosh_resolver.verify(request, bosh.token("bosh.teams.team-a.admin"))
+        with pytest.raises(Refusal) as info:
+            await bosh_resolver.verify(request, bosh.token("bosh.teams.team-a.read"))
+    assert info.value.code == "PERMISSION_DENIED" and "you may not capture" in info.value.text
 
 
 # --- the director is unwell -------------------------------------------------------------------
