@@ -2,25 +2,34 @@
 
 This is the only place that turns errors into exit codes and one-line messages: every
 :class:`~pcapd.errors.PcapdError` becomes ``pcapd: error: …`` on stderr and exit status 1;
-usage errors and roles that are not built yet exit 2. Nothing else (a traceback, an
-ExceptionGroup) should ever reach a person.
+usage errors and roles that are not built yet exit 2; a capture that misses sources exits 3
+(unless ``--allow-partial``); SIGINT or SIGTERM before a capture started exits 130. Nothing
+else (a traceback, an ExceptionGroup) ever reaches a person: an error nobody foresaw is one
+line too, saying it is a bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pcapd import __version__
-from pcapd.errors import NotImplementedYetError, PcapdError, UsageError, collapse
+from pcapd.errors import Interrupted, NotImplementedYetError, PcapdError, UsageError, collapse
 from pcapd.extcap import add_arguments as add_extcap_arguments
 from pcapd.extcap import joined_values
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+"""The capture ran, but sources pcapd should have captured are missing (docs/user-guide.md)."""
+EXIT_INTERRUPTED = 130
+"""SIGINT or SIGTERM before the capture started, as a shell reports a Ctrl-C."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -51,6 +60,10 @@ def _add_common_capture_options(parser: argparse.ArgumentParser, default_device:
                         help="do not verify the api's TLS certificate")
     parser.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+    parser.add_argument("-F", "--force", action="store_true",
+                        help="overwrite an existing -w FILE")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help=f"exit 0, not {EXIT_PARTIAL}, when sources are missing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     download = captures_sub.add_parser("download", help="download a stored capture")
     download.add_argument("capture_id", metavar="ID")
     download.add_argument("-w", "--write", default=None, metavar="FILE")
+    download.add_argument("-F", "--force", action="store_true",
+                          help="overwrite an existing -w FILE")
     for p in (listing, download):
         p.add_argument("--api", default=None, metavar="URL",
                        help="pcapd api URL (env PCAPD_API; for cf derived from the cf target)")
@@ -149,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = roles.add_parser("merge", help="merge pcap/pcapng files by timestamp, like mergecap")
     merge.add_argument("-w", "--write", required=True, metavar="FILE",
                        help="output pcapng ('-' = stdout)")
+    merge.add_argument("-F", "--force", action="store_true",
+                       help="overwrite an existing -w FILE")
     merge.add_argument("inputs", nargs="+", metavar="INPUT")
     merge.set_defaults(handler=_merge)
 
@@ -186,9 +203,23 @@ def _check_config(role: str, path: Path) -> int:
     return EXIT_OK
 
 
+def _config_problems(role: str, path: Path) -> bool:
+    """Before starting a service: every problem ``--check`` finds, one line each (naming the
+    key and the path) on stderr — what lands in the job's log. True if there were any."""
+    from pcapd import config
+
+    check = config.check_agent_config_file if role == "agent" else config.check_api_config_file
+    result = check(path)
+    for problem in result.problems:
+        print(f"pcapd: error: {path}: {problem}", file=sys.stderr)
+    return not result.ok
+
+
 def _run_agent(args: argparse.Namespace) -> int:
     if args.check:
         return _check_config("agent", args.config)
+    if _config_problems("agent", args.config):
+        return EXIT_FAILED
     import trio
 
     from pcapd import logs
@@ -204,6 +235,8 @@ def _run_agent(args: argparse.Namespace) -> int:
 def _run_api(args: argparse.Namespace) -> int:
     if args.check:
         return _check_config("api", args.config)
+    if _config_problems("api", args.config):
+        return EXIT_FAILED
     import trio
 
     from pcapd import logs
@@ -244,25 +277,28 @@ def _capture(args: argparse.Namespace) -> int:
 
         with remote_plan(args) as remote:
             end = trio.run(capture_remote, remote)
-    return EXIT_OK if end.reason != "failed" else EXIT_FAILED
+    if end.reason == "failed":
+        return EXIT_FAILED
+    from pcapd.client.progress import is_partial
+
+    return EXIT_PARTIAL if is_partial(end) and not args.allow_partial else EXIT_OK
 
 
 def _captures(args: argparse.Namespace) -> int:
     import trio
 
-    from pcapd.client.captures import captures_plan, download_capture, list_captures
+    from pcapd.client.captures import captures_plan, run_captures_command
 
     with captures_plan(args) as plan:
-        if args.captures_command == "list":
-            trio.run(list_captures, plan)
-        else:
-            trio.run(download_capture, plan, args.capture_id, args.write)
+        trio.run(run_captures_command, plan)
     return EXIT_OK
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from pcapd.client.output import check_target
     from pcapd.mergefiles import merge_files
 
+    check_target(args.write, force=args.force or args.write in args.inputs)
     result = merge_files(args.inputs, args.write)
     notes = []
     if result.reordered:
@@ -291,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         words[1:] = joined_values(words[1:])
     args = build_parser().parse_args(words)
     handler: Handler = args.handler
+    if args.role not in ("agent", "api"):
+        _interrupt_on_signals()
     try:
         with collapse():
             return handler(args)
@@ -303,8 +341,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PcapdError as exc:
         print(f"pcapd: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
+    except BrokenPipeError:
+        _quiet_stdout()  # `pcapd captures list | head`: the reader has all it wanted
+        return EXIT_OK
+    except (KeyboardInterrupt, Interrupted):
+        print("pcapd: interrupted before the capture started: nothing was written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the last line of defence: no traceback, ever
+        if os.environ.get("PCAPD_TRACEBACK"):
+            traceback.print_exc()
+        print(f"pcapd: internal error (a bug in pcapd {__version__}: please report it with "
+              f"the command you ran; PCAPD_TRACEBACK=1 shows the traceback): "
+              f"{type(exc).__name__}: {exc}"[:1000], file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM end a client command at once in its blocking phases (reading the
+    login, refreshing a token at UAA), even when pcapd was started with SIGINT ignored (a
+    background job of a script); inside the event loop a capture watches them itself."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _quiet_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

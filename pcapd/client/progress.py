@@ -14,9 +14,41 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pcapd.proto import End, Notice, Source, SourceStatistics, Started, Statistics
+from pcapd.proto import CaptureLimits, End, Notice, Source, SourceStatistics, Started, Statistics
 
 _STYLE = {"capturing": "green", "starting": "yellow", "stopped": "dim", "unavailable": "red"}
+
+
+def plural(n: int, word: str) -> str:
+    """``1 packet``, ``2 packets``, ``0 sources``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def limits_line(limits: CaptureLimits, asked: CaptureLimits | None) -> str:
+    """``limits: 1h (the api's maximum; you asked 2h), 1.1 GB``: what ends the capture."""
+    parts = []
+    for name, show in (("max_duration", _duration), ("max_packets",
+                                                     lambda n: plural(int(n), "packet")),
+                       ("max_bytes", lambda n: _size(int(n)))):
+        value = getattr(limits, name)
+        if value is None:
+            continue
+        wanted = getattr(asked, name) if asked is not None else None
+        text = show(value)
+        if wanted is None:
+            text += " (the api's maximum)"
+        elif wanted > value:
+            text += f" (the api's maximum; you asked {show(wanted)})"
+        parts.append(text)
+    return "limits: " + (", ".join(parts) if parts else "none")
 
 
 def _size(n: int) -> str:
@@ -36,6 +68,9 @@ class Progress:
         self.sources: dict[int, Source] = {}
         self.stats: dict[int, SourceStatistics] = {}
         self._live: Live | None = None
+        self.asked: CaptureLimits | None = None
+        """The limits the user asked for, to say when the api lowered them."""
+        self.reader_closed = False
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal and not self.quiet:
@@ -55,10 +90,21 @@ class Progress:
         self.sources = {s.id: s for s in msg.sources}
         if self._live is None and not self.quiet:  # no live table: one line that it runs
             names = ", ".join(s.name for s in msg.sources)
-            self.console.print(f"capturing {len(msg.sources)} source"
-                               f"{'s' if len(msg.sources) != 1 else ''}: {names}",
+            self.console.print(f"capturing {plural(len(msg.sources), 'source')}: {names}",
                                highlight=False, markup=False, soft_wrap=True)
+        if msg.limits is not None and not self.quiet:
+            self.note(limits_line(msg.limits, self.asked))
         self._refresh()
+
+    def note(self, text: str) -> None:
+        """A plain line on stderr (not with -q): where pcapd connects, the limits in force."""
+        if not self.quiet:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def reader_gone(self) -> None:
+        """The pipe's reader (``| head``, ``| tshark -c N``, a closed Wireshark) went away."""
+        self.reader_closed = True
+        self.error("the reader closed the pipe: stopping")
 
     def statistics(self, msg: Statistics) -> None:
         for s in msg.sources:
@@ -81,9 +127,10 @@ class Progress:
         t = msg.totals
         dropped = t.kernel_dropped + t.agent_dropped + t.api_dropped
         where = "stdout" if output == "-" else output
-        line = (f"{t.written} packets written to {where} from {len(self.sources)} "
-                f"source{'s' if len(self.sources) != 1 else ''} ({msg.reason}"
-                f"{': ' + msg.text if msg.text else ''}); captured {t.packets}, dropped "
+        text = "the reader closed the pipe" if self.reader_closed else msg.text
+        line = (f"{plural(t.written, 'packet')} written to {where} from "
+                f"{sources_text(msg, len(self.sources))} ({msg.reason}"
+                f"{': ' + text if text else ''}); captured {t.packets}, dropped "
                 f"{dropped} (kernel {t.kernel_dropped}, agent {t.agent_dropped}, "
                 f"api {t.api_dropped})")
         if t.late:
@@ -98,7 +145,8 @@ class Progress:
         c, t = msg.stored.capture, msg.totals
         until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(msg.stored.url_expires_at))
         self.console.print(
-            f"stored capture {c.capture_id}: {t.written} packets, {_size(c.size)} "
+            f"stored capture {c.capture_id}: {plural(t.written, 'packet')}, {_size(c.size)} "
+            f"from {sources_text(msg, len(self.sources))} "
             f"({msg.reason}{': ' + msg.text if msg.text else ''}); kept until "
             f"{time.strftime('%Y-%m-%d', time.gmtime(c.expires_at))}", highlight=False,
             markup=False, soft_wrap=True)
@@ -124,3 +172,25 @@ class Progress:
                           _size(s.bytes), f"{s.written:,}",
                           f"[red]{dropped:,}[/red]" if dropped else "0")
         return table
+
+
+def is_partial(msg: End) -> bool:
+    """Whether a source pcapd should have captured is missing (not: one the platform reports
+    as not running)."""
+    return any(a.partial for a in msg.absent)
+
+
+def sources_text(msg: End, captured: int) -> str:
+    """``3 sources``; ``2 of 3 sources; my-app/1 unavailable (cannot connect to its agent: …)``;
+    an instance the platform reports not running is named, but the count stays whole."""
+    lost = [a for a in msg.absent if a.partial]
+    if lost:
+        expected = max(msg.expected, captured + len(lost))
+        text = f"{expected - len(lost)} of {plural(expected, 'source')}"
+    else:
+        text = plural(captured, "source")
+    for a in msg.absent:
+        what = "unavailable" if a.partial else "not captured"
+        reason = a.reason.removeprefix(f"{a.name}: ").removeprefix(f"{a.name} ")
+        text += f"; {a.name} {what} ({reason})"
+    return text
