@@ -343,14 +343,14 @@ class ApiCapture:
 
     def absent(self) -> list[Absent]:
         """Every source or instance the capture does not hold (or lost), and why."""
-        absent = [Absent(name=u.origin, reason=u.text) for u in self.resolution.unavailable]
+        absent = []
         for s in self.sources:
             lost = s.id >= 0 and s.state == "unavailable"
             if s.id < 0 or lost:
                 absent.append(Absent(name=s.job.origin, partial=True,
                                      reason=(s.why or (s.failure[1] if s.failure else
                                                        "unavailable"))[:4000]))
-        return absent
+        return absent + [Absent(name=u.origin, reason=u.text) for u in self.resolution.unavailable]
 
     async def _duration_timer(self, seconds: float, policy: bool) -> None:
         await trio.sleep(seconds)
@@ -389,8 +389,10 @@ class ApiCapture:
             what = "lost" if source.idb is not None else "unavailable"
             source.failure = source.failure or (  # (set when the reconnect grace ran out)
                 "INSTANCE_UNAVAILABLE", f"{job.origin} ({job.address}) {what}: {exc}")
+            detail = str(exc).removeprefix(f"{job.address}: ").removeprefix("cannot connect: ")
             source.why = source.why or (f"lost: {exc}" if source.idb is not None else
-                                        f"cannot connect to its agent: {exc}")
+                                        f"cannot connect to its agent at {job.address}: "
+                                        f"{detail}")
         finally:
             await self._source_gone(source)
 

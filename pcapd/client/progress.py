@@ -191,6 +191,6 @@ def sources_text(msg: End, captured: int) -> str:
         text = plural(captured, "source")
     for a in msg.absent:
         what = "unavailable" if a.partial else "not captured"
-        reason = a.reason.removeprefix(f"{a.name}: ").removeprefix(f"{a.name} ")
-        text += f"; {a.name} {what} ({reason})"
+        text += (f"; {a.reason}" if a.reason.startswith(a.name)
+                 else f"; {a.name} {what} ({a.reason})")
     return text
