@@ -29,7 +29,7 @@ from pcapd.proto import InitiatorSession, Status, StatusReply
 from pcapd.transport.tls import client_context
 from pcapd.transport.ws import Link, open_websocket
 
-PCAPD = str(Path(sys.executable).with_name("pcapd"))
+PCAPD = os.environ.get("PCAPD_EXE") or str(Path(sys.executable).with_name("pcapd"))
 AGENT_PORT = 9494
 """Where an agent listens unless its configuration says otherwise."""
 

@@ -130,8 +130,8 @@ def test_stored_partial_capture_is_marked_in_the_list(env: dict[str, str]) -> No
 # --- 3. signals in every phase, also with SIGINT ignored ----------------------------------------
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as bash starts a background job
+IGNORING_SIGINT = ["bash", "-c", 'trap "" INT; exec "$@"', "bash"]
+"""Runs a command with SIGINT ignored, as bash starts ``pcapd … &`` in a script."""
 
 
 async def interrupted_once_running(args: list[str], env: dict[str, str], signum: int,
@@ -139,8 +139,8 @@ async def interrupted_once_running(args: list[str], env: dict[str, str], signum:
     """``pcapd ARGS`` started as a script's background job (SIGINT ignored), sent ``signum``
     once its stderr says ``running``; its exit status and stderr lines."""
     process = await trio.lowlevel.open_process(
-        [PCAPD, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, preexec_fn=_ignore_sigint)
+        [*IGNORING_SIGINT, PCAPD, *args], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = Lines()
     try:
         with trio.fail_after(60):
