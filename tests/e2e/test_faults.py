@@ -163,7 +163,7 @@ def payloads(path: Path, interface: str) -> list[bytes]:
 
 def accounted(lines: list[str]) -> bool:
     """The user's summary line adds up: captured = written + dropped by the agents and api."""
-    found = [re.search(r"(\d+) packets written .*; captured (\d+), dropped \d+ \(kernel \d+, "
+    found = [re.search(r"(\d+) packets? written .*; captured (\d+), dropped \d+ \(kernel \d+, "
                        r"agent (\d+), api (\d+)\)", line) for line in lines]
     written, captured, agent, api = (int(n) for n in [m for m in found if m][-1].groups())
     return captured == written + agent + api
