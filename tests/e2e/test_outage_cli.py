@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from netns import netns, send_udp
 from platform_landscape import Landscape, developer_tokens
 from procs import PCAPD, Lines, _pump_lines
 from readers import run_tool, tshark_fields
@@ -184,3 +185,51 @@ def test_connecting_line_names_api_user_and_space(env: dict[str, str], tmp_path:
                 "-w", str(tmp_path / "x.pcapng"), env=env)
     first = run.stderr.splitlines()[0]
     assert first == f"connecting to {env['PCAPD_API']} (from PCAPD_API) as alice, org/dev", first
+
+
+# --- 5. words: a closed pipe is not the user; one packet is one packet --------------------------
+
+
+async def test_a_reader_that_closes_the_pipe_is_named_as_such() -> None:
+    with netns() as ns, trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            [PCAPD, "capture", "local", "--netns", ns.name, "-i", "lo", "-f", "udp port 9999",
+             "-w", "-"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        stderr = Lines()
+        try:
+            async with trio.open_nursery() as nursery:
+                assert process.stdout is not None and process.stderr is not None
+                nursery.start_soon(_pump_lines, process.stderr, stderr)
+                assert await process.stdout.receive_some()  # the header: it runs
+                await process.stdout.aclose()  # `| head -c 100` has what it wanted
+                while process.returncode is None:  # the next write finds the pipe closed
+                    await send_udp(ns, "127.0.0.1", 9999, 5)
+                    with trio.move_on_after(0.5):
+                        await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert process.returncode == 0, stderr.text
+    assert "pcapd: the reader closed the pipe: stopping" in stderr.lines, stderr.text
+    assert "(stopped: the reader closed the pipe)" in stderr.lines[-1], stderr.text
+    assert "stopped by the user" not in stderr.text
+
+
+async def test_one_packet_is_one_packet(tmp_path: Path) -> None:
+    out = tmp_path / "one.pcapng"
+    with netns() as ns, trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            [PCAPD, "capture", "local", "--netns", ns.name, "-i", "lo", "-f", "udp port 9999",
+             "-c", "1", "-w", str(out)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = Lines()
+        async with trio.open_nursery() as nursery:
+            assert process.stderr is not None
+            nursery.start_soon(_pump_lines, process.stderr, stderr)
+            await stderr.wait_for(lambda line: line.startswith("capturing 1 source"))
+            while process.returncode is None:
+                await send_udp(ns, "127.0.0.1", 9999, 1)
+                with trio.move_on_after(0.5):
+                    await process.wait()
+    assert process.returncode == 0, stderr.text
+    assert stderr.lines[-1].startswith(f"1 packet written to {out} from 1 source ("), stderr.text
