@@ -233,3 +233,25 @@ async def test_one_packet_is_one_packet(tmp_path: Path) -> None:
                     await process.wait()
     assert process.returncode == 0, stderr.text
     assert stderr.lines[-1].startswith(f"1 packet written to {out} from 1 source ("), stderr.text
+
+
+# --- errors that show what exists ----------------------------------------------------------------
+
+
+def test_an_unknown_instance_is_the_users_mistake_and_lists_those_there_are(
+        env: dict[str, str]) -> None:
+    run = pcapd("capture", "cf", "my-app", "--instance", "7", "-w", "/dev/null", env=env)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1] == ("pcapd: error: INVALID_REQUEST: my-app has no "
+                                           "instance 7 (--instance); it has 0, 1, 2, 3 "
+                                           "(`cf app my-app`)")
+
+
+def test_an_unknown_device_names_the_instance_once_and_what_it_has(env: dict[str, str]) -> None:
+    run = pcapd("capture", "cf", "my-app", "--instance", "0", "-i", "eth7", "-w", "/dev/null",
+                env=env)
+    assert run.returncode == 1, run.stderr
+    error = run.stderr.splitlines()[-1]
+    assert error == ("pcapd: error: INVALID_REQUEST: no source could be captured: my-app/0: "
+                     "eth7 not in the container; it has: lo"), error
+    assert "cell/" not in run.stderr
