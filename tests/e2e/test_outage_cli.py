@@ -9,6 +9,7 @@ includes it can only be partial), 3 is CRASHED (named, but it does not make a ca
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 import trio
 from netns import netns, send_udp
 from platform_landscape import Landscape, developer_tokens
-from procs import PCAPD, Lines, _pump_lines
+from procs import PCAPD, Lines, _pump_lines, wait_until
 from readers import run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
@@ -255,3 +256,31 @@ def test_an_unknown_device_names_the_instance_once_and_what_it_has(env: dict[str
     assert error == ("pcapd: error: INVALID_REQUEST: no source could be captured: my-app/0: "
                      "eth7 not in the container; it has: lo"), error
     assert "cell/" not in run.stderr
+
+
+async def test_extcap_users_see_a_partial_capture_as_its_error(tmp_path: Path) -> None:
+    """Wireshark shows an extcap's stderr when it exits non-zero: the partial summary."""
+    fifo, log, out = tmp_path / "fifo", tmp_path / "extcap.log", tmp_path / "out.pcapng"
+    os.mkfifo(fifo)
+    with netns() as ns, trio.fail_after(60), out.open("wb") as sink:
+        reader = await trio.lowlevel.open_process(["cat", str(fifo)], stdout=sink)
+        process = await trio.lowlevel.open_process(
+            [PCAPD, "--capture", "--extcap-interface", "pcapd-local", "--fifo", str(fifo),
+             "--netns", f"{ns.name},{ns.name}-gone", "--device", "lo", "--log-file", str(log)],
+            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            async def running() -> bool:  # its header reached the fifo's reader
+                return out.stat().st_size > 0
+
+            await wait_until(running, 30, "the extcap capture runs")
+            process.terminate()  # as Wireshark stops an extcap
+            assert process.stderr is not None
+            shown = (await process.stderr.receive_some(65536)).decode()
+            assert await process.wait() == EXIT_PARTIAL, shown
+            await reader.wait()
+        finally:
+            for child in (process, reader):
+                if child.returncode is None:
+                    child.kill()
+    assert f"from 1 of 2 sources; {ns.name}-gone unavailable" in shown, shown
+    assert "partial capture: 1 of 2 sources" in interfaces(out)
