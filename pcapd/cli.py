@@ -204,8 +204,8 @@ def _check_config(role: str, path: Path) -> int:
 
 
 def _config_problems(role: str, path: Path) -> bool:
-    """Before starting a service: every problem ``--check`` finds, one line each (naming the
-    key and the path) on stderr — what lands in the job's log. True if there were any."""
+    """When a service failed to start: every problem ``--check`` finds, one line each (naming
+    the key and the path) on stderr — what lands in the job's log. True if there were any."""
     from pcapd import config
 
     check = config.check_agent_config_file if role == "agent" else config.check_api_config_file
@@ -218,8 +218,6 @@ def _config_problems(role: str, path: Path) -> bool:
 def _run_agent(args: argparse.Namespace) -> int:
     if args.check:
         return _check_config("agent", args.config)
-    if _config_problems("agent", args.config):
-        return EXIT_FAILED
     import trio
 
     from pcapd import logs
@@ -228,15 +226,18 @@ def _run_agent(args: argparse.Namespace) -> int:
 
     config = load_agent_config(args.config)
     logs.configure(config.log.level, config.log.format)
-    trio.run(run_agent, config)
+    try:
+        trio.run(run_agent, config)
+    except PcapdError:
+        if _config_problems("agent", args.config):  # (a missing key file, say) in its words
+            return EXIT_FAILED
+        raise
     return EXIT_OK
 
 
 def _run_api(args: argparse.Namespace) -> int:
     if args.check:
         return _check_config("api", args.config)
-    if _config_problems("api", args.config):
-        return EXIT_FAILED
     import trio
 
     from pcapd import logs
@@ -246,7 +247,12 @@ def _run_api(args: argparse.Namespace) -> int:
 
     config = load_api_config(args.config)
     logs.configure(config.log.level, config.log.format)
-    trio.run(run_api, config, platform_resolver(config), open_store(config.storage))
+    try:
+        trio.run(run_api, config, platform_resolver(config), open_store(config.storage))
+    except PcapdError:
+        if _config_problems("api", args.config):
+            return EXIT_FAILED
+        raise
     return EXIT_OK
 
 
