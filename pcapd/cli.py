@@ -304,7 +304,7 @@ def _merge(args: argparse.Namespace) -> int:
     from pcapd.client.output import check_target
     from pcapd.mergefiles import merge_files
 
-    check_target(args.write, force=args.force or args.write in args.inputs)
+    check_target(args.write, force=args.force)
     result = merge_files(args.inputs, args.write)
     notes = []
     if result.reordered:

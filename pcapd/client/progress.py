@@ -185,7 +185,7 @@ def sources_text(msg: End, captured: int) -> str:
     an instance the platform reports not running is named, but the count stays whole."""
     lost = [a for a in msg.absent if a.partial]
     if lost:
-        expected = max(msg.expected, captured + len(lost))
+        expected = msg.expected or captured + len(lost)
         text = f"{expected - len(lost)} of {plural(expected, 'source')}"
     else:
         text = plural(captured, "source")
