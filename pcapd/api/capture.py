@@ -327,7 +327,8 @@ class ApiCapture:
                          "sources")
             parts += [f"{s.job.origin} unavailable ({s.why or s.failure[1]})"  # type: ignore[index]
                       for s in missing]
-        parts += [f"{u.origin} not captured ({u.text})" for u in self.resolution.unavailable]
+        parts += [u.text if u.text.startswith(u.origin) else f"{u.origin} not captured ({u.text})"
+                  for u in self.resolution.unavailable]
         return "; ".join(parts)[:4000] or None
 
     def _placeholder_idbs(self, model: SourceRun, missing: list[SourceRun]) -> list[bytes]:
