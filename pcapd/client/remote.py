@@ -204,8 +204,11 @@ def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
                      f"({credentials.environment.url})")
         else:
             where = "?"
+        plan = RemotePlan(args, start, output, api, credentials, where)
+        if not args.quiet:  # at once: before a token refresh at UAA, before the api
+            print(connecting_line(plan), file=sys.stderr, flush=True)
         credentials.ensure_fresh(time.time())
-        yield RemotePlan(args, start, output, api, credentials, where)
+        yield plan
 
 
 def connecting_line(plan: RemotePlan) -> str:
@@ -220,7 +223,6 @@ async def capture_remote(plan: RemotePlan) -> End:
     """Run ``pcapd capture cf|bosh`` as planned; returns the api's ``end``."""
     authorization = plan.credentials.tokens.authorization.encode()
     with Progress(quiet=plan.args.quiet) as progress:
-        progress.note(connecting_line(plan))
         end = await run_capture(plan.api, plan.start, plan.output, progress,
                                 extra_headers=[(b"authorization", authorization)],
                                 token_source=plan.credentials)
