@@ -351,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()  # `pcapd captures list | head`: the reader has all it wanted
         return EXIT_OK
     except (KeyboardInterrupt, Interrupted):
-        print("pcapd: interrupted before the capture started: nothing was written",
-              file=sys.stderr)
+        print("pcapd: interrupted before the capture started: nothing was written"
+              if args.role in ("capture", "extcap") else "pcapd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the last line of defence: no traceback, ever
         if os.environ.get("PCAPD_TRACEBACK"):

@@ -61,7 +61,7 @@ from pcapd.proto import (
     Statistics,
     Stop,
 )
-from pcapd.proto.messages import EndReason, SourceState, StopReason
+from pcapd.proto.messages import MAX_LIST, MAX_NAME, MAX_TEXT, EndReason, SourceState, StopReason
 from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.queue import PacketQueue
@@ -335,7 +335,10 @@ class ApiCapture:
         """An interface for each source that could not be captured, named as it would have
         been, its reason in ``if_description``; its statistics block (with no packets) ends
         the file with the others. Ids follow the captured sources'."""
-        link_type, snaplen = _IDB_LINK.unpack_from(model.idb or b"", 8)
+        try:
+            link_type, snaplen = _IDB_LINK.unpack_from(model.idb or b"", 8)
+        except struct.error:  # (an agent's IDB is checked before it gets here; still)
+            link_type, snaplen = 1, self.start.options.snaplen
         device = self.start.options.device
         return [encode_interface_description(
                     link_type=link_type, snaplen=snaplen, name=f"{s.job.origin}:{device}",
@@ -348,10 +351,11 @@ class ApiCapture:
         for s in self.sources:
             lost = s.id >= 0 and s.state == "unavailable"
             if s.id < 0 or lost:
-                absent.append(Absent(name=s.job.origin, partial=True,
+                absent.append(Absent(name=s.job.origin[:MAX_NAME], partial=True,
                                      reason=(s.why or (s.failure[1] if s.failure else
-                                                       "unavailable"))[:4000]))
-        return absent + [Absent(name=u.origin, reason=u.text) for u in self.resolution.unavailable]
+                                                       "unavailable"))[:MAX_TEXT]))
+        return absent + [Absent(name=u.origin[:MAX_NAME], reason=u.text[:MAX_TEXT])
+                         for u in self.resolution.unavailable][:MAX_LIST - len(absent)]
 
     async def _duration_timer(self, seconds: float, policy: bool) -> None:
         await trio.sleep(seconds)

@@ -136,7 +136,8 @@ def token_user(token: str) -> str:
     except jwt.PyJWTError:
         return "an unreadable login"
     name = claims.get("user_name") or claims.get("client_id") or claims.get("sub")
-    return str(name)[:100] if name else "an unnamed login"
+    shown = "".join(c for c in str(name)[:100] if c.isprintable()) if name else ""
+    return shown or "an unnamed login"
 
 
 @dataclass(frozen=True)

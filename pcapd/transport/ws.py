@@ -97,7 +97,8 @@ class HandshakeRejected(LinkClosed):
     def __init__(self, target: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         found = [v for k, v in headers if k.lower() == b"x-cf-routererror"]
-        self.router_error = found[0].decode(errors="replace")[:200] if found else ""
+        text = found[0].decode(errors="replace")[:200] if found else ""
+        self.router_error = "".join(c for c in text if c.isprintable())  # (a peer's words)
         router = f" (X-Cf-Routererror: {self.router_error})" if self.router_error else ""
         super().__init__(f"{target}: answered HTTP {status}{router} instead of a WebSocket")
 
