@@ -205,10 +205,10 @@ def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
                      f"({credentials.environment.url})")
         else:
             where = "?"
-        plan = RemotePlan(args, start, output, api, credentials, where)
-        if not args.quiet:  # at once: before a token refresh at UAA, before the api
-            print(connecting_line(plan), file=sys.stderr, flush=True)
         credentials.ensure_fresh(time.time())
+        plan = RemotePlan(args, start, output, api, credentials, where)
+        if not args.quiet:  # before anything is sent to the api
+            print(connecting_line(plan), file=sys.stderr, flush=True)
         yield plan
 
 
