@@ -2,15 +2,19 @@
 
 This is the only place that turns errors into exit codes and one-line messages: every
 :class:`~pcapd.errors.PcapdError` becomes ``pcapd: error: …`` on stderr and exit status 1;
-usage errors and roles that are not built yet exit 2. Nothing else (a traceback, an
-ExceptionGroup) should ever reach a person.
+usage errors and roles that are not built yet exit 2; a capture that misses sources exits 3
+(unless ``--allow-partial``); SIGINT or SIGTERM before a capture started exits 130. Nothing
+else (a traceback, an ExceptionGroup) ever reaches a person: an error nobody foresaw is one
+line too, saying it is a bug.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,7 +22,7 @@ from typing import Any, NoReturn
 from pcapd import __version__
 from pcapd.client.arguments import finish as finish_arguments
 from pcapd.client.arguments import parse_duration, parse_size
-from pcapd.errors import NotImplementedYetError, PcapdError, UsageError, collapse
+from pcapd.errors import Interrupted, NotImplementedYetError, PcapdError, UsageError, collapse
 from pcapd.extcap import add_arguments as add_extcap_arguments
 from pcapd.extcap import joined_values
 from pcapd.extras import require_server
@@ -26,6 +30,10 @@ from pcapd.extras import require_server
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+"""The capture ran, but sources pcapd should have captured are missing (docs/user-guide.md)."""
+EXIT_INTERRUPTED = 130
+"""SIGINT or SIGTERM before the capture started, as a shell reports a Ctrl-C."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -63,6 +71,10 @@ def _add_common_capture_options(parser: argparse.ArgumentParser, default_device:
     parser.add_argument("-D", "--list-interfaces", action="store_true",
                         help="list the devices of each source instead of capturing")
 
+    parser.add_argument("-F", "--force", action="store_true",
+                        help="overwrite an existing -w FILE")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help=f"exit 0, not {EXIT_PARTIAL}, when sources are missing")
 
 class _Given:
     """Mixin of the option actions: note what the user typed; refuse a single value twice."""
@@ -247,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one JSON document: raw numbers and times, for scripts")
     listing.add_argument("--no-headers", action="store_true",
                          help="no header line (never printed when stdout is not a terminal)")
+    download.add_argument("-F", "--force", action="store_true",
+                          help="overwrite an existing -w FILE")
     for p in (listing, download):
         p.add_argument("--api", default=None, metavar="URL",
                        help="pcapd api URL (env PCAPD_API; for cf derived from the cf target)")
@@ -264,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = roles.add_parser("merge", help="merge pcap/pcapng files by timestamp, like mergecap")
     merge.add_argument("-w", "--write", required=True, metavar="FILE",
                        help="output pcapng ('-' = stdout)")
+    merge.add_argument("-F", "--force", action="store_true",
+                       help="overwrite an existing -w FILE")
     merge.add_argument("inputs", nargs="+", metavar="INPUT")
     merge.set_defaults(handler=_merge)
 
@@ -302,6 +318,18 @@ def _check_config(role: str, path: Path) -> int:
     return EXIT_OK
 
 
+def _config_problems(role: str, path: Path) -> bool:
+    """When a service failed to start: every problem ``--check`` finds, one line each (naming
+    the key and the path) on stderr — what lands in the job's log. True if there were any."""
+    from pcapd import config
+
+    check = config.check_agent_config_file if role == "agent" else config.check_api_config_file
+    result = check(path)
+    for problem in result.problems:
+        print(f"pcapd: error: {path}: {problem}", file=sys.stderr)
+    return not result.ok
+
+
 def _run_agent(args: argparse.Namespace) -> int:
     require_server("agent")
     if args.check:
@@ -314,7 +342,12 @@ def _run_agent(args: argparse.Namespace) -> int:
 
     config = load_agent_config(args.config)
     logs.configure(config.log.level, config.log.format)
-    trio.run(run_agent, config)
+    try:
+        trio.run(run_agent, config)
+    except PcapdError:
+        if _config_problems("agent", args.config):  # (a missing key file, say) in its words
+            return EXIT_FAILED
+        raise
     return EXIT_OK
 
 
@@ -331,7 +364,12 @@ def _run_api(args: argparse.Namespace) -> int:
 
     config = load_api_config(args.config)
     logs.configure(config.log.level, config.log.format)
-    trio.run(run_api, config, platform_resolver(config), open_store(config.storage))
+    try:
+        trio.run(run_api, config, platform_resolver(config), open_store(config.storage))
+    except PcapdError:
+        if _config_problems("api", args.config):
+            return EXIT_FAILED
+        raise
     return EXIT_OK
 
 
@@ -363,7 +401,11 @@ def _capture(args: argparse.Namespace) -> int:
 
         with remote_plan(args) as remote:
             end = trio.run(capture_remote, remote)
-    return EXIT_OK if end.reason != "failed" else EXIT_FAILED
+    if end.reason == "failed":
+        return EXIT_FAILED
+    from pcapd.client.progress import is_partial
+
+    return EXIT_PARTIAL if is_partial(end) and not args.allow_partial else EXIT_OK
 
 
 def _list_devices(args: argparse.Namespace) -> int:
@@ -380,25 +422,18 @@ def _list_devices(args: argparse.Namespace) -> int:
 def _captures(args: argparse.Namespace) -> int:
     import trio
 
-    from pcapd.client.captures import (
-        captures_plan,
-        download_capture,
-        list_captures,
-        resolve_capture_id,
-    )
+    from pcapd.client.captures import captures_plan, run_captures_command
 
     with captures_plan(args) as plan:
-        if args.captures_command == "list":
-            trio.run(list_captures, plan)
-        else:
-            capture_id = trio.run(resolve_capture_id, plan, args.capture_id)
-            trio.run(download_capture, plan, capture_id, args.write)
+        trio.run(run_captures_command, plan)
     return EXIT_OK
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from pcapd.client.output import check_target
     from pcapd.mergefiles import merge_files
 
+    check_target(args.write, force=args.force)
     result = merge_files(args.inputs, args.write)
     notes = []
     if result.reordered:
@@ -428,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         words[1:] = joined_values(words[1:])
     args = build_parser().parse_args(words)
     handler: Handler = args.handler
+    if args.role not in ("agent", "api"):
+        _interrupt_on_signals()
     try:
         with collapse():
             return handler(args)
@@ -440,8 +477,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PcapdError as exc:
         print(f"pcapd: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
+    except BrokenPipeError:
+        _quiet_stdout()  # `pcapd captures list | head`: the reader has all it wanted
+        return EXIT_OK
+    except (KeyboardInterrupt, Interrupted):
+        print("pcapd: interrupted before the capture started: nothing was written"
+              if args.role in ("capture", "extcap") else "pcapd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the last line of defence: no traceback, ever
+        if os.environ.get("PCAPD_TRACEBACK"):
+            traceback.print_exc()
+        print(f"pcapd: internal error (a bug in pcapd {__version__}: please report it with "
+              f"the command you ran; PCAPD_TRACEBACK=1 shows the traceback): "
+              f"{type(exc).__name__}: {exc}"[:1000], file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM end a client command at once in its blocking phases (reading the
+    login, refreshing a token at UAA), even when pcapd was started with SIGINT ignored (a
+    background job of a script); inside the event loop a capture watches them itself."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _quiet_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

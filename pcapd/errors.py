@@ -59,6 +59,10 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something malformed, oversized, unknown or out of order."""
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM before the capture started: nothing was captured (exit 130)."""
+
+
 class NotImplementedYetError(PcapdError):
     """A role or target that a later release builds; exits 2 with a clear line."""
 

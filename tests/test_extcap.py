@@ -403,7 +403,7 @@ async def test_a_closed_fifo_ends_the_capture(namespace: Netns, tmp_path: Path) 
             assert pcapd.stderr is not None
             assert await pcapd.stderr.receive_some() == b""
     assert len(tshark.rows(PROBE)) == 5
-    assert "the reader of the capture went away" in log.read_text()
+    assert "the reader closed the pipe" in log.read_text()
     graceful_end(log)
 
 

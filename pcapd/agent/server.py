@@ -55,6 +55,9 @@ from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_identity_problem, server_context
 from pcapd.transport.ws import Headers, Link, LinkClosed, link_endpoints, serve_websocket
 
+LOCAL_NETNS_DIR = "/run/netns"
+"""Where ``ip netns add`` puts its namespaces (local mode's containers.netns_dir)."""
+
 log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0
@@ -150,7 +153,11 @@ class Agent:
                         nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
                         await run.run(link, capture, gate)
                         nursery.cancel_scope.cancel()
-            except (InvalidFilter, InvalidDevice, InvalidSnaplen) as exc:
+            except InvalidDevice:
+                await link.send(Error(code="INVALID_REQUEST", text=await self._no_such_device(
+                    target.source, device, netns), origin=self.config.id))
+                return
+            except (InvalidFilter, InvalidSnaplen) as exc:
                 await link.send(Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))
                 return
@@ -204,8 +211,22 @@ class Agent:
         try:
             return resolve_container_netns(Path(netns_dir), target.namespace)
         except NamespaceError as exc:
+            if Path(netns_dir) == Path(LOCAL_NETNS_DIR):  # `ip netns` names: the user's typo
+                raise Refusal("INVALID_REQUEST", f"{target.source}: no network namespace "
+                              f"{target.namespace!r} in {netns_dir} (`ip netns list` shows "
+                              "those there are)") from None
             raise Refusal("INSTANCE_UNAVAILABLE", f"{self.config.id}: {exc}") from None
 
+    async def _no_such_device(self, source: str, device: str, netns: Path | None) -> str:
+        """``my-app/0: eth7 not in the container; it has: eth0, lo`` — the instance named once,
+        with what is there to choose from."""
+        where = "in the container" if netns is not None else "on the host"
+        try:
+            found = await open_in_netns(netns, socket.if_nameindex)
+            names = ", ".join(sorted(name for _, name in found))
+        except (OSError, NamespaceError):
+            names = "(cannot list its devices)"
+        return f"{source}: {device} not {where}; it has: {names}"
 
     async def _devices(self, msg: ListDevices) -> DeviceList | Error:
         """``tcpdump -D`` in the namespace the api names, checked as a capture there would be."""

@@ -39,6 +39,7 @@ from pcapd.pcapng import (
     EnhancedPacket,
     RawBlock,
     encode_enhanced_packet,
+    encode_interface_description,
     encode_interface_statistics,
     encode_name_resolution,
     encode_section_header,
@@ -47,6 +48,7 @@ from pcapd.pcapng import (
 )
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
+    Absent,
     CaptureLimits,
     Code,
     Counters,
@@ -59,7 +61,7 @@ from pcapd.proto import (
     Statistics,
     Stop,
 )
-from pcapd.proto.messages import EndReason, SourceState, StopReason
+from pcapd.proto.messages import MAX_LIST, MAX_NAME, MAX_TEXT, EndReason, SourceState, StopReason
 from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.queue import PacketQueue
@@ -87,6 +89,8 @@ RECONNECT_INTERVAL = 1.0
 AGENT_DURATION_MARGIN = 30.0
 """Agents stop by themselves this long after the api's duration: a safety net, never the rule."""
 _IFACE = struct.Struct("<I")
+_IDB_LINK = struct.Struct("<HxxI")
+"""An IDB's link type and snaplen, after its type and length (pcapd writes little-endian)."""
 
 
 class Output(Protocol):
@@ -118,6 +122,8 @@ class SourceRun:
     state: SourceState = "starting"
     idb: bytes | None = None
     failure: tuple[Code, str] | None = None
+    why: str = ""
+    """Why it is not (or no longer) captured, as the summary and the pcapng say it."""
     agent: AgentLink | None = None
     merge_id: int | None = None
     pending: list[AgentPayload] = field(default_factory=list)
@@ -180,6 +186,8 @@ class ApiCapture:
         self._limits = self._effective_limits()
         self._written_packets = 0
         self._written_bytes = 0
+        self._placeholders: list[SourceRun] = []
+        """Sources that never started: an IDB each after the captured ones (see _begin)."""
 
     # --- control ---------------------------------------------------------------------------
 
@@ -241,6 +249,7 @@ class ApiCapture:
                     source.failure = ("INSTANCE_UNAVAILABLE",
                                       f"{source.job.origin}: did not start within "
                                       f"{START_TIMEOUT:g}s")
+                    source.why = f"its agent did not start within {START_TIMEOUT:g}s"
                     source.scope.cancel()
             ready = [s for s in self.sources if s.idb is not None and s.failure is None]
             if not ready:
@@ -277,9 +286,13 @@ class ApiCapture:
             source.id = new_id
             source.merge_id = self.merge.add_source(trio.current_time())
         await self.output.send_message(Started(capture_id=self.capture_id, sources=[
-            Source(id=s.id, name=s.name, description=s.description) for s in ready]))
-        header = [encode_section_header(user_application=f"pcapd {__version__}"),
-                  *(s.idb or b"" for s in ready)]
+            Source(id=s.id, name=s.name, description=s.description) for s in ready],
+            limits=self._limits_in_force()))
+        missing = [s for s in self.sources if s.idb is None or s.failure is not None]
+        self._placeholders = missing
+        header = [encode_section_header(user_application=f"pcapd {__version__}",
+                                        comment=self._header_comment(len(ready), missing)),
+                  *(s.idb or b"" for s in ready), *self._placeholder_idbs(ready[0], missing)]
         if self.resolution.names:
             header.append(encode_name_resolution(
                 [(address, [name]) for address, name in self.resolution.names]))
@@ -295,6 +308,54 @@ class ApiCapture:
                 self._push(source, payload)
             source.pending.clear()
         self._wake()
+
+    def _limits_in_force(self) -> CaptureLimits:
+        def get(name: str) -> float | None:
+            return self._limits[name][0] if name in self._limits else None
+
+        packets, size = get("max_packets"), get("max_bytes")
+        return CaptureLimits(max_duration=get("max_duration"),
+                             max_packets=None if packets is None else int(packets),
+                             max_bytes=None if size is None else int(size))
+
+    def _header_comment(self, captured: int, missing: list[SourceRun]) -> str | None:
+        """The section header's comment: what the file lacks from the start (pcapng has no
+        later place for it — a source lost mid-capture says so in its statistics block)."""
+        parts = []
+        if missing:
+            parts.append(f"pcapd: partial capture: {captured} of {captured + len(missing)} "
+                         "sources")
+            parts += [f"{s.job.origin} unavailable ({s.why or s.failure[1]})"  # type: ignore[index]
+                      for s in missing]
+        parts += [u.text if u.text.startswith(u.origin) else f"{u.origin} not captured ({u.text})"
+                  for u in self.resolution.unavailable]
+        return "; ".join(parts)[:4000] or None
+
+    def _placeholder_idbs(self, model: SourceRun, missing: list[SourceRun]) -> list[bytes]:
+        """An interface for each source that could not be captured, named as it would have
+        been, its reason in ``if_description``; its statistics block (with no packets) ends
+        the file with the others. Ids follow the captured sources'."""
+        try:
+            link_type, snaplen = _IDB_LINK.unpack_from(model.idb or b"", 8)
+        except struct.error:  # (an agent's IDB is checked before it gets here; still)
+            link_type, snaplen = 1, self.start.options.snaplen
+        device = self.start.options.device
+        return [encode_interface_description(
+                    link_type=link_type, snaplen=snaplen, name=f"{s.job.origin}:{device}",
+                    description=f"not captured: {s.why or s.failure[1]}"[:4000])  # type: ignore[index]
+                for s in missing]
+
+    def absent(self) -> list[Absent]:
+        """Every source or instance the capture does not hold (or lost), and why."""
+        absent = []
+        for s in self.sources:
+            lost = s.id >= 0 and s.state == "unavailable"
+            if s.id < 0 or lost:
+                absent.append(Absent(name=s.job.origin[:MAX_NAME], partial=True,
+                                     reason=(s.why or (s.failure[1] if s.failure else
+                                                       "unavailable"))[:MAX_TEXT]))
+        return absent + [Absent(name=u.origin[:MAX_NAME], reason=u.text[:MAX_TEXT])
+                         for u in self.resolution.unavailable][:MAX_LIST - len(absent)]
 
     async def _duration_timer(self, seconds: float, policy: bool) -> None:
         await trio.sleep(seconds)
@@ -328,10 +389,15 @@ class ApiCapture:
         except AgentRefused as exc:
             source.failure = (exc.code if exc.code in _CODES else "START_CAPTURE_FAILED",
                               exc.text)  # type: ignore[assignment]
+            source.why = source.why or f"start failed: {exc.text}"
         except (LinkClosed, PcapngFormatError) as exc:
             what = "lost" if source.idb is not None else "unavailable"
             source.failure = source.failure or (  # (set when the reconnect grace ran out)
                 "INSTANCE_UNAVAILABLE", f"{job.origin} ({job.address}) {what}: {exc}")
+            detail = str(exc).removeprefix(f"{job.address}: ").removeprefix("cannot connect: ")
+            source.why = source.why or (f"lost: {exc}" if source.idb is not None else
+                                        f"cannot connect to its agent at {job.address}: "
+                                        f"{detail}")
         finally:
             await self._source_gone(source)
 
@@ -388,6 +454,8 @@ class ApiCapture:
             source.failure = ("INSTANCE_UNAVAILABLE",
                               f"{source.job.origin} ({source.job.address}) not back within "
                               f"{grace:g}s (agents.reconnect_grace): given up (lost: {lost})")
+            source.why = (f"lost at {time.strftime('%H:%M:%S', time.gmtime(gap_start))} UTC "
+                          f"and not back within {grace:g}s: {lost}")
         return False
 
     async def _receive(self, source: SourceRun, agent: AgentLink) -> None:
@@ -486,6 +554,7 @@ class ApiCapture:
             if not source.done.is_set():
                 source.failure = ("INSTANCE_UNAVAILABLE", f"{source.name or source.job.origin}: "
                                   f"no end within {STOP_TIMEOUT:g}s of stop")
+                source.why = f"no end from its agent within {STOP_TIMEOUT:g}s of stop"
                 source.scope.cancel()
                 await source.done.wait()
 
@@ -592,15 +661,23 @@ class ApiCapture:
 
     def _write_statistics_blocks(self) -> None:
         now = time.time_ns()
+        captured = 0
         for source in self.sources:
             if source.id < 0:
                 continue
+            captured += 1
             c = source.counters
+            lost = (f"pcapd: {source.why or 'lost'}; the capture is partial"
+                    if source.state == "unavailable" else None)
             self.queue.put_unbounded(encode_interface_statistics(
                 interface_id=source.id, timestamp=now, start_time=self.started_ns, end_time=now,
                 received=c.kernel_received, kernel_dropped=c.kernel_dropped,
                 interface_dropped=c.interface_dropped, delivered=source.written,
-                pcapd_dropped=c.agent_dropped + source.api_dropped))
+                pcapd_dropped=c.agent_dropped + source.api_dropped, comment=lost))
+        for offset, source in enumerate(self._placeholders):
+            self.queue.put_unbounded(encode_interface_statistics(
+                interface_id=captured + offset, timestamp=now, delivered=0,
+                comment=f"pcapd: not captured: {source.why or 'unavailable'}"[:4000]))
 
     async def _sender(self, done: trio.Event) -> None:
         while (chunk := await self.queue.take(MAX_PAYLOAD, min_bytes=MAX_PAYLOAD,
@@ -646,7 +723,7 @@ class ApiCapture:
     async def _finish(self) -> End:
         await self.output.send_message(self._statistics(final=True))
         return End(reason=self.end_reason, text=self.end_text, limit=self.end_limit,
-                   totals=self.totals())
+                   totals=self.totals(), expected=len(self.sources), absent=self.absent())
 
 
 def _with_source_id(source: SourceRun, payload: AgentPayload) -> bytes:

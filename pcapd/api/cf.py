@@ -157,16 +157,18 @@ class CfResolver(UaaPlatform):
                    resources: list[dict[str, Any]], identity: Identity) -> Resolution:
         by_index = {int(r["index"]): r for r in resources if "index" in r}
         wanted = sorted(set(target.instances)) if target.instances else sorted(by_index)
+        unknown = [i for i in wanted if i not in by_index]
+        if unknown:  # the user's mistake, not an instance down: nothing is captured
+            have = ", ".join(str(i) for i in sorted(by_index)) or "none"
+            raise Refusal("INVALID_REQUEST", f"{name} has no instance "
+                          f"{', '.join(map(str, unknown))} (--instance); it has {have} "
+                          f"(`cf app {name}`)")
         jobs: list[AgentJob] = []
         unavailable: list[Unavailable] = []
         names: list[tuple[str, str]] = []
         for index in wanted:
             origin = f"{name}/{index}"
-            instance = by_index.get(index)
-            if instance is None:
-                unavailable.append(Unavailable(origin, f"{origin}: no such instance (the app "
-                                                       f"has {len(by_index)})"))
-                continue
+            instance = by_index[index]
             state = str(instance.get("state", "UNKNOWN"))
             host, instance_guid = instance.get("host"), instance.get("instance_guid")
             if state not in CAPTURABLE or not host or not instance_guid:

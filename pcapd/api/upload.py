@@ -126,7 +126,17 @@ async def finish_upload(store: Store, upload: Upload, info: CaptureInfo, end: En
         packets=totals.written if totals else 0,
         dropped=(totals.kernel_dropped + totals.agent_dropped + totals.api_dropped)
         if totals else 0,
-        reason=end.reason if end is not None else "aborted")
+        reason=stored_reason(end) if end is not None else "aborted")
     stored = await upload.finish(final)
     url, expires = await store.download_url(stored, base_url, time.time())
     return Download(capture=stored_capture(stored), url=url, url_expires_at=expires)
+
+
+def stored_reason(end: End) -> str:
+    """How a stored capture ended, as ``captures list`` shows it: ``completed``, or
+    ``completed - partial: 2 of 3 sources`` when sources it should hold are missing (in the
+    characters an S3 tag value may hold)."""
+    lost = sum(1 for a in end.absent if a.partial)
+    if not lost:
+        return end.reason
+    return f"{end.reason} - partial: {end.expected - lost} of {end.expected} sources"

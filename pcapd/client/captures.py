@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -28,8 +27,10 @@ from rich.table import Table
 from pcapd.client.boshcli import bosh_config_path, bosh_credentials
 from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
 from pcapd.client.credentials import Credentials
-from pcapd.client.remote import api_address, choose_api_url
-from pcapd.client.session import ApiAddress, open_api_link, refusal_text
+from pcapd.client.output import check_target, partial_path
+from pcapd.client.output import put_in_place as partial_into_place
+from pcapd.client.remote import api_address, api_origin, choose_api_url
+from pcapd.client.session import ApiAddress, interruptible, open_api_link, refusal_text
 from pcapd.errors import PcapdError, UsageError
 from pcapd.proto import (
     CaptureList,
@@ -72,8 +73,8 @@ def captures_plan(args: argparse.Namespace) -> Iterator[CapturesPlan]:
             credentials = CfCredentials(config)
             url = choose_api_url(args, derive_api_url(config.target), "")
         credentials.ensure_fresh(time.time())
-        yield CapturesPlan(args, api_address(url, cacert=args.cacert, insecure=args.insecure),
-                           credentials)
+        yield CapturesPlan(args, api_address(url, cacert=args.cacert, insecure=args.insecure,
+                                             origin=api_origin(args)), credentials)
 
 
 async def _ask(plan: CapturesPlan, request: ListCaptures | GetDownload) -> Message:
@@ -93,6 +94,16 @@ async def _ask(plan: CapturesPlan, request: ListCaptures | GetDownload) -> Messa
 
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) if ts else "-"
+
+
+async def run_captures_command(plan: CapturesPlan) -> None:
+    """``captures list`` or ``captures download``; SIGINT or SIGTERM end it at once (130)."""
+    async with interruptible():
+        if plan.args.captures_command == "list":
+            await list_captures(plan)
+        else:
+            capture_id = await resolve_capture_id(plan, plan.args.capture_id)
+            await download_capture(plan, capture_id, plan.args.write)
 
 
 async def _stored(plan: CapturesPlan) -> list[StoredCapture]:
@@ -152,14 +163,24 @@ async def list_captures(plan: CapturesPlan) -> None:
 
 
 async def download_capture(plan: CapturesPlan, capture_id: str, write: str | None) -> None:
-    """Fetch one capture into ``write`` (default ``<id>.pcapng``), streamed, with progress."""
+    """Fetch one capture into ``write`` (default ``<id>.pcapng``), streamed, with progress:
+    into ``.NAME.partial``, renamed into place when complete; an existing file is refused
+    (before the api is asked) unless ``--force``."""
+    force = bool(getattr(plan.args, "force", False))
+    target = None
+    if write == "-" and sys.stdout.isatty():
+        raise UsageError("-w -: stdout is a terminal; pipe it (| tshark -r -) or name a file")
+    if write != "-":  # to stdout (a pipe) as it comes; else a file, checked before asking
+        name = write or f"{capture_id}.pcapng"
+        target = check_target(name, force=force)
+        if target is None:
+            raise CapturesError(f"-w {name}: a download goes to a file (or -w - to a pipe)")
     answer = await _ask(plan, GetDownload(capture_id=capture_id))
     assert isinstance(answer, Download)
-    if write == "-":
+    if target is None:
         await _download_to_stdout(plan, answer)
         return
-    target = Path(write or f"{capture_id}.pcapng")
-    partial = target.with_name(f".{target.name}.partial")
+    partial = partial_path(target)
     verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
     stderr = Console(stderr=True)
     try:
@@ -174,11 +195,16 @@ async def download_capture(plan: CapturesPlan, capture_id: str, write: str | Non
                           DownloadColumn(), TransferSpeedColumn(), console=stderr,
                           disable=plan.args.quiet, transient=True) as bar:
                 task = bar.add_task(capture_id[:12], total=total or None)
-                async with await trio.open_file(partial, "wb") as out:
+                try:
+                    out = await trio.open_file(partial, "wb")
+                except OSError as exc:
+                    raise CapturesError(f"-w {name}: cannot write {partial}: "
+                                        f"{exc.strerror or exc}") from None
+                async with out:
                     async for chunk in response.aiter_bytes(CHUNK):
                         await out.write(chunk)
                         bar.advance(task, len(chunk))
-        await trio.Path(partial).rename(target)
+        await trio.to_thread.run_sync(lambda: partial_into_place(partial, target, force=force))
     except httpx.HTTPError as exc:
         await trio.Path(partial).unlink(missing_ok=True)
         raise CapturesError(f"download of {capture_id} failed: {exc}") from None
@@ -192,8 +218,6 @@ async def download_capture(plan: CapturesPlan, capture_id: str, write: str | Non
 
 async def _download_to_stdout(plan: CapturesPlan, answer: Download) -> None:
     """``captures download ID -w -``: the pcapng to stdout (``| tshark -r -``), nothing else."""
-    if sys.stdout.isatty():
-        raise UsageError("-w -: stdout is a terminal; pipe it (| tshark -r -) or name a file")
     verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
     out = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     try:

@@ -28,7 +28,7 @@ from pcapd.certs import CertPaths, make_throwaway_pki, write_pki
 from pcapd.client.output import PcapngOutput
 from pcapd.client.plan import capture_request, opened_output
 from pcapd.client.progress import Header, Progress
-from pcapd.client.session import ApiAddress, run_capture
+from pcapd.client.session import ApiAddress, Interrupts, interruptible, run_capture
 from pcapd.config import AgentConfig, ApiConfig, local_api_config, parse_agent_config
 from pcapd.config.model import AgentListenConfig, ApiListenConfig
 from pcapd.errors import UsageError
@@ -111,7 +111,7 @@ def local_plan(args: argparse.Namespace) -> Iterator[LocalPlan]:
     if agents and args.certs is None:
         raise UsageError("--agent needs --certs DIR (the certificates of 'pcapd certs init')")
     start = capture_request(args, LocalTarget(netns=args.netns))
-    with opened_output(args.write) as output, \
+    with opened_output(args.write, force=args.force) as output, \
             tempfile.TemporaryDirectory(prefix="pcapd-local-") as tmp:
         if agents:
             pki = CertPaths.in_directory(Path(args.certs))
@@ -121,12 +121,17 @@ def local_plan(args: argparse.Namespace) -> Iterator[LocalPlan]:
 
 
 async def capture_local(plan: LocalPlan) -> End:
-    """Run ``pcapd capture local`` as planned; returns the api's ``end``."""
-    return await _run(plan.args, plan.start, plan.output, plan.pki, plan.agents, plan.storage)
+    """Run ``pcapd capture local`` as planned; returns the api's ``end``. A signal while the
+    embedded agent and api start ends it at once, as while connecting (exit 130)."""
+    async with interruptible() as interrupts:
+        return await _run(plan.args, plan.start, plan.output, plan.pki, plan.agents,
+                          plan.storage, interrupts)
+    raise AssertionError("unreachable: interruptible() raises when it cancels")
 
 
 async def _run(args: argparse.Namespace, start: Start, output: PcapngOutput, pki: CertPaths,
-               agents: list[tuple[str, int, str | None]], storage: Path) -> End:
+               agents: list[tuple[str, int, str | None]], storage: Path,
+               interrupts: Interrupts) -> End:
     async with open_nursery() as nursery:
         if agents:
             resolver = LocalResolver(agents, from_request=False)
@@ -142,7 +147,7 @@ async def _run(args: argparse.Namespace, start: Start, output: PcapngOutput, pki
         with Progress(quiet=args.quiet, header=Header.of(start, "embedded api", output.target),
                       notes=getattr(output, "notes", None)) as progress:
             end = await run_capture(ApiAddress("local", 0, unix_path=socket_path), start,
-                                    output, progress)
+                                    output, progress, interrupts=interrupts)
         progress.end(end, output.target)
         nursery.cancel_scope.cancel()
     return end

@@ -12,7 +12,6 @@ import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from pcapd.client.notes import Notes
 from pcapd.client.output import PcapngOutput, default_target
@@ -44,8 +43,8 @@ def capture_request(args: argparse.Namespace, target: Target) -> Start:
 class NotedOutput(PcapngOutput):
     """The output with the notices of :class:`~pcapd.client.notes.Notes` on the next packet."""
 
-    def __init__(self, target: str) -> None:
-        super().__init__(target)
+    def __init__(self, target: str, *, force: bool = False) -> None:
+        super().__init__(target, force=force)
         self.notes = Notes()
 
     async def write(self, payload: bytes | memoryview) -> None:
@@ -53,8 +52,10 @@ class NotedOutput(PcapngOutput):
 
 
 @contextmanager
-def opened_output(write: str | None, upload: bool = False) -> Iterator[PcapngOutput]:
-    """``-w`` opened now; closed at the end, and removed if the block failed before any byte.
+def opened_output(write: str | None, upload: bool = False,
+                  force: bool = False) -> Iterator[PcapngOutput]:
+    """``-w`` checked and opened now; closed at the end (see :mod:`pcapd.client.output`: a
+    partial file renamed into place once something was written, else removed).
 
     With ``--upload`` the capture goes to the api's store, not here: no file is opened.
     """
@@ -64,14 +65,9 @@ def opened_output(write: str | None, upload: bool = False) -> Iterator[PcapngOut
                              "here: choose one")
         yield PcapngOutput(os.devnull)
         return
-    output = NotedOutput(default_target(write))
-    created = not output.to_stdout and not Path(output.target).exists()
+    output = NotedOutput(default_target(write), force=force)
     output.open()
     try:
         yield output
-    except BaseException:
+    finally:
         output.close()
-        if output.bytes_written == 0 and created:  # only a file this run made (not a fifo)
-            Path(output.target).unlink(missing_ok=True)
-        raise
-    output.close()

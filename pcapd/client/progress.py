@@ -37,6 +37,39 @@ _STYLE = {"capturing": "green", "starting": "yellow", "stopped": "dim", "unavail
           "congested": "bold yellow"}
 
 
+def plural(n: int, word: str) -> str:
+    """``1 packet``, ``2 packets``, ``0 sources``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _duration(seconds: float) -> str:
+    """``1h``, ``5m``, ``90s``: a limit as the user would type it."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def limits_line(limits: CaptureLimits, asked: CaptureLimits | None) -> str:
+    """``limits: 1h (the api's maximum; you asked 2h), 1.1 GB``: what ends the capture."""
+    parts = []
+    for name, show in (("max_duration", _duration), ("max_packets",
+                                                     lambda n: plural(int(n), "packet")),
+                       ("max_bytes", lambda n: _size(int(n)))):
+        value = getattr(limits, name)
+        if value is None:
+            continue
+        wanted = getattr(asked, name) if asked is not None else None
+        text = show(value)
+        if wanted is None:
+            text += " (the api's maximum)"
+        elif wanted > value:
+            text += f" (the api's maximum; you asked {show(wanted)})"
+        parts.append(text)
+    return "limits: " + (", ".join(parts) if parts else "none")
+
+
 def _size(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -45,7 +78,8 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _duration(seconds: float) -> str:
+def _clock(seconds: float) -> str:
+    """``4:05`` or ``1:02:03``: elapsed and time left in the header."""
     seconds = max(0, int(seconds))
     h, rest = divmod(seconds, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
@@ -84,9 +118,9 @@ class Header:
         parts = [self.target, f"via {self.api}", f"filter {self.filter!r}" if self.filter
                  else "no filter", f"→ {self.output}"]
         if elapsed is not None:
-            time_text = f"{_duration(elapsed)} elapsed"
+            time_text = f"{_clock(elapsed)} elapsed"
             if lim.max_duration is not None:
-                time_text += f", {_duration(lim.max_duration - elapsed)} left"
+                time_text += f", {_clock(lim.max_duration - elapsed)} left"
             parts.append(time_text)
         limit_text = [f"{lim.max_packets:,} packets" if lim.max_packets is not None else "",
                       f"{_size(lim.max_bytes)}" if lim.max_bytes is not None else "",
@@ -153,6 +187,9 @@ class Progress:
         self._started_at: float | None = None
         self._hinted = False
         self._live: Live | None = None
+        self.asked: CaptureLimits | None = None
+        """The limits the user asked for, to say when the api lowered them."""
+        self.reader_closed = False
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal and not self.quiet:
@@ -176,10 +213,21 @@ class Progress:
             self.limits = limits
         if self._live is None and not self.quiet:  # no live table: one line that it runs
             names = ", ".join(s.name for s in msg.sources)
-            self.console.print(f"capturing {len(msg.sources)} source"
-                               f"{'s' if len(msg.sources) != 1 else ''}: {names}",
+            self.console.print(f"capturing {plural(len(msg.sources), 'source')}: {names}",
                                highlight=False, markup=False, soft_wrap=True)
+        if msg.limits is not None and not self.quiet:
+            self.note(limits_line(msg.limits, self.asked))
         self._refresh()
+
+    def note(self, text: str) -> None:
+        """A plain line on stderr (not with -q): where pcapd connects, the limits in force."""
+        if not self.quiet:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def reader_gone(self) -> None:
+        """The pipe's reader (``| head``, ``| tshark -c N``, a closed Wireshark) went away."""
+        self.reader_closed = True
+        self.error("the reader closed the pipe: stopping")
 
     def statistics(self, msg: Statistics) -> None:
         for s in msg.sources:
@@ -216,9 +264,10 @@ class Progress:
         t = msg.totals
         dropped = t.kernel_dropped + t.agent_dropped + t.api_dropped
         where = "stdout" if output == "-" else output
-        line = (f"{t.written} packets written to {where} from {len(self.sources)} "
-                f"source{'s' if len(self.sources) != 1 else ''} ({msg.reason}"
-                f"{': ' + msg.text if msg.text else ''}); captured {t.packets}, dropped "
+        text = "the reader closed the pipe" if self.reader_closed else msg.text
+        line = (f"{plural(t.written, 'packet')} written to {where} from "
+                f"{sources_text(msg, len(self.sources))} ({msg.reason}"
+                f"{': ' + text if text else ''}); captured {t.packets}, dropped "
                 f"{dropped} (kernel {t.kernel_dropped}, agent {t.agent_dropped}, "
                 f"api {t.api_dropped})")
         if t.late:
@@ -233,7 +282,8 @@ class Progress:
         c, t = msg.stored.capture, msg.totals
         until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(msg.stored.url_expires_at))
         self.console.print(
-            f"stored capture {c.capture_id}: {t.written} packets, {_size(c.size)} "
+            f"stored capture {c.capture_id}: {plural(t.written, 'packet')}, {_size(c.size)} "
+            f"from {sources_text(msg, len(self.sources))} "
             f"({msg.reason}{': ' + msg.text if msg.text else ''}); kept until "
             f"{time.strftime('%Y-%m-%d', time.gmtime(c.expires_at))}", highlight=False,
             markup=False, soft_wrap=True)
@@ -283,7 +333,7 @@ class Progress:
         n = len(self.sources) + len(self.unavailable)
         dropped = t.kernel_dropped + t.agent_dropped + t.api_dropped
         for col, text in zip(table.columns, (
-                f"total ({n} source{'s' if n != 1 else ''})", "", f"{t.packets:,}",
+                f"total ({plural(n, 'source')})", "", f"{t.packets:,}",
                 _size(t.bytes), f"{t.written:,}", f"{dropped:,}"), strict=True):
             col.footer = text
         return table if top is None else Group(top, table)
@@ -319,3 +369,25 @@ class Progress:
 def _sum(stats: list[Counters]) -> Counters:
     fields = ("packets", "bytes", "written", "kernel_dropped", "agent_dropped", "api_dropped")
     return Counters(**{f: sum(getattr(s, f) for s in stats) for f in fields})
+
+
+def is_partial(msg: End) -> bool:
+    """Whether a source pcapd should have captured is missing (not: one the platform reports
+    as not running)."""
+    return any(a.partial for a in msg.absent)
+
+
+def sources_text(msg: End, captured: int) -> str:
+    """``3 sources``; ``2 of 3 sources; my-app/1 unavailable (cannot connect to its agent: …)``;
+    an instance the platform reports not running is named, but the count stays whole."""
+    lost = [a for a in msg.absent if a.partial]
+    if lost:
+        expected = msg.expected or captured + len(lost)
+        text = f"{expected - len(lost)} of {plural(expected, 'source')}"
+    else:
+        text = plural(captured, "source")
+    for a in msg.absent:
+        what = "unavailable" if a.partial else "not captured"
+        text += (f"; {a.reason}" if a.reason.startswith(a.name)
+                 else f"; {a.name} {what} ({a.reason})")
+    return text

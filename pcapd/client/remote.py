@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pcapd.client.boshcli import bosh_config_path, bosh_credentials
+import jwt
+
+from pcapd.client.boshcli import (
+    BoshCredentials,
+    bosh_config_path,
+    bosh_credentials,
+)
 from pcapd.client.cfcli import (
     CfCredentials,
     cf_config_path,
@@ -80,18 +86,21 @@ def _parse_api_url(url: str) -> tuple[str, str, int, str]:
     return scheme, parts.hostname, _PORTS[scheme] if port is None else port, resource
 
 
-def api_address(url: str, *, cacert: str | None = None, insecure: bool = False) -> ApiAddress:
-    """Where to dial the api, and how to check its certificate (``--cacert``, ``-k``)."""
+def api_address(url: str, *, cacert: str | None = None, insecure: bool = False,
+                origin: str = "") -> ApiAddress:
+    """Where to dial the api, and how to check its certificate (``--cacert``, ``-k``);
+    ``origin`` says where the URL came from, for messages."""
     scheme, host, port, resource = _parse_api_url(url)
     if scheme == "ws":
-        return ApiAddress(host, port, resource)
+        return ApiAddress(host, port, resource, url=url, origin=origin)
     if cacert is not None and not Path(cacert).is_file():
         raise UsageError(f"--cacert {cacert}: no such file")
     try:
         context = client_context(ca=cacert, insecure=insecure, what="--cacert")
     except TlsSetupError:
         raise UsageError(f"--cacert {cacert}: not a CA certificate in PEM form") from None
-    return ApiAddress(host, port, resource, ssl_context=context, server_hostname=host)
+    return ApiAddress(host, port, resource, ssl_context=context, server_hostname=host, url=url,
+                      origin=origin)
 
 
 def _is_loopback(host: str) -> bool:
@@ -116,6 +125,25 @@ def choose_api_url(args: argparse.Namespace, derived: str | None, why_not: str) 
     return str(url)
 
 
+def api_origin(args: argparse.Namespace) -> str:
+    """Where :func:`choose_api_url` found the api: shown as ``connecting to URL (from …)``."""
+    if args.api:
+        return "--api"
+    return API_ENV if os.environ.get(API_ENV) else "your cf target"
+
+
+def token_user(token: str) -> str:
+    """Who the access token speaks for (``user_name``, or the client of a client-credentials
+    token): only to tell the user whose login pcapd uses; the api verifies the token."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return "an unreadable login"
+    name = claims.get("user_name") or claims.get("client_id") or claims.get("sub")
+    shown = "".join(c for c in str(name)[:100] if c.isprintable()) if name else ""
+    return shown or "an unnamed login"
+
+
 @dataclass(frozen=True)
 class RemotePlan:
     """Everything a cf or bosh capture prepares before the event loop starts."""
@@ -125,6 +153,9 @@ class RemotePlan:
     output: PcapngOutput
     api: ApiAddress
     credentials: Credentials
+    where: str
+    """``org/space`` or ``environment lab (https://10.0.0.6:25555)``: whose login, for the
+    ``connecting to …`` line."""
 
 
 def _cf(args: argparse.Namespace) -> tuple[Credentials, Target, str]:
@@ -169,14 +200,33 @@ def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
         else:
             credentials, target, url = _bosh(args, stack)
         start = capture_request(args, target)
-        api = api_address(url, cacert=args.cacert, insecure=args.insecure)
+        api = api_address(url, cacert=args.cacert, insecure=args.insecure,
+                          origin=api_origin(args))
         if api.ssl_context is None and not _is_loopback(api.host):
             _warn(f"{websocket_url(url)} is not TLS: your access token travels in clear text")
         elif api.ssl_context is not None and args.insecure:
             _warn(f"-k/--insecure: not verifying the TLS certificate of {websocket_url(url)}")
-        output = stack.enter_context(opened_output(args.write, args.upload))
+        output = stack.enter_context(opened_output(args.write, args.upload, args.force))
+        if isinstance(credentials, CfCredentials):
+            where = f"{credentials.config.org_name}/{credentials.config.space_name}"
+        elif isinstance(credentials, BoshCredentials):
+            where = (f"bosh environment {credentials.environment.name} "
+                     f"({credentials.environment.url})")
+        else:
+            where = "?"
         credentials.ensure_fresh(time.time())
-        yield RemotePlan(args, start, output, api, credentials)
+        plan = RemotePlan(args, start, output, api, credentials, where)
+        if not args.quiet:  # before anything is sent to the api
+            print(connecting_line(plan), file=sys.stderr, flush=True)
+        yield plan
+
+
+def connecting_line(plan: RemotePlan) -> str:
+    """Where pcapd connects and as whom, printed before it does (the first thing to check
+    when nothing happens: the wrong api, the wrong login, the wrong space)."""
+    origin = f" (from {plan.api.origin})" if plan.api.origin else ""
+    user = token_user(plan.credentials.tokens.access_token)
+    return f"connecting to {plan.api.shown}{origin} as {user}, {plan.where}"
 
 
 async def capture_remote(plan: RemotePlan) -> End:

@@ -1,9 +1,13 @@
 """Run one capture against an api: send the request, write the stream, stop on a signal.
 
-The first SIGINT/SIGTERM asks the api to stop: agents stop, their tails and statistics arrive,
-the file ends complete. A second one gives up at once — the file still holds only whole blocks,
-so it opens, but without the final statistics. A refusal (bad filter, no instance) raises
-:class:`CaptureRefused` with the api's words for the CLI's one-line error.
+Signals are watched in every phase, as tcpdump does (:func:`interruptible`), also when pcapd
+started with SIGINT ignored (a background job of a script). Before the capture has started
+(resolving, connecting, starting) SIGINT or SIGTERM ends pcapd at once: :class:`Interrupted`,
+exit 130, nothing written. Once it runs, the first one asks the api to stop: agents stop, their
+tails and statistics arrive, the file ends complete. A second one gives up at once — the file
+still holds only whole blocks, so it opens, but without the final statistics. A refusal (bad
+filter, no instance) raises :class:`CaptureRefused` with the api's words for the CLI's one-line
+error.
 
 A capture against a real api starts with the user's access token in the WebSocket handshake
 (``extra_headers``) and may outlive it: with a ``token_source`` a task refreshes the token
@@ -19,7 +23,7 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,7 +32,7 @@ import trio
 
 from pcapd.client.output import PcapngOutput
 from pcapd.client.progress import Progress
-from pcapd.errors import PcapdError, ProtocolError
+from pcapd.errors import Interrupted, PcapdError, ProtocolError
 from pcapd.proto import (
     Data,
     End,
@@ -43,7 +47,7 @@ from pcapd.proto import (
     Welcome,
 )
 from pcapd.transport.groups import open_nursery
-from pcapd.transport.ws import Link, LinkClosed, open_websocket
+from pcapd.transport.ws import HandshakeRejected, Link, LinkClosed, open_websocket
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,47 @@ class CaptureInterrupted(PcapdError):
     """The user insisted (a second Ctrl-C): the capture was abandoned without its end."""
 
 
+class Interrupts:
+    """What a signal does in the current phase: end at once, or ask for a graceful stop."""
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.received = 0
+        self.graceful: Callable[[], Awaitable[bool]] | None = None
+        """Once the capture runs: ask the api to stop; False if that could not be sent."""
+        self.abandoned = False
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            self.received += 1
+            if self.graceful is not None and await self.graceful():
+                with trio.move_on_after(STOP_GRACE):  # the api's time to end the capture
+                    async for _ in signals:
+                        break
+            self.abandoned = self.graceful is not None
+            self.scope.cancel()
+            return
+
+
+@asynccontextmanager
+async def interruptible() -> AsyncIterator[Interrupts]:
+    """Watch SIGINT and SIGTERM for the whole block (whatever their disposition was: a shell
+    starts background jobs with SIGINT ignored). A signal before ``graceful`` is set cancels
+    the block and raises :class:`Interrupted`; after it, the first one calls it, a second one
+    cancels the block and raises :class:`CaptureInterrupted`."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_nursery() as nursery:
+            interrupts = Interrupts(nursery.cancel_scope)
+            nursery.start_soon(interrupts.watch, signals)
+            yield interrupts
+            nursery.cancel_scope.cancel()
+    if interrupts.abandoned:
+        raise CaptureInterrupted("stopped at once: the file holds whole packets but not "
+                                 "the final statistics")
+    if interrupts.received and interrupts.graceful is None:
+        raise Interrupted()
+
+
 @dataclass(frozen=True, slots=True)
 class ApiAddress:
     host: str
@@ -97,49 +142,94 @@ class ApiAddress:
     server_hostname: str | None = None
     unix_path: str | None = None
     """Local mode: the embedded api's Unix socket (host and port only label it)."""
+    url: str = ""
+    """The api as the user gave it (or as derived), for messages."""
+    origin: str = ""
+    """Where that URL came from (``--api``, ``PCAPD_API``, ``your cf target``)."""
+
+    @property
+    def shown(self) -> str:
+        return self.url or f"{self.host}:{self.port}"
+
+
+def rejection_text(api: ApiAddress, exc: HandshakeRejected) -> str:
+    """One line for an HTTP answer instead of a WebSocket: gorouter's 404 ``unknown_route``
+    (pcapd is not deployed there, or a wrong ``--api``), a 502 (the api is down)."""
+    router = f", X-Cf-Routererror: {exc.router_error}" if exc.router_error else ""
+    origin = f" (from {api.origin})" if api.origin else ""
+    if exc.status == 404:
+        hint = "is pcapd deployed there? use --api URL or PCAPD_API for another address"
+    elif exc.status in (502, 503, 504):
+        hint = ("the api behind it does not answer: is pcapd's api running? try again, or "
+                "ask your operator")
+    else:
+        hint = "is this a pcapd api? use --api URL or PCAPD_API for another address"
+    return f"{api.shown}{origin} answered HTTP {exc.status}{router}, not pcapd: {hint}"
 
 
 @asynccontextmanager
 async def open_api_link(api: ApiAddress, extra_headers: Headers | None = None
                         ) -> AsyncIterator[Link]:
     """A link to the api, past the handshake; an api that refuses raises CaptureRefused."""
-    async with open_websocket(api.host, api.port, ssl_context=api.ssl_context,
-                              server_hostname=api.server_hostname,
-                              resource=api.resource, extra_headers=extra_headers,
-                              unix_path=api.unix_path) as ws:
-        link = Link(ws, InitiatorSession("client"), f"api {api.host}:{api.port}")
-        await link.send(link.session.make_hello())  # type: ignore[union-attr]
-        welcome = await link.receive()
-        if isinstance(welcome, Error):
-            raise CaptureRefused(refusal_text(welcome))
-        assert isinstance(welcome, Welcome)
-        yield link
+    try:
+        async with open_websocket(api.host, api.port, ssl_context=api.ssl_context,
+                                  server_hostname=api.server_hostname,
+                                  resource=api.resource, extra_headers=extra_headers,
+                                  unix_path=api.unix_path) as ws:
+            link = Link(ws, InitiatorSession("client"), f"api {api.host}:{api.port}")
+            await link.send(link.session.make_hello())  # type: ignore[union-attr]
+            welcome = await link.receive()
+            if isinstance(welcome, Error):
+                raise CaptureRefused(refusal_text(welcome))
+            assert isinstance(welcome, Welcome)
+            yield link
+    except HandshakeRejected as exc:
+        raise CaptureRefused(rejection_text(api, exc)) from None
 
 
 async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
                       progress: Progress, *, extra_headers: Headers | None = None,
-                      token_source: TokenSource | None = None) -> End:
+                      token_source: TokenSource | None = None,
+                      interrupts: Interrupts | None = None) -> End:
     """Capture until the api ends the capture; returns its ``end``.
 
     ``extra_headers`` go into the WebSocket handshake (``authorization: bearer …``); with a
     ``token_source`` the token is kept fresh for as long as the capture runs.
+    ``interrupts`` (of :func:`interruptible` around the whole command) switches to a graceful
+    stop once the api says the capture runs; without it a block of its own is watched here.
     """
+    if interrupts is None:
+        async with interruptible() as own:
+            return await run_capture(api, start, output, progress, extra_headers=extra_headers,
+                                     token_source=token_source, interrupts=own)
+    progress.asked = start.limits
     async with open_api_link(api, extra_headers) as link:
         await link.send(start)
-        end: End | None = None
         async with open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, link, nursery.cancel_scope, progress)
             if token_source is not None:
                 nursery.start_soon(keep_token_fresh, link, token_source, progress)
-            end = await _stream(link, output, progress)
+            end = await _stream(link, output, progress, interrupts)
             nursery.cancel_scope.cancel()
-        if end is None:
-            raise CaptureInterrupted("stopped at once: the file holds whole packets but not "
-                                     "the final statistics")
         return end
 
 
-async def _stream(link: Link, output: PcapngOutput, progress: Progress) -> End:
+def _graceful_stop(link: Link, progress: Progress) -> Callable[[], Awaitable[bool]]:
+    async def stop() -> bool:
+        progress.error("stopping: waiting for the last packets and statistics "
+                       "(press Ctrl-C again to quit at once)")
+        try:
+            with trio.move_on_after(STOP_GRACE):
+                await link.send(Stop())
+                return True
+        except (LinkClosed, PcapdError):
+            pass
+        return False
+
+    return stop
+
+
+async def _stream(link: Link, output: PcapngOutput, progress: Progress,
+                  interrupts: Interrupts) -> End:
     reader_gone = False
     while True:
         try:
@@ -154,7 +244,7 @@ async def _stream(link: Link, output: PcapngOutput, progress: Progress) -> End:
             except BrokenPipeError:
                 # `| tshark -c N` or a closed Wireshark: a normal way to end, not an error
                 reader_gone = True
-                progress.error("the reader of the capture went away: stopping")
+                progress.reader_gone()
                 with contextlib.suppress(LinkClosed, PcapdError):
                     await link.send(Stop())
         elif isinstance(msg, Statistics):
@@ -162,28 +252,12 @@ async def _stream(link: Link, output: PcapngOutput, progress: Progress) -> End:
         elif isinstance(msg, Notice):
             progress.notice(msg)
         elif isinstance(msg, Started):
+            interrupts.graceful = _graceful_stop(link, progress)
             progress.started(msg)
         elif isinstance(msg, End):
             return msg
         elif isinstance(msg, Error):
             raise CaptureRefused(refusal_text(msg))
-
-
-async def _stop_on_signal(link: Link, scope: trio.CancelScope, progress: Progress) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            break
-        progress.error("stopping: waiting for the last packets and statistics "
-                       "(press Ctrl-C again to quit at once)")
-        try:
-            await link.send(Stop())
-        except (LinkClosed, PcapdError):
-            scope.cancel()
-            return
-        with trio.move_on_after(STOP_GRACE):
-            async for _ in signals:
-                break
-        scope.cancel()
 
 
 async def keep_token_fresh(link: Link, source: TokenSource, progress: Progress, *,

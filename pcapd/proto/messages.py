@@ -162,6 +162,19 @@ class Source(_Wire, frozen=True, kw_only=True):
     """The pcapng ``if_description``: instance guid or agent id."""
 
 
+class Absent(_Wire, frozen=True, kw_only=True):
+    """An instance or source the capture does not hold, and why.
+
+    ``partial``: pcapd should have captured it and could not (its agent unreachable, its start
+    failed, lost and not back within the grace) — the capture is partial. Not partial: the
+    platform reports it not running (CF ``DOWN``/``CRASHED``, a BOSH instance without a VM).
+    """
+
+    name: Name
+    reason: Text
+    partial: bool = False
+
+
 class Counters(_Wire, frozen=True, kw_only=True):
     """Packet accounting: ``packets == written + agent_dropped + api_dropped + discarded``
     once a capture ends.
@@ -261,6 +274,8 @@ class Started(_Tagged, tag="started", frozen=True, kw_only=True):
 
     capture_id: CaptureId
     sources: Annotated[list[Source], Meta(max_length=MAX_LIST)]
+    limits: CaptureLimits | None = None
+    """The limits in force: the request's, lowered to the api's policy."""
 
 
 class Notice(_Tagged, tag="message", frozen=True, kw_only=True):
@@ -318,6 +333,10 @@ class End(_Tagged, tag="end", frozen=True, kw_only=True):
     totals: Counters = Counters()
     stored: Download | None = None
     """With ``upload``: the stored capture and its download URL."""
+    expected: Count = 0
+    """Sources the capture should have held (captured ones plus the ``partial`` absent)."""
+    absent: Annotated[list[Absent], Meta(max_length=MAX_LIST)] = []
+    """Instances or sources not in the capture, and why."""
 
 
 class ListCaptures(_Tagged, tag="list_captures", frozen=True, kw_only=True):

@@ -94,6 +94,19 @@ class LinkClosed(PcapdError):
     """The peer went away, the connection broke, or the link failed a protocol check."""
 
 
+class HandshakeRejected(LinkClosed):
+    """The server answered the WebSocket handshake with a plain HTTP status: no pcapd there
+    (gorouter's 404 ``unknown_route``), or nothing behind the router (502)."""
+
+    def __init__(self, target: str, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        found = [v for k, v in headers if k.lower() == b"x-cf-routererror"]
+        text = found[0].decode(errors="replace")[:200] if found else ""
+        self.router_error = "".join(c for c in text if c.isprintable())  # (a peer's words)
+        router = f" (X-Cf-Routererror: {self.router_error})" if self.router_error else ""
+        super().__init__(f"{target}: answered HTTP {status}{router} instead of a WebSocket")
+
+
 def describe_peer(stream: trio.abc.Stream) -> str:
     """``host:port`` of the far end of a (TLS over) TCP stream, for log lines and messages."""
     inner: Any = stream
@@ -318,7 +331,7 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
     trio-websocket, which would check the address. Failures raise :class:`LinkClosed`.
     """
     target = f"{host}:{port}"
-    async with open_nursery() as nursery:
+    async with _rejections(target), open_nursery() as nursery:
         try:
             with trio.fail_after(connect_timeout):
                 tcp = (await trio.open_unix_socket(unix_path) if unix_path is not None
@@ -361,6 +374,16 @@ async def open_websocket(host: str, port: int, *, ssl_context: ssl.SSLContext | 
                 await ws.aclose()
             await _close_socket(stream)
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _rejections(target: str) -> AsyncIterator[None]:
+    """trio-websocket raises an HTTP answer to the handshake from its reader task, so it
+    leaves the connection's nursery rather than the handshake: translate it there."""
+    try:
+        yield
+    except trio_websocket.ConnectionRejected as exc:
+        raise HandshakeRejected(target, exc.status_code or 0, list(exc.headers or [])) from None
 
 
 class _WatchedStream(trio.abc.Stream):

@@ -120,15 +120,15 @@ async def test_only_the_requested_instances(cf: Cf, http: httpx.AsyncClient) -> 
     assert [name for _, name in result.names] == [f"{app.name}/1", f"{app.name}/3"]
 
 
-async def test_a_missing_index_is_unavailable(cf: Cf, http: httpx.AsyncClient) -> None:
+async def test_a_missing_index_is_the_users_mistake(cf: Cf, http: httpx.AsyncClient) -> None:
     space = dev_space(cf)
     app = cf.cc.add_app(space, unique("app"), instances=2)
-    result = await resolve(resolver(cf.cc.url, http),
-                           start(app.name, space, instances=[0, 5]), cf.uaa.issue(ALICE))
-    assert result.jobs == [job(app.name, app.guid, app.processes["web"].instances[0])]
-    assert result.unavailable == [Unavailable(
-        f"{app.name}/5", f"{app.name}/5: no such instance (the app has 2)")]
-    assert result.unavailable[0].code == "INSTANCE_UNAVAILABLE"
+    with pytest.raises(Refusal) as refused:
+        await resolve(resolver(cf.cc.url, http), start(app.name, space, instances=[0, 5]),
+                      cf.uaa.issue(ALICE))
+    assert refused.value.code == "INVALID_REQUEST"
+    assert refused.value.text == (f"{app.name} has no instance 5 (--instance); it has 0, 1 "
+                                  f"(`cf app {app.name}`)")
 
 
 async def test_instances_that_do_not_run_are_unavailable(

@@ -42,7 +42,7 @@ from pcapd.proto import CODES
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 GUIDES = ("README.md", "architecture.md", "user-guide.md", "operator-guide.md", "security.md",
-          "troubleshooting.md")
+          "troubleshooting.md", "3am-checklist.md")
 """The documents whose shell blocks must all be marked (the older design notes are free)."""
 SHELLS = {"sh", "bash", "console", "shell"}
 DEFAULT_TIMEOUT = 120.0

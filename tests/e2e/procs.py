@@ -27,7 +27,7 @@ from pcapd.certs import CertPaths
 from pcapd.pcapng import IDB, PcapngDecoder
 from pcapd.proto import StatusReply
 
-PCAPD = str(Path(sys.executable).with_name("pcapd"))
+PCAPD = os.environ.get("PCAPD_EXE") or str(Path(sys.executable).with_name("pcapd"))
 AGENT_PORT = 9494
 """Where an agent listens unless its configuration says otherwise."""
 
