@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -102,8 +103,7 @@ async def run_captures_command(plan: CapturesPlan) -> None:
         if plan.args.captures_command == "list":
             await list_captures(plan)
         else:
-            capture_id = await resolve_capture_id(plan, plan.args.capture_id)
-            await download_capture(plan, capture_id, plan.args.write)
+            await download_capture(plan, plan.args.capture_id, plan.args.write)
 
 
 async def _stored(plan: CapturesPlan) -> list[StoredCapture]:
@@ -162,19 +162,18 @@ async def list_captures(plan: CapturesPlan) -> None:
     console.print(table)
 
 
-async def download_capture(plan: CapturesPlan, capture_id: str, write: str | None) -> None:
-    """Fetch one capture into ``write`` (default ``<id>.pcapng``), streamed, with progress:
-    into ``.NAME.partial``, renamed into place when complete; an existing file is refused
-    (before the api is asked) unless ``--force``."""
+async def download_capture(plan: CapturesPlan, prefix: str, write: str | None) -> None:
+    """Fetch the one capture whose id starts with ``prefix`` into ``write`` (default
+    ``<id>.pcapng``; ``-`` a pipe), streamed, with progress: into ``.NAME.partial``, renamed
+    into place when complete; an existing file is refused unless ``--force``, and a named
+    ``-w`` is checked before the api is asked anything."""
     force = bool(getattr(plan.args, "force", False))
-    target = None
     if write == "-" and sys.stdout.isatty():
         raise UsageError("-w -: stdout is a terminal; pipe it (| tshark -r -) or name a file")
-    if write != "-":  # to stdout (a pipe) as it comes; else a file, checked before asking
-        name = write or f"{capture_id}.pcapng"
-        target = check_target(name, force=force)
-        if target is None:
-            raise CapturesError(f"-w {name}: a download goes to a file (or -w - to a pipe)")
+    target = None if write in (None, "-") else _download_target(write, force)
+    capture_id = await resolve_capture_id(plan, prefix)
+    if write is None:
+        target = _download_target(f"{capture_id}.pcapng", force)
     answer = await _ask(plan, GetDownload(capture_id=capture_id))
     assert isinstance(answer, Download)
     if target is None:
@@ -198,7 +197,7 @@ async def download_capture(plan: CapturesPlan, capture_id: str, write: str | Non
                 try:
                     out = await trio.open_file(partial, "wb")
                 except OSError as exc:
-                    raise CapturesError(f"-w {name}: cannot write {partial}: "
+                    raise CapturesError(f"-w {write or target}: cannot write {partial}: "
                                         f"{exc.strerror or exc}") from None
                 async with out:
                     async for chunk in response.aiter_bytes(CHUNK):
@@ -214,6 +213,13 @@ async def download_capture(plan: CapturesPlan, capture_id: str, write: str | Non
     stderr.print(f"{target}: capture {capture_id} ({answer.capture.packets:,} packets, "
                  f"{answer.capture.reason})", highlight=False, markup=False)
 
+
+
+def _download_target(name: str, force: bool) -> Path:
+    target = check_target(name, force=force)
+    if target is None:
+        raise CapturesError(f"-w {name}: a download goes to a file (or -w - to a pipe)")
+    return target
 
 
 async def _download_to_stdout(plan: CapturesPlan, answer: Download) -> None:

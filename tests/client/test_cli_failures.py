@@ -134,7 +134,7 @@ def failure_cases(tmp: Path, router: str) -> list[tuple[str, list[str]]]:
         ("capture local: -w an existing file", ["capture", "local", "-w", str(existing)]),
         ("capture local: bad --agent", ["capture", "local", "--agent", "h:99999", "--certs", "/"]),
         ("capture local: --agent without --certs", ["capture", "local", "--agent", "h"]),
-        ("capture local: snaplen 0", ["capture", "local", "-s", "0", "-w", "x"]),
+        ("capture local: snaplen too large", ["capture", "local", "-s", "300000", "-w", "x"]),
         ("capture cf: api refuses connections", ["capture", "cf", "app", "--api", closed,
                                                  "-w", str(tmp / "a")]),
         ("capture cf: gorouter 404", ["capture", "cf", "app", "--api", f"{router}/404",

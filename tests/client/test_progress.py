@@ -61,7 +61,7 @@ def test_header_says_target_api_filter_output_time_and_limits() -> None:
     clock.now += 65
     top = " ".join(screen(progress).split("\n")[:2])  # 120 columns: the header wraps
     for part in ("cf my-app:eth0", "via pcap.sys.example.com:443", "filter 'tcp port 8080'",
-                 "→ out.pcapng", "1:05 elapsed, 3:55 left", "limits 500.0 MB, duration 5:00"):
+                 "→ out.pcapng", "1:05 elapsed, 3:55 left", "limits 500.0 MB, duration 5m"):
         assert part in top, top
 
 
