@@ -13,33 +13,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from interop import corpus, needs_corpus
 from readers import run_tool
 
 PCAPD = Path(os.environ.get("PCAPD", Path(__file__).parents[1] / ".venv" / "bin" / "pcapd"))
 EXIT_DAMAGED_INPUT = 4
 
 
-def _corpus() -> Path | None:
-    """``shared/corpus/interop`` next to this checkout or one of the directories above it."""
-    override = os.environ.get("PCAPD_INTEROP_CORPUS")
-    if override:
-        return Path(override)
-    for parent in Path(__file__).resolve().parents[1:]:
-        candidate = parent / "shared" / "corpus" / "interop"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-CORPUS = _corpus()
-pytestmark = pytest.mark.skipif(
-    CORPUS is None, reason="needs ../shared/corpus/interop (the interop corpus beside the checkout)"
-)
-
-
-def corpus(name: str) -> Path:
-    assert CORPUS is not None
-    return CORPUS / name
+pytestmark = needs_corpus
 
 
 def pcapd_merge(*args: str | Path) -> subprocess.CompletedProcess[str]:
