@@ -12,5 +12,7 @@ setup(
     ext_modules=[
         Extension("pcapd._pcapngwalk", ["pcapd/_ext/pcapngwalk.c"], extra_compile_args=_FLAGS,
                   optional=True),
+        Extension("pcapd._capture", ["pcapd/_ext/capture.c"], libraries=["pcap"],
+                  extra_compile_args=_FLAGS, optional=True),
     ],
 )  # fmt: skip
