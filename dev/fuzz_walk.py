@@ -114,10 +114,9 @@ def mutate(rng: random.Random, pool: list[bytes]) -> bytearray:
             a, b = sorted(rng.randrange(len(other) + 1) for _ in range(2))
             at = rng.choice(starts) if starts else 0
             data[at:at] = other[a & ~3 : b & ~3]
-        else:  # duplicate a block
-            if len(starts) > 1:
-                i = rng.randrange(len(starts) - 1)
-                data[starts[i] : starts[i]] = data[starts[i] : starts[i + 1]]
+        elif len(starts) > 1:
+            i = rng.randrange(len(starts) - 1)
+            data[starts[i] : starts[i]] = data[starts[i] : starts[i + 1]]
     return data
 
 
@@ -140,7 +139,7 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
         interfaces = rng.choice([0, 1, 2, 16, 1 << 32])
         limit = rng.choice([32, 4096, 1 << 24, (1 << 32) - 1])
         mapping = [rng.randrange(1 << 32) for _ in range(interfaces)] if interfaces < 17 else None
-        for pos in block_starts(data, 16) + [rng.randrange(0, len(data) + 8) & ~3]:
+        for pos in [*block_starts(data, 16), rng.randrange(0, len(data) + 8) & ~3]:
             most = rng.choice([1, 2, 7, 1 << 16])
             got: list[object] = []
             for walk in (compiled.epb_run, None):
@@ -151,8 +150,8 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
                             buf, pos, most=most, max_block_size=limit, interfaces=interfaces,
                             interface_map=mapping,
                         )  # fmt: skip
-                        got.append((run.blocks, list(run.high), list(run.low),
-                                    list(run.interface_ids), run.end, run.refused, bytes(buf)))  # fmt: skip
+                        high, low, ids = list(run.high), list(run.low), list(run.interface_ids)
+                        got.append((run.blocks, high, low, ids, run.end, run.refused, bytes(buf)))
                     else:
                         b, h, lo, i, end, refused = walk(buf, pos, most, limit, interfaces, mapping)
                         got.append((b, h, lo, i, end, refused, bytes(buf)))
