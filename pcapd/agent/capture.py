@@ -268,9 +268,19 @@ class _CompiledEngine:
 _PcapError: type[Exception] = _accel.capture.PcapError if _accel.capture else OSError
 
 
+_PERM_DENIED_WORDS = "Attempt to create packet socket failed - CAP_NET_RAW may be required"
+"""What libpcap 1.10.4+ says (cypcap bundles it) where older ones say only ``socket: ...``."""
+
+
 def _pcap_words(exc: BaseException) -> str:
     """libpcap's own words from the extension's error ``(code, call, text)``."""
     code, call, text = exc.args if len(exc.args) == 3 else (0, "", str(exc))
+    if (
+        _accel.capture is not None
+        and code == _accel.capture.ERROR_PERM_DENIED
+        and "CAP_NET_RAW" not in text
+    ):
+        return _PERM_DENIED_WORDS
     return str(text or f"{call} failed ({code})")
 
 
