@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from operator import itemgetter, sub
+from itertools import repeat
+from operator import itemgetter, lshift, or_, sub
 from typing import NamedTuple
 
 from pcapd._accel import walk as _compiled
@@ -59,6 +60,22 @@ def with_interface_id(block: bytes, interface_id: int) -> bytes:
 
 def split_packets(data: bytes, offset: int = 0) -> PacketBatch:
     """Split concatenated little-endian EPBs (nothing else) into blocks and timestamps.
+
+    By the compiled walker where it is on (one C pass frames and checks the whole batch; a
+    batch it refuses goes to :func:`split_packets_pure` for the exact error), else
+    :func:`split_packets_pure`. The api's merge of several sources splits every batch so.
+    """
+    if _compiled is not None and data:
+        blocks, high, low, ids, end, _ = _compiled.epb_run(
+            data, 0, len(data) // 32 + 1, 0xFFFFFFFF, 1 << 32, None
+        )
+        if end == len(data):
+            return PacketBatch(blocks, list(map(or_, map(lshift, high, repeat(32)), low)), ids)
+    return split_packets_pure(data, offset)
+
+
+def split_packets_pure(data: bytes, offset: int = 0) -> PacketBatch:
+    """:func:`split_packets` in Python: the twin of the compiled path.
 
     Each block's framing is checked (type, length, trailing length, captured length within the
     block); a fault raises :class:`PcapngFormatError` at ``offset`` plus the position in

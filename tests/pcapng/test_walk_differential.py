@@ -63,6 +63,17 @@ def check_both(data: bytes, interface_id: int, new_id: int | None) -> None:
     assert compiled == pure
 
 
+def split_both(data: bytes) -> None:
+    answers: list[object] = []
+    for split in (packets.split_packets_pure, packets.split_packets):
+        try:
+            answers.append(split(data, 100))
+        except PcapngFormatError as exc:
+            answers.append(("format", exc.offset, str(exc)))
+    pure, compiled = answers
+    assert compiled == pure
+
+
 def offsets(data: bytes) -> list[int]:
     return list(range(0, len(data) + 1, 4))
 
@@ -74,6 +85,7 @@ def test_random_bytes(data: bytes, most: int, interfaces: int, remap: bool) -> N
     for pos in offsets(data)[:8]:
         run_both(data, pos, most, 4096, interfaces, mapping)
     check_both(data, 0, 5 if remap else None)
+    split_both(data)
 
 
 @FUZZ
@@ -84,6 +96,7 @@ def test_mutated_batches(data: bytes, most: int, limit: int) -> None:
     for interface_id in range(3):
         check_both(data, interface_id, 9)
         check_both(data, interface_id, None)
+    split_both(data)
 
 
 @FUZZ
@@ -121,3 +134,4 @@ def test_real_files(path: object) -> None:
         for most in (1, 7, 1 << 16):
             run_both(data, pos, most, 1 << 24, 16, list(range(100, 116)))
         check_both(data[pos:pos + 4096], 0, 3)
+        split_both(data[pos:pos + 4096])
