@@ -223,9 +223,10 @@ class SkippedInputSection:
 
 
 class MergeInputError(PcapdError):
-    """An input is missing, unreadable, neither pcap nor pcapng, or malformed.
+    """An input is missing, unreadable, empty, compressed, or neither pcap nor pcapng.
 
-    ``offset`` is the byte offset of the fault for a malformed file, else ``None``.
+    ``offset`` is the byte offset of the fault where its first bytes are wrong, else ``None``.
+    (A file damaged after a good start is merged up to the damage: ``MergeResult.damaged``.)
     """
 
     def __init__(self, path: str, message: str, offset: int | None = None) -> None:
