@@ -429,12 +429,18 @@ def _captures(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXIT_DAMAGED_INPUT = 4
+"""``pcapd merge``: merged, but an input was read only up to damage (see the user guide)."""
+
+
 def _merge(args: argparse.Namespace) -> int:
     from pcapd.client.output import check_target
     from pcapd.mergefiles import merge_files
 
     check_target(args.write, force=args.force)
     result = merge_files(args.inputs, args.write)
+    for problem in (*result.skipped_sections, *result.damaged):
+        print(f"pcapd: warning: {problem}", file=sys.stderr)
     notes = []
     if result.reordered:
         notes.append(f"{result.reordered} packets out of time order, as in their own file")
@@ -444,7 +450,7 @@ def _merge(args: argparse.Namespace) -> int:
     print(f"merged {result.packets} packets from {len(args.inputs)} files "
           f"({result.interfaces} interfaces) into {target}"
           + "".join(f"; {note}" for note in notes), file=sys.stderr)
-    return EXIT_OK
+    return EXIT_DAMAGED_INPUT if result.damaged else EXIT_OK
 
 
 def _extcap(args: argparse.Namespace) -> int:

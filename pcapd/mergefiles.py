@@ -36,7 +36,9 @@ sections and classic pcap take slower, exact paths. The measurements and the pro
 
 Interfaces. Each input interface becomes an output interface named ``FILE:NAME``
 (``a.pcapng:eth0``, ``a.pcapng:if1`` without ``if_name``, ``a.pcap`` for classic pcap,
-``FILE#N:NAME`` in the Nth section of concatenated sections, whose ids restart at 0). Leading
+``FILE#N:NAME`` in the Nth section of concatenated sections, whose ids restart at 0). Inputs
+of the same file name are told apart by as much of their paths as needed (``le/a.pcapng``,
+``be/a.pcapng``), the same path given twice by its place (``a.pcapng (2)``). Leading
 interfaces are numbered in input order; one defined later in a file gets the next free id when
 read. The output IDB keeps link type, snaplen and every option but ``if_name`` (``if_tsresol``
 and ``if_tsoffset`` too, so EPBs pass through unchanged but for the interface id; ordering
@@ -49,14 +51,24 @@ Other blocks.
 
 - Name Resolution, Decryption Secrets and copyable custom (0x00000BAD) blocks are copied when
   read, so they precede the packets that follow them in their file. Big-endian NRBs keep their
-  IPv4/IPv6 records; big-endian DSBs and custom blocks are skipped.
+  IPv4/IPv6 records; big-endian custom blocks keep their data as it is (only the enterprise
+  number is swapped: the data's layout is the enterprise's); big-endian DSBs are skipped.
 - Interface Statistics Blocks: the last of each interface (counters are cumulative) is written
   at the end, with its interface id rewritten.
 - Simple Packet Blocks become EPBs of their section's interface 0, stamped with the previous
   packet's time in their file (the epoch before any), so they keep their place; mergecap
   stamps them 0.
-- Anything else (obsolete Packet Blocks, journal, non-copyable custom and unknown blocks) is
-  skipped and counted in ``skipped_blocks``.
+- Obsolete Packet Blocks (type 2) become the EPBs they are the ancestors of, as Wireshark
+  reads them (their drop count as ``epb_dropcount``).
+- Anything else (journal, non-copyable custom and unknown blocks) is skipped and counted in
+  ``skipped_blocks``. A section of a major version other than 1 is passed over whole (its
+  layout is unknown) and reported in ``skipped_sections``; the file's other sections are read.
+
+Damage. A malformed block (or a file cut short: the common case after a crash) ends that input
+where it starts, as if the file ended there: every packet before it is merged, the other
+inputs are merged whole, and ``MergeResult.damaged`` says where and why (``pcapd merge`` then
+exits 4). Only an input that is not pcap or pcapng at all (or compressed: Wireshark reads
+gzip, pcapd asks for it decompressed) stops the merge before it starts.
 """
 
 from __future__ import annotations
@@ -81,6 +93,7 @@ from pcapd.pcapng import (
     IDB,
     ISB,
     NRB,
+    PB,
     SHB,
     SPB,
     EnhancedPacket,
@@ -100,14 +113,17 @@ from pcapd.pcapng import (
 )
 from pcapd.pcapng import options as o
 from pcapd.pcapng.buffer import InputBuffer
+from pcapd.pcapng.reader import SkippedSection
 
 __all__ = [
     "BUFFER_BUDGET",
     "MAX_CHUNK",
     "MIN_CHUNK",
+    "InputDamage",
     "MergeInputError",
     "MergeOutputError",
     "MergeResult",
+    "SkippedInputSection",
     "merge_files",
 ]
 
@@ -132,6 +148,10 @@ _FLOAT_MUL = 1 << 21  # low * mul is exact in a float for every 32-bit low
 _DSB = 0x0000000A  # Decryption Secrets Block
 _CUSTOM_COPYABLE = 0x00000BAD
 _COPIED_AS_IS = (NRB, _DSB, _CUSTOM_COPYABLE)
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x04\x22\x4d\x18", "lz4"))
+"""Magic numbers of the compressions Wireshark reads transparently, and pcapd does not."""
+_PB_HEAD = {False: struct.Struct("<HH4I"), True: struct.Struct(">HH4I")}
+_EPB_DROPCOUNT = 4
 
 _HEAD = struct.Struct("<II")
 _U32 = struct.Struct("<I")
@@ -162,12 +182,51 @@ class MergeResult:
     """Packets written below an earlier one: only where an input's own timestamps go back."""
     skipped_blocks: int
     """Input blocks not copied (see the module docstring for which)."""
+    damaged: tuple[InputDamage, ...] = ()
+    """Inputs read only up to a fault (a file cut short, a broken block), in input order."""
+    skipped_sections: tuple[SkippedInputSection, ...] = ()
+    """Sections of a pcapng version other than 1.x, passed over whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputDamage:
+    """Where an input stopped being readable; every packet before ``offset`` was merged."""
+
+    path: str
+    offset: int
+    reason: str
+    packets: int
+    """Packets merged from this input (all of them lie before the fault)."""
+
+    def __str__(self) -> str:
+        kept = "the packet" if self.packets == 1 else f"the {self.packets} packets"
+        return (
+            f"{self.path}: unreadable from byte offset {self.offset} ({self.reason}): "
+            f"merged {kept} before it"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedInputSection:
+    """A pcapng section of a major version pcapd cannot read (only 1.x is defined)."""
+
+    path: str
+    offset: int
+    version: str
+    blocks: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: the section at byte offset {self.offset} is pcapng version "
+            f"{self.version}, which pcapd cannot read: skipped its {self.blocks} blocks"
+        )
 
 
 class MergeInputError(PcapdError):
-    """An input is missing, unreadable, neither pcap nor pcapng, or malformed.
+    """An input is missing, unreadable, empty, compressed, or neither pcap nor pcapng.
 
-    ``offset`` is the byte offset of the fault for a malformed file, else ``None``.
+    ``offset`` is the byte offset of the fault where its first bytes are wrong, else ``None``.
+    (A file damaged after a good start is merged up to the damage: ``MergeResult.damaged``.)
     """
 
     def __init__(self, path: str, message: str, offset: int | None = None) -> None:
@@ -216,8 +275,12 @@ def merge_files(
         sids.reverse()  # ties: the later input first, as mergecap
         clock = _Clock()
         readers = [
-            (_PcapngInput if kind == "pcapng" else _PcapInput)(path, fh, first, sid, chunk, clock)
-            for path, (fh, first, kind), sid in zip(paths, files, sids, strict=True)
+            (_PcapngInput if kind == "pcapng" else _PcapInput)(
+                path, label, fh, first, sid, chunk, clock
+            )
+            for path, label, (fh, first, kind), sid in zip(
+                paths, _labels(paths), files, sids, strict=True
+            )
         ]
         with _open_output(target) as fh:
             out = _Output(fh, target)
@@ -249,7 +312,37 @@ def merge_files(
         interfaces=out.interfaces,
         reordered=merge.statistics().reordered,
         skipped_blocks=sum(reader.skipped for reader in readers),
+        damaged=tuple(reader.damage for reader in readers if reader.damage is not None),
+        skipped_sections=tuple(
+            SkippedInputSection(
+                reader.path, section.offset, f"{section.major}.{section.minor}", section.blocks
+            )
+            for reader in readers
+            if isinstance(reader, _PcapngInput)
+            for section in reader.skipped_sections
+        ),
     )
+
+
+def _labels(paths: Sequence[str]) -> list[str]:
+    """Each input's name in its interfaces' names: the file name, or as many trailing parts of
+    its path as tell it from the other inputs of that name (``le/a.pcapng``, ``be/a.pcapng``);
+    the same path given twice gets ``(N)``, its place among the inputs."""
+    parts = [Path(path).parts or (path,) for path in paths]
+    labels = [p[-1] for p in parts]
+    for name in {label for label in labels if labels.count(label) > 1}:
+        group = [i for i, label in enumerate(labels) if label == name]
+        distinct = len({parts[i] for i in group})
+        depth = 1
+        while len({parts[i][-depth:] for i in group}) < distinct:
+            depth += 1
+        for i in group:
+            labels[i] = str(Path(*parts[i][-depth:]))
+        twice = {labels[i] for i in group if sum(labels[j] == labels[i] for j in group) > 1}
+        for i in group:
+            if labels[i] in twice:
+                labels[i] = f"{labels[i]} ({i + 1})"
+    return labels
 
 
 def _frontier(reader: _Input) -> float:
@@ -306,6 +399,9 @@ def _open_input(
         raise MergeInputError(path, f"cannot read: {exc.strerror or exc}") from exc
     if not first:
         raise MergeInputError(path, "empty file: neither pcap nor pcapng")
+    for magic, kind in _COMPRESSED:
+        if first.startswith(magic):
+            raise MergeInputError(path, f"{kind}-compressed: decompress first")
     try:
         kind = sniff_format(first)
     except PcapngFormatError as exc:
@@ -428,6 +524,7 @@ class _Input:
     def __init__(
         self,
         path: str,
+        label: str,
         fh: io.FileIO,
         first: bytes,
         decoder: InputBuffer,
@@ -437,7 +534,8 @@ class _Input:
     ) -> None:
         decoder.receive_data(first)
         self.path = path
-        self.label = Path(path).name
+        self.label = label
+        self.damage: InputDamage | None = None
         self._fh = fh
         self._decoder = decoder
         self._chunk = chunk
@@ -469,11 +567,20 @@ class _Input:
         self._decoder.receive_data(data)
 
     def decode(self, merge: Merge, out: _Output, *, until_packet: bool) -> None:
-        """Push every whole packet read so far (at least the first, if ``until_packet``)."""
+        """Push every whole packet read so far (at least the first, if ``until_packet``).
+
+        A malformed block ends the input there, as if the file ended before it: what came
+        before is merged (a file cut short by a crash is the common case) and ``damage`` says
+        where and why.
+        """
+        if self.damage is not None:
+            return
         try:
             self._decode(merge, out, until_packet)
         except PcapngFormatError as exc:
-            raise MergeInputError(self.path, str(exc), exc.offset) from exc
+            reason = str(exc).removesuffix(f" (at byte offset {exc.offset})")
+            self.damage = InputDamage(self.path, exc.offset, reason, self.packets)
+            self.eof = True
 
     def _decode(self, merge: Merge, out: _Output, until_packet: bool) -> None:
         raise NotImplementedError
@@ -544,7 +651,7 @@ class _Input:
         self.frontier = merge.frontier(self.sid)  # the greatest key pushed (no watermarks here)
 
     def flush(self, merge: Merge) -> None:
-        """At the end of the file: push what was held back."""
+        """At the end of the file (or of what could be read): push what was held back."""
         if self._held_keys:
             merge.push(self.sid, self._held_keys, self._held_blocks, 0.0)
             self._held_keys, self._held_blocks = [], []
@@ -552,11 +659,15 @@ class _Input:
 
 class _PcapngInput(_Input):
     def __init__(
-        self, path: str, fh: io.FileIO, first: bytes, sid: int, chunk: int, clock: _Clock
+        self, path: str, label: str, fh: io.FileIO, first: bytes, sid: int, chunk: int,
+        clock: _Clock,
     ) -> None:
         self._pcapng = PcapngDecoder()
-        super().__init__(path, fh, first, self._pcapng, sid, chunk, clock)
-        self._section = 0
+        super().__init__(path, label, fh, first, self._pcapng, sid, chunk, clock)
+
+    @property
+    def skipped_sections(self) -> list[SkippedSection]:
+        return self._pcapng.skipped_sections
 
     def _decode(self, merge: Merge, out: _Output, until_packet: bool) -> None:
         decoder = self._pcapng
@@ -580,10 +691,12 @@ class _PcapngInput(_Input):
         if kind == SPB:
             self._simple_packet(raw, merge)
             return True
+        if kind == PB:
+            self._packet_block(raw, merge)
+            return True
         if kind == IDB:
             self._interface(raw, out)
         elif kind == SHB:
-            self._section += 1
             self._idmap = []
             self._scales = []
             self._uniform = None
@@ -591,6 +704,9 @@ class _PcapngInput(_Input):
             self._statistics(raw, out)
         elif kind in _COPIED_AS_IS and not raw.big_endian:
             out.write(raw.data)
+        elif kind == _CUSTOM_COPYABLE:  # big-endian: the enterprise number swapped, data as is
+            (pen,) = struct.unpack_from(">I", raw.data, 8)
+            out.write(_block(_CUSTOM_COPYABLE, _U32.pack(pen) + raw.data[12:-4]))
         elif kind == NRB:  # big-endian: keep the IPv4/IPv6 records
             block = parse(raw)
             assert isinstance(block, NameResolution)
@@ -603,7 +719,8 @@ class _PcapngInput(_Input):
     def _interface(self, raw: RawBlock, out: _Output) -> None:
         local = len(self._idmap)
         idb = self._pcapng.interfaces[local]
-        label = self.label if self._section <= 1 else f"{self.label}#{self._section}"
+        section = self._pcapng.sections
+        label = self.label if section <= 1 else f"{self.label}#{section}"
         name = f"{label}:{idb.name if idb.name is not None else f'if{local}'}"
         options = _le_options(raw, 16, _IDB_OPTIONS)
         tsoffset = 0
@@ -638,6 +755,23 @@ class _PcapngInput(_Input):
             block = with_interface_id(raw.data, self._idmap[local])
         self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
 
+    def _packet_block(self, raw: RawBlock, merge: Merge) -> None:
+        """An obsolete Packet Block becomes the EPB it is the ancestor of (as Wireshark reads
+        it): the same fields and options, its drop count as ``epb_dropcount``."""
+        local, drops, high, low, caplen, original = _PB_HEAD[raw.big_endian].unpack_from(
+            raw.data, 8
+        )
+        ticks = high << 32 | low
+        start = 28 + caplen + (-caplen & 3)
+        options = _le_options(raw, start, _EPB_OPTIONS)
+        if drops and all(code != _EPB_DROPCOUNT for code, _ in options):
+            options.append((_EPB_DROPCOUNT, struct.pack("<Q", drops)))
+        block = _enhanced_packet(
+            self._idmap[local], ticks, raw.data[28 : 28 + caplen], original,
+            o.encode_options(options),
+        )  # fmt: skip
+        self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
+
     def _simple_packet(self, raw: RawBlock, merge: Merge) -> None:
         packet = parse(raw, self._pcapng.interfaces)
         assert isinstance(packet, SimplePacket)
@@ -664,10 +798,11 @@ class _PcapngInput(_Input):
 
 class _PcapInput(_Input):
     def __init__(
-        self, path: str, fh: io.FileIO, first: bytes, sid: int, chunk: int, clock: _Clock
+        self, path: str, label: str, fh: io.FileIO, first: bytes, sid: int, chunk: int,
+        clock: _Clock,
     ) -> None:
         self._pcap = PcapDecoder()
-        super().__init__(path, fh, first, self._pcap, sid, chunk, clock)
+        super().__init__(path, label, fh, first, self._pcap, sid, chunk, clock)
 
     def _decode(self, merge: Merge, out: _Output, until_packet: bool) -> None:
         decoder = self._pcap

@@ -336,11 +336,8 @@ def test_concatenated_sections_get_their_own_interfaces(inputs: Inputs, tmp_path
         (lambda d: d, "cannot read: Is a directory"),
         (lambda d: _write(d / "text.pcapng", b"hello, world\n"), "neither pcap nor pcapng"),
         (lambda d: _write(d / "empty.pcap", b""), "empty.pcap: empty file"),
-        (lambda d: _write(d / "cut.pcapng", _cut_pcapng()), "cut.pcapng: input ends"),
-        (lambda d: _write(d / "bad.pcapng", _bad_pcapng()), "bad.pcapng: trailing block"),
-        (lambda d: _write(d / "cut.pcap", _cut_pcap(d)), "cut.pcap: input ends"),
     ],
-    ids=["missing", "directory", "text", "empty", "cut pcapng", "bad pcapng", "cut pcap"],
+    ids=["missing", "directory", "text", "empty"],
 )
 def test_bad_inputs_exit_1_naming_the_file_and_leave_no_output(
     inputs: Inputs, tmp_path: Path, make: object, words: str
@@ -356,14 +353,49 @@ def test_bad_inputs_exit_1_naming_the_file_and_leave_no_output(
     assert set(tmp_path.iterdir()) == before  # no output, no temporary file
 
 
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda d: _write(d / "cut.pcapng", _cut_pcapng()), "cut.pcapng: unreadable from byte "
+         "offset 288 (input ends 82 bytes into a block of 92 bytes): merged the 2 packets"),
+        (lambda d: _write(d / "bad.pcapng", _bad_pcapng()), "bad.pcapng: unreadable from byte "
+         "offset 376 (trailing block length 0 differs from the leading 92): merged the 2 packets"),
+        (lambda d: _write(d / "cut.pcap", _cut_pcap(d)), "cut.pcap: unreadable from byte offset "
+         "24 (input ends 73 bytes into a 76-byte record): merged the 0 packets"),
+    ],
+    ids=["cut pcapng", "bad pcapng", "cut pcap"],
+)  # fmt: skip
+def test_damaged_inputs_are_merged_up_to_the_damage_and_exit_4(
+    inputs: Inputs, tmp_path: Path, make: object, words: str
+) -> None:
+    assert callable(make)
+    bad = make(tmp_path)
+    out = tmp_path / "out.pcapng"
+    result = pcapd_merge("-w", out, inputs.paths[0], bad)
+    assert result.returncode == 4
+    warning, summary = result.stderr.splitlines()
+    assert warning == f"pcapd: warning: {bad.parent}/{words} before it"
+    kept = int(words.split("merged the ")[1].split(maxsplit=1)[0])
+    good = len(packets_in(inputs.paths[0].read_bytes()))
+    assert len(packets_in(out.read_bytes())) == good + kept
+    assert summary.startswith(f"merged {good + kept} packets from 2 files")
+
+
 def test_a_failed_merge_keeps_the_previous_output(inputs: Inputs, tmp_path: Path) -> None:
     out = tmp_path / "out.pcapng"
     out.write_bytes(b"yesterday's merge")
-    bad = _write(tmp_path / "bad.pcapng", _bad_pcapng())
+    bad = _write(tmp_path / "bad.pcapng", b"\x0a\x0d\x0d\x0anot really")
+    result = merge_files([inputs.paths[0], bad], out)
+    assert [(d.path, d.offset) for d in result.damaged] == [(str(bad), 8)]
+    text = _write(tmp_path / "text.pcapng", b"hello, world")
     with pytest.raises(MergeInputError) as info:
-        merge_files([inputs.paths[0], bad], out)
-    assert info.value.path == str(bad) and info.value.offset is not None
+        merge_files([inputs.paths[0], text], out)
+    assert info.value.path == str(text) and info.value.offset == 0
     assert "at byte offset" in str(info.value)
+    assert out.read_bytes() != b"yesterday's merge"
+    out.write_bytes(b"yesterday's merge")
+    with pytest.raises(MergeInputError):
+        merge_files([inputs.paths[0], text], out)
     assert out.read_bytes() == b"yesterday's merge"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

@@ -1,4 +1,4 @@
-"""The capture engine: libpcap (through cypcap) driven from Trio, packets out as pcapng EPBs.
+"""The capture engine: libpcap driven from Trio, packets out as pcapng EPBs.
 
 Theory of operation. libpcap on Linux fills a TPACKET_V3 ring shared with the kernel in blocks;
 the kernel hands a block to us when it is full or when the buffer timeout (a few ms) expires.
@@ -9,6 +9,12 @@ readable, ``dispatch`` runs on the Trio thread: it only copies what is already i
 each call is capped in packets, so no call runs for long. Packets leave as little-endian
 Enhanced Packet Blocks for interface 0, with nanosecond timestamps (see :mod:`.pkthdr`) and
 the original length, ready for the wire: nobody re-encodes them.
+
+Two engines do the reading. The compiled one (``pcapd._capture``, built at install) owns the
+libpcap handle itself and its dispatch writes each packet straight into a buffer of EPBs: one
+Python call per batch, no Python object per packet, nanosecond timestamps asked of libpcap.
+Where it is off or not built (``pcapd._accel``), cypcap's handle and a Python callback per
+packet do the same (nanoseconds then come through :mod:`.pkthdr`'s probe).
 
 Because a block is only handed over when it is retired, packets may wait in the ring up to
 about twice the buffer timeout. That bounds two promises: a batch's ``watermark`` (no later
@@ -32,6 +38,7 @@ from typing import Any
 import cypcap
 import trio
 
+from pcapd import _accel
 from pcapd.agent.bpf import (
     DLT_EN10MB,
     CaptureError,
@@ -167,34 +174,24 @@ def _packet_sink(
     return on_packet, take_captured
 
 
-class Capture:
-    """An activated, non-blocking libpcap handle. Made by :func:`open_capture`."""
+class _CypcapEngine:
+    """cypcap's handle and a Python callback per packet: the engine without the extension."""
 
-    def __init__(
-        self,
-        pcap: Any,
-        device: str,
-        nanoseconds: bool,
-        buffer_timeout: float,
-    ) -> None:
+    def __init__(self, pcap: Any, device: str, nanoseconds: bool) -> None:
         self.device = device
         self.link_type = int(pcap.datalink())
         self.snaplen = int(pcap.snapshot())
         reader = timestamp_reader(nanoseconds)
         self.exact_timestamps = reader.exact
-        """False when timestamps fell back to microseconds; ``timestamp_note`` says why."""
         self.timestamp_note = reader.why
-        self._pcap = pcap
-        self._fd = int(pcap.get_selectable_fd())
+        self.fd = int(pcap.get_selectable_fd())
         required = pcap.get_required_select_timeout()
-        self._poll_timeout = math.inf if required is None else float(required)
-        self._delivery_ns = round(2 * buffer_timeout * 1e9) + DELIVERY_SLACK_NS
-        self._watermark = 0
+        self.poll_timeout = math.inf if required is None else float(required)
+        self._pcap = pcap
         self._blocks: list[bytes] = []
         self._on_packet, self._take_captured = _packet_sink(self._blocks, reader)
 
-    def _dispatch(self, limit: int) -> bool:
-        """Read up to ``limit`` packets already in the ring; True if the ring is now empty."""
+    def dispatch(self, limit: int) -> bool:
         blocks, start = self._blocks, len(self._blocks)
         while (done := len(blocks) - start) < limit:
             try:
@@ -205,13 +202,112 @@ class Capture:
                 return True
         return False
 
-    def _take(self, ring_empty: bool, now_ns: int) -> Batch:
+    def newest(self) -> int:
+        return epb_timestamp(self._blocks[-1]) if self._blocks else 0
+
+    def pending(self) -> int:
+        return len(self._blocks)
+
+    def take(self) -> tuple[bytes, int, int, int | None, int | None]:
         pending = self._blocks  # cleared in place: the callback holds its append
         count, captured = len(pending), self._take_captured()
         first = epb_timestamp(pending[0]) if pending else None
         last = epb_timestamp(pending[-1]) if pending else None
         blocks = b"".join(pending)
         pending.clear()
+        return blocks, count, captured, first, last
+
+    def stats(self) -> CaptureStats:
+        try:
+            stat = self._pcap.stats()
+        except cypcap.Error as exc:
+            raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
+        return CaptureStats(int(stat.recv), int(stat.drop), int(stat.ifdrop))
+
+    def close(self) -> None:
+        self._pcap.close()
+
+
+class _CompiledEngine:
+    """``pcapd._capture.Handle``: libpcap's dispatch writes EPBs into one C buffer."""
+
+    exact_timestamps = True
+    timestamp_note = ""
+
+    def __init__(self, handle: Any, device: str) -> None:
+        self.device = device
+        self._handle = handle
+        self.link_type, self.snaplen, self.fd, required = handle.info()
+        self.poll_timeout = math.inf if required is None else float(required)
+        self.pending = handle.pending
+
+    def dispatch(self, limit: int) -> bool:
+        try:
+            return bool(self._handle.dispatch(limit))
+        except _PcapError as exc:
+            raise CaptureFailed(f"{self.device}: {_pcap_words(exc)}") from exc
+
+    def newest(self) -> int:
+        return int(self._handle.newest())
+
+    def take(self) -> tuple[bytes, int, int, int | None, int | None]:
+        blocks, count, captured, first, last = self._handle.take()
+        return blocks, count, captured, first, last
+
+    def stats(self) -> CaptureStats:
+        try:
+            received, dropped, if_dropped = self._handle.stats()
+        except _PcapError as exc:
+            raise CaptureFailed(f"{self.device}: {_pcap_words(exc)}") from exc
+        return CaptureStats(received, dropped, if_dropped)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+_PcapError: type[Exception] = _accel.capture.PcapError if _accel.capture else OSError
+
+
+_PERM_DENIED_WORDS = "Attempt to create packet socket failed - CAP_NET_RAW may be required"
+"""What libpcap 1.10.4+ says (cypcap bundles it) where older ones say only ``socket: ...``."""
+
+
+def _pcap_words(exc: BaseException) -> str:
+    """libpcap's own words from the extension's error ``(code, call, text)``."""
+    code, call, text = exc.args if len(exc.args) == 3 else (0, "", str(exc))
+    if (
+        _accel.capture is not None
+        and code == _accel.capture.ERROR_PERM_DENIED
+        and "CAP_NET_RAW" not in text
+    ):
+        return _PERM_DENIED_WORDS
+    return str(text or f"{call} failed ({code})")
+
+
+class Capture:
+    """An activated, non-blocking libpcap handle. Made by :func:`open_capture`."""
+
+    def __init__(
+        self, engine: _CypcapEngine | _CompiledEngine, buffer_timeout: float
+    ) -> None:
+        self._engine = engine
+        self.device = engine.device
+        self.link_type = engine.link_type
+        self.snaplen = engine.snaplen
+        self.exact_timestamps = engine.exact_timestamps
+        """False when timestamps fell back to microseconds; ``timestamp_note`` says why."""
+        self.timestamp_note = engine.timestamp_note
+        self._fd = engine.fd
+        self._poll_timeout = engine.poll_timeout
+        self._delivery_ns = round(2 * buffer_timeout * 1e9) + DELIVERY_SLACK_NS
+        self._watermark = 0
+
+    def _dispatch(self, limit: int) -> bool:
+        """Read up to ``limit`` packets already in the ring; True if the ring is now empty."""
+        return self._engine.dispatch(limit)
+
+    def _take(self, ring_empty: bool, now_ns: int) -> Batch:
+        blocks, count, captured, first, last = self._engine.take()
         # Once the ring was found empty nothing older than (now - delivery bound) can still be
         # in it; if we stopped at the limit, later packets follow the last one read.
         reference = now_ns if ring_empty or last is None else last
@@ -229,10 +325,11 @@ class Capture:
             raise ValueError(f"max_packets must be at least 1, not {max_packets}")
         await trio.lowlevel.checkpoint_if_cancelled()
         deadline = trio.current_time() + max_wait
+        engine = self._engine
         while True:
             now_ns = time.time_ns()
-            ring_empty = self._dispatch(max_packets)
-            if self._blocks or trio.current_time() >= deadline:
+            ring_empty = engine.dispatch(max_packets)
+            if engine.pending() or trio.current_time() >= deadline:
                 batch = self._take(ring_empty, now_ns)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch
@@ -253,12 +350,14 @@ class Capture:
         """
         start_ns = time.time_ns()
         deadline = trio.current_time() + self._delivery_ns / 1e9
+        engine = self._engine
         with trio.CancelScope(shield=True):
             while True:
                 now_ns = time.time_ns()
-                ring_empty = self._dispatch(DISPATCH_CAP)
-                newest = epb_timestamp(self._blocks[-1]) if self._blocks else 0
-                if newest >= start_ns or (ring_empty and trio.current_time() >= deadline):
+                ring_empty = engine.dispatch(DISPATCH_CAP)
+                if engine.newest() >= start_ns or (
+                    ring_empty and trio.current_time() >= deadline
+                ):
                     break
                 if ring_empty:
                     await self._wait_readable(deadline)
@@ -268,15 +367,11 @@ class Capture:
 
     def stats(self) -> CaptureStats:
         """libpcap's counters; call after :meth:`drain`, or the tail is counted but not read."""
-        try:
-            stat = self._pcap.stats()
-        except cypcap.Error as exc:
-            raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
-        return CaptureStats(int(stat.recv), int(stat.drop), int(stat.ifdrop))
+        return self._engine.stats()
 
     def _close(self) -> None:
         trio.lowlevel.notify_closing(self._fd)
-        self._pcap.close()
+        self._engine.close()
 
 
 def _open(
@@ -287,18 +382,21 @@ def _open(
     snaplen: int,
     buffer_size: int,
     buffer_timeout: float,
-) -> tuple[Any, bool]:
+) -> tuple[Any, bool] | _CompiledEngine:
     """Check the filter, open the handle in ``netns``, set the filter (in a worker thread).
 
     Only creating and activating happen inside the namespace (the packet socket binds to it
     there). Filters are compiled in the agent's own namespace, because libpcap resolves the
     names in them (``host db.internal``) and a container's namespace may not reach the
     resolver. A leading ``inbound``/``outbound`` becomes ``setdirection`` (see
-    :func:`.bpf.split_direction`). Returns the handle and whether its timestamps are nanoseconds.
+    :func:`.bpf.split_direction`). Returns the compiled engine, or (without it) cypcap's handle
+    and whether its timestamps are nanoseconds.
     """
     compile_filter(user_filter, snaplen=snaplen)  # the user's own words, before any exclusion
     direction, kernel_filter = split_direction(user_filter)
     bpf = exclusion_filter(kernel_filter, exclude)
+    if _accel.capture is not None:
+        return _open_compiled(device, netns, direction, bpf, snaplen, buffer_size, buffer_timeout)
     pcap = call_in_netns(
         netns, functools.partial(_activate, device, snaplen, buffer_size, buffer_timeout)
     )
@@ -317,6 +415,70 @@ def _open(
         pcap.close()
         raise
     return pcap, nanoseconds
+
+
+_DIRECTION_CODES = {cypcap.Direction.IN: 1, cypcap.Direction.OUT: 2}  # PCAP_D_IN, PCAP_D_OUT
+
+
+def _open_compiled(
+    device: str,
+    netns: Path | None,
+    direction: cypcap.Direction | None,
+    bpf: str,
+    snaplen: int,
+    buffer_size: int,
+    buffer_timeout: float,
+) -> _CompiledEngine:
+    """:func:`_open` with the compiled handle: the same steps, in the same namespaces."""
+    handle = call_in_netns(
+        netns,
+        functools.partial(_activate_compiled, device, snaplen, buffer_size, buffer_timeout),
+    )
+    try:
+        if direction is not None:
+            handle.setdirection(_DIRECTION_CODES[direction])
+        if bpf:
+            handle.setfilter(bpf)
+        handle.setnonblock()
+    except _PcapError as exc:
+        handle.close()
+        raise CaptureFailed(f"{device}: {_pcap_words(exc)}") from None
+    except BaseException:
+        handle.close()
+        raise
+    return _CompiledEngine(handle, device)
+
+
+def _activate_compiled(
+    device: str, snaplen: int, buffer_size: int, buffer_timeout: float
+) -> Any:
+    """Create, configure and activate a compiled handle (in the target namespace), asking
+    libpcap for nanosecond timestamps (it falls back to microseconds where it cannot)."""
+    assert _accel.capture is not None
+    try:
+        handle = _accel.capture.Handle(device)
+    except _PcapError as exc:
+        raise CaptureFailed(f"{device}: {_pcap_words(exc)}") from None
+    try:
+        handle.set_snaplen(snaplen)
+        handle.set_promisc(0)
+        handle.set_timeout_ms(max(1, round(buffer_timeout * 1000)))
+        handle.set_buffer_size(buffer_size)
+        try:
+            handle.set_tstamp_precision(_accel.capture.TSTAMP_PRECISION_NANO)
+        except _PcapError:
+            pass  # not supported here: microseconds, still exact in the EPBs
+        handle.activate()
+    except _PcapError as exc:
+        handle.close()
+        words = _pcap_words(exc)
+        if exc.args[0] == _accel.capture.ERROR_NO_SUCH_DEVICE:
+            raise InvalidDevice(f"{device}: {words}") from None
+        raise CaptureFailed(f"{device}: {words}") from None
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def _activate(device: str, snaplen: int, buffer_size: int, buffer_timeout: float) -> Any:
@@ -374,15 +536,25 @@ async def open_capture(
     if not 1 <= snaplen <= MAX_SNAPLEN:
         raise InvalidSnaplen(f"snaplen {snaplen} out of range: 1 to {MAX_SNAPLEN}")
     # not abandoned on cancellation: what the thread opens is returned, then closed below
-    pcap, nanoseconds = await trio.to_thread.run_sync(
+    opened = await trio.to_thread.run_sync(
         functools.partial(
             _open, device, netns, filter, exclude, snaplen, buffer_size, buffer_timeout
         )
     )
     try:
-        capture = Capture(pcap, device, nanoseconds, buffer_timeout)
+        if isinstance(opened, _CompiledEngine):
+            engine: _CypcapEngine | _CompiledEngine = opened
+        else:
+            pcap, nanoseconds = opened
+            try:
+                engine = _CypcapEngine(pcap, device, nanoseconds)
+            except BaseException:
+                pcap.close()
+                raise
+        capture = Capture(engine, buffer_timeout)
     except BaseException:
-        pcap.close()
+        if isinstance(opened, _CompiledEngine):
+            opened.close()
         raise
     try:
         yield capture

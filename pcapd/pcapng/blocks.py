@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
+PB = 0x00000002
+"""The obsolete Packet Block: an EPB with a 16-bit interface id and a 16-bit drop count."""
 SPB = 0x00000003
 NRB = 0x00000004
 ISB = 0x00000005

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from operator import itemgetter, sub
+from itertools import repeat
+from operator import itemgetter, lshift, or_, sub
 from typing import NamedTuple
 
+from pcapd._accel import walk as _compiled
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng.blocks import EPB, ISB
 
@@ -58,6 +60,22 @@ def with_interface_id(block: bytes, interface_id: int) -> bytes:
 
 def split_packets(data: bytes, offset: int = 0) -> PacketBatch:
     """Split concatenated little-endian EPBs (nothing else) into blocks and timestamps.
+
+    By the compiled walker where it is on (one C pass frames and checks the whole batch; a
+    batch it refuses goes to :func:`split_packets_pure` for the exact error), else
+    :func:`split_packets_pure`. The api's merge of several sources splits every batch so.
+    """
+    if _compiled is not None and data:
+        blocks, high, low, ids, end, _ = _compiled.epb_run(
+            data, 0, len(data) // 32 + 1, 0xFFFFFFFF, 1 << 32, None
+        )
+        if end == len(data):
+            return PacketBatch(blocks, list(map(or_, map(lshift, high, repeat(32)), low)), ids)
+    return split_packets_pure(data, offset)
+
+
+def split_packets_pure(data: bytes, offset: int = 0) -> PacketBatch:
+    """:func:`split_packets` in Python: the twin of the compiled path.
 
     Each block's framing is checked (type, length, trailing length, captured length within the
     block); a fault raises :class:`PcapngFormatError` at ``offset`` plus the position in
@@ -255,6 +273,31 @@ def epb_run(
     interfaces: int,
     interface_map: Sequence[int] | None = None,
 ) -> EpbRun:
+    """:func:`epb_run_pure`, by the compiled walker where it is built and on (``pcapd._accel``).
+
+    The same answer for the same bytes (tests/pcapng/test_walk_differential.py), in a single
+    C pass instead of the Python walk, checks and cuts (docs/performance.md, "Merge").
+    """
+    if _compiled is None or most < 1:
+        return epb_run_pure(
+            buf, pos, most=most, max_block_size=max_block_size, interfaces=interfaces,
+            interface_map=interface_map,
+        )  # fmt: skip
+    blocks, high, low, ids, end, refused = _compiled.epb_run(
+        buf, pos, most, max_block_size, interfaces, interface_map
+    )
+    return EpbRun(blocks, high, low, ids, end, refused)
+
+
+def epb_run_pure(
+    buf: bytes | bytearray,
+    pos: int,
+    *,
+    most: int,
+    max_block_size: int,
+    interfaces: int,
+    interface_map: Sequence[int] | None = None,
+) -> EpbRun:
     """Frame the whole, valid little-endian EPBs in a row from ``pos`` (at most ``most``).
 
     A block belongs to the run if it is all in ``buf`` and passes every framing check of
@@ -406,6 +449,24 @@ def check_epbs(
     :class:`PcapngFormatError` at ``offset`` plus the position in ``buf``. Needs a little-endian
     host.
     """
+    size = len(buf)
+    if not size:
+        return 0
+    if _compiled is not None and 0 <= interface_id <= 0xFFFFFFFF:
+        rewrite = new_id is not None and 0 <= new_id <= 0xFFFFFFFF
+        n = _compiled.check_epbs(buf, interface_id, new_id if rewrite else -1)
+        if not n:
+            raise _first_fault(buf, interface_id, offset)
+        if new_id is not None and not rewrite:
+            raise ValueError(f"interface id must be an unsigned 32-bit integer: {new_id}")
+        return int(n)
+    return check_epbs_pure(buf, interface_id=interface_id, offset=offset, new_id=new_id)
+
+
+def check_epbs_pure(
+    buf: bytes | bytearray, *, interface_id: int = 0, offset: int = 0, new_id: int | None = None
+) -> int:
+    """:func:`check_epbs` in Python: the twin of the compiled one (see :mod:`pcapd._accel`)."""
     size = len(buf)
     if not size:
         return 0

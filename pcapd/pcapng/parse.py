@@ -19,6 +19,7 @@ from pcapd.pcapng.blocks import (
     IDB,
     ISB,
     NRB,
+    PB,
     PCAPD_DROPPED_PREFIX,
     SHB,
     SPB,
@@ -49,7 +50,7 @@ _PCAPD_DROPPED = re.compile(re.escape(PCAPD_DROPPED_PREFIX) + r"([0-9]{1,20})")
 _NRB_ADDRESS_SIZE = {1: 4, 2: 16}  # record type -> address bytes (IPv4, IPv6)
 
 # Smallest total length of each block type: 12 bytes of framing plus its fixed fields.
-MIN_LENGTH = {SHB: 28, IDB: 20, SPB: 16, NRB: 12, ISB: 24, EPB: 32}
+MIN_LENGTH = {SHB: 28, IDB: 20, PB: 32, SPB: 16, NRB: 12, ISB: 24, EPB: 32}
 
 
 def _too_short(raw: RawBlock) -> PcapngFormatError:

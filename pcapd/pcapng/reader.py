@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from operator import lshift, or_
 
@@ -34,6 +35,7 @@ from pcapd.pcapng.blocks import (
     EPB,
     IDB,
     ISB,
+    PB,
     SHB,
     SPB,
     Block,
@@ -57,6 +59,7 @@ DEFAULT_MAX_BLOCK_SIZE = 16 * 1024 * 1024
 _SHB_TYPE = struct.pack("<I", SHB)
 _U32 = {False: struct.Struct("<I"), True: struct.Struct(">I")}
 _U16 = {False: struct.Struct("<H"), True: struct.Struct(">H")}
+_VERSION = {False: struct.Struct("<HH"), True: struct.Struct(">HH")}
 _PACKET_HEAD = {False: struct.Struct("<I8xI"), True: struct.Struct(">I8xI")}
 _SWAPPED_MAGIC = 0x4D3C2B1A
 _MIN_WINDOW = 16
@@ -64,6 +67,18 @@ _MAX_WINDOW = 1 << 16
 _WORDS_ARE_LE_U32 = sys.byteorder == "little" and struct.calcsize("I") == 4
 """``next_packets`` reads little-endian blocks as native unsigned ints; elsewhere it yields to
 ``next_raw``, which is correct on any host, only slower."""
+
+
+@dataclass(slots=True)
+class SkippedSection:
+    """A section whose major version is not 1 (pcapng 1.0 is the only one defined)."""
+
+    offset: int
+    """Byte offset of its section header."""
+    major: int
+    minor: int
+    blocks: int = 0
+    """Its blocks passed over unread, its header included."""
 
 
 class PcapngDecoder(InputBuffer):
@@ -83,6 +98,11 @@ class PcapngDecoder(InputBuffer):
         self.section: SectionHeader | None = None
         """The current section's header, once one was read."""
         self._window = _MIN_WINDOW  # blocks next_packet_columns walks ahead at first
+        self.sections = 0
+        """Section headers read so far (skipped sections included): the current one's number."""
+        self.skipped_sections: list[SkippedSection] = []
+        """Sections of a major version other than 1, passed over (with their blocks)."""
+        self._skipping: SkippedSection | None = None
 
     @property
     def interfaces(self) -> Sequence[InterfaceDescription]:
@@ -90,7 +110,18 @@ class PcapngDecoder(InputBuffer):
         return self._interfaces
 
     def next_raw(self) -> RawBlock | None:
-        """Frame the next whole block without parsing packet options; ``None``: need more."""
+        """Frame the next whole block without parsing packet options; ``None``: need more.
+
+        Blocks of a section whose major version is not 1 are framed and passed over, not
+        returned (their layout is unknown): see :attr:`skipped_sections`.
+        """
+        while True:
+            raw = self._next_framed()
+            if raw is None or self._skipping is None:
+                return raw
+            self._skipping.blocks += 1
+
+    def _next_framed(self) -> RawBlock | None:
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
         start = self._base + pos
@@ -125,12 +156,14 @@ class PcapngDecoder(InputBuffer):
                 start + total - 4,
             )
         raw = RawBlock(block_type, bytes(buf[pos:end]), start, big)
-        if block_type in (EPB, ISB):
+        if block_type == SHB:
+            self._start_section(raw)
+        elif self._skipping is not None:
+            pass  # a block of a skipped section: framed only
+        elif block_type in (EPB, ISB, PB):
             self._check_packet(raw)
         elif block_type == IDB:
             self._interfaces.append(parse_interface_description(raw))
-        elif block_type == SHB:
-            self._start_section(raw)
         elif block_type == SPB and not self._interfaces:
             raise PcapngFormatError("simple packet block before any interface", start)
         self._consume(end)
@@ -166,7 +199,7 @@ class PcapngDecoder(InputBuffer):
         packet with a map, against 0.42 µs for a loop of ``unpack_from`` and slices.
         """
         pos = self._pos
-        if self._big is not False or pos & 3 or not _WORDS_ARE_LE_U32:
+        if self._big is not False or self._skipping or pos & 3 or not _WORDS_ARE_LE_U32:
             return PacketColumns([], (), (), ())
         count = len(self._interfaces)
         if interface_map is not None:
@@ -245,19 +278,26 @@ class PcapngDecoder(InputBuffer):
 
     def _check_packet(self, raw: RawBlock) -> None:
         interface_id, caplen = _PACKET_HEAD[raw.big_endian].unpack_from(raw.data, 8)
+        if raw.block_type == PB:  # a 16-bit id, then a 16-bit drop count
+            interface_id = _U16[raw.big_endian].unpack_from(raw.data, 8)[0]
         if interface_id >= len(self._interfaces):
             raise PcapngFormatError(
                 f"block refers to interface {interface_id}, but the section defines"
                 f" {len(self._interfaces)}",
                 raw.offset + 8,
             )
-        if raw.block_type == EPB and caplen > len(raw.data) - 32:
+        if raw.block_type in (EPB, PB) and caplen > len(raw.data) - 32:
             raise PcapngFormatError(f"captured length {caplen} overruns its block", raw.offset + 20)
 
     def _start_section(self, raw: RawBlock) -> None:
-        major = _U16[raw.big_endian].unpack_from(raw.data, 12)[0]
-        if major != 1:
-            raise PcapngFormatError(f"unsupported pcapng major version {major}", raw.offset + 12)
-        self.section = parse_section_header(raw)
+        major, minor = _VERSION[raw.big_endian].unpack_from(raw.data, 12)
+        self.sections += 1
         self._big = raw.big_endian
         self._interfaces = []
+        if major != 1:  # a layout we do not know: pass the section over, as a whole
+            self.section = None
+            self._skipping = SkippedSection(raw.offset, major, minor)
+            self.skipped_sections.append(self._skipping)
+            return
+        self._skipping = None
+        self.section = parse_section_header(raw)

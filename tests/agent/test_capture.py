@@ -420,10 +420,17 @@ async def test_the_excluded_tcp_link_is_not_captured(
     assert not any(local[1] in port or remote[1] in port for port in ports if port)
 
 
+def test_the_compiled_engine_is_built_unless_turned_off() -> None:
+    if not capture_module._accel.enabled():
+        pytest.skip(f"the extensions are off ({capture_module._accel.DISABLE_ENV})")
+    assert capture_module._accel.capture is not None
+
+
 @root
 async def test_fallback_to_microseconds_when_the_probe_fails(
     ns_a: Netns, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(capture_module._accel, "capture", None)  # cypcap's engine probes
     monkeypatch.setattr(pkthdr, "header_offset", lambda: None)
     monkeypatch.setattr(capture_module, "header_offset", lambda: None)
     with trio.fail_after(10):

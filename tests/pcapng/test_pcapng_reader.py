@@ -177,7 +177,6 @@ def test_trailing_garbage(garbage: bytes, offset_from_end: int) -> None:
 MALFORMED = [
     (IDB_LE, 0, "section header"),
     (b"\x0a\x0d\x0d\x0a\x1c\0\0\0\x4d\x3c\x2b\x1b" + bytes(16), 8, "byte-order magic"),
-    (_le_block(SHB, struct.pack("<IHHq", 0x1A2B3C4D, 2, 0, -1)), 12, "major version"),
     (SHB_LE + _le_block(IDB, b"", total=8), 28 + 4, "too short"),
     (SHB_LE + _le_block(0x99, b"", total=8), 28 + 4, "too short"),
     (SHB_LE + _le_block(IDB, bytes(9), total=21), 28 + 4, "multiple of 4"),
@@ -204,6 +203,29 @@ def test_malformed_input_names_the_offset(stream: bytes, offset: int, words: str
             decode_all(chunks, max_block_size=1024)
         assert info.value.offset == offset
         assert words in str(info.value)
+
+
+def test_a_section_of_another_major_version_is_passed_over_whole() -> None:
+    v2 = _le_block(SHB, struct.pack("<IHHq", 0x1A2B3C4D, 2, 0, -1))
+    packet = encode_enhanced_packet(interface_id=0, timestamp=7, data=b"kept")
+    foreign = _le_block(EPB, bytes(28))  # not even a valid EPB of version 1: never read
+    stream = SHB_LE + IDB_LE + packet + v2 + IDB_LE + foreign + SHB_LE + IDB_LE + packet
+    for chunks in ([stream], chunked(stream, [1]), chunked(stream, [5, 11])):
+        dec = PcapngDecoder()
+        blocks = []
+        for chunk in [*chunks, b""]:
+            dec.receive_data(chunk)
+            while (block := dec.next_block()) is not None:
+                blocks.append(block)
+        assert [type(b).__name__ for b in blocks] == [
+            "SectionHeader", "InterfaceDescription", "EnhancedPacket",
+            "SectionHeader", "InterfaceDescription", "EnhancedPacket",
+        ]  # fmt: skip
+        assert dec.sections == 3
+        [skipped] = dec.skipped_sections
+        assert (skipped.offset, skipped.major, skipped.minor, skipped.blocks) == (
+            len(SHB_LE + IDB_LE + packet), 2, 0, 3,
+        )  # fmt: skip
 
 
 def test_epb_flags_option() -> None:

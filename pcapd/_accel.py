@@ -1,0 +1,35 @@
+"""The compiled hot loops (C extensions built at install), or None where they are off or absent.
+
+``PCAPD_NO_EXTENSIONS=1`` in the environment turns them off: pcapd then runs its pure-Python
+twins (a laptop without a compiler does so anyway), and CI runs the suite both ways. Read once,
+at import: a process does not switch halfway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+DISABLE_ENV = "PCAPD_NO_EXTENSIONS"
+
+
+def enabled() -> bool:
+    """Whether the environment allows the extensions (it does unless DISABLE_ENV is set)."""
+    return os.environ.get(DISABLE_ENV, "") in ("", "0")
+
+
+def _load(name: str) -> ModuleType | None:
+    if not enabled():
+        return None
+    try:
+        return importlib.import_module(f"pcapd.{name}")
+    except ImportError:
+        return None
+
+
+walk = _load("_pcapngwalk")
+"""``epb_run`` and ``check_epbs`` of :mod:`pcapd.pcapng.packets`, in C."""
+
+capture = _load("_capture")
+"""``Handle``: a libpcap handle whose dispatch writes pcapng EPBs into one buffer, in C."""
