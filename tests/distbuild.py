@@ -88,9 +88,12 @@ class Dists:
 
 
 def build_pcapd(out: Path) -> Dists:
-    """``python -m build``: pcapd's sdist, and its wheel built from that sdist."""
+    """``python -m build``: pcapd's sdist, and its wheel built from that sdist — the pure
+    ``py3-none-any`` wheel a laptop installs (``PCAPD_NO_EXTENSIONS=1``: the compiled core is
+    built where pcapd is installed from the sdist, as the BOSH package does)."""
     subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
-                    str(REPO)], check=True, timeout=300, capture_output=True)
+                    str(REPO)], check=True, timeout=300, capture_output=True,
+                   env=os.environ | {"PCAPD_NO_EXTENSIONS": "1"})
     (sdist,) = out.glob("pcapd-*.tar.gz")
     (wheel,) = out.glob("pcapd-*.whl")
     return Dists(sdist, wheel)

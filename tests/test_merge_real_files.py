@@ -25,7 +25,7 @@ pytestmark = needs_corpus
 
 def pcapd_merge(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(PCAPD), "merge", *[str(arg) for arg in args]],
+        [str(PCAPD), "merge", "--force", *[str(arg) for arg in args]],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
