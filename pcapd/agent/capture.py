@@ -40,8 +40,8 @@ from pcapd.agent.bpf import (
     _libpcap_words,
     compile_filter,
     exclusion_filter,
-    split_direction,
 )
+from pcapd.agent.bpf_worker import capture_program
 from pcapd.agent.netns import call_in_netns
 from pcapd.agent.pkthdr import (
     PKTHDR,
@@ -279,44 +279,27 @@ class Capture:
         self._pcap.close()
 
 
-def _open(
-    device: str,
-    netns: Path | None,
-    user_filter: str,
-    exclude: Iterable[Link],
-    snaplen: int,
-    buffer_size: int,
-    buffer_timeout: float,
-) -> tuple[Any, bool]:
-    """Check the filter, open the handle in ``netns``, set the filter (in a worker thread).
-
-    Only creating and activating happen inside the namespace (the packet socket binds to it
-    there). Filters are compiled in the agent's own namespace, because libpcap resolves the
-    names in them (``host db.internal``) and a container's namespace may not reach the
-    resolver. A leading ``inbound``/``outbound`` becomes ``setdirection`` (see
-    :func:`.bpf.split_direction`). Returns the handle and whether its timestamps are nanoseconds.
-    """
-    compile_filter(user_filter, snaplen=snaplen)  # the user's own words, before any exclusion
-    direction, kernel_filter = split_direction(user_filter)
-    bpf = exclusion_filter(kernel_filter, exclude)
-    pcap = call_in_netns(
+def _open(device: str, netns: Path | None, snaplen: int, buffer_size: int,
+          buffer_timeout: float) -> Any:
+    """Open the handle in ``netns`` (in a worker thread): only creating and activating happen
+    inside the namespace (the packet socket binds to it there)."""
+    return call_in_netns(
         netns, functools.partial(_activate, device, snaplen, buffer_size, buffer_timeout)
     )
+
+
+def _set_filter(pcap: Any, device: str, direction: cypcap.Direction | None,
+                program: cypcap.BpfProgram | None) -> bool:
+    """Apply a compiled filter (cheap: no compile here); whether timestamps are nanoseconds."""
     try:
         if direction is not None:
             pcap.setdirection(direction)
-        if bpf:
-            # netmask given: otherwise cypcap looks it up (and prints it to stdout)
-            pcap.setfilter(bpf, optimize=True, netmask=cypcap.NETMASK_UNKNOWN)
+        if program is not None:
+            pcap.setfilter(program)
         pcap.setnonblock(True)
-        nanoseconds = pcap.get_tstamp_precision() == cypcap.TstampPrecision.NANO
+        return bool(pcap.get_tstamp_precision() == cypcap.TstampPrecision.NANO)
     except cypcap.Error as exc:
-        pcap.close()
         raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
-    except BaseException:
-        pcap.close()
-        raise
-    return pcap, nanoseconds
 
 
 def _activate(device: str, snaplen: int, buffer_size: int, buffer_timeout: float) -> Any:
@@ -374,12 +357,15 @@ async def open_capture(
     if not 1 <= snaplen <= MAX_SNAPLEN:
         raise InvalidSnaplen(f"snaplen {snaplen} out of range: 1 to {MAX_SNAPLEN}")
     # not abandoned on cancellation: what the thread opens is returned, then closed below
-    pcap, nanoseconds = await trio.to_thread.run_sync(
-        functools.partial(
-            _open, device, netns, filter, exclude, snaplen, buffer_size, buffer_timeout
-        )
+    pcap = await trio.to_thread.run_sync(
+        functools.partial(_open, device, netns, snaplen, buffer_size, buffer_timeout)
     )
     try:
+        # compiled once, for this handle's link type, in a child process (see .bpf_worker):
+        # names resolve in the agent's own namespace, which a container's may not reach
+        direction, program = await capture_program(filter, list(exclude), pcap.datalink(),
+                                                   pcap.snapshot())
+        nanoseconds = _set_filter(pcap, device, direction, program)
         capture = Capture(pcap, device, nanoseconds, buffer_timeout)
     except BaseException:
         pcap.close()

@@ -108,6 +108,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                           handshake_timeout: float = HANDSHAKE_TIMEOUT,
                           http_timeout: float = HTTP_TIMEOUT,
                           unix_path: str | None = None,
+                          max_message_size: int = MAX_MESSAGE,
                           task_status: trio.TaskStatus[list[trio.SocketListener]]
                           = trio.TASK_STATUS_IGNORED) -> None:
     """Accept WebSocket connections (over TLS when ``ssl_context``) and run ``handler`` on each.
@@ -119,7 +120,8 @@ async def serve_websocket(handler: Handler, host: str, port: int,
     logged and dropped; the server goes on. Reports the listeners (with the bound port, useful
     for port 0) through ``task_status``. With ``unix_path`` it listens on that Unix socket
     instead of TCP (local mode: a link that no capture of a network interface can see, so
-    capturing ``lo`` never captures its own output).
+    capturing ``lo`` never captures its own output). A message over ``max_message_size`` bytes
+    closes the connection (1009) before more of it is buffered.
     """
 
     async def on_connection(tcp: trio.SocketStream) -> None:
@@ -136,7 +138,8 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                         # the head read is handed back first: wsproto parses it from byte 0
                         request = await trio_websocket.wrap_server_stream(
                             nursery, ReplayStream(stream, head.received),
-                            max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
+                            max_message_size=max_message_size,
+                            receive_buffer_size=RECEIVE_BUFFER)
                         headers = list(request.headers)
                         ws = await request.accept()
             except trio.TooSlowError:
