@@ -75,8 +75,9 @@ async def _run(request: CompileRequest) -> CompileResult:
                 capture_stdout=True, capture_stderr=True, check=False)
     if deadline.cancelled_caught:
         raise FilterTooCostly(
-            f"the BPF filter {quoted(request.filter)} did not compile within {WALL_SECONDS:g} s:"
-            " a host name that resolves slowly? (use addresses) or too many terms")
+            f"the BPF filter {quoted(request.filter)} took too long to compile (over "
+            f"{WALL_SECONDS:g} s: too many terms, or a host name that resolves slowly): use "
+            "addresses, and ranges (portrange, net) instead of long lists")
     if done.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         raise FilterTooCostly(
             f"the BPF filter {quoted(request.filter)} is too costly to compile (over "

@@ -32,13 +32,13 @@ class PendingConnections:
         return self._count
 
     def admit(self, peer: str) -> str | None:
-        """Count a new connection from ``peer``; or, over a limit, the reason to refuse it."""
+        """Count a new connection from ``peer``; or, over a limit, the reason to refuse it
+        (short: it is a WebSocket close reason, at most 123 bytes)."""
         if self._count >= self.total:
-            return (f"{self._count} connections wait to authenticate "
-                    "(limits.unauthenticated_connections): try again in a moment")
+            return "too many connections wait to authenticate (limits.unauthenticated_connections)"
         if self._by_peer[peer] >= self.per_peer:
-            return (f"{self._by_peer[peer]} connections from {peer} wait to authenticate "
-                    "(limits.unauthenticated_connections_per_peer): try again in a moment")
+            return ("too many connections from one address wait to authenticate "
+                    "(limits.unauthenticated_connections_per_peer)")
         self._by_peer[peer] += 1
         self._count += 1
         return None
