@@ -293,6 +293,7 @@ class Api:
             log.info("%s: %s", link.peer, exc)
         except trio.TooSlowError:
             why = f"no request within {intake.timeout:g}s (limits.authentication_timeout)"
+            self.metrics.refused("UNAUTHENTICATED")
             log.info("%s: %s: closing", link.peer, why,
                      extra={"event": "refused", "code": "UNAUTHENTICATED"})
             await link.aclose(code=1008, reason=why)

@@ -177,7 +177,7 @@ async def sampling_status(url: str) -> AsyncIterator[StatusLatency]:
 
 
 async def unfinished_message(port: int, source: str, size: int, *,
-                             chunk: int = 1 << 20) -> RawWebSocket:
+                             chunk: int = 64 << 10) -> RawWebSocket:
     """Connect from ``source``, say hello, then send ``size`` bytes of one text message that
     never ends; returns the connection (whatever the server did with it) for inspection."""
     raw = await RawWebSocket.connect(port, source)
