@@ -304,9 +304,9 @@ class Api:
                      authorization: str | None, headers: Headers, intake: _Intake) -> bool:
         """Answer a question about stored captures; False when refused (link ends)."""
         try:
-            store = self._store()
             identity = await self.resolver.identify(_bearer(authorization))
             intake.authenticated()
+            store = self._store()
             owner = owner_key(identity)
             if isinstance(msg, ListCaptures):
                 found = await store.list(owner)
