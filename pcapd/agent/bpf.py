@@ -107,7 +107,7 @@ def split_direction(user_filter: str) -> tuple[cypcap.Direction | None, str]:
     if the filter means ``DIRECTION and (REST)``: ``and`` and ``or`` bind equally, left to
     right (``inbound and udp or icmp`` is ``(inbound and udp) or icmp``), so libpcap decides:
     the split is used only when both compile to the same program. Compiles (and so may
-    resolve names): call it in a worker thread from async code.
+    resolve names): servers call it only in the child of :mod:`.bpf_worker`.
     """
     match = _LEADING_DIRECTION.fullmatch(user_filter)
     if match is None:

@@ -3,7 +3,7 @@
 libpcap's ``pcap_compile`` holds the GIL from start to end, resolves host names in the filter
 (a DNS lookup) and optimises in time that grows with about the cube of the number of ``or``
 terms: ``port 1 or … or port 200`` (2.3 KiB) took 9 s of CPU, near the 8 KiB limit minutes
-(docs/performance.md, "Filters"). In a server's own process, even in a worker thread, that
+(docs/performance.md, "Under attack"). In a server's own process, even in a worker thread, that
 froze every other request and every running capture. So the api and the agent compile a
 user's filter only in a child: ``python -m pcapd.agent.bpf`` reads one request on stdin,
 limits itself (:data:`~.bpf.CPU_SECONDS` of CPU, :data:`~.bpf.MEMORY` of memory, a lower

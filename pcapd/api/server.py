@@ -291,7 +291,7 @@ class Api:
                     return
         except LinkClosed as exc:
             log.info("%s: %s", link.peer, exc)
-        except trio.TooSlowError:
+        except _NoRequest:
             why = f"no request within {intake.timeout:g}s (limits.authentication_timeout)"
             self.metrics.refused("UNAUTHENTICATED")
             log.info("%s: %s: closing", link.peer, why,
@@ -519,6 +519,10 @@ class Api:
         return resolution
 
 
+class _NoRequest(Exception):
+    """A link without a verified token reached its deadline."""
+
+
 class _Intake:
     """One client link's unauthenticated phase: counted in :class:`PendingConnections`, and
     every message must arrive by ``timeout`` seconds after the link opened, until the token is
@@ -537,9 +541,10 @@ class _Intake:
         return refused
 
     async def receive(self, link: Link) -> Message | Data:
-        """The next message; :class:`trio.TooSlowError` past the deadline."""
-        with trio.fail_at(self.deadline):
+        """The next message; :class:`_NoRequest` past the deadline."""
+        with trio.move_on_at(self.deadline):
             return await link.receive()
+        raise _NoRequest
 
     def authenticated(self) -> None:
         self.deadline = math.inf
