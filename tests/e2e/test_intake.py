@@ -48,6 +48,7 @@ from pcapd.proto import (
     End,
     Error,
     InitiatorSession,
+    LocalTarget,
     Start,
     Started,
     Status,
@@ -181,6 +182,15 @@ async def test_an_agent_compiling_a_costly_filter_keeps_serving(landscape: Lands
     assert "too costly" in answer.text or "too long" in answer.text, answer.text
     assert took >= CPU_SECONDS * 0.5, took  # it did try, in its child, until the CPU limit
     assert len(latencies) >= 10 and max(latencies) < STATUS_WORST, latencies
+
+
+async def test_with_a_token_a_local_target_is_refused_with_what_to_use(
+        landscape: Landscape) -> None:
+    start = Start(target=LocalTarget(), options=CaptureOptions(device="eth0"))
+    with trio.fail_after(10):
+        answer = await first_answer(landscape, admin(landscape), start)
+    assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST", answer
+    assert "pcapd capture local" in answer.text
 
 
 # --- hole 4: links without a token: deadline, size, caps, memory -------------------------
