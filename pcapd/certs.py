@@ -5,7 +5,8 @@ BOSH/CredHub. One CA issues four leaves:
 
 - ``agent``: the agents' server certificate (serverAuth), named by the agent server name that
   the api checks, plus any ``--agent-host`` (IP addresses as IP SANs, names as DNS SANs);
-- ``api-client``: the api's client certificate towards agents (clientAuth);
+- ``api-client``: the api's client certificate towards agents (clientAuth), named by the api
+  client name the agents check (``tls.client_name``, ``pcapd-api`` by default);
 - ``api``: the api's server certificate towards users (serverAuth; localhost, 127.0.0.1, ::1
   and any api host), for an api that terminates TLS itself;
 - ``ca``: the CA, whose key stays beside them so more leaves can be issued later.
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME, is_host
+from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME, DEFAULT_API_CLIENT_NAME, is_host
 from pcapd.errors import UsageError
 
 CA_DAYS = 3650
@@ -97,13 +98,15 @@ def init_certs(
     api_hosts: Sequence[str] = (),
     days: int = DEFAULT_DAYS,
     force: bool = False,
+    api_client_name: str = DEFAULT_API_CLIENT_NAME,
 ) -> CertPaths:
     """``pcapd certs init DIR``: make a dev CA and its leaves and write them into ``directory``.
 
     Files: ``ca.crt/.key``, ``agent.crt/.key``, ``api-client.crt/.key``, ``api.crt/.key``.
     Refuses (:class:`UsageError` naming the file) to overwrite any of them unless ``force``.
     """
-    pki = make_pki(agent_server_name, agent_hosts, api_hosts, days=days)
+    pki = make_pki(agent_server_name, agent_hosts, api_hosts, days=days,
+                   api_client_name=api_client_name)
     return write_pki(pki, directory, force=force)
 
 
@@ -126,6 +129,7 @@ def make_pki(
     days: int = DEFAULT_DAYS,
     ca_days: int = CA_DAYS,
     now: datetime | None = None,
+    api_client_name: str = DEFAULT_API_CLIENT_NAME,
 ) -> Pki:
     """Generate the CA and the leaves in memory; ``now`` is a parameter so tests can age them."""
     if days < 1 or ca_days < 1:
@@ -150,7 +154,8 @@ def make_pki(
     return Pki(
         ca=ca,
         agent=leaf("pcapd agent", agent_sans, ExtendedKeyUsageOID.SERVER_AUTH),
-        api_client=leaf("pcapd api client", [], ExtendedKeyUsageOID.CLIENT_AUTH),
+        api_client=leaf("pcapd api client", _sans([api_client_name], "api client name"),
+                        ExtendedKeyUsageOID.CLIENT_AUTH),
         api=leaf("pcapd api", api_sans, ExtendedKeyUsageOID.SERVER_AUTH),
     )
 

@@ -9,14 +9,19 @@ ExceptionGroup) should ever reach a person.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from pcapd import __version__
+from pcapd.client.arguments import finish as finish_arguments
+from pcapd.client.arguments import parse_duration, parse_size
 from pcapd.errors import NotImplementedYetError, PcapdError, UsageError, collapse
 from pcapd.extcap import add_arguments as add_extcap_arguments
 from pcapd.extcap import joined_values
+from pcapd.extras import require_server
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -30,17 +35,19 @@ def _add_common_capture_options(parser: argparse.ArgumentParser, default_device:
     parser.add_argument("-i", "--interface", default=default_device, metavar="DEV",
                         help=f"device to capture on (default {default_device})")
     parser.add_argument("-f", "--filter", default="", metavar="BPF",
-                        help="BPF filter, as for tcpdump (checked before any agent is contacted)")
+                        help="BPF filter, as for tcpdump (checked before any agent is contacted); "
+                             "or give it as trailing words: ... udp port 53")
     parser.add_argument("-s", "--snaplen", type=int, default=65535, metavar="N",
-                        help="bytes to keep of each packet (original lengths are kept)")
+                        help="bytes to keep of each packet (original lengths are kept); "
+                             "0: whole packets")
     parser.add_argument("-w", "--write", default=None, metavar="FILE",
                         help="pcapng file to write ('-' = stdout, e.g. | wireshark -k -i -)")
     parser.add_argument("-c", "--count", type=int, default=None, metavar="N",
                         help="stop after N packets")
-    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                        help="stop after this many seconds")
-    parser.add_argument("--max-bytes", type=int, default=None, metavar="N",
-                        help="stop after N bytes of packet data")
+    parser.add_argument("--duration", type=parse_duration, default=None, metavar="DURATION",
+                        help="stop after this long (seconds, or 30s, 5m, 2h)")
+    parser.add_argument("--max-bytes", type=parse_size, default=None, metavar="SIZE",
+                        help="stop after this much packet data (bytes, or 500MB, 1GiB)")
     parser.add_argument("--upload", action="store_true",
                         help="store the capture in the bucket and print a download URL")
     parser.add_argument("--api", default=None, metavar="URL",
@@ -51,15 +58,108 @@ def _add_common_capture_options(parser: argparse.ArgumentParser, default_device:
                         help="do not verify the api's TLS certificate")
     parser.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+    parser.add_argument("-n", dest="no_resolve", action="count", default=0,
+                        help="accepted as tcpdump takes it (-n, -nn): pcapd never resolves names")
+    parser.add_argument("-D", "--list-interfaces", action="store_true",
+                        help="list the devices of each source instead of capturing")
+
+
+class _Given:
+    """Mixin of the option actions: note what the user typed; refuse a single value twice."""
+
+    once = False
+
+    def note(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+             option_string: str | None) -> None:
+        dest: str = self.dest  # type: ignore[attr-defined]
+        typed: dict[str, str] = namespace.__dict__.setdefault("_given", {})
+        if option_string is None:
+            return
+        if self.once and dest in typed and getattr(parser, "single_values", True):
+            also = "" if typed[dest] == option_string else f" (also as {typed[dest]})"
+            parser.error(f"{option_string} given twice{also}: give it once")
+        typed.setdefault(dest, option_string)
+
+
+class _Store(_Given, argparse._StoreAction):
+    once = True
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        self.note(parser, namespace, option_string)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _StoreTrue(_Given, argparse._StoreTrueAction):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        self.note(parser, namespace, option_string)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _Append(_Given, argparse._AppendAction):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        self.note(parser, namespace, option_string)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _VersionFlag(argparse.Action):
+    """``pcapd --version``: the same line as ``pcapd version``."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        _version(namespace)
+        parser.exit()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse as pcapd's users need it: errors in one line naming the flag, a trailing BPF
+    expression after options (``capture local -i lo udp port 53``), the dialects of
+    :mod:`pcapd.client.arguments` applied before any handler runs."""
+
+    single_values = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "store", _Store)
+        self.register("action", None, _Store)
+        self.register("action", "store_true", _StoreTrue)
+        self.register("action", "append", _Append)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        words = getattr(parsed, "words", None)
+        unknown = [w for w in extras if w.startswith("-") and w != "-"]
+        if extras and (words is None or unknown):
+            self.error(f"unrecognized arguments: {' '.join(unknown or extras)}")
+        if extras:
+            parsed.words = [*(words or []), *extras]
+        try:
+            finish_arguments(parsed, os.environ)
+        except UsageError as exc:
+            print(f"pcapd: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line interface of SPEC §8; names here are a public contract."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pcapd",
         description="tcpdump for everyone on Cloud Foundry and BOSH: one merged pcapng "
                     "of many app instances or VMs.",
     )
+    parser.add_argument("--version", action=_VersionFlag, default=argparse.SUPPRESS)
     roles = parser.add_subparsers(dest="role", metavar="ROLE", required=True)
 
     for role in ("agent", "api"):
@@ -91,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="capture through a running agent instead (repeatable)")
     local.add_argument("--certs", type=Path, default=None, metavar="DIR",
                        help="certificates from 'pcapd certs init' (with --agent)")
+    local.add_argument("words", nargs="*", metavar="EXPRESSION",
+                       help="filter expression, as tcpdump's (instead of -f)")
     _add_common_capture_options(local, default_device="lo")
     cf = targets.add_parser(
         "cf", help="Cloud Foundry app instances",
@@ -101,10 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
                "https://api.<system domain> -> https://pcap.<system domain>.\n"
                "--cacert and -k/--insecure apply to the pcapd api only; UAA is checked as the\n"
                "cf CLI does (SSLDisabled from 'cf api --skip-ssl-validation').")
-    cf.add_argument("app", metavar="APP", help="app name in the targeted space, or app guid")
+    cf.add_argument("app", metavar="APP[/INDEX]",
+                    help="app name in the targeted space, or app guid; my-app/2: instance 2")
+    cf.add_argument("words", nargs="*", metavar="EXPRESSION",
+                    help="filter expression, as tcpdump's (instead of -f)")
     cf.add_argument("--instance", action="append", type=int, default=[], metavar="N",
                     help="app instance index (repeatable; default: all instances)")
-    cf.add_argument("--process-type", default="web", help="process type (default web)")
+    cf.add_argument("--process-type", "--process", dest="process_type", default="web",
+                    metavar="TYPE", help="process type, as cf ssh --process (default web)")
     _add_common_capture_options(cf, default_device="eth0")
     bosh = targets.add_parser(
         "bosh", help="BOSH instances",
@@ -114,11 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
                "expire is refreshed at the director's UAA and written back. The api needs\n"
                "--api or PCAPD_API. --cacert and -k/--insecure apply to the pcapd api only; the\n"
                "director and UAA are checked with the environment's ca_cert.")
-    bosh.add_argument("-d", "--deployment", required=True)
-    bosh.add_argument("-g", "--group", action="append", required=True, metavar="GROUP",
+    bosh.add_argument("-d", "--deployment", default=None,
+                      help="deployment (env BOSH_DEPLOYMENT)")
+    bosh.add_argument("-g", "--group", action="append", default=[], metavar="GROUP",
                       help="instance group (repeatable)")
-    bosh.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID",
-                      help="instance ids (default: every instance of the groups)")
+    bosh.add_argument("words", nargs="*", metavar="[GROUP/ID|GROUP/INDEX|INSTANCE_ID] "
+                                               "[EXPRESSION]",
+                      help="instances (router/0, router/<uuid>, or ids after -g; default: "
+                           "every instance of the groups), then a filter expression")
+    bosh.add_argument("--instance", dest="instance_ids", action="append", default=[],
+                      metavar="ID", help="instance id, index or GROUP/ID (repeatable)")
     bosh.add_argument("-e", "--environment", default=None, metavar="ENV",
                       help="bosh environment alias or URL (env BOSH_ENVIRONMENT)")
     _add_common_capture_options(bosh, default_device="eth0")
@@ -132,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     download = captures_sub.add_parser("download", help="download a stored capture")
     download.add_argument("capture_id", metavar="ID")
     download.add_argument("-w", "--write", default=None, metavar="FILE")
+    listing.add_argument("--json", action="store_true",
+                         help="one JSON document: raw numbers and times, for scripts")
+    listing.add_argument("--no-headers", action="store_true",
+                         help="no header line (never printed when stdout is not a terminal)")
     for p in (listing, download):
         p.add_argument("--api", default=None, metavar="URL",
                        help="pcapd api URL (env PCAPD_API; for cf derived from the cf target)")
@@ -158,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Wireshark calls this itself: link pcapd into its extcap folder (any name; a\n"
                "first argument --extcap-* or --capture implies 'extcap'). See\n"
                "roles/wireshark/README.md.")
+    extcap.single_values = False  # Wireshark calls, not a person: no repeat check
     add_extcap_arguments(extcap)
     extcap.set_defaults(handler=_extcap)
     return parser
@@ -187,6 +303,7 @@ def _check_config(role: str, path: Path) -> int:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
+    require_server("agent")
     if args.check:
         return _check_config("agent", args.config)
     import trio
@@ -202,6 +319,7 @@ def _run_agent(args: argparse.Namespace) -> int:
 
 
 def _run_api(args: argparse.Namespace) -> int:
+    require_server("api")
     if args.check:
         return _check_config("api", args.config)
     import trio
@@ -218,6 +336,7 @@ def _run_api(args: argparse.Namespace) -> int:
 
 
 def _certs_init(args: argparse.Namespace) -> int:
+    require_server("certs")
     from pcapd.certs import init_certs
 
     paths = init_certs(args.directory, args.agent_host, force=args.force)
@@ -226,15 +345,15 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    if args.upload and args.target == "local":
-        raise UsageError("--upload stores captures on a pcapd api (capture cf|bosh); a local "
-                         "capture is already on this machine: use -w FILE")
     import trio
 
     from pcapd import logs
 
     logs.configure("info" if args.verbose else "warning", "text")
+    if args.list_interfaces:
+        return _list_devices(args)
     if args.target == "local":
+        require_server("capture local")
         from pcapd.client.local import capture_local, local_plan
 
         with local_plan(args) as plan:
@@ -247,16 +366,33 @@ def _capture(args: argparse.Namespace) -> int:
     return EXIT_OK if end.reason != "failed" else EXIT_FAILED
 
 
+def _list_devices(args: argparse.Namespace) -> int:
+    from pcapd.client.devices import device_lines, local_devices, remote_devices
+
+    if args.target == "local":
+        require_server("capture local")
+    listing = local_devices(args.netns) if args.target == "local" else remote_devices(args)
+    for line in device_lines(listing):
+        print(line)
+    return EXIT_OK
+
+
 def _captures(args: argparse.Namespace) -> int:
     import trio
 
-    from pcapd.client.captures import captures_plan, download_capture, list_captures
+    from pcapd.client.captures import (
+        captures_plan,
+        download_capture,
+        list_captures,
+        resolve_capture_id,
+    )
 
     with captures_plan(args) as plan:
         if args.captures_command == "list":
             trio.run(list_captures, plan)
         else:
-            trio.run(download_capture, plan, args.capture_id, args.write)
+            capture_id = trio.run(resolve_capture_id, plan, args.capture_id)
+            trio.run(download_capture, plan, capture_id, args.write)
     return EXIT_OK
 
 
@@ -279,7 +415,8 @@ def _merge(args: argparse.Namespace) -> int:
 def _extcap(args: argparse.Namespace) -> int:
     from pcapd.client.extcap import run_extcap
 
-    return run_extcap(args, lambda argv: _capture(build_parser().parse_args(argv)))
+    return run_extcap(args, lambda argv: _capture(build_parser().parse_args(argv)),
+                      build_parser().parse_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,6 +52,11 @@ class Arg:
     validation: str | None = None
     mustexist: bool = False
     group: str | None = None
+    reload: bool = False
+    """A selector whose values Wireshark asks for again (``--extcap-reload-option``)."""
+    placeholder: str | None = None
+    values: tuple[tuple[str, str], ...] = ()
+    """A selector's values before any reload: (value, what the dialog shows)."""
 
     @property
     def dest(self) -> str:
@@ -68,6 +73,10 @@ class Arg:
             fields.append(("required", "true"))
         if self.mustexist:
             fields.append(("mustexist", "true"))
+        if self.reload:
+            fields.append(("reload", "true"))
+        if self.placeholder:
+            fields.append(("placeholder", self.placeholder))
         if self.group:
             fields.append(("group", self.group))
         return fields
@@ -86,9 +95,15 @@ class Interface:
         return next((a for a in self.args if a.dest == dest), None)
 
 
-def _device(default: str, where: str) -> Arg:
-    return Arg("--device", "Device", "string", f"Network device to capture ({where})",
-               default=default, group="Capture")
+def _device(default: str, where: str, values: tuple[tuple[str, str], ...]) -> Arg:
+    return Arg("--device", "Device", "selector", f"Network device to capture ({where}); "
+               "reload: the devices the sources have", default=default, group="Capture",
+               reload=True, placeholder="Load the devices", values=values)
+
+
+_PLATFORM_DEVICES = (("eth0", "eth0"), ("lo", "lo"))
+_CF_DEVICES = (("eth0", "eth0: gorouter's TLS to envoy (port 61001), outbound traffic"),
+               ("lo", "lo: the plain hop to the app's port"))
 
 
 _SNAPLEN = Arg("--snaplen", "Snapshot length", "unsigned",
@@ -105,15 +120,17 @@ _LOG_FILE = Arg("--log-file", "Log file", "fileselect",
 _LIST = r"^[A-Za-z0-9_.:/ ,-]*$"
 
 CF = Interface("pcapd-cf", "pcapd: Cloud Foundry app", "cf", (
-    Arg("--app", "App", "string",
-        "App name in the org and space targeted with the cf CLI, or the app guid",
-        required=True, group="Target"),
-    Arg("--instances", "Instances", "string",
-        "Instance indices, comma-separated (e.g. 0,2); empty: every instance",
-        validation=r"^[0-9, ]*$", group="Target"),
+    Arg("--app", "App", "selector",
+        "App in the org and space targeted with the cf CLI (reload lists them)",
+        required=True, group="Target", reload=True, placeholder="Load the space's apps"),
+    Arg("--instances", "Instances", "selector",
+        "Instance index; all: every instance (reload lists the app's instances)",
+        default="", group="Target", reload=True, placeholder="Load the app's instances",
+        values=(("", "all instances"),)),
     Arg("--process-type", "Process type", "string", "Process type of the app instances",
         default="web", group="Target"),
-    _device("eth0", "in each app container"),
+    _device("eth0", "in each app container: eth0 carries gorouter's TLS to envoy, lo the "
+            "plain hop to the app's port", _CF_DEVICES),
     _SNAPLEN,
     Arg("--api", "pcapd api", "string",
         "URL of the pcapd api, e.g. https://pcap.sys.example.com; empty: $PCAPD_API, else "
@@ -131,7 +148,7 @@ BOSH = Interface("pcapd-bosh", "pcapd: BOSH instances", "bosh", (
         validation=_LIST, group="Target"),
     Arg("--environment", "Environment", "string",
         "bosh environment alias or director URL; empty: $BOSH_ENVIRONMENT", group="Target"),
-    _device("eth0", "on each VM"),
+    _device("eth0", "on each VM", _PLATFORM_DEVICES),
     _SNAPLEN,
     Arg("--api", "pcapd api", "string",
         "URL of the pcapd api, e.g. https://pcap.sys.example.com; empty: $PCAPD_API",
@@ -142,7 +159,7 @@ LOCAL = Interface("pcapd-local", "pcapd: this machine (network namespaces)", "lo
     Arg("--netns", "Network namespaces", "string",
         "Names of 'ip netns' namespaces, comma-separated; empty: the host's own. "
         "Needs root (or CAP_NET_RAW and CAP_SYS_ADMIN)", validation=_LIST, group="Target"),
-    _device("lo", "in each namespace"),
+    _device("lo", "in each namespace", (("lo", "lo"),)),
     _SNAPLEN, _LOG_FILE,
 ))
 INTERFACES = (CF, BOSH, LOCAL)
@@ -181,8 +198,36 @@ def dlts_sentences(interface: Interface) -> list[str]:
 
 
 def config_sentences(interface: Interface) -> list[str]:
-    """Answer to ``--extcap-config``: the capture dialog's options, in order."""
-    return [_sentence("arg", arg.fields(n)) for n, arg in enumerate(interface.args)]
+    """Answer to ``--extcap-config``: the capture dialog's options, in order, each selector
+    followed by its values."""
+    lines = []
+    for n, arg in enumerate(interface.args):
+        lines.append(_sentence("arg", arg.fields(n)))
+        lines.extend(value_sentences(interface, arg, list(arg.values)))
+    return lines
+
+
+def reloadable(interface: Interface, option: str | None) -> Arg:
+    """The selector named by ``--extcap-reload-option`` (``app`` or ``--app``)."""
+    name = (option or "").lstrip("-").replace("-", "_")
+    arg = interface.arg(name)
+    if arg is None or not arg.reload:
+        names = ", ".join(a.call for a in interface.args if a.reload)
+        raise UsageError(f"--extcap-reload-option {option}: {interface.value} reloads "
+                         f"{names}")
+    return arg
+
+
+def value_sentences(interface: Interface, arg: Arg, values: list[tuple[str, str]]) -> list[str]:
+    """The ``value`` lines of selector ``arg``, its default marked."""
+    number = interface.args.index(arg)
+    lines = []
+    for value, display in values:
+        fields = [("arg", str(number)), ("value", value), ("display", display)]
+        if value == (arg.default or ""):
+            fields.append(("default", "true"))
+        lines.append(_sentence("value", fields))
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,7 +243,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     proto.add_argument("--extcap-config", action="store_true",
                        help="the interface's options, for the capture dialog")
     proto.add_argument("--extcap-reload-option", default=None, metavar="OPTION",
-                       help="(no option of pcapd's is reloadable)")
+                       help="with --extcap-config: the values of one selector (app, "
+                            "instances, device)")
     proto.add_argument("--extcap-capture-filter", default=None, metavar="BPF",
                        help="the capture filter; without --capture: check it")
     proto.add_argument("--capture", action="store_true", help="capture into --fifo")
@@ -279,6 +325,17 @@ def capture_command(args: argparse.Namespace) -> list[str]:
               f"--snaplen={_value(args, interface, 'snaplen')}",
               f"--filter={args.extcap_capture_filter or ''}",
               f"--write={args.fifo}", "--quiet"]
+    return _command(args, interface, common)
+
+
+def devices_command(args: argparse.Namespace) -> list[str]:
+    """``pcapd capture … -D`` for the dialog's target: what the device selector reloads."""
+    interface = interface_named(args.extcap_interface)
+    _check_options(args, interface)
+    return _command(args, interface, ["--list-interfaces"])
+
+
+def _command(args: argparse.Namespace, interface: Interface, common: list[str]) -> list[str]:
     if interface is LOCAL:
         netns = [f"--netns={name}" for name in _items(_value(args, interface, "netns"))]
         return ["capture", "local", *netns, *common]
@@ -305,4 +362,5 @@ def capture_command(args: argparse.Namespace) -> list[str]:
     environment = _value(args, interface, "environment")
     return ["capture", "bosh", f"--deployment={_value(args, interface, 'deployment')}",
             *groups, *([f"--environment={environment}"] if environment else []),
-            *common, *connection, "--", *_items(_value(args, interface, "instance_ids"))]
+            *common, *connection,
+            *(f"--instance={item}" for item in _items(_value(args, interface, "instance_ids")))]

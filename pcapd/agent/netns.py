@@ -7,11 +7,15 @@ every other thread, and the worker itself afterwards, stays in the agent's own n
 
 Names come from requests (an instance guid) or the command line (an ``ip netns`` name), so they
 are checked as plain file names before they touch the file system: no ``/``, no ``..``, nothing
-outside a small character set. The file itself must be a network namespace (nsfs) file.
+outside a small character set. The file itself must be a network namespace (nsfs) file, and
+it is opened with ``O_NOFOLLOW``: garden-cni bind-mounts namespaces there, it never links them,
+so a symbolic link in ``netns_dir`` (or ``/run/netns``) is someone pointing the agent elsewhere
+(``/proc/<pid>/ns/net`` of any process on the VM) and is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
@@ -34,6 +38,7 @@ _GUID = re.compile(r"[A-Za-z0-9-]{1,128}")
 _NETNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 _NS_GET_NSTYPE = 0xB703  # ioctl(2) on an nsfs file: the namespace type (Linux >= 4.11)
 _CLONE_NEWNET = 0x40000000
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class NamespaceError(PcapdError):
@@ -69,10 +74,13 @@ def named_netns(name: str) -> Path:
 def check_netns_file(path: Path, what: str) -> None:
     """Raise :class:`NamespaceError` unless ``path`` is a network namespace file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         raise NamespaceError(f"{what}: no network namespace at {path}") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NamespaceError(f"{what}: {path} is a symbolic link, not a network namespace "
+                                 "file: refused") from None
         raise NamespaceError(f"{what}: cannot open {path}: {exc.strerror}") from exc
     try:
         ns_type = fcntl.ioctl(fd, _NS_GET_NSTYPE)
@@ -111,7 +119,7 @@ def call_in_netns(netns: Path | None, fn: Callable[[], T]) -> T:
 
 def _enter(path: Path, what: str) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
         raise NamespaceError(f"{what}: cannot open: {exc.strerror}") from exc
     try:

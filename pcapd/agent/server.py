@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import cached_property
+import socket
+from functools import cached_property, partial
 from pathlib import Path
 
 import trio
@@ -28,7 +29,7 @@ from pcapd.agent.capture import (
 from pcapd.agent.capture import (
     Link as TcpLink,
 )
-from pcapd.agent.netns import NamespaceError, resolve_container_netns
+from pcapd.agent.netns import NamespaceError, open_in_netns, resolve_container_netns
 from pcapd.agent.run import CaptureRun
 from pcapd.config import AgentConfig
 from pcapd.flow import DropGate
@@ -36,10 +37,13 @@ from pcapd.metrics import Metrics
 from pcapd.proto import (
     AgentTarget,
     Counters,
+    DeviceList,
     Error,
     Hello,
+    ListDevices,
     ResponderSession,
     Source,
+    SourceDevices,
     Start,
     Started,
     Status,
@@ -48,7 +52,7 @@ from pcapd.proto import (
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import HttpRouter, metrics_route, status_route
 from pcapd.transport.service import Refusal, status_reply
-from pcapd.transport.tls import server_context
+from pcapd.transport.tls import client_identity_problem, server_context
 from pcapd.transport.ws import Headers, Link, LinkClosed, link_endpoints, serve_websocket
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,8 @@ class Agent:
                 elif isinstance(msg, Start):
                     await self._capture(link, msg)
                     return
+                elif isinstance(msg, ListDevices):
+                    await link.send(await self._devices(msg))
                 elif isinstance(msg, Error):
                     return
         except LinkClosed as exc:
@@ -185,6 +191,10 @@ class Agent:
         if start.options.snaplen > limits.max_snaplen:
             raise Refusal("INVALID_REQUEST", f"snaplen {start.options.snaplen} is above this "
                           f"agent's maximum of {limits.max_snaplen} (limits.max_snaplen)")
+        return self._netns(target)
+
+    def _netns(self, target: AgentTarget) -> Path | None:
+        """The namespace file of ``target`` (None: the agent's own), or a Refusal."""
         if target.namespace == "host":
             return None
         netns_dir = self.config.containers.netns_dir
@@ -196,6 +206,22 @@ class Agent:
         except NamespaceError as exc:
             raise Refusal("INSTANCE_UNAVAILABLE", f"{self.config.id}: {exc}") from None
 
+
+    async def _devices(self, msg: ListDevices) -> DeviceList | Error:
+        """``tcpdump -D`` in the namespace the api names, checked as a capture there would be."""
+        target = msg.target
+        assert isinstance(target, AgentTarget)  # the session checks
+        try:
+            netns = self._netns(target)
+            await self._check_container(target)
+            names = await open_in_netns(netns, socket.if_nameindex)
+        except Refusal as refusal:
+            return Error(code=refusal.code, text=refusal.text, origin=self.config.id)
+        except (NamespaceError, OSError) as exc:
+            return Error(code="INSTANCE_UNAVAILABLE", text=f"{self.config.id}: {exc}",
+                         origin=self.config.id)
+        devices = [name for _, name in sorted(names)]
+        return DeviceList(sources=[SourceDevices(origin=target.source, devices=devices)])
 
     async def _check_container(self, target: AgentTarget) -> None:
         """With garden's container metadata store configured, the container must belong to the
@@ -246,4 +272,6 @@ async def serve_agent(config: AgentConfig, agent: Agent | None = None, *,
     ctx = server_context(tls.certificate, tls.private_key, client_ca=tls.client_ca, what="tls")
     agent = agent or Agent(config)
     await serve_websocket(agent.handle, config.listen.address, config.listen.port, ctx,
-                          http_handler=agent.http, task_status=task_status)
+                          http_handler=agent.http,
+                          check_client=partial(client_identity_problem, name=tls.client_name),
+                          task_status=task_status)

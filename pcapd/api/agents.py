@@ -15,7 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from pcapd.errors import PcapngFormatError
+import msgspec
+import trio
+
+from pcapd.errors import PcapngFormatError, ProtocolError
 from pcapd.pcapng import IDB, ISB
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
@@ -23,10 +26,13 @@ from pcapd.proto import (
     CaptureLimits,
     CaptureOptions,
     Data,
+    DeviceList,
     End,
     Error,
     InitiatorSession,
+    ListDevices,
     Message,
+    SourceDevices,
     Start,
     Started,
     Welcome,
@@ -140,15 +146,9 @@ class AgentLink:
 
 
 @asynccontextmanager
-async def open_agent_capture(job: AgentJob, *, capture_id: str, options: CaptureOptions,
-                             limits: CaptureLimits, ssl_context: ssl.SSLContext | None,
-                             server_name: str, connect_timeout: float
-                             ) -> AsyncIterator[AgentLink]:
-    """Connect, shake hands and start the capture on one agent; yield once it has started.
-
-    Raises :class:`LinkClosed` when the agent cannot be reached or the link breaks, and
-    :class:`AgentRefused` when it answers the start with an ``error``.
-    """
+async def _open_agent_link(job: AgentJob, *, ssl_context: ssl.SSLContext | None,
+                           server_name: str, connect_timeout: float) -> AsyncIterator[Link]:
+    """A link to one agent, past the handshake (an ``error`` instead: AgentRefused)."""
     async with open_websocket(job.host, job.port, ssl_context=ssl_context,
                               server_hostname=server_name,
                               connect_timeout=connect_timeout) as ws:
@@ -158,6 +158,21 @@ async def open_agent_capture(job: AgentJob, *, capture_id: str, options: Capture
         if isinstance(welcome, Error):
             raise AgentRefused(welcome.code, welcome.text)
         assert isinstance(welcome, Welcome)
+        yield link
+
+
+@asynccontextmanager
+async def open_agent_capture(job: AgentJob, *, capture_id: str, options: CaptureOptions,
+                             limits: CaptureLimits, ssl_context: ssl.SSLContext | None,
+                             server_name: str, connect_timeout: float
+                             ) -> AsyncIterator[AgentLink]:
+    """Connect, shake hands and start the capture on one agent; yield once it has started.
+
+    Raises :class:`LinkClosed` when the agent cannot be reached or the link breaks, and
+    :class:`AgentRefused` when it answers the start with an ``error``.
+    """
+    async with _open_agent_link(job, ssl_context=ssl_context, server_name=server_name,
+                                connect_timeout=connect_timeout) as link:
         await link.send(Start(capture_id=capture_id, target=job.target, options=options,
                               limits=limits))
         while True:
@@ -171,5 +186,28 @@ async def open_agent_capture(job: AgentJob, *, capture_id: str, options: Capture
         yield AgentLink(job, link, msg)
 
 
+async def ask_agent_devices(job: AgentJob, *, ssl_context: ssl.SSLContext | None,
+                            server_name: str, within: float) -> SourceDevices:
+    """The devices of one source, as its agent sees them (``list_devices``); never raises:
+    an agent that cannot answer is a source with a ``problem``."""
+    problem = ""
+    with trio.move_on_after(within) as scope:
+        try:
+            async with _open_agent_link(job, ssl_context=ssl_context, server_name=server_name,
+                                        connect_timeout=within) as link:
+                await link.send(ListDevices(target=job.target))
+                answer = await link.receive()
+                if isinstance(answer, DeviceList) and answer.sources:
+                    return msgspec.structs.replace(answer.sources[0], origin=job.origin)
+                problem = answer.text if isinstance(answer, Error) else "no answer"
+        except AgentRefused as exc:
+            problem = exc.text
+        except (LinkClosed, ProtocolError) as exc:
+            problem = f"cannot reach its agent at {job.address}: {exc}"
+    if scope.cancelled_caught:
+        problem = f"its agent at {job.address} did not answer within {within:g} s"
+    return SourceDevices(origin=job.origin, problem=problem)
+
+
 __all__ = ["AgentJob", "AgentLink", "AgentPayload", "AgentRefused", "LinkClosed",
-           "open_agent_capture", "split_payload"]
+           "ask_agent_devices", "open_agent_capture", "split_payload"]

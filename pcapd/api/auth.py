@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pcapd.errors import PcapdError
 from pcapd.tokens import (
     DEFAULT_LEEWAY,
+    Acceptance,
     Identity,
     InvalidKeySet,
     parse_jwks,
@@ -77,7 +78,8 @@ class TokenVerifier:
                  leeway: float = DEFAULT_LEEWAY,
                  refetch_interval: float = DEFAULT_REFETCH_INTERVAL,
                  max_key_age: float = DEFAULT_MAX_KEY_AGE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 accept: Acceptance | None = None) -> None:
         self.uaa_url = uaa_url.rstrip("/")
         self.issuer = self.uaa_url + "/oauth/token"
         self.token_keys_url = self.uaa_url + "/token_keys"
@@ -86,6 +88,7 @@ class TokenVerifier:
         self.refetch_interval = refetch_interval
         self.max_key_age = max_key_age
         self.clock = clock
+        self.accept = accept
         self._keys: dict[str, RSAPublicKey] = {}
         # Trio times: the last successful fetch, the last fetch for an unknown kid (the rate
         # limit), the last failed fetch (remembered as long, so a down UAA is not hammered).
@@ -99,13 +102,14 @@ class TokenVerifier:
         self._verified = 0
 
     async def verify(self, token: str) -> Identity:
-        """The identity ``token`` speaks for; :class:`~pcapd.tokens.Unauthenticated` with the
-        reason, or :class:`IdentityProviderUnavailable` if the keys cannot be had."""
+        """The identity ``token`` speaks for (with ``accept``: only a token that rule accepts);
+        :class:`~pcapd.tokens.Unauthenticated` with the reason, or
+        :class:`IdentityProviderUnavailable` if the keys cannot be had."""
         kid: str = unverified_header(token)["kid"]  # alg and kid checked before any I/O
         if kid not in self._keys or self._stale():
             await self._refresh(kid)
         identity = verify(token, self._keys, issuer=self.issuer, now=self.clock(),
-                          leeway=self.leeway)
+                          leeway=self.leeway, accept=self.accept)
         self._verified += 1
         log.info("authenticated %s %s (user id %s, client %s)",
                  "client" if identity.is_client else "user", identity.user_name,

@@ -10,7 +10,6 @@ its own interface (the host namespace).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -21,15 +20,17 @@ from pcapd.config import BoshConfig
 from pcapd.proto import AgentTarget, BoshTarget, Start
 from pcapd.tokens import Identity
 from pcapd.transport.service import Refusal
+from pcapd.urls import InvalidSegment, join
 
 
 class BoshResolver(UaaPlatform):
     """Resolves ``bosh`` targets against one director (and its UAA)."""
 
     login = "bosh log-in"
+    platform = "BOSH"
 
     def __init__(self, config: BoshConfig, http: httpx.AsyncClient, agents_port: int) -> None:
-        super().__init__(http)
+        super().__init__(http, config.tokens)
         self.config = config
         self.agents_port = agents_port
         self.director = config.director.rstrip("/")
@@ -61,9 +62,12 @@ class BoshResolver(UaaPlatform):
         self._check(status, listed, name, uuid)
         teams = next((d.get("teams") or [] for d in listed or []
                       if isinstance(d, dict) and d.get("name") == name), None)
-        status, instances = await get_json(
-            self.http, f"{self.director}/deployments/{quote(name, safe='')}/instances",
-            token=token, what="the BOSH director")
+        try:
+            url = join(self.director, "deployments", (name, "the deployment (-d)"), "instances")
+        except InvalidSegment as exc:
+            raise Refusal("INVALID_REQUEST", f"{exc}: nothing was captured") from None
+        status, instances = await get_json(self.http, url, token=token,
+                                           what="the BOSH director")
         self._check(status, instances, name, uuid)
         if teams is None:  # readable instances of an unlisted deployment: treat as no teams
             teams = []
@@ -105,12 +109,12 @@ class BoshResolver(UaaPlatform):
                               f"{', '.join(sorted(groups)) or 'none'}")
         chosen = [i for i in rows if i.get("job") in target.groups]
         if target.instances:
-            known = {str(i.get("id")) for i in chosen}
+            known = set().union(*(_instance_names(i) for i in chosen))
             for wanted in target.instances:
                 if wanted not in known:
                     raise Refusal("INVALID_REQUEST", f"no instance {wanted} in group(s) "
                                   f"{', '.join(target.groups)} of {target.deployment}")
-            chosen = [i for i in chosen if str(i.get("id")) in target.instances]
+            chosen = [i for i in chosen if _instance_names(i) & set(target.instances)]
         jobs: list[AgentJob] = []
         unavailable: list[Unavailable] = []
         names: list[tuple[str, str]] = []
@@ -126,3 +130,13 @@ class BoshResolver(UaaPlatform):
         groups_text = ",".join(target.groups)
         return Resolution(jobs, unavailable, names, identity,
                           target=f"bosh:{target.deployment}/{groups_text}")
+
+
+def _instance_names(instance: dict[str, Any]) -> set[str]:
+    """How a user may name an instance, as the bosh CLI takes it: ``ID``, ``GROUP/ID`` and
+    ``GROUP/INDEX``."""
+    group, uid, index = instance.get("job"), str(instance.get("id")), instance.get("index")
+    names = {uid, f"{group}/{uid}"}
+    if isinstance(index, int) and not isinstance(index, bool):
+        names.add(f"{group}/{index}")
+    return names

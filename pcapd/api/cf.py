@@ -5,11 +5,19 @@ visibility rules apply first (an app in a space the user is not in is simply "no
 pcapd's rule (:func:`pcapd.authz.cf_may_capture`). The app's instances come from its process
 stats: the cell (``host``) runs the agent, ``instance_guid`` names the container's network
 namespace there, and ``instance_internal_ip`` goes into the Name Resolution Block.
+
+Every URL is built with :func:`pcapd.urls.join`, each value from the request a checked,
+percent-encoded segment: an unencoded ``--process-type ../../<B>/processes/web`` once made the
+HTTP client resolve the dot segments and fetch app B's instances after app A was authorized.
+The instances are also *proven* to belong to the authorized app: the process is fetched first
+and its ``relationships.app`` must be that app, and the stats are then asked of that process by
+its own guid — so whatever the path, what is captured is what was authorized.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -21,6 +29,7 @@ from pcapd.config import CfConfig
 from pcapd.proto import AgentTarget, CfTarget, Start
 from pcapd.tokens import Identity
 from pcapd.transport.service import Refusal
+from pcapd.urls import InvalidSegment, join
 
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 CAPTURABLE = {"RUNNING", "STARTING"}
@@ -30,9 +39,10 @@ class CfResolver(UaaPlatform):
     """Resolves ``cf`` targets against one Cloud Controller (and its UAA)."""
 
     login = "cf login"
+    platform = "Cloud Foundry"
 
     def __init__(self, config: CfConfig, http: httpx.AsyncClient, agents_port: int) -> None:
-        super().__init__(http)
+        super().__init__(http, config.tokens)
         self.config = config
         self.agents_port = agents_port
         self.api = config.api.rstrip("/")
@@ -56,29 +66,48 @@ class CfResolver(UaaPlatform):
         identity = await self.identify(token)
         assert token is not None
         v3, _ = await self._discover()
+        try:
+            return await self._resolve(v3, target, token, identity)
+        except InvalidSegment as exc:
+            raise Refusal("INVALID_REQUEST", f"{exc}: nothing was captured") from None
+
+    async def _resolve(self, v3: str, target: CfTarget, token: str,
+                       identity: Identity) -> Resolution:
         app = await self._find_app(v3, target, token)
-        guid, name = str(app["guid"]), str(app["name"])
-        _, permissions = await self._get(f"{v3}/apps/{guid}/permissions", token, name)
+        guid, name = str(app.get("guid")), str(app.get("name"))
+        app_url = join(v3, "apps", (guid, "the app guid Cloud Controller sent"))
+        _, permissions = await self._get(f"{app_url}/permissions", token, name)
         ssh = None
         if self.config.require_ssh_enabled:
-            _, ssh = await self._get(f"{v3}/apps/{guid}/ssh_enabled", token, name)
+            _, ssh = await self._get(f"{app_url}/ssh_enabled", token, name)
         decision = cf_may_capture(name, permissions or {}, ssh)
         if not decision.allowed:
             raise Refusal("PERMISSION_DENIED", decision.reason)
-        status, stats = await get_json(
-            self.http, f"{v3}/apps/{guid}/processes/{target.process_type}/stats", token=token,
+        kind = target.process_type
+        status, process = await get_json(
+            self.http, join(app_url, "processes", (kind, "--process-type")), token=token,
             what="Cloud Controller")
         if status == 404:
             raise Refusal("INVALID_REQUEST", f"app {name} has no process of type "
-                          f"{target.process_type!r} (--process-type)")
+                          f"{kind!r} (--process-type)")
+        self._check(status, process, name)
+        process_guid = _owned_process(process, guid, kind, name)
+        status, stats = await get_json(
+            self.http, join(v3, "processes", (process_guid, "the process guid"), "stats"),
+            token=token, what="Cloud Controller")
         self._check(status, stats, name)
         resources = stats.get("resources") if isinstance(stats, dict) else None
-        return self._instances(target, guid, name, resources or [], identity)
+        audit = {"org": _included_name(app, "organizations"),
+                 "space": _included_name(app, "spaces"), "app_guid": guid,
+                 "process_type": kind}
+        resolution = self._instances(target, guid, name, resources or [], identity)
+        # users see their captures by org and space too (`pcapd captures list`)
+        return replace(resolution, audit=audit, target=f"cf:{_org_space(app)}{name}")
 
     async def _find_app(self, v3: str, target: CfTarget, token: str) -> dict[str, Any]:
         if _GUID.fullmatch(target.app):
-            status, app = await get_json(self.http, f"{v3}/apps/{target.app}", token=token,
-                                         what="Cloud Controller")
+            one = join(v3, "apps", (target.app, "the app guid")) + f"?include={_INCLUDED}"
+            status, app = await get_json(self.http, one, token=token, what="Cloud Controller")
             if status == 200 and isinstance(app, dict):
                 return app
             if status != 404:
@@ -89,8 +118,9 @@ class CfResolver(UaaPlatform):
         if target.space is None:
             raise Refusal("INVALID_REQUEST", f"app {target.app} not found (name an app guid, "
                           "or target a space with `cf target -s SPACE`)")
-        url = httpx.URL(f"{v3}/apps", params={"names": target.app,
-                                              "space_guids": target.space})
+        url = httpx.URL(join(v3, "apps"), params={"names": target.app,
+                                                  "space_guids": target.space,
+                                                  "include": _INCLUDED})
         status, found = await get_json(self.http, str(url), token=token,
                                        what="Cloud Controller")
         self._check(status, found, target.app)
@@ -99,7 +129,8 @@ class CfResolver(UaaPlatform):
         for app in resources if isinstance(resources, list) else []:
             if isinstance(app, dict) and app.get("name") == target.app \
                     and _space_guid(app) == target.space:
-                return app
+                included = found.get("included") if isinstance(found, dict) else None
+                return {**app, "included": included}
         raise Refusal("INVALID_REQUEST", f"app {target.app} not found in the targeted space "
                       "(or you may not see it): check `cf apps`")
 
@@ -146,6 +177,46 @@ class CfResolver(UaaPlatform):
             if instance.get("instance_internal_ip"):
                 names.append((str(instance["instance_internal_ip"]), origin))
         return Resolution(jobs, unavailable, names, identity, target=f"cf:{name}")
+
+
+_INCLUDED = "space,space.organization"
+"""Asked with the app so the audit line names its org and space (CC's ``include``)."""
+
+
+def _owned_process(process: Any, app_guid: str, kind: str, name: str) -> str:
+    """The guid of a process Cloud Controller sent, once it is proven to be ``kind`` of the
+    authorized app; a Refusal otherwise (nothing of another app is ever captured)."""
+    try:
+        owner = process["relationships"]["app"]["data"]["guid"]
+        process_guid, process_type = process["guid"], process["type"]
+    except (TypeError, KeyError):
+        owner = process_guid = process_type = None
+    if owner != app_guid or process_type != kind or not isinstance(process_guid, str):
+        raise Refusal("PERMISSION_DENIED", f"Cloud Controller answered for --process-type "
+                      f"{kind!r} with a process that is not app {name}'s: nothing was captured")
+    return process_guid
+
+
+def _included_name(app: dict[str, Any], kind: str) -> str:
+    """``name (guid)`` of the app's space or org from CC's ``included``; ``?`` if absent."""
+    try:
+        entry = app["included"][kind][0]
+        return f"{entry['name']} ({entry['guid']})"
+    except (TypeError, KeyError, IndexError):
+        return "?"
+
+
+def _org_space(app: dict[str, Any]) -> str:
+    """``my-org/dev/`` from the ``included`` space and organization of an app answer; ``""``
+    when Cloud Controller did not include them."""
+    try:
+        included = app["included"]
+        space = next(s for s in included["spaces"] if s["guid"] == _space_guid(app))
+        org_guid = space["relationships"]["organization"]["data"]["guid"]
+        org = next(o for o in included["organizations"] if o["guid"] == org_guid)
+        return f"{org['name']}/{space['name']}/"
+    except (TypeError, KeyError, StopIteration):
+        return ""
 
 
 def _space_guid(app: dict[str, Any]) -> object:

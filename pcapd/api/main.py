@@ -28,6 +28,10 @@ def platform_resolver(config: ApiConfig) -> PlatformResolver:
 async def run_api(config: ApiConfig, resolver: PlatformResolver, store: Store) -> None:
     """Prepare the store (bucket, lifecycle rule / directory), serve, drain on a signal."""
     await store.prepare()
+    if config.external_url is None and config.storage.kind == "local":
+        log.warning("external_url is not set: download links point at the listen address "
+                    "%s:%d; set it to the api's route (https://pcap.sys.example.com)",
+                    config.listen.address, config.listen.port)
     api = Api(config, resolver, store=store)
     async with open_nursery() as nursery:
         await nursery.start(store.serve_maintenance)

@@ -19,8 +19,9 @@ import trio
 
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import TokenVerifier
+from pcapd.config.model import BoshTokensConfig, CfTokensConfig
 from pcapd.proto import Code, Start
-from pcapd.tokens import Identity, Unauthenticated
+from pcapd.tokens import Acceptance, Identity, Unauthenticated
 from pcapd.transport.service import Refusal
 
 
@@ -42,6 +43,8 @@ class Resolution:
     identity: Identity | None = None
     target: str = ""
     """How the audit log and the stored object name the target, e.g. ``cf:my-app``."""
+    audit: dict[str, str] = field(default_factory=dict)
+    """More about the target for the audit line (CF: org, space, app guid, process type)."""
 
 
 class Resolver(Protocol):
@@ -68,8 +71,16 @@ class UaaPlatform:
     login: str = "log in"
     """The command that gets a user a token, for messages (``cf login``)."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    platform: str = "the platform"
+    """Its name, for messages (``Cloud Foundry``)."""
+
+    def __init__(self, http: httpx.AsyncClient, tokens: CfTokensConfig | BoshTokensConfig
+                 ) -> None:
         self.http = http
+        self.accept = Acceptance(platform=self.platform, login=self.login,
+                                 audiences=frozenset(tokens.audiences), scopes=tokens.scopes,
+                                 clients=frozenset(tokens.clients))
+        """The one acceptance rule for this platform's tokens, on every request."""
         self._found: tuple[str, TokenVerifier] | None = None
         self._finding = trio.Lock()
 
@@ -80,11 +91,20 @@ class UaaPlatform:
         async with self._finding:
             if self._found is None:
                 value, uaa = await self._find_uaa()
-                self._found = value, TokenVerifier(uaa_url=uaa, http=self.http)
+                self._found = value, TokenVerifier(uaa_url=uaa, http=self.http,
+                                                   accept=self.accept)
             return self._found
 
     async def verify(self, start: Start, token: str) -> Identity:
-        return await self.identify(token)
+        """A renewed token is authorized again for the same target, exactly as at the start
+        (the platform asked with the new token, pcapd's rule applied): a token may be renewed
+        with less than it had — a BOSH team scope removed, a space role revoked."""
+        resolution = await self.resolve(start, token)
+        assert resolution.identity is not None
+        return resolution.identity
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
+        raise NotImplementedError
 
     async def identify(self, token: str | None) -> Identity:
         """The token's user, verified against this platform's UAA."""

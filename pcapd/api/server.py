@@ -31,34 +31,47 @@ from trio_websocket import WebSocketConnection
 
 from pcapd.agent.bpf import InvalidFilter
 from pcapd.agent.bpf_worker import check_filter
-from pcapd.api.agents import AgentJob
+from pcapd.api.agents import AgentJob, ask_agent_devices
 from pcapd.api.auth import authorization_from_headers
 from pcapd.api.bosh import BoshResolver
-from pcapd.api.capture import ApiCapture, CaptureFailed
+from pcapd.api.capture import START_TIMEOUT, ApiCapture, CaptureFailed
 from pcapd.api.cf import CfResolver
 from pcapd.api.intake import CaptureSlots, PendingConnections
 from pcapd.api.resolve import Resolution, Resolver
-from pcapd.api.upload import UploadOutput, finish_upload, owner_key, stored_capture
+from pcapd.api.upload import (
+    UploadOutput,
+    finish_upload,
+    owned_capture,
+    owned_captures,
+    owner_key,
+    stored_capture,
+)
 from pcapd.config import ApiConfig
 from pcapd.errors import PcapdError
 from pcapd.flow import RateLimiter
 from pcapd.metrics import Metrics
 from pcapd.proto import (
+    MAX_LIST,
     AgentTarget,
     BoshTarget,
     CaptureList,
+    CaptureOptions,
     CfTarget,
+    Code,
     Data,
+    DeviceList,
     Download,
     End,
     Error,
     GetDownload,
     Hello,
     ListCaptures,
+    ListDevices,
     LocalTarget,
     Message,
     Notice,
     ResponderSession,
+    SourceDevices,
     Start,
     Started,
     Statistics,
@@ -284,6 +297,9 @@ class Api:
                 elif isinstance(msg, ListCaptures | GetDownload):
                     if not await self._query(link, msg, authorization, headers, intake):
                         return
+                elif isinstance(msg, ListDevices):
+                    if not await self._devices(link, msg, authorization, intake):
+                        return
                 elif isinstance(msg, Start):
                     await self._capture(link, msg, authorization, headers, intake)
                     return
@@ -307,19 +323,18 @@ class Api:
             identity = await self.resolver.identify(_bearer(authorization))
             intake.authenticated()
             store = self._store()
-            owner = owner_key(identity)
             if isinstance(msg, ListCaptures):
-                found = await store.list(owner)
+                found = await owned_captures(store, identity)
                 await link.send(CaptureList(captures=[stored_capture(i) for i in found][:1024]))
                 return True
             try:
-                info = await store.get(owner, msg.capture_id)
+                info = await owned_capture(store, identity, msg.capture_id)
             except InvalidId:
                 info = None
             if info is None:  # missing and someone else's look the same: no probing
                 raise Refusal("INVALID_REQUEST", f"no capture {msg.capture_id} of yours "
                               "(`pcapd captures list` shows yours)")
-            url, expires = await store.download_url(info, self._base_url(headers), time.time())
+            url, expires = await store.download_url(info, self._base_url(), time.time())
             await link.send(Download(capture=stored_capture(info), url=url,
                                      url_expires_at=expires))
             return True
@@ -327,22 +342,52 @@ class Api:
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return False
 
+    async def _devices(self, link: Link, msg: ListDevices, authorization: str | None,
+                       intake: _Intake) -> bool:
+        """``pcapd capture … -D``: each source's devices, from its agent. Resolved (so
+        authenticated and authorized) exactly as a capture of the same target; False when
+        refused (link ends)."""
+        try:
+            await self.resolver.identify(_bearer(authorization))
+            intake.authenticated()
+            resolution = await self.resolver.resolve(
+                Start(target=msg.target, options=CaptureOptions(device="lo")),
+                _bearer(authorization))
+        except Refusal as refusal:
+            await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
+            return False
+        answers: list[SourceDevices] = []
+
+        async def ask(job: AgentJob) -> None:
+            answers.append(await ask_agent_devices(
+                job, ssl_context=self.agent_tls, server_name=self.config.agents.server_name,
+                within=START_TIMEOUT))
+
+        async with open_nursery() as nursery:
+            for job in resolution.jobs:
+                nursery.start_soon(ask, job)
+        order = [j.origin for j in resolution.jobs]
+        answers.sort(key=lambda a: order.index(a.origin))
+        answers += [SourceDevices(origin=u.origin, problem=u.text) for u in resolution.unavailable]
+        await link.send(DeviceList(sources=answers[:MAX_LIST]))
+        return True
+
     def _store(self) -> Store:
         if self.store is None:
             raise Refusal("INVALID_REQUEST", f"the api {self.config.id} keeps no captures "
                           "(no storage configured)")
         return self.store
 
-    def _base_url(self, headers: Headers) -> str:
-        """Where users reach this api: the Host they used (behind gorouter with its
-        X-Forwarded-Proto), so download links work from the user's side."""
-        fields = {name.decode("latin-1").lower(): value.decode("latin-1")
-                  for name, value in headers}
-        scheme = fields.get("x-forwarded-proto", "")
-        if scheme not in ("http", "https"):
-            scheme = "https" if self.config.listen.tls is not None else "http"
-        host = fields.get("host") or f"{self.config.listen.address}:{self.config.listen.port}"
-        return f"{scheme}://{host}"
+    def _base_url(self) -> str:
+        """Where users reach this api, for download links: ``external_url`` as configured —
+        never the ``Host`` / ``X-Forwarded-Proto`` a client sent, which anyone can forge to
+        have a victim's link point at their own server. Not set: the listen address."""
+        if self.config.external_url is not None:
+            return self.config.external_url.rstrip("/")
+        listen = self.config.listen
+        scheme = "https" if listen.tls is not None else "http"
+        host = f"[{listen.address}]" if ":" in listen.address else listen.address
+        return f"{scheme}://{host}:{listen.port}"
 
     async def _capture(self, link: Link, start: Start, authorization: str | None,
                        headers: Headers, intake: _Intake) -> None:
@@ -385,11 +430,13 @@ class Api:
         self.captures[capture_id] = capture
         who = resolution.identity
         user = f"{who.user_name} ({who.user_id})" if who is not None else "local user"
-        log.info("capture %s started by %s: %s, filter %r", capture_id, user, resolution.target,
-                 start.options.filter, extra={
+        where = "".join(f", {key.replace('_', ' ')} {value}"
+                        for key, value in resolution.audit.items())
+        log.info("capture %s started by %s: %s%s, filter %r", capture_id, user,
+                 resolution.target, where, start.options.filter, extra={
                      "event": "capture_started", "capture_id": capture_id, "user": user,
                      "target": resolution.target, "filter": start.options.filter,
-                     "sources": [j.origin for j in resolution.jobs]})
+                     "sources": [j.origin for j in resolution.jobs], **resolution.audit})
         end: End | None = None
         try:
             async with open_nursery() as nursery:
@@ -408,7 +455,7 @@ class Api:
                     assert isinstance(output, UploadOutput) and self.store is not None
                     with trio.CancelScope(shield=True):  # the file must end complete
                         stored = await finish_upload(self.store, upload, info, end,
-                                                     output.bytes, self._base_url(headers))
+                                                     output.bytes, self._base_url())
                     end = msgspec.structs.replace(end, stored=stored)
                     log.info("capture %s stored as %s", capture_id, stored.capture.capture_id,
                              extra={"event": "capture_stored", "capture_id": capture_id,
@@ -430,6 +477,7 @@ class Api:
                      totals.packets, totals.written, extra={
                          "event": "capture_ended", "capture_id": capture_id, "user": user,
                          "target": resolution.target, "filter": start.options.filter,
+                         **resolution.audit,
                          "reason": reason, "packets": totals.packets, "bytes": totals.bytes,
                          "written": totals.written,
                          "dropped": (totals.agent_dropped + totals.api_dropped
@@ -474,20 +522,40 @@ class Api:
             raise Refusal("START_CAPTURE_FAILED", f"cannot store the capture: {exc}") from None
 
     async def _renew(self, link: Link, capture: ApiCapture, start: Start, token: str) -> None:
-        """A refreshed token: same rules, same user; the capture may then run past the old
-        token's expiry."""
+        """A refreshed token: authorized again for the same target, for the same user; the
+        capture may then run past the old token's expiry. A refusal ends the capture (the
+        user may no longer capture this); only a platform that cannot be reached leaves it
+        running on the old token, which ends it when it expires."""
         try:
             identity = await self.resolver.verify(start, token)
         except Refusal as refusal:
-            await link.send(Notice(code="UNAUTHENTICATED", text=f"the refreshed token was "
-                                   f"refused: {refusal.text}", origin=self.config.id))
+            if refusal.code == "START_CAPTURE_FAILED":
+                await link.send(Notice(code="CONNECTION_ERROR", text="the refreshed token "
+                                       f"could not be checked: {refusal.text}; the capture "
+                                       "goes on until the current token expires",
+                                       origin=self.config.id))
+                return
+            await self._end_on_renewal(link, capture, refusal.code,
+                                       f"the refreshed token was refused: {refusal.text}")
             return
         current = capture.identity
-        if current is not None and identity.user_id != current.user_id:
-            await link.send(Notice(code="PERMISSION_DENIED", text="the refreshed token belongs "
-                                   "to another user: ignored", origin=self.config.id))
+        if current is not None and (identity.user_id, identity.is_client) != \
+                (current.user_id, current.is_client):
+            await self._end_on_renewal(link, capture, "PERMISSION_DENIED",
+                                       "the refreshed token belongs to someone else")
             return
         capture.renew(identity)
+
+    async def _end_on_renewal(self, link: Link, capture: ApiCapture, code: Code,
+                              text: str) -> None:
+        text = f"{text}: the capture ends here"
+        log.info("capture %s: %s", capture.capture_id, text,
+                 extra={"event": "renewal_refused", "capture_id": capture.capture_id,
+                        "code": code})
+        try:
+            await link.send(Notice(code=code, text=text, origin=self.config.id))
+        finally:
+            capture.request_stop("limit", text, "token")
 
     def _reserve(self, capture_id: str, identity: Identity) -> None:
         """Drain, ``limits.concurrent_captures`` (+ ``_per_user``) and

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from pcapd.proto import Download, End, Notice, Started, Statistics, StoredCapture
 from pcapd.store import CaptureInfo, Store, Upload
+from pcapd.store.base import newest_first
 from pcapd.tokens import Identity
 from pcapd.transport.ws import Link, LinkClosed
 
@@ -43,17 +44,66 @@ class UploadOutput:
 
 
 def owner_key(identity: Identity) -> str:
-    """The store's name for a user: their UAA's fingerprint and their id.
+    """The store's name for an owner: their UAA's fingerprint, their kind and their id
+    (``<realm>.user.<id>``, ``<realm>.client.<id>``).
 
     User ids are unique within one UAA only, and a client token's "user id" is its client id:
-    ``admin`` on the director's UAA and ``admin`` on Cloud Foundry's must not share captures.
-    Ids that are not plain names are hashed rather than trusted in a path.
+    ``admin`` on the director's UAA and ``admin`` on Cloud Foundry's must not share captures,
+    nor may a client whose id equals a user's id see that user's captures (issue 12, hole 8):
+    users and clients are two namespaces. ``.`` never occurs in the keys of pcapd versions
+    before kinds (``<realm>-<id>``), so no new key can equal an old one. Ids that are not plain
+    names are hashed rather than trusted in a path.
     """
-    realm = hashlib.sha256(identity.issuer.encode()).hexdigest()[:12]
-    user = identity.user_id
-    if not _PLAIN.fullmatch(user):
-        user = "h" + hashlib.sha256(user.encode()).hexdigest()[:32]
-    return f"{realm}-{user}"
+    kind = "client" if identity.is_client else "user"
+    return f"{_realm(identity)}.{kind}.{_plain(identity.user_id)}"
+
+
+def legacy_owner_key(identity: Identity) -> str | None:
+    """Where a *user's* captures were kept before owners had kinds (``<realm>-<id>``); None for
+    a client. Captures there are shown only with :func:`legacy_capture_is_theirs`."""
+    return None if identity.is_client else f"{_realm(identity)}-{_plain(identity.user_id)}"
+
+
+def legacy_capture_is_theirs(info: CaptureInfo, identity: Identity) -> bool:
+    """Whether a capture stored under :func:`legacy_owner_key` was this user's own.
+
+    That folder was shared by the user and any client whose id equals the user's id. A
+    client's record names the client id as its user name; a user's names the user (UAA user
+    names are not their guid). So a record is the user's when its name is theirs and is not
+    the id; one that cannot be told apart is shown to nobody and expires with the retention.
+    Clients' captures from before are shown to nobody (automation rarely comes back for them).
+    """
+    return (not identity.is_client and info.user_name == identity.user_name
+            and info.user_name != identity.user_id)
+
+
+async def owned_captures(store: Store, identity: Identity) -> list[CaptureInfo]:
+    """The identity's stored captures (with a user's own from before kinds), newest first."""
+    found = await store.list(owner_key(identity))
+    legacy = legacy_owner_key(identity)
+    if legacy is not None:
+        found += [info for info in await store.list(legacy)
+                  if legacy_capture_is_theirs(info, identity)]
+    return newest_first(found)
+
+
+async def owned_capture(store: Store, identity: Identity, capture_id: str) -> CaptureInfo | None:
+    """The identity's capture ``capture_id``; None when it is missing or anyone else's."""
+    info = await store.get(owner_key(identity), capture_id)
+    legacy = legacy_owner_key(identity)
+    if info is None and legacy is not None:
+        info = await store.get(legacy, capture_id)
+        if info is not None and not legacy_capture_is_theirs(info, identity):
+            info = None
+    return info
+
+
+def _realm(identity: Identity) -> str:
+    return hashlib.sha256(identity.issuer.encode()).hexdigest()[:12]
+
+
+def _plain(user: str) -> str:
+    return user if _PLAIN.fullmatch(user) else "h" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,100}")

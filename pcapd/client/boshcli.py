@@ -20,6 +20,7 @@ go back into that environment's entry; every other entry and key is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping
@@ -274,3 +275,69 @@ class BoshCredentials(Credentials):
                          sort_keys=False, allow_unicode=True)
         write_atomically(env.path, text.encode())
         return True
+
+
+class BoshClientCredentials(BoshCredentials):
+    """A bbl-style login: ``BOSH_CLIENT`` and ``BOSH_CLIENT_SECRET`` (``eval "$(bbl
+    print-env)"``), exchanged at the director's UAA with the client_credentials grant, as the
+    bosh CLI does when they are set. A new token is asked for before each expiry; nothing is
+    written anywhere (the secret stays in the environment it came from)."""
+
+    def __init__(self, environment: BoshEnvironment, client: str, secret: str, *,
+                 margin: float = REFRESH_MARGIN) -> None:
+        super().__init__(environment, margin=margin)
+        self.login_command = "eval \"$(bbl print-env)\" (check BOSH_CLIENT and BOSH_CLIENT_SECRET)"
+        self._client = (client, secret)
+
+    def __repr__(self) -> str:
+        return f"BoshClientCredentials(client={self._client[0]!r}, {self.environment!r})"
+
+    def needs_refresh(self, now: float) -> bool:
+        return not self.tokens.access_token or super().needs_refresh(now)
+
+    def can_refresh(self) -> bool:
+        return True
+
+    def refresh_request(self) -> RefreshRequest:
+        return RefreshRequest(f"{self.uaa_url()}/oauth/token", "client_credentials", form=(),
+                              basic=self._client, verify=self.verify(),
+                              login_command=self.login_command)
+
+    def write_back(self, old: Tokens, new: Tokens) -> bool:
+        return True  # the bosh CLI keeps no token of a client login either
+
+
+def bosh_credentials(path: Path, name: str | None,
+                     environ: Mapping[str, str] | None = None) -> BoshCredentials:
+    """The login the bosh CLI would use for environment ``name`` (``-e`` or BOSH_ENVIRONMENT):
+    ``BOSH_CLIENT``/``BOSH_CLIENT_SECRET`` when set, else the config file's; ``BOSH_CA_CERT``
+    (PEM text or a file) overrides the environment's ``ca_cert`` as it does for the bosh CLI."""
+    env = os.environ if environ is None else environ
+    ca_cert = (env.get("BOSH_CA_CERT") or "").strip() or None
+    client = env.get("BOSH_CLIENT", "").strip()
+    if not client:
+        environment = load_bosh_environment(path, name)
+        if ca_cert is not None:
+            environment = dataclasses.replace(environment, ca_cert=ca_cert)
+        return BoshCredentials(environment)
+    secret = env.get("BOSH_CLIENT_SECRET", "")
+    if not secret:
+        raise UsageError("BOSH_CLIENT is set but BOSH_CLIENT_SECRET is not: set both (as "
+                         "'bbl print-env' does), or unset BOSH_CLIENT to use the bosh CLI login")
+    if not name:
+        raise UsageError("say which director: -e URL (or BOSH_ENVIRONMENT, as 'bbl print-env' "
+                         "sets it)")
+    entry: dict[str, Any] | None = None
+    if path.is_file():  # an alias of the bosh CLI's config names the director too
+        entries = _entries(read_bosh_document(path))
+        entry = next((e for e in entries if e.get("alias") == name), None) \
+            or next((e for e in entries if _matches(e, name)), None)
+    parsed = director_url(str(entry.get("url") or "") if entry else name)
+    if parsed is None:
+        raise UsageError(f"BOSH_ENVIRONMENT {name!r}: not a director URL or address "
+                         "(e.g. https://10.0.0.6:25555)")
+    if ca_cert is None and entry is not None and isinstance(entry.get("ca_cert"), str):
+        ca_cert = entry["ca_cert"].strip() or None
+    environment = BoshEnvironment(path=path, name=name, url=_url_text(*parsed), alias=None,
+                                  ca_cert=ca_cert, tokens=Tokens(""))
+    return BoshClientCredentials(environment, client, secret)

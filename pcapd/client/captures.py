@@ -9,7 +9,9 @@ plain HTTPS GET of the short-lived URL the api hands out (presigned S3, or the a
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -17,17 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import trio
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from pcapd.client.boshcli import BoshCredentials, bosh_config_path, load_bosh_environment
+from pcapd.client.boshcli import bosh_config_path, bosh_credentials
 from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
 from pcapd.client.credentials import Credentials
 from pcapd.client.remote import api_address, choose_api_url
 from pcapd.client.session import ApiAddress, open_api_link, refusal_text
-from pcapd.errors import PcapdError
+from pcapd.errors import PcapdError, UsageError
 from pcapd.proto import (
     CaptureList,
     Data,
@@ -36,6 +39,7 @@ from pcapd.proto import (
     GetDownload,
     ListCaptures,
     Message,
+    StoredCapture,
 )
 from pcapd.transport.ws import LinkClosed
 
@@ -58,10 +62,10 @@ def captures_plan(args: argparse.Namespace) -> Iterator[CapturesPlan]:
     """Read the CLI login and work out the api, before the event loop (blocking work)."""
     with ExitStack() as stack:
         if args.bosh:
-            environment = load_bosh_environment(
-                bosh_config_path(), args.environment or os.environ.get("BOSH_ENVIRONMENT"))
-            credentials: Credentials = BoshCredentials(environment)
-            stack.callback(credentials.close)  # type: ignore[attr-defined]
+            bosh = bosh_credentials(bosh_config_path(),
+                                    args.environment or os.environ.get("BOSH_ENVIRONMENT"))
+            stack.callback(bosh.close)
+            credentials: Credentials = bosh
             url = choose_api_url(args, None, "")
         else:
             config = load_cf_config(cf_config_path())
@@ -91,24 +95,54 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) if ts else "-"
 
 
-async def list_captures(plan: CapturesPlan) -> None:
-    """Print the caller's captures (stdout: this is the command's output) — a table on a
-    terminal, tab-separated lines for scripts (``pcapd captures list | cut -f1``)."""
+async def _stored(plan: CapturesPlan) -> list[StoredCapture]:
     answer = await _ask(plan, ListCaptures())
     assert isinstance(answer, CaptureList)
+    return answer.captures
+
+
+def unique_id(prefix: str, captures: list[StoredCapture]) -> str:
+    """The one capture id starting with ``prefix``, as git takes a commit's prefix; an exact
+    id always wins. Unknown prefixes are left to the api to refuse (it names them)."""
+    ids = [c.capture_id for c in captures]
+    if prefix in ids:
+        return prefix
+    matches = [i for i in ids if i.startswith(prefix)]
+    if len(matches) > 1:
+        raise UsageError(f"capture id {prefix} is ambiguous; it starts {len(matches)} "
+                         f"captures: {', '.join(sorted(matches))}")
+    return matches[0] if matches else prefix
+
+
+async def resolve_capture_id(plan: CapturesPlan, prefix: str) -> str:
+    """``captures download 3f2a`` → the full id of the caller's one capture starting 3f2a."""
+    return unique_id(prefix, await _stored(plan))
+
+
+async def list_captures(plan: CapturesPlan) -> None:
+    """Print the caller's captures (stdout: this is the command's output) — a table on a
+    terminal; for scripts tab-separated lines with raw numbers (bytes, seconds since the epoch)
+    and no header, or ``--json``."""
+    captures = await _stored(plan)
+    if plan.args.json:
+        sys.stdout.write(json.dumps([msgspec.to_builtins(c) for c in captures], indent=2) + "\n")
+        return
     columns = ("id", "target", "started (UTC)", "size", "packets", "dropped", "ended",
                "expires (UTC)")
-    rows = [(c.capture_id, c.target, _when(c.started_at), f"{c.size:,}", f"{c.packets:,}",
-             f"{c.dropped:,}", c.reason, _when(c.expires_at)) for c in answer.captures]
     console = Console()
     if not console.is_terminal:
-        for row in [columns, *rows]:
-            print("\t".join(row))
+        for c in captures:
+            print("\t".join(str(v) for v in (
+                c.capture_id, c.target, c.started_at, c.size, c.packets, c.dropped, c.reason,
+                c.expires_at)))
         return
+    rows = [(c.capture_id, c.target, _when(c.started_at), f"{c.size:,}", f"{c.packets:,}",
+             f"{c.dropped:,}", c.reason, _when(c.expires_at)) for c in captures]
     if not rows:
         console.print("no stored captures (capture with --upload to keep one)")
         return
-    table = Table(header_style="bold", box=None, pad_edge=False)
+    table = Table(header_style="bold", box=None, pad_edge=False,
+                  show_header=not plan.args.no_headers)
     for column in columns:
         table.add_column(column, no_wrap=column == "id",
                          justify="right" if column in ("size", "packets", "dropped") else "left")
@@ -121,6 +155,9 @@ async def download_capture(plan: CapturesPlan, capture_id: str, write: str | Non
     """Fetch one capture into ``write`` (default ``<id>.pcapng``), streamed, with progress."""
     answer = await _ask(plan, GetDownload(capture_id=capture_id))
     assert isinstance(answer, Download)
+    if write == "-":
+        await _download_to_stdout(plan, answer)
+        return
     target = Path(write or f"{capture_id}.pcapng")
     partial = target.with_name(f".{target.name}.partial")
     verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
@@ -151,3 +188,26 @@ async def download_capture(plan: CapturesPlan, capture_id: str, write: str | Non
     stderr.print(f"{target}: capture {capture_id} ({answer.capture.packets:,} packets, "
                  f"{answer.capture.reason})", highlight=False, markup=False)
 
+
+
+async def _download_to_stdout(plan: CapturesPlan, answer: Download) -> None:
+    """``captures download ID -w -``: the pcapng to stdout (``| tshark -r -``), nothing else."""
+    if sys.stdout.isatty():
+        raise UsageError("-w -: stdout is a terminal; pipe it (| tshark -r -) or name a file")
+    verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
+    out = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    try:
+        async with httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0)) as http, \
+                http.stream("GET", answer.url) as response:
+            if response.status_code != 200:
+                raise CapturesError(f"download of {answer.capture.capture_id} refused: HTTP "
+                                    f"{response.status_code} (the link may have expired: ask "
+                                    "again with `pcapd captures download`)")
+            async for chunk in response.aiter_bytes(CHUNK):
+                await out.send_all(chunk)
+    except httpx.HTTPError as exc:
+        raise CapturesError(f"download of {answer.capture.capture_id} failed: {exc}") from None
+    except (BrokenPipeError, trio.BrokenResourceError):
+        return  # the reader had enough (| head): not an error
+    finally:
+        await out.aclose()

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from pcapd.errors import PcapdError, UsageError
+from pcapd.errors import PcapdError, UsageError, collapse
 from pcapd.extcap import (
+    Arg,
+    Interface,
     capture_command,
     config_sentences,
+    devices_command,
     dlts_sentences,
     interface_named,
     interfaces_sentences,
+    reloadable,
+    value_sentences,
     version_sentence,
 )
 
@@ -34,8 +41,10 @@ STDERR_SHOWN = 1000
 def filter_problem(expr: str) -> str | None:
     """Why ``expr`` is no valid capture filter, in libpcap's words; None if it is."""
     # libpcap only for this question: Wireshark asks --extcap-interfaces at every start
-    from pcapd.agent.bpf import InvalidFilter, compile_filter  # noqa: PLC0415
-
+    try:
+        from pcapd.agent.bpf import InvalidFilter, compile_filter  # noqa: PLC0415
+    except ImportError:  # a client-only install has no libpcap binding: the api checks it
+        return None
     try:
         compile_filter(expr)
     except InvalidFilter as exc:
@@ -90,34 +99,82 @@ def _quiet_stderr(log_path: str | None) -> Iterator[_Quiet]:
             log.close()
 
 
+@contextmanager
+def _fifo_held(path: str) -> Iterator[None]:
+    """Keep a write end of Wireshark's fifo open for as long as the block runs.
+
+    Wireshark takes the end of the fifo as the end of the extcap and may stop reading its
+    stderr there: the capture's own output closes the fifo as it unwinds, before the reason was
+    written. With a second write end held until the reason is on stderr, the fifo ends after it.
+    """
+    fd = None
+    try:
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = None  # no fifo, or no reader yet: nothing to hold
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _tell(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 def _capture(args: argparse.Namespace, capture: Callable[[list[str]], int]) -> int:
     argv = capture_command(args)
     failed = ""
-    try:
-        with _quiet_stderr(args.log_file) as quiet:
-            quiet.to_log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pcapd {' '.join(argv)}\n")
-            try:
-                status = capture(argv)
-            except PcapdError as exc:
-                quiet.to_log(f"pcapd: error: {exc}\n")
-                raise
-            finally:
-                failed = quiet.tail()
-    except SystemExit:  # argparse refused the command line: its words are in `failed`
-        sys.stderr.write(failed)
-        raise
-    if status != 0:
-        sys.stderr.write(failed)
+    with _fifo_held(args.fifo):
+        try:
+            with _quiet_stderr(args.log_file) as quiet:
+                quiet.to_log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pcapd {' '.join(argv)}\n")
+                try:
+                    with collapse():
+                        status = capture(argv)
+                except PcapdError as exc:
+                    quiet.to_log(f"pcapd: error: {exc}\n")
+                    raise
+                finally:
+                    failed = quiet.tail()
+        except SystemExit:  # argparse refused the command line: its words are in `failed`
+            _tell(failed)
+            raise
+        except PcapdError as exc:  # said here, while the fifo is still open
+            _tell(f"pcapd: error: {exc}\n")
+            return 2 if isinstance(exc, UsageError) else 1
+        if status != 0:
+            _tell(failed)
     return status
 
 
-def run_extcap(args: argparse.Namespace, capture: Callable[[list[str]], int]) -> int:
+def _reload(interface: Interface, arg: Arg, args: argparse.Namespace,
+            parse: Callable[[list[str]], argparse.Namespace] | None) -> list[tuple[str, str]]:
+    """A selector's values, asked of Cloud Controller or the agents now; a failure is one
+    value that says why (Wireshark shows the list, not stderr)."""
+    from pcapd.client import selectors  # noqa: PLC0415 (network clients only for a reload)
+
+    try:
+        if arg.dest == "app":
+            return selectors.cf_apps()
+        if arg.dest == "instances":
+            return selectors.cf_instances(args.app or "", args.process_type or "web")
+        assert parse is not None, "a device reload parses a capture command line"
+        return selectors.devices(interface.target, parse(devices_command(args)))
+    except PcapdError as exc:
+        return [("", f"cannot list them: {exc}")]
+
+
+def run_extcap(args: argparse.Namespace, capture: Callable[[list[str]], int],
+               parse: Callable[[list[str]], argparse.Namespace] | None = None) -> int:
     """``pcapd extcap``: answer Wireshark, or run ``capture(argv)`` for a ``--capture`` call.
 
     ``capture`` runs a ``pcapd capture`` command line and returns its exit status. During it
     stderr is held back (and copied to ``--log-file``); only when the capture fails does its
-    end reach Wireshark. A :class:`~pcapd.errors.PcapdError` passes through for the CLI's
-    one-line message.
+    end reach Wireshark, written before the fifo closes (see :func:`_fifo_held`).
     """
     if args.capture:
         return _capture(args, capture)
@@ -126,7 +183,12 @@ def run_extcap(args: argparse.Namespace, capture: Callable[[list[str]], int]) ->
     elif args.extcap_dlts:
         lines = dlts_sentences(interface_named(args.extcap_interface))
     elif args.extcap_config:
-        lines = config_sentences(interface_named(args.extcap_interface))
+        interface = interface_named(args.extcap_interface)
+        if args.extcap_reload_option:
+            arg = reloadable(interface, args.extcap_reload_option)
+            lines = value_sentences(interface, arg, _reload(interface, arg, args, parse))
+        else:
+            lines = config_sentences(interface)
     elif args.extcap_capture_filter is not None:
         interface_named(args.extcap_interface)
         problem = filter_problem(args.extcap_capture_filter)

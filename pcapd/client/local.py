@@ -27,7 +27,7 @@ from pcapd.api.server import Api, LocalResolver, serve_api
 from pcapd.certs import CertPaths, make_throwaway_pki, write_pki
 from pcapd.client.output import PcapngOutput
 from pcapd.client.plan import capture_request, opened_output
-from pcapd.client.progress import Progress
+from pcapd.client.progress import Header, Progress
 from pcapd.client.session import ApiAddress, run_capture
 from pcapd.config import AgentConfig, ApiConfig, local_api_config, parse_agent_config
 from pcapd.config.model import AgentListenConfig, ApiListenConfig
@@ -139,7 +139,8 @@ async def _run(args: argparse.Namespace, start: Start, output: PcapngOutput, pki
         # capture its own output (the agent's TCP link it leaves out by itself)
         socket_path = str(storage.parent / "api.sock")
         await nursery.start(partial(serve_api, api, unix_path=socket_path))
-        with Progress(quiet=args.quiet) as progress:
+        with Progress(quiet=args.quiet, header=Header.of(start, "embedded api", output.target),
+                      notes=getattr(output, "notes", None)) as progress:
             end = await run_capture(ApiAddress("local", 0, unix_path=socket_path), start,
                                     output, progress)
         progress.end(end, output.target)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pcapd.client.notes import Notes
 from pcapd.client.output import PcapngOutput, default_target
 from pcapd.errors import UsageError
 from pcapd.proto import CaptureLimits, CaptureOptions, Start
@@ -40,6 +41,17 @@ def capture_request(args: argparse.Namespace, target: Target) -> Start:
                  upload=args.upload)
 
 
+class NotedOutput(PcapngOutput):
+    """The output with the notices of :class:`~pcapd.client.notes.Notes` on the next packet."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.notes = Notes()
+
+    async def write(self, payload: bytes | memoryview) -> None:
+        await super().write(self.notes.annotate(bytes(payload)))
+
+
 @contextmanager
 def opened_output(write: str | None, upload: bool = False) -> Iterator[PcapngOutput]:
     """``-w`` opened now; closed at the end, and removed if the block failed before any byte.
@@ -52,7 +64,7 @@ def opened_output(write: str | None, upload: bool = False) -> Iterator[PcapngOut
                              "here: choose one")
         yield PcapngOutput(os.devnull)
         return
-    output = PcapngOutput(default_target(write))
+    output = NotedOutput(default_target(write))
     created = not output.to_stdout and not Path(output.target).exists()
     output.open()
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pcapd.client.boshcli import BoshCredentials, bosh_config_path, load_bosh_environment
+from pcapd.client.boshcli import bosh_config_path, bosh_credentials
 from pcapd.client.cfcli import (
     CfCredentials,
     cf_config_path,
@@ -38,7 +38,7 @@ from pcapd.client.cfcli import (
 from pcapd.client.credentials import Credentials
 from pcapd.client.output import PcapngOutput
 from pcapd.client.plan import capture_request, opened_output
-from pcapd.client.progress import Progress
+from pcapd.client.progress import Header, Progress
 from pcapd.client.session import ApiAddress, run_capture
 from pcapd.errors import UsageError
 from pcapd.proto import BoshTarget, CfTarget, End, Start
@@ -142,13 +142,18 @@ def _cf(args: argparse.Namespace) -> tuple[Credentials, Target, str]:
 
 
 def _bosh(args: argparse.Namespace, stack: ExitStack) -> tuple[Credentials, Target, str]:
-    environment = load_bosh_environment(bosh_config_path(),
-                                        args.environment or os.environ.get("BOSH_ENVIRONMENT"))
-    credentials = BoshCredentials(environment)
+    credentials = bosh_credentials(bosh_config_path(),
+                                   args.environment or os.environ.get("BOSH_ENVIRONMENT"))
     stack.callback(credentials.close)
     target = BoshTarget(deployment=args.deployment, groups=list(args.group),
                         instances=list(args.instance_ids))
     return credentials, target, choose_api_url(args, None, "")
+
+
+def login_and_target(args: argparse.Namespace,
+                     stack: ExitStack) -> tuple[Credentials, Target, str]:
+    """The CLI login, the target and the api URL of ``capture cf|bosh`` (blocking)."""
+    return _cf(args) if args.target == "cf" else _bosh(args, stack)
 
 
 @contextmanager
@@ -177,7 +182,9 @@ def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
 async def capture_remote(plan: RemotePlan) -> End:
     """Run ``pcapd capture cf|bosh`` as planned; returns the api's ``end``."""
     authorization = plan.credentials.tokens.authorization.encode()
-    with Progress(quiet=plan.args.quiet) as progress:
+    header = Header.of(plan.start, f"{plan.api.host}:{plan.api.port}", plan.output.target)
+    with Progress(quiet=plan.args.quiet, header=header,
+                  notes=getattr(plan.output, "notes", None)) as progress:
         end = await run_capture(plan.api, plan.start, plan.output, progress,
                                 extra_headers=[(b"authorization", authorization)],
                                 token_source=plan.credentials)

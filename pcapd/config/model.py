@@ -19,6 +19,7 @@ from msgspec import Meta
 
 DEFAULT_AGENT_PORT = 9494
 DEFAULT_AGENT_SERVER_NAME = "pcap-agent.service.cf.internal"
+DEFAULT_API_CLIENT_NAME = "pcapd-api"
 
 
 class Secret:
@@ -172,6 +173,10 @@ class AgentTlsConfig(_Section, frozen=True):
             "the agent accepts only clients with a certificate from it"
         ),
     ]
+    # the name the api's client certificate must carry (a DNS SAN, or its common name when
+    # it has none), with the clientAuth extended key usage: any other certificate of the CA
+    # is refused
+    client_name: NonEmpty = DEFAULT_API_CLIENT_NAME
 
 
 class ContainersConfig(_Section, frozen=True):
@@ -251,6 +256,38 @@ class AgentsConfig(_Section, frozen=True):
             yield "server_name", f"expected a DNS name, got {self.server_name!r}"
 
 
+class CfTokensConfig(_Section, frozen=True):
+    """Which UAA access tokens the api accepts for Cloud Foundry, on every request (captures,
+    renewals, stored captures): the ``cf`` CLI's by default. A token must name one of
+    ``audiences`` in its ``aud``, carry one of ``scopes`` and, when ``clients`` is set, come
+    from one of those OAuth clients. Id tokens are always refused."""
+
+    audiences: tuple[NonEmpty, ...] = ("cloud_controller",)  # one must be in the token's aud
+    # one of the token's scopes must match one of these (* matches within a scope)
+    scopes: tuple[NonEmpty, ...] = ("cloud_controller.read", "cloud_controller.admin",
+                                    "cloud_controller.admin_read_only",
+                                    "cloud_controller.global_auditor")
+    # OAuth client ids whose tokens are accepted, e.g. [cf]; empty: any client whose token
+    # has the audience and a scope above
+    clients: tuple[NonEmpty, ...] = ()
+
+
+class BoshTokensConfig(_Section, frozen=True):
+    """Which UAA access tokens the api accepts for BOSH, on every request (captures, renewals,
+    stored captures): the ``bosh`` CLI's by default (and client-credentials logins with BOSH
+    scopes). A token must name one of ``audiences`` in its ``aud``, carry one of ``scopes``
+    and, when ``clients`` is set, come from one of those OAuth clients. Id tokens are always
+    refused."""
+
+    audiences: tuple[NonEmpty, ...] = ("bosh",)  # one must be in the token's aud
+    # one of the token's scopes must match one of these (* matches within a scope)
+    scopes: tuple[NonEmpty, ...] = ("bosh.admin", "bosh.read", "bosh.*.admin", "bosh.*.read",
+                                    "bosh.teams.*.admin", "bosh.teams.*.read")
+    # OAuth client ids whose tokens are accepted, e.g. [bosh_cli, ci]; empty: any client
+    # whose token has the audience and a scope above
+    clients: tuple[NonEmpty, ...] = ()
+
+
 class CfConfig(_Section, frozen=True):
     """Cloud Foundry: the Cloud Controller that finds apps' instances and says who may see them."""
 
@@ -258,6 +295,7 @@ class CfConfig(_Section, frozen=True):
     ca: FilePath | None = None  # CA (PEM) of Cloud Controller and UAA; not set: the system's
     # also require `cf ssh` to be allowed for the app (global, space and app flags)
     require_ssh_enabled: bool = False
+    tokens: CfTokensConfig = msgspec.field(default_factory=CfTokensConfig)
 
     def _rules(self) -> Iterator[Rule]:
         yield from _url_rule("api", self.api, "https://api.sys.example.com")
@@ -268,6 +306,7 @@ class BoshConfig(_Section, frozen=True):
 
     director: Url  # UAA is found from the director's /info
     ca: FilePath | None = None  # CA (PEM) of the director and its UAA; not set: the system's
+    tokens: BoshTokensConfig = msgspec.field(default_factory=BoshTokensConfig)
 
     def _rules(self) -> Iterator[Rule]:
         yield from _url_rule("director", self.director, "https://10.0.0.6:25555")
@@ -390,6 +429,10 @@ class ApiConfig(_Section, frozen=True):
     # where captures made with --upload are kept: the api's disk or an S3/MinIO bucket
     storage: StorageConfig
     listen: ApiListenConfig = msgspec.field(default_factory=ApiListenConfig)
+    # where users reach this api, e.g. https://pcap.sys.example.com (its route); download
+    # links of the local store are built from it, never from the Host a client sent. Not
+    # set: the listen address (fine for local mode, not behind gorouter)
+    external_url: Url | None = None
     cf: CfConfig | None = None
     bosh: BoshConfig | None = None
     limits: ApiLimitsConfig = msgspec.field(default_factory=ApiLimitsConfig)
@@ -398,3 +441,7 @@ class ApiConfig(_Section, frozen=True):
     # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    def _rules(self) -> Iterator[Rule]:
+        if self.external_url is not None:
+            yield from _url_rule("external_url", self.external_url, "https://pcap.sys.example.com")

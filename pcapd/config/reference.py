@@ -233,6 +233,8 @@ def describe(tp: Any) -> str:
             parts.append(f"matching `{info.pattern}`")
         detail = ", ".join(p for p in parts if p)
         return f"string ({detail})" if detail else "string"
+    if isinstance(info, mi.VarTupleType | mi.ListType):
+        return "list of strings"
     return type(info).__name__  # pragma: no cover - a new kind of value: extend describe()
 
 
@@ -245,6 +247,8 @@ def _default(f: msgspec.structs.FieldInfo) -> str:
         return f"`{str(f.default).lower()}`"
     if isinstance(f.default, int | float):
         return f"`{_number(f.default)}`"
+    if isinstance(f.default, tuple):
+        return f"`[{', '.join(f.default)}]`"
     return f"`{f.default}`"
 
 

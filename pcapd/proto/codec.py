@@ -49,15 +49,15 @@ def nbytes(data: Buffer) -> int:
     return data.nbytes if isinstance(data, memoryview) else len(data)
 
 
-def _clip(text: str, limit: int = 200) -> str:
+def _clip(text: str, limit: int = 200, *, path: bool = True) -> str:
     """msgspec quotes the peer's value in full: clip it, escape controls, keep the path."""
-    head, sep, path = text.rpartition(" - at `")
-    if not sep:
-        head, path = text, ""
+    head, sep, where = text.rpartition(" - at `")
+    if not sep:  # msgspec names no path for the message itself: name it all the same
+        head, sep, where = (text, " - at `", "$`") if path else (text, "", "")
     if len(head) > limit:
         head = head[:limit] + "…"
     head = "".join(c if c.isprintable() else repr(c)[1:-1] for c in head)
-    return head + sep + path
+    return head + sep + where
 
 
 def encode(msg: Message, *, max_size: int = MAX_TEXT_MESSAGE) -> str:
@@ -105,12 +105,23 @@ def decode_text(data: str | Buffer, *, max_size: int = MAX_TEXT_MESSAGE) -> Mess
         raise RemoteProtocolError(
             f"text message of {size} bytes is over the limit of {max_size} bytes"
         )
+    if not isinstance(data, str):
+        # Checked here, not left to the JSON parser: its answer differs between versions
+        # (msgspec 0.22 raised UnicodeDecodeError, 0.23 a DecodeError in its own words).
+        try:
+            str(raw, "utf-8")
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError(
+                f"text message is not valid UTF-8 (at byte {exc.start})"
+            ) from exc
     try:
         return _decoder.decode(raw)
-    except msgspec.DecodeError as exc:  # ValidationError included
+    except msgspec.ValidationError as exc:
         raise RemoteProtocolError(f"invalid message: {_clip(str(exc))}") from exc
-    except UnicodeDecodeError as exc:
-        raise RemoteProtocolError(f"text message is not valid UTF-8 (at byte {exc.start})") from exc
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(
+            f"invalid message: not well-formed JSON ({_clip(str(exc), path=False)})"
+        ) from exc
     except RecursionError as exc:
         raise RemoteProtocolError("invalid message: JSON nested too deeply") from exc
 

@@ -337,6 +337,29 @@ class GetDownload(_Tagged, tag="get_download", frozen=True, kw_only=True):
     capture_id: CaptureId
 
 
+class ListDevices(_Tagged, tag="list_devices", frozen=True, kw_only=True):
+    """Before ``start``, as ``tcpdump -D``: the devices each source of ``target`` has. Client
+    → api with a cf, bosh or local target (authenticated and authorized as a capture of it
+    would be); api → agent with the resolved :class:`AgentTarget`. Answered by
+    ``device_list``."""
+
+    target: Target
+
+
+class SourceDevices(_Wire, frozen=True, kw_only=True):
+    """The devices of one source (``my-app/0``, ``router/d55b…``), or why they are unknown."""
+
+    origin: Name
+    devices: Annotated[list[Name], Meta(max_length=MAX_LIST)] = []
+    problem: Text = ""
+
+
+class DeviceList(_Tagged, tag="device_list", frozen=True, kw_only=True):
+    """Answer to ``list_devices``: one entry per source, in the target's order."""
+
+    sources: Annotated[list[SourceDevices], Meta(max_length=MAX_LIST)]
+
+
 class Error(_Tagged, tag="error", frozen=True, kw_only=True):
     """Either side, any time: the link is over (refusal or protocol violation); close it."""
 
@@ -357,6 +380,8 @@ Message = (
     | CaptureList
     | GetDownload
     | Download
+    | ListDevices
+    | DeviceList
     | Started
     | Notice
     | Statistics

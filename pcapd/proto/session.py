@@ -40,6 +40,7 @@ from pcapd.proto.messages import (
     CaptureList,
     Code,
     Data,
+    DeviceList,
     Download,
     End,
     Error,
@@ -47,6 +48,7 @@ from pcapd.proto.messages import (
     Hello,
     InitiatorRole,
     ListCaptures,
+    ListDevices,
     Message,
     Notice,
     ResponderRole,
@@ -81,9 +83,9 @@ _CAPTURE_STATES: Final = (_S.STARTING, _S.CAPTURING, _S.STOPPING)
 
 # (state, message type) -> next state, for messages from the initiator (upstream) and from the
 # responder (downstream). Guards that need more than the state are in _Session._guard.
-_QUERIES: Final = (Status, ListCaptures, GetDownload)
+_QUERIES: Final = (Status, ListCaptures, GetDownload, ListDevices)
 """Requests answered by one reply each (``_REPLIES``), before any ``start``."""
-_REPLIES: Final = (StatusReply, CaptureList, Download)
+_REPLIES: Final = (StatusReply, CaptureList, Download, DeviceList)
 
 _UPSTREAM: Final[dict[tuple[State, type[Message]], State]] = {
     (_S.IDLE, Hello): _S.HELLO,
@@ -296,6 +298,11 @@ class _Session:
             raise exc(f"a `{type_code(msg)}` without an outstanding request")
         elif isinstance(msg, Start):
             self._check_start(msg, exc)
+        elif isinstance(msg, ListDevices):
+            to_agent = self.role == "agent" or (self._upstream and self.role == "api")
+            if to_agent != isinstance(msg.target, AgentTarget):
+                raise exc("`list_devices` names target kind `agent` exactly on the api's "
+                          "links to agents")
         elif isinstance(msg, Started):
             if self.started is not None:
                 raise exc("a second `started` message")

@@ -48,6 +48,7 @@ from pcapd.store.base import (
     link_expiry,
     newest_first,
 )
+from pcapd.urls import join
 
 log = logging.getLogger("pcapd.store")
 
@@ -56,6 +57,7 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _PARTIAL = ".pcapng.partial"
 _TMP = ".tmp"
+_INVALID_LINK = "invalid download link: ask for a new one (pcapd captures download ID)"
 
 
 @dataclass(frozen=True)
@@ -199,14 +201,16 @@ class LocalStore:
         check_info(info)
         expires = link_expiry(info, now, self.url_expiry)
         token = signing.sign(self._key(), info.capture_id, info.user_id, expires)
-        url = f"{base_url.rstrip('/')}/downloads/{info.capture_id}?expires={expires}&token={token}"
+        page = join(base_url, "downloads", (info.capture_id, "capture id"))
+        url = f"{page}?expires={expires}&token={token}"
         return url, float(expires)
 
     async def open_download(
         self, capture_id: str, expires: int | str, token: str, now: float
     ) -> tuple[Path, CaptureInfo]:
         """Check a download link; the capture's file and record. DownloadRefused: 403 for a
-        malformed, tampered or expired link, 404 for an unknown (or expired) capture."""
+        malformed, tampered or expired link and for a capture that is not there (or not the
+        link's), 404 for an id the api never makes."""
         if not isinstance(capture_id, str) or not CAPTURE_ID.fullmatch(capture_id):
             raise DownloadRefused(404, "no such capture")
         if isinstance(expires, str):
@@ -216,11 +220,13 @@ class LocalStore:
         if now >= expires:
             raise DownloadRefused(403, "this download link has expired — ask for a new one")
         found = await trio.to_thread.run_sync(self._find, capture_id, now)
+        # an unknown capture and someone else's answer alike: a link says nothing about
+        # which captures exist
         if found is None:
-            raise DownloadRefused(404, "no such capture")
+            raise DownloadRefused(403, _INVALID_LINK)
         path, info = found
         if not signing.verify(self._key(), capture_id, info.user_id, expires, token, now):
-            raise DownloadRefused(403, "invalid download link")
+            raise DownloadRefused(403, _INVALID_LINK)
         return path, info
 
     def _find(self, capture_id: str, now: float) -> tuple[Path, CaptureInfo] | None:

@@ -2,7 +2,11 @@
 
 Agents only talk to clients holding a certificate from their configured CA (mutual TLS), and
 the api only trusts agents whose certificate chains to ``agents.tls.ca`` *and* names
-``agents.server_name``. TLS 1.2 is the floor: older versions are refused in both directions.
+``agents.server_name``. TLS 1.2 is the floor: older versions are refused in both directions,
+and TLS 1.2 offers only AEAD suites with forward secrecy (ECDHE with AES-GCM or
+ChaCha20-Poly1305): the CBC suites OpenSSL still enables by default (Lucky13-style padding
+oracles, no forward secrecy with the ``RSA`` key exchange) are never negotiated. TLS 1.3
+suites are all AEAD already.
 Files are read here, once, at start-up; a failure names the file and the config key it came from.
 """
 
@@ -11,11 +15,22 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from pcapd.errors import PcapdError
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+"""OpenSSL's cipher string for TLS 1.2: AEAD suites with an ephemeral key exchange only."""
 
 
 class TlsSetupError(PcapdError):
     """A certificate, key or CA file could not be loaded."""
+
+
+def _harden(ctx: ssl.SSLContext) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
 
 
 def _load_chain(ctx: ssl.SSLContext, certificate: Path | str, private_key: Path | str,
@@ -42,7 +57,7 @@ def server_context(certificate: Path | str, private_key: Path | str, *,
                    client_ca: Path | str | None = None, what: str = "tls") -> ssl.SSLContext:
     """A server context; with ``client_ca`` it requires a client certificate from that CA."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _harden(ctx)
     _load_chain(ctx, certificate, private_key, what)
     if client_ca is not None:
         _load_ca(ctx, client_ca, f"{what}.client_ca")
@@ -60,7 +75,7 @@ def client_context(*, ca: Path | str | None = None, certificate: Path | str | No
     ``certificate`` the context presents it (the api's client certificate toward agents).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name by default
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _harden(ctx)
     if ca is None:
         ctx.load_default_certs()
     else:
@@ -73,3 +88,39 @@ def client_context(*, ca: Path | str | None = None, certificate: Path | str | No
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def client_identity_problem(der: bytes | None, name: str) -> str | None:
+    """Why a client certificate (DER, already chained to the CA by OpenSSL) is not the
+    api's; None when it is.
+
+    OpenSSL accepts any leaf of the CA as a client: one without an extended key usage is good
+    for every purpose, so the agents' own server certificates' siblings — any certificate
+    the CA ever issued — would be a full api. The api's certificate must say it is a TLS
+    *client* (``clientAuth``) and name ``name`` (a DNS SAN, or the common name when it has
+    no DNS SAN), compared exactly, ignoring case.
+    """
+    if der is None:
+        return "no client certificate"
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            usages = []
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = san.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = []
+        if not names:
+            names = [str(a.value) for a in cert.subject.get_attributes_for_oid(
+                NameOID.COMMON_NAME)]
+    except ValueError as exc:
+        return f"unreadable client certificate ({exc})"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return "its certificate is not for TLS clients (no clientAuth extended key usage)"
+    if name.lower() not in (n.lower() for n in names):
+        shown = ", ".join(n[:64] for n in names[:4]) or "no name"
+        return f"its certificate names {shown}, not the api's {name} (tls.client_name)"
+    return None

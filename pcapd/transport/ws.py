@@ -58,6 +58,10 @@ Handler = Callable[[WebSocketConnection, str, Headers], Awaitable[None]]
 its handshake request (where a client's Authorization header arrives)."""
 
 
+class PeerRefused(Exception):
+    """A TLS client whose certificate ``serve_websocket``'s ``check_client`` refused."""
+
+
 async def _pong_while_open(self: WebSocketConnection, event: Ping) -> None:
     """Answer a ping only while the connection is open.
 
@@ -109,6 +113,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                           http_timeout: float = HTTP_TIMEOUT,
                           unix_path: str | None = None,
                           max_message_size: int = MAX_MESSAGE,
+                          check_client: Callable[[bytes | None], str | None] | None = None,
                           task_status: trio.TaskStatus[list[trio.SocketListener]]
                           = trio.TASK_STATUS_IGNORED) -> None:
     """Accept WebSocket connections (over TLS when ``ssl_context``) and run ``handler`` on each.
@@ -120,8 +125,11 @@ async def serve_websocket(handler: Handler, host: str, port: int,
     logged and dropped; the server goes on. Reports the listeners (with the bound port, useful
     for port 0) through ``task_status``. With ``unix_path`` it listens on that Unix socket
     instead of TCP (local mode: a link that no capture of a network interface can see, so
-    capturing ``lo`` never captures its own output). A message over ``max_message_size`` bytes
-    closes the connection (1009) before more of it is buffered.
+    capturing ``lo`` never captures its own output). With ``check_client`` the TLS client's
+    certificate (DER) is checked right after the TLS handshake, before anything is read: a
+    reason it gives drops the connection (the agent accepts only the api's identity). A
+    message over ``max_message_size`` bytes closes the connection (1009) before more of it is
+    buffered.
     """
 
     async def on_connection(tcp: trio.SocketStream) -> None:
@@ -133,6 +141,10 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                     if ssl_context is not None:
                         stream = trio.SSLStream(tcp, ssl_context, server_side=True)
                         await stream.do_handshake()
+                        if check_client is not None:
+                            problem = check_client(stream.getpeercert(binary_form=True))
+                            if problem is not None:
+                                raise PeerRefused(problem)
                     head = await read_request_head(stream)
                     if head is not None and head.is_websocket:
                         # the head read is handed back first: wsproto parses it from byte 0
@@ -144,6 +156,11 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                         ws = await request.accept()
             except trio.TooSlowError:
                 log.warning("handshake from %s timed out after %ss", peer, handshake_timeout)
+                await trio.aclose_forcefully(stream)
+                nursery.cancel_scope.cancel()
+                return
+            except PeerRefused as exc:
+                log.warning("refused connection from %s: %s", peer, exc)
                 await trio.aclose_forcefully(stream)
                 nursery.cancel_scope.cancel()
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import struct
@@ -195,11 +196,12 @@ async def test_open_in_netns_runs_there_and_refuses_a_non_namespace(
 
 
 def test_bad_filter_is_refused_in_libpcap_words() -> None:
-    with pytest.raises(InvalidFilter) as info:
-        compile_filter("tcp port x")
-    assert str(info.value) == "invalid BPF filter \"tcp port x\": unknown port 'x'"
-    with pytest.raises(InvalidFilter, match=r'"tcp and \(": .*syntax error'):
-        compile_filter("tcp and (")
+    # pcapd's part of the message, and that libpcap's reason follows (its wording is libpcap's
+    # and changes between its releases: not asserted)
+    for expr in ("tcp port x", "tcp and ("):
+        with pytest.raises(InvalidFilter) as info:
+            compile_filter(expr)
+        assert re.fullmatch(f'invalid BPF filter "{re.escape(expr)}": \\S.*', str(info.value))
     compile_filter("udp port 53 or (tcp and host 198.18.0.1)")
     compile_filter("")
 
@@ -345,10 +347,10 @@ async def test_each_capture_sees_its_own_namespace(ns_a: Netns) -> None:
 @root
 async def test_bad_filter_and_unknown_device_and_snaplen(ns_a: Netns) -> None:
     with trio.fail_after(10):
-        with pytest.raises(InvalidFilter, match='invalid BPF filter "tcp port x": unknown port'):
+        with pytest.raises(InvalidFilter, match=r'^invalid BPF filter "tcp port x": \S'):
             async with open_capture("lo", filter="tcp port x", netns=ns_a.path):
                 pass  # pragma: no cover
-        with pytest.raises(InvalidDevice, match="eth9: No such device"):
+        with pytest.raises(InvalidDevice, match=r"^eth9: \S"):
             async with open_capture("eth9", netns=ns_a.path):
                 pass  # pragma: no cover
         with pytest.raises(InvalidSnaplen):
@@ -467,6 +469,6 @@ async def test_a_vanished_interface_fails_the_read_promptly(ns_a: Netns, veth: V
         async with open_capture(veth.a_dev, filter="udp", netns=ns_a.path) as cap:
             await trio.run_process(["ip", "-n", ns_a.name, "link", "del", veth.a_dev])
             start = trio.current_time()
-            with pytest.raises(CaptureFailed, match=f"{veth.a_dev}: The interface disappeared"):
+            with pytest.raises(CaptureFailed, match=f"^{veth.a_dev}: \\S"):
                 await cap.read_batch(max_wait=5)
             assert trio.current_time() - start < 1

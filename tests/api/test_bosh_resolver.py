@@ -118,6 +118,21 @@ async def test_only_the_requested_instances(bosh: Bosh, http: httpx.AsyncClient)
     assert result.names == names(routers[0], routers[2])
 
 
+async def test_instances_named_as_the_bosh_cli_names_them(bosh: Bosh, http: httpx.AsyncClient
+                                                          ) -> None:
+    routers = [Instance("router", n, ips=[f"10.0.1.{n + 3}"]) for n in range(3)]
+    cell = Instance("diego_cell", 0, ips=["10.0.2.3"])
+    deployment = bosh.deployment(*routers, cell)
+    result = await resolve(resolver(bosh.director.url, http),
+                           start(deployment, "router", "diego_cell",
+                                 ids=("router/2", f"diego_cell/{cell.id}")),
+                           bosh.token("bosh.admin"))
+    assert result.jobs == [job(routers[2]), job(cell)]
+    error = await refused(resolver(bosh.director.url, http),
+                          start(deployment, "router", ids=("router/7",)), bosh.token("bosh.admin"))
+    assert error.code == "INVALID_REQUEST" and "router/7" in error.text
+
+
 async def test_an_instance_without_a_vm_is_unavailable(bosh: Bosh, http: httpx.AsyncClient
                                                       ) -> None:
     running = Instance("router", 0, ips=["10.0.1.3"])
@@ -295,14 +310,20 @@ async def test_a_token_the_director_refuses(bosh: Bosh, http: httpx.AsyncClient)
 
 async def test_a_renewed_token_is_verified_the_same_way(bosh: Bosh, http: httpx.AsyncClient
                                                        ) -> None:
+    """... and authorized again for the same deployment (issue 12, hole 6)."""
     bosh_resolver = resolver(bosh.director.url, http)
-    request = start("cf", "router")
+    request = start(bosh.deployment(Instance("router", 0, ips=["10.0.1.3"]),
+                                    teams=("team-a",)), "router")
     with trio.fail_after(GUARD):
         identity = await bosh_resolver.verify(request, bosh.token("bosh.admin"))
         assert identity.user_id == BOB.user_id and "bosh.admin" in identity.scopes
         with pytest.raises(Refusal) as info:
             await bosh_resolver.verify(request, bosh.uaa.issue_refresh(BOB, client_id="bosh_cli"))
-    assert info.value.code == "UNAUTHENTICATED" and "refresh token" in info.value.text
+        assert info.value.code == "UNAUTHENTICATED" and "refresh token" in info.value.text
+        await bosh_resolver.verify(request, bosh.token("bosh.teams.team-a.admin"))
+        with pytest.raises(Refusal) as info:
+            await bosh_resolver.verify(request, bosh.token("bosh.teams.team-a.read"))
+    assert info.value.code == "PERMISSION_DENIED" and "you may not capture" in info.value.text
 
 
 # --- the director is unwell -------------------------------------------------------------------

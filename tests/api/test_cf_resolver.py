@@ -92,7 +92,7 @@ async def test_a_developer_gets_every_instance_of_the_app_by_name(
     assert result.jobs[0].target.namespace == instances[0].instance_guid
     assert result.unavailable == []
     assert result.names == [(i.instance_internal_ip, f"{app.name}/{i.index}") for i in instances]
-    assert result.target == f"cf:{app.name}"
+    assert result.target == f"cf:{cf.org.name}/{space.name}/{app.name}"  # as captures list shows
     assert result.identity is not None
     assert (result.identity.user_name, result.identity.user_id) == ("alice", ALICE.user_id)
     # every Cloud Controller call about the app carried the user's own token
@@ -106,7 +106,7 @@ async def test_an_app_guid_needs_no_space(cf: Cf, http: httpx.AsyncClient) -> No
     instances = app.processes["web"].instances
     result = await resolve(resolver(cf.cc.url, http), start(app.guid), cf.uaa.issue(ALICE))
     assert result.jobs == [job(app.name, app.guid, i) for i in instances]
-    assert result.target == f"cf:{app.name}"  # named as users know it, not by guid
+    assert result.target == f"cf:{cf.org.name}/{space.name}/{app.name}"  # not by guid
 
 
 async def test_only_the_requested_instances(cf: Cf, http: httpx.AsyncClient) -> None:
@@ -294,20 +294,39 @@ async def test_a_global_auditor_may_not_capture(cf: Cf, http: httpx.AsyncClient)
 
 async def test_a_token_cloud_controller_does_not_accept(
         cf: Cf, http: httpx.AsyncClient) -> None:
-    """Signed by the platform's UAA, but not for Cloud Controller (a bosh_cli token)."""
+    """Signed by the platform's UAA, but not for Cloud Controller (a bosh_cli token): the api's
+    acceptance rule refuses it before Cloud Controller is asked (issue 12, hole 3)."""
     space = dev_space(cf)
     app = cf.cc.add_app(space, unique("app"))
     cf_resolver = resolver(cf.cc.url, http)
     bosh = cf.uaa.issue(ALICE, client_id="bosh_cli", scopes=["openid", "bosh.admin"])
     refusal = await refused(cf_resolver, start(app.name, space), bosh)
     assert refusal.code == "UNAUTHENTICATED"
-    assert refusal.text == ("Cloud Controller refused the token (CF-InvalidAuthToken: Invalid "
-                            "Auth Token): log in again with `cf login`")
+    assert refusal.text == ("the token was issued for openid, bosh, bosh_cli, not for Cloud "
+                            "Foundry (cloud_controller): log in with `cf login` and try again")
     write_only = cf.uaa.issue(ALICE, scopes=["openid", "cloud_controller.write"])
     refusal = await refused(cf_resolver, start(app.name, space), write_only)
+    assert refusal.code == "UNAUTHENTICATED"
+    assert refusal.text.startswith("the token carries none of the scopes Cloud Foundry needs "
+                                   "here (cloud_controller.read, ")
+
+
+async def test_a_process_of_another_app_is_never_captured(
+        cf: Cf, http: httpx.AsyncClient) -> None:
+    """Whatever the path, the process must be the authorized app's (issue 12, hole 2): a
+    Cloud Controller (or a path trick) answering with app B's process is refused."""
+    space = dev_space(cf)
+    app_a = cf.cc.add_app(space, unique("app"))
+    app_b = cf.cc.add_app(space, unique("app"))
+    with trio.fail_after(GUARD):
+        b_web = (await http.get(f"{cf.cc.url}/v3/apps/{app_b.guid}/processes/web", headers={
+            "Authorization": f"bearer {cf.uaa.issue(ALICE)}"})).json()
+    cf.cc.inject(f"/v3/apps/{app_a.guid}/processes/web", json_response(200, b_web))
+    refusal = await refused(resolver(cf.cc.url, http), start(app_a.name, space),
+                            cf.uaa.issue(ALICE))
     assert refusal.code == "PERMISSION_DENIED"
-    assert refusal.text == ("Cloud Controller: CF-NotAuthorized: You are not authorized to "
-                            "perform the requested action")
+    assert refusal.text == (f"Cloud Controller answered for --process-type 'web' with a "
+                            f"process that is not app {app_a.name}'s: nothing was captured")
 
 
 # --- cf.require_ssh_enabled -----------------------------------------------------------------
@@ -417,14 +436,21 @@ async def test_no_token_is_unauthenticated(cf: Cf, http: httpx.AsyncClient) -> N
 
 
 async def test_a_renewed_token_is_verified_the_same_way(cf: Cf, http: httpx.AsyncClient) -> None:
+    """... and authorized again for the same app (issue 12, hole 6)."""
     cf_resolver = resolver(cf.cc.url, http)
-    request = start("any-app")
+    space = dev_space(cf)
+    request = start(cf.cc.add_app(space, unique("app")).name, space)
     with trio.fail_after(GUARD):
         identity = await cf_resolver.verify(request, cf.uaa.issue(ALICE))
         assert identity.user_id == ALICE.user_id
         with pytest.raises(Refusal) as info:
             await cf_resolver.verify(request, cf.uaa.expired(ALICE))
-    assert info.value.code == "UNAUTHENTICATED" and "expired" in info.value.text
+        assert info.value.code == "UNAUTHENTICATED" and "expired" in info.value.text
+        cf.cc.revoke(ALICE, "developer", space)
+        cf.cc.grant(ALICE, "auditor", space)
+        with pytest.raises(Refusal) as info:
+            await cf_resolver.verify(request, cf.uaa.issue(ALICE))
+    assert info.value.code == "PERMISSION_DENIED" and SENSITIVE in info.value.text
 
 
 # --- the platform is unwell -------------------------------------------------------------------
@@ -476,7 +502,7 @@ async def test_a_cloud_controller_error_is_not_the_users_fault(
         cf: Cf, http: httpx.AsyncClient) -> None:
     space = dev_space(cf)
     app = cf.cc.add_app(space, unique("app"))
-    cf.cc.inject(f"/v3/apps/{app.guid}/processes/web/stats", json_response(500, {"errors": [
+    cf.cc.inject(f"/v3/processes/{app.guid}/stats", json_response(500, {"errors": [
         {"code": 10001, "title": "UnknownError", "detail": "An unknown error occurred."}]}))
     refusal = await refused(resolver(cf.cc.url, http), start(app.name, space),
                             cf.uaa.issue(ALICE))

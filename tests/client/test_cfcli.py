@@ -187,8 +187,10 @@ def test_client_credentials_login_refreshes_with_a_new_grant(tmp_path: Path,
         UAAOAuthClient="pcap-ops", UAAOAuthClientSecret="s3cret",
         UAAGrantType="client_credentials"))
     uaa.clients["pcap-ops"] = "s3cret"
-    with pytest.raises(RefreshFailed):  # the fake UAA grants refresh_token only
-        CfCredentials(load_cf_config(path)).ensure_fresh()
+    credentials = CfCredentials(load_cf_config(path))
+    credentials.ensure_fresh()
+    claims = uaa.verify(credentials.tokens.access_token)
+    assert claims is not None and claims["client_id"] == "pcap-ops"
     [request] = uaa.token_requests
     assert request.basic is None
     assert request.body == b"client_id=pcap-ops&client_secret=s3cret&grant_type=client_credentials"

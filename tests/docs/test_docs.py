@@ -125,7 +125,8 @@ def _options(kind: str, text: str) -> dict[str, str]:
 
 
 def guides() -> list[Path]:
-    return [DOCS / name for name in GUIDES]
+    """The repository's README and the guides in docs/."""
+    return [ROOT / "README.md", *(DOCS / name for name in GUIDES)]
 
 
 def runnable_blocks() -> list[Block]:
@@ -257,7 +258,7 @@ def doc_runs(tmp_path_factory: pytest.TempPathFactory) -> DocRuns:
 
 def _block_id(block: Block) -> str:
     name = block.options.get("name")
-    return f"{block.doc.name}:{block.line}" + (f":{name}" if name else "")
+    return f"{block.doc.relative_to(ROOT)}:{block.line}" + (f":{name}" if name else "")
 
 
 @pytest.mark.root

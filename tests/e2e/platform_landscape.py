@@ -96,14 +96,18 @@ class Landscape:
     def __init__(self, tmp: Path, *, cells: int = 2, vms: int = 2,
                  storage: dict[str, object] | None = None,
                  api_settings: dict[str, object] | None = None,
-                 agent_settings: dict[str, object] | None = None) -> None:
+                 agent_settings: dict[str, object] | None = None,
+                 metadata_store: bool = True) -> None:
         """``api_settings`` and ``agent_settings``: config sections (``limits``, ``buffer``,
-        ...) merged into the api's and every agent's config, key by key within a section."""
+        ...) merged into the api's and every agent's config, key by key within a section.
+        ``metadata_store`` False: the cells' agents run without ``containers.metadata_store``
+        (they cannot check a container's app themselves; the api's checks must hold alone)."""
         self.tmp = tmp
         self.storage = storage or {"kind": "local", "path": str(tmp / "store")}
         self.api_settings = api_settings or {}
         self.agent_settings = agent_settings or {}
         self.n_cells, self.n_vms = cells, vms
+        self.metadata_store = metadata_store
         self.stack = ExitStack()
         self.processes: list[Process] = []
         self.cells: list[Cell] = []
@@ -197,7 +201,9 @@ class Landscape:
             "tls": {"certificate": str(c.agent_cert), "private_key": str(c.agent_key),
                     "client_ca": str(c.ca_cert)}}
         if directory is not None:
-            config["containers"] = {"netns_dir": str(directory), "metadata_store": str(store)}
+            config["containers"] = {"netns_dir": str(directory)}
+            if self.metadata_store:
+                config["containers"]["metadata_store"] = str(store)  # type: ignore[index]
         path = self.tmp / f"agent-{host.ns.name}.json"
         path.write_text(json.dumps(_merged(config, self.agent_settings)))  # YAML ⊃ JSON
         return self._start(start_process(agent_id, host.ns.argv(

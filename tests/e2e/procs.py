@@ -20,14 +20,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import links
 import trio
 
 from pcapd.certs import CertPaths
-from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
 from pcapd.pcapng import IDB, PcapngDecoder
-from pcapd.proto import InitiatorSession, Status, StatusReply
-from pcapd.transport.tls import client_context
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.proto import StatusReply
 
 PCAPD = str(Path(sys.executable).with_name("pcapd"))
 AGENT_PORT = 9494
@@ -53,18 +51,9 @@ class Figures:
 
 async def agent_status(certs: CertPaths, address: str, port: int = AGENT_PORT) -> StatusReply:
     """Ask the agent at ``address:port`` for its status over mutual TLS, as the api asks."""
-    ctx = client_context(ca=certs.ca_cert, certificate=certs.api_client_cert,
-                         private_key=certs.api_client_key)
-    with trio.fail_after(10):
-        async with open_websocket(address, port, ssl_context=ctx,
-                                  server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
-            link = Link(ws, InitiatorSession("api"), "agent")
-            await link.send(link.session.make_hello())  # type: ignore[union-attr]
-            await link.receive()
-            await link.send(Status())
-            reply = await link.receive()
-    assert isinstance(reply, StatusReply), reply
-    return reply
+    return await links.agent_status(address, port, ca=certs.ca_cert,
+                                    certificate=certs.api_client_cert,
+                                    private_key=certs.api_client_key)
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
@@ -211,12 +200,13 @@ class StreamedCapture:
 
 
 @asynccontextmanager
-async def streamed_capture(*args: str, env: dict[str, str] | None = None
+async def streamed_capture(*args: str, env: dict[str, str] | None = None, pcapd: str = PCAPD
                            ) -> AsyncIterator[StreamedCapture]:
-    """``pcapd capture ARGS -w -`` with its stdout decoded as it comes."""
+    """``pcapd capture ARGS -w -`` with its stdout decoded as it comes (``pcapd``: another
+    install's executable, e.g. a client-only venv's)."""
     async with trio.open_nursery() as nursery:
         process = await trio.lowlevel.open_process(
-            [PCAPD, "capture", *args, "-w", "-"], stdout=subprocess.PIPE,
+            [pcapd, "capture", *args, "-w", "-"], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=env)
         capture = StreamedCapture(process, Lines())
         assert process.stderr is not None

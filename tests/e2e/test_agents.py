@@ -129,7 +129,8 @@ async def test_api_refuses_an_agent_certificate_with_the_wrong_name(tmp_path: Pa
                 capture_stdout=True, capture_stderr=True, check=False)
     err = result.stderr.decode()
     assert result.returncode == 1
-    assert "TLS handshake failed" in err and "hostname mismatch" in err.lower(), err
+    # pcapd's words and where; the reason after them is OpenSSL's wording (not asserted)
+    assert f"127.0.0.1:{port}: TLS handshake failed: " in err, err
     assert not (tmp_path / "x.pcapng").exists()
 
 

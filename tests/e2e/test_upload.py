@@ -141,7 +141,8 @@ async def test_single_cf_instance_uploaded(landscape: Landscape, tmp_path: Path)
         landscape, tmp_path, ["cf", "my-app", "--instance", "0", "-i", "lo"],
         landscape.cf_home(token, refresh), [(container, "127.0.0.1", b"up-one", "my-app/0:lo")])
     record = stored_record(landscape, capture_id)
-    assert record["target"] == "cf:my-app" and record["user_name"] == ALICE.user_name
+    assert record["target"] == f"cf:{landscape.org.name}/{landscape.space.name}/my-app"
+    assert record["user_name"] == ALICE.user_name
     assert record["filter"] == "udp and not icmp" and record["packets"] == 20
     assert record["reason"] == "stopped"
 
@@ -209,6 +210,35 @@ async def test_other_users_can_neither_list_nor_download(landscape: Landscape,
         assert "X-Amz-Signature=" in url and "X-Amz-Expires=" in url
 
 
+async def test_scripts_list_and_download_by_prefix_to_stdout(landscape: Landscape,
+                                                             tmp_path: Path) -> None:
+    """``captures list`` on a pipe: no header, raw numbers; ``--json``; ``captures download
+    PREFIX -w -`` writes the pcapng to the pipe, as the file download does."""
+    token, refresh = developer_tokens(landscape)
+    container = next(iter(landscape.cells[0].containers.values()))
+    env = landscape.cf_home(token, refresh)
+    capture_id, _, _ = await upload(["cf", "my-app/0", "-i", "lo"], env,
+                                    [(container, "127.0.0.1", b"script")])
+    listed = await trio.run_process([PCAPD, "captures", "list"], env=env, capture_stdout=True,
+                                    capture_stderr=True, check=False)
+    rows = [line.split("\t") for line in listed.stdout.decode().splitlines()]
+    [row] = [r for r in rows if r[0] == capture_id]
+    assert rows[0][0] != "id" and row[3].isdigit() and float(row[2]) > 1e9  # raw size, time
+    as_json = await trio.run_process([PCAPD, "captures", "list", "--json"], env=env,
+                                     capture_stdout=True, capture_stderr=True, check=False)
+    [item] = [c for c in json.loads(as_json.stdout) if c["capture_id"] == capture_id]
+    assert item["size"] == int(row[3]) and item["target"] == row[1]
+    with trio.fail_after(60):
+        piped = await trio.run_process(
+            [PCAPD, "captures", "download", capture_id[:12], "-w", "-"], env=env,
+            capture_stdout=True, capture_stderr=True, check=False)
+    assert piped.returncode == 0, piped.stderr.decode()
+    out = tmp_path / "piped.pcapng"
+    out.write_bytes(piped.stdout)
+    assert len(piped.stdout) == item["size"]
+    assert per_interface(out, {b"script": "my-app/0:lo"}) == {"my-app/0:lo": 20}
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -267,7 +297,7 @@ async def listed_ids(env: dict[str, str]) -> list[str]:
     result = await trio.run_process([PCAPD, "captures", "list"], env=env, capture_stdout=True,
                                     capture_stderr=True, check=False)
     assert result.returncode == 0, result.stderr.decode()
-    return [line.split("\t")[0] for line in result.stdout.decode().splitlines()[1:]]
+    return [line.split("\t")[0] for line in result.stdout.decode().splitlines()]
 
 
 def test_stored_captures_expire_and_are_private(landscape: Landscape) -> None:

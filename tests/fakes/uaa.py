@@ -119,6 +119,8 @@ class FakeUAA(FakeServer):
         self.refresh_token_lifetime = 86400
         self.refresh_attempts = 0  # POSTs to /oauth/token
         self.refreshes = 0  # successful refresh grants
+        self.client_scopes: dict[str, tuple[str, ...]] = {}  # client id -> its authorities
+        self.client_grants = 0  # successful client_credentials grants
         self.rotate()
         self._foreign = SigningKey(self._active, _pool_key(-1))  # never listed
 
@@ -310,6 +312,8 @@ class FakeUAA(FakeServer):
                           "Full authentication is required to access this resource")
         if self.clients.get(client[0]) != client[1]:
             return _error(401, "unauthorized", "Bad credentials")
+        if form.get("grant_type") == "client_credentials":
+            return self._client_credentials(client[0])
         if form.get("grant_type") != "refresh_token":
             return _error(400, "unsupported_grant_type",
                           f"Unsupported grant type: {form.get('grant_type')}")
@@ -334,6 +338,18 @@ class FakeUAA(FakeServer):
         return json_response(200, {
             "access_token": access, "token_type": "bearer", "refresh_token": refresh,
             "expires_in": lifetime, "scope": " ".join(grant.scopes), "jti": _jti(access)})
+
+    def _client_credentials(self, client_id: str) -> Response:
+        """UAA's client_credentials grant: an access token of the client, no refresh token."""
+        scopes = self.client_scopes.get(client_id, CLIENT_AUTHORITIES)
+        access = self.issue(None, client_id=client_id, scopes=scopes,
+                            lifetime=self.access_token_lifetime)
+        with self.lock:
+            self.client_grants += 1
+        return json_response(200, {
+            "access_token": access, "token_type": "bearer",
+            "expires_in": self.access_token_lifetime, "scope": " ".join(scopes),
+            "jti": _jti(access)})
 
 
 def _jti(token: str) -> str:

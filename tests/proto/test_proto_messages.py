@@ -25,16 +25,19 @@ from pcapd.proto import (
     CfTarget,
     Counters,
     Data,
+    DeviceList,
     Download,
     End,
     Error,
     GetDownload,
     Hello,
     ListCaptures,
+    ListDevices,
     LocalTarget,
     Message,
     Notice,
     Source,
+    SourceDevices,
     SourceStatistics,
     Start,
     Started,
@@ -101,6 +104,10 @@ EXAMPLES: list[Message] = [
     GetDownload(capture_id="a1"),
     Download(capture=StoredCapture(capture_id="a1", started_at=1.0, expires_at=2.0),
              url="https://pcap.example.com/downloads/a1?expires=2&token=x", url_expires_at=2.0),
+    ListDevices(target=CfTarget(app="my-app", instances=[1])),
+    ListDevices(target=AgentTarget(namespace="guid-1", app_guid="app-guid", source="my-app/1")),
+    DeviceList(sources=[SourceDevices(origin="my-app/1", devices=["lo", "eth0"]),
+                        SourceDevices(origin="my-app/2", problem="my-app/2 is CRASHED")]),
 ]
 
 
@@ -306,71 +313,85 @@ def test_other_limits(doc: dict[str, Any], where: str) -> None:
         decode_text(json.dumps(doc))
 
 
+# pcapd's own words, and the field it names: never the JSON library's wording, which changes
+# between its releases (msgspec 0.23 started rejecting invalid UTF-8 itself, in its words).
+NOT_JSON = "invalid message: not well-formed JSON ("
+INVALID = "invalid message: "
+NOT_UTF8 = "text message is not valid UTF-8 (at byte "
+
+
 @pytest.mark.parametrize(
-    ("wire", "words"),
+    ("wire", "words", "where"),
     [
-        ("", "Input data was truncated"),
-        ("{", "truncated"),
-        ("{]", "JSON is malformed"),
-        ('{"type":"status"} x', "trailing characters"),
-        ("[]", "Expected `object`, got `array`"),
-        ("42", "Expected `object`, got `int`"),
-        ("{}", "missing required field `type`"),
-        ('{"type":"bogus"}', "Invalid value 'bogus' - at `$.type`"),
-        ('{"type":7}', "at `$.type`"),
-        ('{"type":"status","extra":1}', "unknown field `extra`"),
-        ('{"type":"stop","reason":"bored"}', "at `$.reason`"),
-        ('{"type":"message","code":"NOPE","text":""}', "at `$.code`"),
+        ("", NOT_JSON, None),
+        ("{", NOT_JSON, None),
+        ("{]", NOT_JSON, None),
+        ('{"type":"status"} x', NOT_JSON, None),
+        ("[]", INVALID, "$"),
+        ("42", INVALID, "$"),
+        ("{}", INVALID, "$"),
+        ('{"type":"bogus"}', INVALID, "$.type"),
+        ('{"type":7}', INVALID, "$.type"),
+        ('{"type":"status","extra":1}', "extra", "$"),
+        ('{"type":"stop","reason":"bored"}', INVALID, "$.reason"),
+        ('{"type":"message","code":"NOPE","text":""}', INVALID, "$.code"),
         (
             '{"type":"start","target":{"kind":"cf","app":"a"},"options":{"device":"e",'
             '"snaplength":5}}',
-            "unknown field `snaplength` - at `$.options`",
+            "snaplength",
+            "$.options",
         ),
         (
             '{"type":"start","target":{"kind":"cf","app":"a"},"options":{"device":"e",'
             '"snaplen":"5"}}',
-            "Expected `int`, got `str` - at `$.options.snaplen`",
-        ),
-        (
-            '{"type":"start","target":{"kind":"cf","app":"a"},"options":{"device":"e",'
-            '"snaplen":5.0}}',
-            "at `$.options.snaplen`",
+            INVALID,
+            "$.options.snaplen",
         ),
         (
             '{"type":"start","target":{"kind":"cf","app":"a"},"options":{"device":"e",'
             '"snaplen":true}}',
-            "at `$.options.snaplen`",
+            INVALID,
+            "$.options.snaplen",
         ),
         (
             '{"type":"start","target":{"kind":"mars"},"options":{"device":"e"}}',
-            "at `$.target.kind`",
+            INVALID,
+            "$.target.kind",
         ),
         (
             '{"type":"start","target":{"kind":"cf"},"options":{"device":"e"}}',
-            "missing required field `app` - at `$.target`",
+            "app",
+            "$.target",
         ),
         (
             '{"type":"start","target":{"kind":"cf","app":"a"},"options":{"device":"e"},'
             '"limits":{"max_duration":NaN}}',
-            "malformed",
+            NOT_JSON,
+            None,
         ),
         (
             '{"type":"start","target":{"kind":"cf","app":"a"},"options":{"device":"e"},'
             '"limits":{"max_duration":1e999}}',
-            "at `$.limits.max_duration`",
+            INVALID,
+            "$.limits.max_duration",
         ),
-        ('{"type":"message","code":"CONGESTED","text":"\\ud800"}', "invalid message"),
-        ('{"type":"message","code":"CONGESTED","text":"\ud800"}', "lone surrogate"),
-        (b'{"type":"message","code":"CONGESTED","text":"\xff"}', "not valid UTF-8"),
-        (b'{"type":"message","code":"CONGESTED","text":"\xed\xa0\x80"}', "not valid UTF-8"),
-        (b"\xef\xbb\xbf{}", "malformed"),
-        ("[" * 100_000, "Expected `object`"),
-        ('{"type":"error","code":"INVALID_REQUEST","text":' + "[" * 100_000, "Expected `str`"),
+        ('{"type":"message","code":"CONGESTED","text":"\\ud800"}', NOT_JSON, None),
+        ('{"type":"message","code":"CONGESTED","text":"\ud800"}', "lone surrogate", None),
+        (b'{"type":"message","code":"CONGESTED","text":"\xff"}', NOT_UTF8 + "45)", None),
+        (b'{"type":"message","code":"CONGESTED","text":"\xed\xa0\x80"}', NOT_UTF8 + "45)", None),
+        (b"\xef\xbb\xbf{}", NOT_JSON, None),
+        ("[" * 100_000, INVALID, "$"),
+        ('{"type":"error","code":"INVALID_REQUEST","text":' + "[" * 100_000, INVALID, "$.text"),
     ],
 )
-def test_malformed_input_is_a_remote_error(wire: str | bytes, words: str) -> None:
-    with pytest.raises(RemoteProtocolError, match=re.escape(words)) as info:
+def test_malformed_input_is_a_remote_error(
+    wire: str | bytes, words: str, where: str | None
+) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
         decode_text(wire)
+    assert words in str(info.value)
+    if where is not None:
+        assert str(info.value).endswith(f" - at `{where}`"), str(info.value)
     assert info.value.code == "INVALID_REQUEST"
 
 

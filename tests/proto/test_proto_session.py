@@ -16,6 +16,7 @@ from pcapd.proto import (
     CaptureOptions,
     CfTarget,
     Data,
+    DeviceList,
     Download,
     End,
     Error,
@@ -23,10 +24,12 @@ from pcapd.proto import (
     Hello,
     InitiatorSession,
     ListCaptures,
+    ListDevices,
     Message,
     Notice,
     ResponderSession,
     Source,
+    SourceDevices,
     SourceStatistics,
     Start,
     Started,
@@ -488,3 +491,26 @@ def test_capture_queries_are_answered_once_each_before_start() -> None:
     assert i.state is r.state is S.READY
     with pytest.raises(RemoteProtocolError, match="without an outstanding request"):
         i.receive_text(encode(CaptureList(captures=[])))
+
+
+def test_list_devices_names_an_agent_target_only_toward_an_agent() -> None:
+    """A client cannot hand the api a resolved target (a container of someone else's app):
+    ``list_devices`` from a client names a cf, bosh or local target; toward an agent, the api
+    names the agent target it resolved itself. Both ends answer with ``device_list``."""
+    client, api = InitiatorSession("client"), ResponderSession("api")
+    api.receive_text(client.send(client.make_hello()))
+    client.receive_text(api.send(api.make_welcome("api/0")))
+    forged = ListDevices(target=AgentTarget(namespace="other-apps-guid", source="x"))
+    with pytest.raises(LocalProtocolError, match="list_devices"):
+        client.send(forged)
+    with pytest.raises(RemoteProtocolError, match="list_devices"):
+        api.receive_text(encode(forged))
+    to_agent, agent = InitiatorSession("api"), ResponderSession("agent")
+    agent.receive_text(to_agent.send(to_agent.make_hello()))
+    to_agent.receive_text(agent.send(agent.make_welcome("cell/0")))
+    agent.receive_text(to_agent.send(forged))
+    answer = DeviceList(sources=[SourceDevices(origin="x", devices=["lo", "eth0"])])
+    assert to_agent.receive_text(agent.send(answer)) == answer
+    assert agent.state is to_agent.state is S.READY
+    with pytest.raises(RemoteProtocolError, match="without an outstanding request"):
+        to_agent.receive_text(encode(answer))

@@ -33,7 +33,7 @@ def variables(pki: dict[str, str]) -> dict[str, Any]:
     """What CredHub would hold for the manifests' ((placeholders)), plus the -v values."""
     return {
         "/pcapd_ca": {"certificate": pki["ca"], "private_key": pki["ca-key"], "ca": pki["ca"]},
-        "/pcapd_agent_tls": _cert(pki, "agent"),
+        "pcapd_agent_tls": _cert(pki, "agent"),
         "pcapd_api_client_tls": _cert(pki, "api-client"),
         "pcapd_api_tls": _cert(pki, "api"),
         "nats_client_cert": _cert(pki, "api-client"),

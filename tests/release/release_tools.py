@@ -244,6 +244,8 @@ def config_keys(model: type[msgspec.Struct]) -> dict[str, Any]:
                 default = field.default
                 if default is msgspec.NODEFAULT and field.default_factory is not msgspec.NODEFAULT:
                     default = field.default_factory()
+                if isinstance(default, tuple):  # a list in YAML
+                    default = list(default)
                 keys.setdefault(name, default)
 
     info = mi.type_info(model)

@@ -65,6 +65,13 @@ def shared_variables() -> list[dict[str, Any]]:
     return [v for v in load("pcapd-api.yml")["variables"] if v["name"].startswith("/")]
 
 
+AGENT_CERTIFICATE: dict[str, Any] = {  # one per deployment: a relative name
+    "name": "pcapd_agent_tls", "type": "certificate", "options": {
+        "ca": "/pcapd_ca", "common_name": "pcap-agent.service.cf.internal",
+        "alternative_names": ["pcap-agent.service.cf.internal"],
+        "extended_key_usage": ["server_auth"]}}
+
+
 # -- go-patch stand-in ----------------------------------------------------------------------------
 
 
@@ -105,7 +112,7 @@ def test_runtime_config_adds_the_agent_to_every_linux_vm(
     config = load("runtime-config.yml")
     assert config["releases"] == [{"name": "pcapd", "version": "((pcapd_version))"}]
     check_agent_addons(config["addons"], variables, tmp_path)
-    assert config["variables"] == shared_variables()
+    assert config["variables"] == [*shared_variables(), AGENT_CERTIFICATE]
 
 
 @needs_ruby
@@ -116,7 +123,7 @@ def test_ops_file_adds_the_agent_to_every_instance_group_of_a_deployment(
     manifest = apply_ops(cf_like(), ops)
     assert {"name": "pcapd", "version": "latest"} in manifest["releases"]
     check_agent_addons(manifest["addons"], variables, tmp_path)
-    assert manifest["variables"][1:] == shared_variables()
+    assert manifest["variables"][1:] == [*shared_variables(), AGENT_CERTIFICATE]
     assert apply_ops(manifest, ops) == manifest  # applying it twice changes nothing
     assert apply_ops({"name": "other", "releases": [], "instance_groups": []}, ops)["addons"]
 
@@ -131,7 +138,7 @@ def test_ops_file_adds_the_agent_to_diego_cells(variables: dict[str, Any], tmp_p
     config = render_and_check("pcapd-agent", interpolate(job["properties"], variables),
                               tmp_path / "cell")
     assert config["containers"] == {"netns_dir": NETNS_DIR, "metadata_store": METADATA_STORE}
-    assert manifest["variables"][1:] == shared_variables()
+    assert manifest["variables"][1:] == [*shared_variables(), AGENT_CERTIFICATE]
     assert apply_ops(manifest, ops) == manifest
 
 
@@ -159,11 +166,13 @@ def test_api_deployment(variables: dict[str, Any], tmp_path: Path) -> None:
     assert "tls" not in config["listen"]
 
     names = {v["name"]: v for v in manifest["variables"]}
-    agent_cert = names["/pcapd_agent_tls"]["options"]
+    agent_cert = AGENT_CERTIFICATE["options"]  # defined per deployment, with the agents
     assert config["agents"]["server_name"] in agent_cert["alternative_names"]
     assert agent_cert["extended_key_usage"] == ["server_auth"]
+    assert "/pcapd_agent_tls" not in names and "pcapd_agent_tls" not in names
     assert names["pcapd_api_client_tls"]["options"] == {
-        "ca": "/pcapd_ca", "common_name": "pcapd-api", "extended_key_usage": ["client_auth"]}
+        "ca": "/pcapd_ca", "common_name": "pcapd-api", "alternative_names": ["pcapd-api"],
+        "extended_key_usage": ["client_auth"]}
     assert names["/pcapd_ca"]["options"]["is_ca"] is True
 
 
@@ -202,7 +211,8 @@ def test_route_registration(variables: dict[str, Any], tmp_path: Path) -> None:
 def test_shared_variables_are_defined_alike_everywhere() -> None:
     """CredHub generates an absolute variable once; differing definitions would race."""
     shared = shared_variables()
-    assert [v["name"] for v in shared] == ["/pcapd_ca", "/pcapd_agent_tls"]
+    assert [v["name"] for v in shared] == ["/pcapd_ca"]
     for name in ("ops-files/add-pcapd-agent.yml", "ops-files/add-pcapd-agent-to-diego-cells.yml"):
         defined = [op["value"] for op in load(name) if op["path"].startswith("/variables")]
-        assert defined == shared, name
+        assert defined == [*shared, AGENT_CERTIFICATE], name
+    assert load("runtime-config.yml")["variables"] == [*shared, AGENT_CERTIFICATE]

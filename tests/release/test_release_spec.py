@@ -81,11 +81,13 @@ def test_package_spec_matches_the_packaging_script_and_wheel_layout() -> None:
     spec = yaml.safe_load((RELEASE / "packages/pcapd/spec").read_text())
     assert spec["name"] == "pcapd"
     assert spec["dependencies"] == ["python-3.11"]
-    assert spec["files"] == ["pcapd/*.whl"]  # blobs added as pcapd/NAME.whl by build-wheels
+    # blobs added as pcapd/NAME by build-wheels: the dependencies' wheels, pcapd's sdist, the lock
+    # (test_release_package checks that every file build-wheels makes matches these)
+    assert spec["files"] == ["pcapd/*.whl", "pcapd/pcapd-*.tar.gz", "pcapd/requirements.txt"]
     packaging = (RELEASE / "packages/pcapd/packaging").read_text()
     assert "/var/vcap/packages/python-3.11/bin/python3" in packaging
-    assert "--no-index" in packaging
-    assert 'bosh add-blob "$wheel" "pcapd/' in (RELEASE / "scripts/build-wheels").read_text()
+    assert "--no-index" in packaging and "--require-hashes" in packaging
+    assert 'bosh add-blob "$file" "pcapd/' in (RELEASE / "scripts/build-wheels").read_text()
 
 
 def test_release_metadata() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 from release_tools import (
@@ -20,6 +21,7 @@ from release_tools import (
 )
 
 from pcapd.config import AgentConfig, ApiConfig
+from pcapd.config.model import BoshTokensConfig, CfTokensConfig
 
 pytestmark = needs_ruby
 
@@ -65,7 +67,7 @@ def test_agent_with_spec_defaults(agent_tls: dict[str, str], out: Path) -> None:
     certs = "/var/vcap/jobs/pcapd-agent/config/certs"
     assert config["tls"] == {"certificate": f"{certs}/agent.crt",
                              "private_key": f"{certs}/agent.key",
-                             "client_ca": f"{certs}/client-ca.crt"}
+                             "client_ca": f"{certs}/client-ca.crt", "client_name": "pcapd-api"}
     assert (rendered / "config/certs/agent.crt").read_text() == agent_tls["certificate"]
     assert (rendered / "config/certs/agent.key").read_text() == agent_tls["private_key"]
     assert (rendered / "config/certs/client-ca.crt").read_text() == agent_tls["client_ca"]
@@ -77,6 +79,7 @@ AGENT_VALUES = {
     "id": "router/d55baeba",
     "listen.address": "10.0.16.5",
     "listen.port": 9595,
+    "tls.client_name": "api.pcapd.internal",
     "containers.netns_dir": "/var/vcap/data/other-netns",
     "containers.metadata_store": "/var/vcap/data/other-store.json",
     "limits.concurrent_captures": 7,
@@ -94,7 +97,7 @@ def test_agent_properties_map_to_config_keys_of_the_same_name(
     agent_tls: dict[str, str], out: Path
 ) -> None:
     props = nest({f"pcapd.agent.{k}": v for k, v in AGENT_VALUES.items()})
-    props["pcapd"]["agent"]["tls"] = agent_tls
+    props["pcapd"]["agent"]["tls"].update(agent_tls)
     rendered = render_job("pcapd-agent", props, out)
     config = rendered_config("pcapd-agent", rendered)
     for key, value in AGENT_VALUES.items():
@@ -159,7 +162,8 @@ def test_api_with_spec_defaults(api_agents_tls: dict[str, str], out: Path) -> No
     assert config["id"] == "pcapd-api/2"
     assert config["storage"] == {"kind": "local", "path": "/var/vcap/store/pcapd-api",
                                  "retention_days": 7, "url_expiry": 3600}
-    assert config["cf"] == {"api": "https://api.sys.example.com", "require_ssh_enabled": False}
+    assert config["cf"] == {"api": "https://api.sys.example.com", "require_ssh_enabled": False,
+                            "tokens": TOKENS_DEFAULTS["cf"]}
     assert "bosh" not in config
     assert "tls" not in config["listen"]
     assert "max_packets" not in config["limits"]
@@ -173,16 +177,27 @@ def test_api_with_spec_defaults(api_agents_tls: dict[str, str], out: Path) -> No
     assert bpm["processes"][0]["persistent_disk"] is True
 
 
+TOKENS_DEFAULTS = {  # the model's defaults, as the spec renders them
+    kind: {key: list(value) for key, value in msgspec.to_builtins(section()).items()}
+    for kind, section in (("cf", CfTokensConfig), ("bosh", BoshTokensConfig))}
+
 API_VALUES = {
     "id": "pcap-api/7",
     "listen.address": "127.0.0.1",
     "listen.port": 8443,
+    "external_url": "https://pcap.sys.example.com",
     "agents.port": 9595,
     "agents.server_name": "agent.pcapd.internal",
     "agents.reconnect_grace": 12.5,
     "cf.api": "https://api.sys.example.com",
     "cf.require_ssh_enabled": True,
+    "cf.tokens.audiences": ["cloud_controller", "cc"],
+    "cf.tokens.scopes": ["cloud_controller.admin"],
+    "cf.tokens.clients": ["cf", "ci"],
     "bosh.director": "https://10.0.0.6:25555",
+    "bosh.tokens.audiences": ["bosh"],
+    "bosh.tokens.scopes": ["bosh.admin"],
+    "bosh.tokens.clients": ["bosh_cli"],
     "storage.kind": "local",
     "storage.retention_days": 3,
     "storage.url_expiry": 600,
@@ -263,7 +278,8 @@ def test_api_optional_files_are_empty_when_unset(
     for name in ("api.crt", "api.key", "cf-ca.crt", "bosh-ca.crt"):
         assert (rendered / "config/certs" / name).read_text().strip() == ""
     config = rendered_config("pcapd-api", rendered)
-    assert config["bosh"] == {"director": "https://10.0.0.6:25555"}
+    assert config["bosh"] == {"director": "https://10.0.0.6:25555",
+                              "tokens": TOKENS_DEFAULTS["bosh"]}
     assert "cf" not in config
 
 

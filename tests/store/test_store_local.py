@@ -253,7 +253,7 @@ async def test_signed_links(root: Path) -> None:
         assert await refused(capture_id, exp, token, NOW + 600) == 403  # expired
         assert await refused(capture_id, "1e9", token) == 403
         assert await refused(capture_id, exp, "ü" * 43) == 403
-        assert await refused(cid(32), exp, token) == 404  # no such capture
+        assert await refused(cid(32), exp, token) == 403  # no such capture: as bob's above
         assert other.user_id == "bob"
 
 

@@ -1,0 +1,44 @@
+"""Speaking pcapd's protocol from a test: a user's link to an api, the api's link to an agent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
+from pcapd.proto import InitiatorSession, Status, StatusReply, Welcome
+from pcapd.transport.tls import client_context
+from pcapd.transport.ws import Link, open_websocket
+
+
+@asynccontextmanager
+async def api_link(port: int, token: str | None, host: str = "127.0.0.1"
+                   ) -> AsyncIterator[Link]:
+    """A user's link to the api at ``host:port`` (plain WebSocket), past hello and welcome;
+    ``token`` goes in the handshake's Authorization header."""
+    headers = [(b"authorization", f"bearer {token}".encode())] if token else None
+    async with open_websocket(host, port, ssl_context=None, extra_headers=headers) as ws:
+        link = Link(ws, InitiatorSession("client"), "api")
+        await link.send(link.session.make_hello())  # type: ignore[union-attr]
+        assert isinstance(await link.receive(), Welcome)
+        yield link
+
+
+async def agent_status(address: str, port: int, *, ca: Path, certificate: Path,
+                       private_key: Path) -> StatusReply:
+    """Ask the agent at ``address:port`` for its status over mutual TLS, as the api asks,
+    presenting ``certificate``."""
+    ctx = client_context(ca=ca, certificate=certificate, private_key=private_key)
+    with trio.fail_after(10):
+        async with open_websocket(address, port, ssl_context=ctx,
+                                  server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
+            link = Link(ws, InitiatorSession("api"), "agent")
+            await link.send(link.session.make_hello())  # type: ignore[union-attr]
+            await link.receive()
+            await link.send(Status())
+            reply = await link.receive()
+    assert isinstance(reply, StatusReply), reply
+    return reply

@@ -1,0 +1,26 @@
+"""One helper for URL path segments built from input (issue 12, hole 2)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from pcapd.urls import InvalidSegment, join, segment
+
+GUID = "5f0f3a0e-4a43-4b8e-9d2c-1b2f0c1d2e3f"
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "a\nb", "a\0b", "x" * 257])
+def test_what_cannot_be_one_segment_is_refused(value: str) -> None:
+    with pytest.raises(InvalidSegment, match="--process-type"):
+        segment(value, "--process-type")
+
+
+@pytest.mark.parametrize("value", [f"../../{GUID}/processes/web", "%2e%2e", "a?b#c", "web x",
+                                   "..%2F", "./web", "w/eb"])
+def test_the_server_sees_one_segment_with_exactly_the_value(value: str) -> None:
+    url = httpx.URL(join("https://api.example.com/v3", "apps", (GUID, "app"), "processes",
+                         (value, "--process-type"), "stats"))
+    parts = url.raw_path.decode().split("/")
+    assert parts[:5] == ["", "v3", "apps", GUID, "processes"] and parts[6:] == ["stats"]
+    assert httpx.URL("https://x/" + parts[5]).path == "/" + value  # decodes to the value
