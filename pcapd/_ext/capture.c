@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define PCAPD_BPF_MAXINSNS 4096 /* the kernel's limit (linux/bpf_common.h BPF_MAXINSNS) */
+
 #define EPB_TYPE 0x00000006u
 #define MAX_CAPLEN 262144u
 
@@ -155,20 +157,29 @@ static PyObject *Handle_setdirection(Handle *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* setfilter(program): install a program compiled elsewhere (pcapd.agent.bpf_worker compiles
+ * users' filters in a child process with CPU and time limits: pcap_compile holds the GIL and
+ * its optimiser is ~cubic in `or` terms). `program` is a buffer of struct bpf_insn in native
+ * byte order (pcapd.agent.bpf.program_bytes); libpcap validates it before the kernel sees it. */
 static PyObject *Handle_setfilter(Handle *self, PyObject *arg) {
-    Py_ssize_t size;
-    const char *expr = PyUnicode_AsUTF8AndSize(arg, &size);
-    if (expr == NULL) return NULL;
-    if (!ensure_open(self)) return NULL;
-    if ((Py_ssize_t)strlen(expr) != size) {
-        PyErr_SetString(PyExc_ValueError, "filter contains a NUL character");
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) return NULL;
+    if (!ensure_open(self)) { PyBuffer_Release(&view); return NULL; }
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(struct bpf_insn);
+    if (view.len <= 0 || view.len % (Py_ssize_t)sizeof(struct bpf_insn) != 0
+            || count > PCAPD_BPF_MAXINSNS) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError,
+                        "a BPF program is 1 to 4096 instructions of 8 bytes each");
         return NULL;
     }
-    struct bpf_program program;
-    if (pcap_compile(self->pcap, &program, expr, 1, PCAP_NETMASK_UNKNOWN) != 0)
-        return raise_pcap(self, PCAP_ERROR, "compile");
+    struct bpf_insn *insns = PyMem_Malloc((size_t)view.len);  /* aligned, unlike the buffer */
+    if (insns == NULL) { PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    memcpy(insns, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    struct bpf_program program = {(u_int)count, insns};
     int rc = pcap_setfilter(self->pcap, &program);
-    pcap_freecode(&program);
+    PyMem_Free(insns);
     if (rc != 0) return raise_pcap(self, PCAP_ERROR, "setfilter");
     Py_RETURN_NONE;
 }

@@ -47,8 +47,9 @@ from pcapd.agent.bpf import (
     _libpcap_words,
     compile_filter,
     exclusion_filter,
-    split_direction,
+    program_bytes,
 )
+from pcapd.agent.bpf_worker import capture_program
 from pcapd.agent.netns import call_in_netns
 from pcapd.agent.pkthdr import (
     PKTHDR,
@@ -374,79 +375,60 @@ class Capture:
         self._engine.close()
 
 
-def _open(
-    device: str,
-    netns: Path | None,
-    user_filter: str,
-    exclude: Iterable[Link],
-    snaplen: int,
-    buffer_size: int,
-    buffer_timeout: float,
-) -> tuple[Any, bool] | _CompiledEngine:
-    """Check the filter, open the handle in ``netns``, set the filter (in a worker thread).
+def _open(device: str, netns: Path | None, snaplen: int, buffer_size: int,
+          buffer_timeout: float) -> Any:
+    """Open and activate the handle in ``netns`` (in a worker thread), without a filter yet:
+    only creating and activating happen inside the namespace (the packet socket binds to it
+    there). The compiled engine's handle when it is built, else cypcap's."""
+    activate = _activate_compiled if _accel.capture is not None else _activate
+    return call_in_netns(
+        netns, functools.partial(activate, device, snaplen, buffer_size, buffer_timeout)
+    )
 
-    Only creating and activating happen inside the namespace (the packet socket binds to it
-    there). Filters are compiled in the agent's own namespace, because libpcap resolves the
-    names in them (``host db.internal``) and a container's namespace may not reach the
-    resolver. A leading ``inbound``/``outbound`` becomes ``setdirection`` (see
-    :func:`.bpf.split_direction`). Returns the compiled engine, or (without it) cypcap's handle
-    and whether its timestamps are nanoseconds.
-    """
-    compile_filter(user_filter, snaplen=snaplen)  # the user's own words, before any exclusion
-    direction, kernel_filter = split_direction(user_filter)
-    bpf = exclusion_filter(kernel_filter, exclude)
+
+def _link_of(handle: Any) -> tuple[int, int]:
+    """``(link type, snaplen)`` of an activated handle of either engine: what the filter is
+    compiled for."""
     if _accel.capture is not None:
-        return _open_compiled(device, netns, direction, bpf, snaplen, buffer_size, buffer_timeout)
-    pcap = call_in_netns(
-        netns, functools.partial(_activate, device, snaplen, buffer_size, buffer_timeout)
-    )
-    try:
-        if direction is not None:
-            pcap.setdirection(direction)
-        if bpf:
-            # netmask given: otherwise cypcap looks it up (and prints it to stdout)
-            pcap.setfilter(bpf, optimize=True, netmask=cypcap.NETMASK_UNKNOWN)
-        pcap.setnonblock(True)
-        nanoseconds = pcap.get_tstamp_precision() == cypcap.TstampPrecision.NANO
-    except cypcap.Error as exc:
-        pcap.close()
-        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
-    except BaseException:
-        pcap.close()
-        raise
-    return pcap, nanoseconds
+        link_type, snaplen, _, _ = handle.info()
+        return int(link_type), int(snaplen)
+    return int(handle.datalink()), int(handle.snapshot())
 
 
-_DIRECTION_CODES = {cypcap.Direction.IN: 1, cypcap.Direction.OUT: 2}  # PCAP_D_IN, PCAP_D_OUT
-
-
-def _open_compiled(
-    device: str,
-    netns: Path | None,
-    direction: cypcap.Direction | None,
-    bpf: str,
-    snaplen: int,
-    buffer_size: int,
-    buffer_timeout: float,
-) -> _CompiledEngine:
-    """:func:`_open` with the compiled handle: the same steps, in the same namespaces."""
-    handle = call_in_netns(
-        netns,
-        functools.partial(_activate_compiled, device, snaplen, buffer_size, buffer_timeout),
-    )
+def _engine(handle: Any, device: str, direction: cypcap.Direction | None,
+            program: str | None) -> _CypcapEngine | _CompiledEngine:
+    """Apply the direction and the program compiled by the child (cheap: no compile here),
+    make the handle non-blocking, and wrap it in its engine."""
+    if _accel.capture is None:
+        nanoseconds = _set_filter(handle, device, direction,
+                                  None if program is None else cypcap.BpfProgram.loads(program))
+        return _CypcapEngine(handle, device, nanoseconds)
     try:
         if direction is not None:
             handle.setdirection(_DIRECTION_CODES[direction])
-        if bpf:
-            handle.setfilter(bpf)
+        if program is not None:
+            handle.setfilter(program_bytes(program))
         handle.setnonblock()
     except _PcapError as exc:
-        handle.close()
         raise CaptureFailed(f"{device}: {_pcap_words(exc)}") from None
-    except BaseException:
-        handle.close()
-        raise
     return _CompiledEngine(handle, device)
+
+
+def _set_filter(pcap: Any, device: str, direction: cypcap.Direction | None,
+                program: cypcap.BpfProgram | None) -> bool:
+    """cypcap's handle: apply a compiled filter; whether timestamps are nanoseconds."""
+    try:
+        if direction is not None:
+            pcap.setdirection(direction)
+        if program is not None:
+            pcap.setfilter(program)
+        pcap.setnonblock(True)
+        return bool(pcap.get_tstamp_precision() == cypcap.TstampPrecision.NANO)
+    except cypcap.Error as exc:
+        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
+
+
+_DIRECTION_CODES = {cypcap.Direction.IN: 1, cypcap.Direction.OUT: 2}  # PCAP_D_IN, PCAP_D_OUT
 
 
 def _activate_compiled(
@@ -536,25 +518,16 @@ async def open_capture(
     if not 1 <= snaplen <= MAX_SNAPLEN:
         raise InvalidSnaplen(f"snaplen {snaplen} out of range: 1 to {MAX_SNAPLEN}")
     # not abandoned on cancellation: what the thread opens is returned, then closed below
-    opened = await trio.to_thread.run_sync(
-        functools.partial(
-            _open, device, netns, filter, exclude, snaplen, buffer_size, buffer_timeout
-        )
+    handle = await trio.to_thread.run_sync(
+        functools.partial(_open, device, netns, snaplen, buffer_size, buffer_timeout)
     )
     try:
-        if isinstance(opened, _CompiledEngine):
-            engine: _CypcapEngine | _CompiledEngine = opened
-        else:
-            pcap, nanoseconds = opened
-            try:
-                engine = _CypcapEngine(pcap, device, nanoseconds)
-            except BaseException:
-                pcap.close()
-                raise
-        capture = Capture(engine, buffer_timeout)
+        # compiled once, for this handle's link type, in a child process (see .bpf_worker):
+        # names resolve in the agent's own namespace, which a container's may not reach
+        direction, program = await capture_program(filter, list(exclude), *_link_of(handle))
+        capture = Capture(_engine(handle, device, direction, program), buffer_timeout)
     except BaseException:
-        if isinstance(opened, _CompiledEngine):
-            opened.close()
+        handle.close()
         raise
     try:
         yield capture

@@ -1,9 +1,13 @@
 """The api role's client endpoint: a WebSocket per user capture, resolved, run, ended.
 
-Each client link is a handshake, then ``status`` requests or one ``start``. The start is
-checked before any agent is contacted — the filter compiled with libpcap (a bad filter never
-reaches an agent), the snaplen range, the api's limits — then resolved into agent jobs by the
-configured :class:`Resolver` (local namespaces, or Cloud Foundry / BOSH once those exist), and
+Each client link is a handshake, then ``status`` requests or one ``start``. Nothing the user
+sends is looked at before the token is verified: until then a link counts as unauthenticated
+(capped per peer and in total, :mod:`pcapd.api.intake`), its messages are small and it has
+``limits.authentication_timeout`` to make its request. A start then takes a capture slot
+(global and per user, in one step), is resolved into agent jobs by the configured
+:class:`Resolver` (which asks the platform whether the user may capture the target), and only
+then is the filter compiled — in a child process under limits (:mod:`pcapd.agent.bpf_worker`),
+so a bad filter never reaches an agent and a costly one never stalls the api — and the capture
 run as one :class:`~pcapd.api.capture.ApiCapture`. A client that goes away cancels its capture:
 the agent links close and every agent stops its capture at once.
 """
@@ -12,23 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
+from typing import Final
 
 import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
-from pcapd.agent.bpf import InvalidFilter, compile_filter
+from pcapd.agent.bpf import InvalidFilter
+from pcapd.agent.bpf_worker import check_filter
 from pcapd.api.agents import AgentJob, ask_agent_devices
 from pcapd.api.auth import authorization_from_headers
 from pcapd.api.bosh import BoshResolver
 from pcapd.api.capture import START_TIMEOUT, ApiCapture, CaptureFailed
 from pcapd.api.cf import CfResolver
+from pcapd.api.intake import CaptureSlots, PendingConnections
 from pcapd.api.resolve import Resolution, Resolver
 from pcapd.api.upload import (
     UploadOutput,
@@ -60,6 +68,7 @@ from pcapd.proto import (
     ListCaptures,
     ListDevices,
     LocalTarget,
+    Message,
     Notice,
     ResponderSession,
     SourceDevices,
@@ -91,6 +100,10 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 10.0
+CLIENT_MAX_MESSAGE: Final = 64 * 1024
+"""Bytes in one message from a client. The largest a client sends is a ``start`` (an 8 KiB
+filter and up to 1,024 instances, ~50 KB); the protocol's own limit (8 MiB, for agents' data)
+let 20 connections without a token hold 7 MiB each."""
 
 
 class LocalResolver:
@@ -207,6 +220,10 @@ class Api:
         self._captures_changed = trio.Event()
         self.metrics = Metrics("api", lambda: len(self.captures))
         self.requests = RateLimiter(config.limits.requests_per_minute)
+        limits = config.limits
+        self.slots = CaptureSlots(limits.concurrent_captures, limits.concurrent_captures_per_user)
+        self.pending = PendingConnections(limits.unauthenticated_connections,
+                                          limits.unauthenticated_connections_per_peer)
 
     async def wait_idle(self) -> None:
         """Until no capture runs (drain)."""
@@ -259,35 +276,53 @@ class Api:
     async def handle(self, ws: WebSocketConnection, peer: str, headers: Headers) -> None:
         """One client link, from ``hello`` to close."""
         link = Link(ws, ResponderSession("api"), f"client {peer}")
+        intake = _Intake(self.pending, peer.rpartition(":")[0] or peer,
+                         self.config.limits.authentication_timeout)
+        refused = intake.admit()
+        if refused is not None:
+            self.metrics.refused("LIMIT_REACHED")
+            log.warning("%s: refused: %s", link.peer, refused,
+                        extra={"event": "refused", "code": "LIMIT_REACHED"})
+            await link.aclose(code=1013, reason=refused)
+            return
         try:
-            hello = await link.receive()
+            hello = await intake.receive(link)
             assert isinstance(hello, Hello)
             await link.send(link.session.make_welcome(self.config.id))  # type: ignore[union-attr]
             authorization = authorization_from_headers(headers)
             while True:
-                msg = await link.receive()
+                msg = await intake.receive(link)
                 if isinstance(msg, Status):
                     await link.send(self.status())
                 elif isinstance(msg, ListCaptures | GetDownload):
-                    if not await self._query(link, msg, authorization, headers):
+                    if not await self._query(link, msg, authorization, headers, intake):
                         return
                 elif isinstance(msg, ListDevices):
-                    if not await self._devices(link, msg, authorization):
+                    if not await self._devices(link, msg, authorization, intake):
                         return
                 elif isinstance(msg, Start):
-                    await self._capture(link, msg, authorization, headers)
+                    await self._capture(link, msg, authorization, headers, intake)
                     return
                 elif isinstance(msg, Error):
                     return
         except LinkClosed as exc:
             log.info("%s: %s", link.peer, exc)
+        except _NoRequest:
+            why = f"no request within {intake.timeout:g}s (limits.authentication_timeout)"
+            self.metrics.refused("UNAUTHENTICATED")
+            log.info("%s: %s: closing", link.peer, why,
+                     extra={"event": "refused", "code": "UNAUTHENTICATED"})
+            await link.aclose(code=1008, reason=why)
+        finally:
+            intake.done()
 
     async def _query(self, link: Link, msg: ListCaptures | GetDownload,
-                     authorization: str | None, headers: Headers) -> bool:
+                     authorization: str | None, headers: Headers, intake: _Intake) -> bool:
         """Answer a question about stored captures; False when refused (link ends)."""
         try:
-            store = self._store()
             identity = await self.resolver.identify(_bearer(authorization))
+            intake.authenticated()
+            store = self._store()
             if isinstance(msg, ListCaptures):
                 found = await owned_captures(store, identity)
                 await link.send(CaptureList(captures=[stored_capture(i) for i in found][:1024]))
@@ -307,11 +342,14 @@ class Api:
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return False
 
-    async def _devices(self, link: Link, msg: ListDevices, authorization: str | None) -> bool:
+    async def _devices(self, link: Link, msg: ListDevices, authorization: str | None,
+                       intake: _Intake) -> bool:
         """``pcapd capture … -D``: each source's devices, from its agent. Resolved (so
         authenticated and authorized) exactly as a capture of the same target; False when
         refused (link ends)."""
         try:
+            await self.resolver.identify(_bearer(authorization))
+            intake.authenticated()
             resolution = await self.resolver.resolve(
                 Start(target=msg.target, options=CaptureOptions(device="lo")),
                 _bearer(authorization))
@@ -352,18 +390,38 @@ class Api:
         return f"{scheme}://{host}:{listen.port}"
 
     async def _capture(self, link: Link, start: Start, authorization: str | None,
-                       headers: Headers) -> None:
+                       headers: Headers, intake: _Intake) -> None:
+        """Verify the token, take a capture slot, then admit and run the capture; the slot is
+        given back however this ends."""
         capture_id = uuid.uuid4().hex
+        try:
+            token = _bearer(authorization)
+            identity = await self.resolver.identify(token)
+            intake.authenticated()
+            self._reserve(capture_id, identity)
+        except Refusal as refusal:
+            await self._refuse(link, refusal)
+            return
+        try:
+            await self._admitted(link, start, token, headers, capture_id)
+        finally:
+            self.slots.release(capture_id)
+
+    async def _refuse(self, link: Link, refusal: Refusal) -> None:
+        self.metrics.refused(refusal.code)
+        log.info("%s: refused (%s): %s", link.peer, refusal.code, refusal.text,
+                 extra={"event": "refused", "code": refusal.code})
+        await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
+
+    async def _admitted(self, link: Link, start: Start, token: str | None, headers: Headers,
+                        capture_id: str) -> None:
         upload: Upload | None = None
         try:
-            resolution = await self._admit(start, _bearer(authorization))
+            resolution = await self._admit(start, token)
             if start.upload:
                 upload, info = await self._open_upload(capture_id, start, resolution)
         except Refusal as refusal:
-            self.metrics.refused(refusal.code)
-            log.info("%s: refused (%s): %s", link.peer, refusal.code, refusal.text,
-                     extra={"event": "refused", "code": refusal.code})
-            await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
+            await self._refuse(link, refusal)
             return
         output: ClientOutput | UploadOutput = (
             UploadOutput(upload, link) if upload is not None else ClientOutput(link))
@@ -499,41 +557,71 @@ class Api:
         finally:
             capture.request_stop("limit", text, "token")
 
-    def _check_user_limits(self, resolution: Resolution) -> None:
-        """``limits.concurrent_captures_per_user`` and ``limits.requests_per_minute``."""
-        user = _user_of(resolution.identity)
-        limits = self.config.limits
-        mine = sum(1 for c in self.captures.values() if _user_of(c.identity) == user)
-        if mine >= limits.concurrent_captures_per_user:
-            raise Refusal("LIMIT_REACHED", f"you run {mine} captures already "
-                          f"(limits.concurrent_captures_per_user is "
-                          f"{limits.concurrent_captures_per_user}): stop one first")
-        wait = self.requests.allow(user, trio.current_time())
-        if wait > 0:
-            raise Refusal("LIMIT_REACHED", f"too many capture requests (limits."
-                          f"requests_per_minute is {limits.requests_per_minute}): try again "
-                          f"in {wait:.0f} s")
-
-    async def _admit(self, start: Start, token: str | None) -> Resolution:
+    def _reserve(self, capture_id: str, identity: Identity) -> None:
+        """Drain, ``limits.concurrent_captures`` (+ ``_per_user``) and
+        ``limits.requests_per_minute``, checked and the slot taken with no await between."""
         if self.draining:
             raise Refusal("START_CAPTURE_FAILED", f"the api {self.config.id} is shutting down: "
                           "try again in a moment")
-        if len(self.captures) >= self.config.limits.concurrent_captures:
-            raise Refusal("LIMIT_REACHED", f"the api runs {len(self.captures)} captures "
-                          "already (limits.concurrent_captures): try again later")
-        try:  # in a thread: libpcap resolves host names in filters, which may block on DNS
-            await trio.to_thread.run_sync(partial(compile_filter, start.options.filter,
-                                                  snaplen=start.options.snaplen))
-        except InvalidFilter as exc:
-            raise Refusal("INVALID_REQUEST", str(exc)) from None
+        user = _user_of(identity)
+        self.slots.reserve(capture_id, user)
+        wait = self.requests.allow(user, trio.current_time())
+        if wait > 0:
+            self.slots.release(capture_id)
+            raise Refusal("LIMIT_REACHED", f"too many capture requests (limits."
+                          f"requests_per_minute is {self.config.limits.requests_per_minute}): "
+                          f"try again in {wait:.0f} s")
+
+    async def _admit(self, start: Start, token: str | None) -> Resolution:
+        """Authorize (the resolver asks the platform), then check the filter."""
         resolution = await self.resolver.resolve(start, token)
-        self._check_user_limits(resolution)
         if not resolution.jobs and not resolution.unavailable:
             raise Refusal("INVALID_REQUEST", "the target names no instance to capture")
         if not resolution.jobs:
             raise Refusal("START_CAPTURE_FAILED", "no instance can be captured: " + "; ".join(
                 u.text for u in resolution.unavailable))
+        try:  # only now, authorized: host names in it resolve in the child, under a deadline
+            await check_filter(start.options.filter, start.options.snaplen)
+        except InvalidFilter as exc:
+            raise Refusal("INVALID_REQUEST", str(exc)) from None
         return resolution
+
+
+class _NoRequest(Exception):
+    """A link without a verified token reached its deadline."""
+
+
+class _Intake:
+    """One client link's unauthenticated phase: counted in :class:`PendingConnections`, and
+    every message must arrive by ``timeout`` seconds after the link opened, until the token is
+    verified (:meth:`authenticated`)."""
+
+    def __init__(self, pending: PendingConnections, peer: str, timeout: float) -> None:
+        self.pending = pending
+        self.peer = peer
+        self.timeout = timeout
+        self.deadline = trio.current_time() + timeout
+        self.counted = False
+
+    def admit(self) -> str | None:
+        refused = self.pending.admit(self.peer)
+        self.counted = refused is None
+        return refused
+
+    async def receive(self, link: Link) -> Message | Data:
+        """The next message; :class:`_NoRequest` past the deadline."""
+        with trio.move_on_at(self.deadline):
+            return await link.receive()
+        raise _NoRequest
+
+    def authenticated(self) -> None:
+        self.deadline = math.inf
+        self.done()
+
+    def done(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.pending.release(self.peer)
 
 
 def _user_of(identity: Identity | None) -> str:
@@ -564,4 +652,5 @@ async def serve_api(api: Api, *, unix_path: str | None = None,
     ctx = (server_context(listen.tls.certificate, listen.tls.private_key, what="listen.tls")
            if listen.tls is not None else None)
     await serve_websocket(api.handle, listen.address, listen.port, ctx, unix_path=unix_path,
-                          http_handler=api.http, task_status=task_status)
+                          http_handler=api.http, max_message_size=CLIENT_MAX_MESSAGE,
+                          task_status=task_status)

@@ -399,6 +399,14 @@ class ApiLimitsConfig(_Section, frozen=True):
     # capture requests a user may make per minute (a burst of this many, then one per
     # 60/requests_per_minute seconds); queries (status, captures list) do not count
     requests_per_minute: Count = 30
+    # seconds a client has from connecting to sending its request and token; a link still
+    # without a verified token then is closed (status requests need none, but count)
+    authentication_timeout: Seconds = 10.0
+    # client links whose token is not verified yet, all together: more are closed at once
+    unauthenticated_connections: Count = 256
+    # client links whose token is not verified yet from one address (behind gorouter that is
+    # a router's address, shared by all its users: allow for the routers' count)
+    unauthenticated_connections_per_peer: Count = 32
 
 
 class ApiBufferConfig(BufferConfig, frozen=True):

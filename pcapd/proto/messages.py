@@ -411,6 +411,12 @@ Message = (
 MESSAGE_TYPES: Final[tuple[type[Message], ...]] = get_args(Message)
 
 
+def fit_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, ending with "…" when cut: a message for a person
+    (a refusal quoting 1,024 instances, a long filter) must still reach them."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def type_code(msg: Message | type[Message]) -> str:
     """The wire ``type`` of a message or message class, e.g. ``status_reply``."""
     tag = msg.__struct_config__.tag

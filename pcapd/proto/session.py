@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass
 from typing import Final, TypedDict, Unpack, overload
 
+import msgspec
+
 from pcapd.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from pcapd.proto.codec import (
     MAX_BINARY_MESSAGE,
@@ -58,6 +60,7 @@ from pcapd.proto.messages import (
     Stop,
     Token,
     Welcome,
+    fit_text,
     type_code,
 )
 
@@ -196,7 +199,12 @@ class _Session:
     @overload
     def send(self, msg: Message) -> str: ...
     def send(self, msg: Message | Data) -> str | bytes:
-        """The wire payload for ``msg``; LocalProtocolError (and no change) if not allowed now."""
+        """The wire payload for ``msg``; LocalProtocolError (and no change) if not allowed now.
+
+        A text for people (``error``, ``message``, ``end``) too long for the field is cut to
+        fit, with "…": the person still reads why, instead of the link breaking."""
+        if isinstance(msg, Error | Notice | End) and len(msg.text) > MAX_TEXT:
+            msg = msgspec.structs.replace(msg, text=fit_text(msg.text))
         if isinstance(msg, Data):
             self._check_data(msg, LocalProtocolError, sending=True)
             binary = encode_data(msg.watermark, msg.payload, max_size=self.max_binary)
@@ -225,10 +233,7 @@ class _Session:
         if self._error_sent or self._error_received:
             return None
         code: Code = exc.code if exc.code in CODES else "INVALID_REQUEST"
-        text = str(exc)
-        if len(text) > MAX_TEXT:
-            text = text[: MAX_TEXT - 1] + "…"
-        return self.send(Error(code=code, text=text))
+        return self.send(Error(code=code, text=str(exc)))
 
     # --- receiving -------------------------------------------------------------------------
 

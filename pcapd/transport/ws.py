@@ -125,6 +125,7 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                           handshake_timeout: float = HANDSHAKE_TIMEOUT,
                           http_timeout: float = HTTP_TIMEOUT,
                           unix_path: str | None = None,
+                          max_message_size: int = MAX_MESSAGE,
                           check_client: Callable[[bytes | None], str | None] | None = None,
                           task_status: trio.TaskStatus[list[trio.SocketListener]]
                           = trio.TASK_STATUS_IGNORED) -> None:
@@ -139,7 +140,9 @@ async def serve_websocket(handler: Handler, host: str, port: int,
     instead of TCP (local mode: a link that no capture of a network interface can see, so
     capturing ``lo`` never captures its own output). With ``check_client`` the TLS client's
     certificate (DER) is checked right after the TLS handshake, before anything is read: a
-    reason it gives drops the connection (the agent accepts only the api's identity).
+    reason it gives drops the connection (the agent accepts only the api's identity). A
+    message over ``max_message_size`` bytes closes the connection (1009) before more of it is
+    buffered.
     """
 
     async def on_connection(tcp: trio.SocketStream) -> None:
@@ -160,7 +163,8 @@ async def serve_websocket(handler: Handler, host: str, port: int,
                         # the head read is handed back first: wsproto parses it from byte 0
                         request = await trio_websocket.wrap_server_stream(
                             nursery, ReplayStream(stream, head.received),
-                            max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
+                            max_message_size=max_message_size,
+                            receive_buffer_size=RECEIVE_BUFFER)
                         headers = list(request.headers)
                         ws = await request.accept()
             except trio.TooSlowError:
