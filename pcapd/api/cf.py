@@ -160,9 +160,11 @@ class CfResolver(UaaPlatform):
         unknown = [i for i in wanted if i not in by_index]
         if unknown:  # the user's mistake, not an instance down: nothing is captured
             have = ", ".join(str(i) for i in sorted(by_index)) or "none"
-            raise Refusal("INVALID_REQUEST", f"{name} has no instance "
-                          f"{', '.join(map(str, unknown))} (--instance); it has {have} "
-                          f"(`cf app {name}`)")
+            asked = ", ".join(map(str, unknown[:10]))
+            if len(unknown) > 10:
+                asked += f" and {len(unknown) - 10} more"
+            raise Refusal("INVALID_REQUEST", f"{name} has no instance {asked} (--instance); "
+                          f"it has {have} (`cf app {name}`)")
         jobs: list[AgentJob] = []
         unavailable: list[Unavailable] = []
         names: list[tuple[str, str]] = []
