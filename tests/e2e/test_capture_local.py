@@ -114,10 +114,11 @@ async def test_stdout_holds_nothing_but_pcapng_while_the_capture_runs() -> None:
                 stdout=-1, stderr=-1)
 
             async def traffic() -> None:
-                for _ in range(200):  # bounded: tshark leaves after 5 packets
+                # until the pipeline ends (tshark leaves after 5 packets): the capture may
+                # start well after the first datagrams (a loaded machine, the filter's compile)
+                while pcapd.poll() is None:
                     await send_udp(a, "127.0.0.1", 9999, 5, marker=b"pipe")
-                    if pcapd.returncode is not None:
-                        return
+                    await trio.sleep(0.05)  # pacing the sender, not waiting for an event
 
             nursery.start_soon(traffic)
             assert pcapd.stdout is not None
