@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import re
 import resource
 import struct
@@ -27,8 +26,6 @@ CPU_SECONDS = 2
 """CPU seconds one compile may use: a 100-term ``or`` chain takes ~0.9 s, 25 terms 16 ms."""
 MEMORY = 1 << 30
 """Address space of the compiling child (the optimiser used 31 MB for 200 terms)."""
-NICE = 10
-"""The compiling child's niceness: the server's own work goes first."""
 
 Link = tuple[str, int, str, int]
 """A TCP connection to leave out: ``(local_ip, local_port, remote_ip, remote_port)``."""
@@ -202,15 +199,14 @@ class CompileResult(msgspec.Struct, frozen=True):
 
 
 def _limit_self() -> None:
-    """CPU, memory and priority limits on this process. A sandbox that forbids even lowering
-    them (a seccomp filter without ``setrlimit``; the shipped systemd units allow it) leaves
-    the parent's wall-clock deadline as the bound."""
+    """CPU and memory limits on this process. A sandbox that forbids even lowering them (a
+    seccomp filter without ``setrlimit``; the shipped systemd units allow it) leaves the
+    parent's wall-clock deadline as the bound. Not niced: on a saturated machine a niced
+    child may starve past that deadline, and the CPU limit already bounds what it takes."""
     for limit, value in ((resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1)),
                          (resource.RLIMIT_AS, (MEMORY, MEMORY))):
         with contextlib.suppress(OSError):
             resource.setrlimit(limit, value)
-    with contextlib.suppress(OSError):
-        os.nice(NICE)
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ terms: ``port 1 or … or port 200`` (2.3 KiB) took 9 s of CPU, near the 8 KiB l
 (docs/performance.md, "Under attack"). In a server's own process, even in a worker thread, that
 froze every other request and every running capture. So the api and the agent compile a
 user's filter only in a child: ``python -m pcapd.agent.bpf`` reads one request on stdin,
-limits itself (:data:`~.bpf.CPU_SECONDS` of CPU, :data:`~.bpf.MEMORY` of memory, a lower
-priority), compiles and writes the result on stdout; the parent waits without blocking its
+limits itself (:data:`~.bpf.CPU_SECONDS` of CPU, :data:`~.bpf.MEMORY` of memory),
+compiles and writes the result on stdout; the parent waits without blocking its
 event loop and kills it after :data:`WALL_SECONDS` (a slow DNS answer included). A child
 costs ~40 ms to start, once per capture start and only for a non-empty filter.
 """
