@@ -13,8 +13,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,15 +180,9 @@ async def download_capture(plan: CapturesPlan, prefix: str, write: str | None) -
         await _download_to_stdout(plan, answer)
         return
     partial = partial_path(target)
-    verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
     stderr = Console(stderr=True)
     try:
-        async with httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0)) as http, \
-                http.stream("GET", answer.url) as response:
-            if response.status_code != 200:
-                raise CapturesError(f"download of {capture_id} refused: HTTP "
-                                    f"{response.status_code} (the link may have expired: ask "
-                                    "again with `pcapd captures download`)")
+        async with _fetched(plan, answer) as response:
             total = int(response.headers.get("content-length", 0)) or answer.capture.size
             with Progress("[progress.description]{task.description}", BarColumn(),
                           DownloadColumn(), TransferSpeedColumn(), console=stderr,
@@ -204,15 +198,28 @@ async def download_capture(plan: CapturesPlan, prefix: str, write: str | None) -
                         await out.write(chunk)
                         bar.advance(task, len(chunk))
         await trio.to_thread.run_sync(lambda: partial_into_place(partial, target, force=force))
-    except httpx.HTTPError as exc:
-        await trio.Path(partial).unlink(missing_ok=True)
-        raise CapturesError(f"download of {capture_id} failed: {exc}") from None
     except BaseException:
         await trio.Path(partial).unlink(missing_ok=True)
         raise
     stderr.print(f"{target}: capture {capture_id} ({answer.capture.packets:,} packets, "
                  f"{answer.capture.reason})", highlight=False, markup=False)
 
+
+@asynccontextmanager
+async def _fetched(plan: CapturesPlan, answer: Download) -> AsyncIterator[httpx.Response]:
+    """The download link's answer, streamed; a refusal or a failed transfer in one line."""
+    capture_id = answer.capture.capture_id
+    verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
+    try:
+        async with httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0)) as http, \
+                http.stream("GET", answer.url) as response:
+            if response.status_code != 200:
+                raise CapturesError(f"download of {capture_id} refused: HTTP "
+                                    f"{response.status_code} (the link may have expired: ask "
+                                    "again with `pcapd captures download`)")
+            yield response
+    except httpx.HTTPError as exc:
+        raise CapturesError(f"download of {capture_id} failed: {exc}") from None
 
 
 def _download_target(name: str, force: bool) -> Path:
@@ -224,19 +231,11 @@ def _download_target(name: str, force: bool) -> Path:
 
 async def _download_to_stdout(plan: CapturesPlan, answer: Download) -> None:
     """``captures download ID -w -``: the pcapng to stdout (``| tshark -r -``), nothing else."""
-    verify = plan.api.ssl_context if plan.api.ssl_context is not None else True
     out = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     try:
-        async with httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0)) as http, \
-                http.stream("GET", answer.url) as response:
-            if response.status_code != 200:
-                raise CapturesError(f"download of {answer.capture.capture_id} refused: HTTP "
-                                    f"{response.status_code} (the link may have expired: ask "
-                                    "again with `pcapd captures download`)")
+        async with _fetched(plan, answer) as response:
             async for chunk in response.aiter_bytes(CHUNK):
                 await out.send_all(chunk)
-    except httpx.HTTPError as exc:
-        raise CapturesError(f"download of {answer.capture.capture_id} failed: {exc}") from None
     except (BrokenPipeError, trio.BrokenResourceError):
         return  # the reader had enough (| head): not an error
     finally:
