@@ -113,7 +113,9 @@ class BoshResolver(UaaPlatform):
             for wanted in target.instances:
                 if wanted not in known:
                     raise Refusal("INVALID_REQUEST", f"no instance {wanted} in group(s) "
-                                  f"{', '.join(target.groups)} of {target.deployment}")
+                                  f"{', '.join(target.groups)} of {target.deployment}; it has "
+                                  f"{_listed(chosen)} (`bosh -d {target.deployment} "
+                                  "instances`)")
             chosen = [i for i in chosen if _instance_names(i) & set(target.instances)]
         jobs: list[AgentJob] = []
         unavailable: list[Unavailable] = []
@@ -130,6 +132,20 @@ class BoshResolver(UaaPlatform):
         groups_text = ",".join(target.groups)
         return Resolution(jobs, unavailable, names, identity,
                           target=f"bosh:{target.deployment}/{groups_text}")
+
+
+def _listed(instances: list[dict[str, Any]], most: int = 10) -> str:
+    """``router/0 (d55b…), router/1 (8f3a…)``: the instances a user could have named."""
+    named = sorted((str(i.get("job")), _index(i), str(i.get("id"))) for i in instances)
+    shown = ", ".join(f"{group}/{index} ({uid})" if index >= 0 else f"{group}/{uid}"
+                      for group, index, uid in named[:most])
+    more = f" and {len(named) - most} more" if len(named) > most else ""
+    return (shown + more) or "none"
+
+
+def _index(instance: dict[str, Any]) -> int:
+    index = instance.get("index")
+    return index if isinstance(index, int) and not isinstance(index, bool) else -1
 
 
 def _instance_names(instance: dict[str, Any]) -> set[str]:

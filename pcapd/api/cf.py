@@ -89,7 +89,8 @@ class CfResolver(UaaPlatform):
             what="Cloud Controller")
         if status == 404:
             raise Refusal("INVALID_REQUEST", f"app {name} has no process of type "
-                          f"{kind!r} (--process-type)")
+                          f"{kind!r} (--process-type); it has "
+                          f"{await self._process_types(app_url, token)}")
         self._check(status, process, name)
         process_guid = _owned_process(process, guid, kind, name)
         status, stats = await get_json(
@@ -133,6 +134,16 @@ class CfResolver(UaaPlatform):
                 return {**app, "included": included}
         raise Refusal("INVALID_REQUEST", f"app {target.app} not found in the targeted space "
                       "(or you may not see it): check `cf apps`")
+
+    async def _process_types(self, app_url: str, token: str) -> str:
+        """``web, worker``: what ``--process-type`` may name for this app (the user's mistake
+        shows what exists); ``?`` when Cloud Controller does not say."""
+        status, found = await get_json(self.http, f"{app_url}/processes", token=token,
+                                       what="Cloud Controller")
+        resources = found.get("resources") if status == 200 and isinstance(found, dict) else None
+        types = sorted({str(p["type"]) for p in resources or []
+                        if isinstance(p, dict) and isinstance(p.get("type"), str)})
+        return ", ".join(types[:10]) or "?"
 
     async def _get(self, url: str, token: str, app: str) -> tuple[int, Any]:
         status, body = await get_json(self.http, url, token=token, what="Cloud Controller")

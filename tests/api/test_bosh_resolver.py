@@ -256,7 +256,9 @@ async def test_an_unknown_instance_id(bosh: Bosh, http: httpx.AsyncClient) -> No
         refusal = await refused(bosh_resolver, start(deployment, "router", ids=(router.id, wanted)),
                                 token)
         assert refusal.code == "INVALID_REQUEST"
-        assert refusal.text == f"no instance {wanted} in group(s) router of {deployment.name}"
+        assert refusal.text == (f"no instance {wanted} in group(s) router of {deployment.name}; "
+                                f"it has router/0 ({router.id}) (`bosh -d {deployment.name} "
+                                "instances`)")  # what there is to choose from
 
 
 # --- tokens -----------------------------------------------------------------------------------

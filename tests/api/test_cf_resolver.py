@@ -188,7 +188,8 @@ async def test_an_unknown_process_type_is_invalid(cf: Cf, http: httpx.AsyncClien
     refusal = await refused(resolver(cf.cc.url, http),
                             start(app.name, space, process_type="worker"), cf.uaa.issue(ALICE))
     assert refusal.code == "INVALID_REQUEST"
-    assert refusal.text == f"app {app.name} has no process of type 'worker' (--process-type)"
+    assert refusal.text == (f"app {app.name} has no process of type 'worker' (--process-type); "
+                            "it has web")  # what there is to choose from
 
 
 # --- not found --------------------------------------------------------------------------------
