@@ -7,6 +7,8 @@ created, stops pcapd with SIGINT and reads the result with tshark and capinfos.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from pathlib import Path
 
@@ -111,7 +113,9 @@ async def test_stdout_holds_nothing_but_pcapng_while_the_capture_runs() -> None:
             pcapd = await trio.lowlevel.open_process(
                 ["sh", "-c", f"'{_pcapd()}' capture local --netns {a.name} -i lo -f udp -w - "
                  "| tshark -r - -c 5 -T fields -e frame.interface_name"],
-                stdout=-1, stderr=-1)
+                stdout=-1, stderr=-1, start_new_session=True)
+            # whatever happens, nothing of the pipeline outlives the test
+            nursery.start_soon(_killed_at_exit, pcapd.pid)
 
             async def traffic() -> None:
                 # until the pipeline ends (tshark leaves after 5 packets): the capture may
@@ -128,6 +132,15 @@ async def test_stdout_holds_nothing_but_pcapng_while_the_capture_runs() -> None:
             assert await pcapd.wait() == 0
             nursery.cancel_scope.cancel()
     assert out.decode().split() == [f"{a.name}:lo"] * 5
+
+
+async def _killed_at_exit(group: int) -> None:
+    """Kill the process group ``group`` when the surrounding nursery ends."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
 
 async def test_bad_filter_fails_before_any_agent_is_contacted(tmp_path: Path) -> None:
