@@ -333,7 +333,8 @@ def test_setup_blocks_are_what_ci_runs() -> None:
     assert blocks, "the user guide's install step is marked <!-- setup -->"
     for block in blocks:
         for line in block.text.splitlines():
-            words = tuple(w for w in shlex.split(line, comments=True) if w != "sudo")
+            setup = line.split("&&")[0]  # `dev/setup && <the main job>`: see the next test
+            words = tuple(w for w in shlex.split(setup, comments=True) if w != "sudo")
             if words and words not in _SETUP_COMMANDS and words[:1] != ("cd",):
                 pytest.fail(f"{block.where}: {line!r} is not a command CI runs")
     ci = (ROOT / ".ci" / "run").read_text()
@@ -341,6 +342,26 @@ def test_setup_blocks_are_what_ci_runs() -> None:
     version = subprocess.run([str(ROOT / ".venv" / "bin" / "pcapd"), "version"],
                              capture_output=True, text=True, check=False)
     assert version.returncode == 0 and version.stdout.startswith("pcapd ")
+
+
+@pytest.mark.root
+def test_the_quick_starts_main_job_runs_as_written(tmp_path: Path) -> None:
+    """What follows ``dev/setup &&`` in a setup block (the README's quick start) runs as
+    written, from a directory of its own, and leaves a file the real readers take."""
+    jobs = [(b, part) for doc in guides() for b in fenced_blocks(doc) if b.marker == "setup"
+            for line in b.text.splitlines() for part in line.split("&&")[1:]]
+    assert jobs, "the README's quick start runs the main job after dev/setup"
+    for block, command in jobs:
+        words = [w for w in shlex.split(command) if w != "sudo"]
+        assert words[:3] == [".venv/bin/pcapd", "capture", "local"], f"{block.where}: {command}"
+        done = subprocess.run([str(ROOT / words[0]), *words[1:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{block.where}: {done.stderr}"
+        written = tmp_path / words[words.index("-w") + 1]
+        info = subprocess.run(["capinfos", "-c", str(written)], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert info.returncode == 0 and "Number of packets" in info.stdout, info.stderr
+        written.unlink()
 
 
 def test_config_reference_is_up_to_date() -> None:
