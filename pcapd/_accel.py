@@ -31,19 +31,5 @@ def _load(name: str) -> ModuleType | None:
 walk = _load("_pcapngwalk")
 """``epb_run`` and ``check_epbs`` of :mod:`pcapd.pcapng.packets`, in C."""
 
-CAPTURE_ENV = "PCAPD_COMPILED_CAPTURE"
-"""``1`` turns the compiled capture engine on (it is built, but off by default: see below)."""
-
-
-def _capture_engine() -> ModuleType | None:
-    """The compiled capture engine, only where asked for. A capture through it stalled now and
-    then with no packet delivered (``tests/test_extcap.py::test_a_closed_fifo_ends_the_capture``
-    failed 1 run in 5 to 10 with it, 0 in 10 without; cause not found yet): cypcap's engine
-    stays the default until it is."""
-    if os.environ.get(CAPTURE_ENV, "") in ("", "0"):
-        return None
-    return _load("_capture")
-
-
-capture = _capture_engine()
+capture = _load("_capture")
 """``Handle``: a libpcap handle whose dispatch writes pcapng EPBs into one buffer, in C."""
