@@ -20,8 +20,7 @@ from pcapd.errors import PcapngFormatError
 from pcapd.pcapng import packets
 
 pytestmark = pytest.mark.skipif(
-    _accel.walk is None,
-    reason=f"the compiled walker is off (on with {_accel.ENABLE_ENV}=1) or not built",
+    _accel.walk is None, reason=f"the compiled walker is off ({_accel.DISABLE_ENV}) or not built"
 )
 
 
