@@ -282,12 +282,14 @@ class ApiCapture:
         return await self._finish()
 
     async def _begin(self, ready: list[SourceRun]) -> None:
+        await self.output.send_message(Started(capture_id=self.capture_id, sources=[
+            Source(id=new_id, name=s.name, description=s.description)
+            for new_id, s in enumerate(ready)], limits=self._limits_in_force()))
+        # ids only now, with the header queued before any packet: a source's payloads stay
+        # pending while its id is unset, and the await above lets them arrive
         for new_id, source in enumerate(ready):
             source.id = new_id
             source.merge_id = self.merge.add_source(trio.current_time())
-        await self.output.send_message(Started(capture_id=self.capture_id, sources=[
-            Source(id=s.id, name=s.name, description=s.description) for s in ready],
-            limits=self._limits_in_force()))
         missing = [s for s in self.sources if s.idb is None or s.failure is not None]
         self._placeholders = missing
         header = [encode_section_header(user_application=f"pcapd {__version__}",

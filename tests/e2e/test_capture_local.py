@@ -205,3 +205,29 @@ async def test_capturing_host_lo_does_not_capture_its_own_stream(tmp_path: Path)
                        "-w", str(out)), capture_stderr=True, check=False)
     assert result.returncode == 0, result.stderr
     assert tshark_fields(out, "frame.number") == [], "pcapd captured its own links"
+
+
+async def test_the_file_starts_with_its_header_when_packets_arrive_at_once(
+        tmp_path: Path) -> None:
+    """Packets that reach the api while it tells the user the capture started were once
+    written before the section header (a file no reader opens): the README's quick start on a
+    busy loopback. Five captures under a flood, each read whole by capinfos."""
+    stop = trio.Event()
+
+    async def flood() -> None:
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        with sock:
+            while not stop.is_set():
+                await sock.sendto(b"x" * 64, ("127.0.0.1", 9))
+                await trio.sleep(0.0005)  # pacing the sender, not waiting for an event
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            for i in range(5):
+                out = tmp_path / f"busy{i}.pcapng"
+                await trio.run_process([_pcapd(), "capture", "local", "-i", "lo", "-c", "200",
+                                        "--duration", "2", "-w", str(out)],
+                                       capture_stdout=True, capture_stderr=True)
+                run_tool("capinfos", "-c", out)  # raises on a damaged file
+            stop.set()
