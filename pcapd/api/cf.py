@@ -212,26 +212,31 @@ def _owned_process(process: Any, app_guid: str, kind: str, name: str) -> str:
     return process_guid
 
 
-def _included_name(app: dict[str, Any], kind: str) -> str:
-    """``name (guid)`` of the app's space or org from CC's ``included``; ``?`` if absent."""
-    try:
-        entry = app["included"][kind][0]
-        return f"{entry['name']} ({entry['guid']})"
-    except (TypeError, KeyError, IndexError):
-        return "?"
-
-
-def _org_space(app: dict[str, Any]) -> str:
-    """``my-org/dev/`` from the ``included`` space and organization of an app answer; ``""``
-    when Cloud Controller did not include them."""
+def _space_and_org(app: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The app's space and organization from CC's ``included``; None when it did not say."""
     try:
         included = app["included"]
         space = next(s for s in included["spaces"] if s["guid"] == _space_guid(app))
         org_guid = space["relationships"]["organization"]["data"]["guid"]
         org = next(o for o in included["organizations"] if o["guid"] == org_guid)
-        return f"{org['name']}/{space['name']}/"
+        return space, org
     except (TypeError, KeyError, StopIteration):
-        return ""
+        return None
+
+
+def _included_name(app: dict[str, Any], kind: str) -> str:
+    """``name (guid)`` of the app's ``spaces`` or ``organizations`` entry; ``?`` if absent."""
+    found = _space_and_org(app)
+    if found is None:
+        return "?"
+    entry = found[0] if kind == "spaces" else found[1]
+    return f"{entry.get('name')} ({entry.get('guid')})"
+
+
+def _org_space(app: dict[str, Any]) -> str:
+    """``my-org/dev/`` for the target label; ``""`` when Cloud Controller did not say."""
+    found = _space_and_org(app)
+    return "" if found is None else f"{found[1].get('name')}/{found[0].get('name')}/"
 
 
 def _space_guid(app: dict[str, Any]) -> object:
