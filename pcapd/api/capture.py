@@ -1,7 +1,9 @@
 """One capture on the api: fan out to the agents, merge their streams, feed one output.
 
-Theory of operation. Every source (agent × namespace × device) gets a task that connects over
-mutual TLS, starts the agent's capture and pushes what arrives into the live merge. The api
+Theory of operation. Every source (agent × namespace × device) gets a task
+(:mod:`pcapd.api.source`) that connects over mutual TLS, starts the agent's capture and pushes
+what arrives into the live merge; what is counted and decided (limits, the cut, partial or
+complete, the statistics) is the :class:`~pcapd.api.ledger.Ledger`'s, this module wires it. The api
 waits until each source has either sent its Interface Description Block or failed (bounded by
 ``START_TIMEOUT``), then fixes the output's interface ids in request order, writes the Section
 Header and every IDB, and tells the user which sources run and which are unavailable — so the
@@ -19,17 +21,16 @@ import logging
 import math
 import ssl
 import time
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
 from pcapd import __version__
-from pcapd.api.agents import AgentJob, AgentLink, AgentPayload, AgentRefused, open_agent_capture
-from pcapd.api.ledger import Account, Ledger, Limit, effective_limits
+from pcapd.api.agents import AgentPayload
+from pcapd.api.ledger import Ledger, Limit, effective_limits
 from pcapd.api.resolve import Resolution
+from pcapd.api.source import Dial, SourceRun
 from pcapd.config import ApiConfig
-from pcapd.errors import PcapngFormatError
 from pcapd.flow import DropGate
 from pcapd.merge import Merge
 from pcapd.pcapng import (
@@ -44,7 +45,6 @@ from pcapd.pcapng import (
 )
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
-    CaptureLimits,
     Code,
     Counters,
     End,
@@ -53,13 +53,11 @@ from pcapd.proto import (
     Start,
     Started,
     Statistics,
-    Stop,
 )
 from pcapd.proto.messages import EndReason
 from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.queue import PacketQueue
-from pcapd.transport.ws import LinkClosed
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +74,6 @@ was ~10 s, and it was given up as dead)."""
 SEND_LINGER = 0.01
 """Seconds the sender may wait to fill a whole ``MAX_PAYLOAD`` message under load, rather than
 send many small ones (each costs framing, and a write on the user's side, whatever its size)."""
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_TIMEOUT = 10.0
-RECONNECT_INTERVAL = 1.0
-"""Seconds between attempts to reach a lost agent again (within agents.reconnect_grace)."""
 AGENT_DURATION_MARGIN = 30.0
 """Agents stop by themselves this long after the api's duration: a safety net, never the rule."""
 
@@ -100,21 +94,6 @@ class CaptureFailed(Exception):
         self.text = text
 
 
-@dataclass(eq=False)
-class SourceRun:
-    """One source of the capture: its agent link and task; ``account`` holds its books."""
-
-    job: AgentJob
-    account: Account
-    agent: AgentLink | None = None
-    merge_id: int | None = None
-    pending: list[AgentPayload] = field(default_factory=list)
-    gap_note: str | None = None
-    """The comment for the first packet after a gap."""
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-
-
 class ApiCapture:
     """Runs one capture to its end; :meth:`request_stop` ends it gracefully."""
 
@@ -127,13 +106,15 @@ class ApiCapture:
         self.resolution = resolution
         self.identity = resolution.identity
         self.output = output
-        self.agent_tls = agent_tls
         self.ledger = Ledger(effective_limits(start.limits, config.limits),
                              [job.origin for job in resolution.jobs],
                              [(u.origin, u.text) for u in resolution.unavailable])
-        self.sources = [SourceRun(job, account)
+        dial = Dial(capture_id, start.options, self.ledger.for_agents(AGENT_DURATION_MARGIN),
+                    agent_tls, config.agents.server_name, connect_timeout=START_TIMEOUT,
+                    reconnect_grace=config.agents.reconnect_grace)
+        self.sources = [SourceRun(job, account, self, dial)
                         for job, account in zip(resolution.jobs, self.ledger.accounts,
-                                                   strict=True)]
+                                                strict=True)]
         self._token_renewed = trio.Event()
         self._drain_notice: str | None = None
         self.merge = Merge(lateness=config.merge.lateness,
@@ -141,7 +122,7 @@ class ApiCapture:
         buf = config.buffer
         self.queue = PacketQueue(DropGate(buf.size, buf.upper_limit, buf.lower_limit))
         self.started_ns = time.time_ns()
-        self._stop = trio.Event()
+        self.stop_requested = trio.Event()
         self._settled = trio.Event()
         self._data = trio.Event()
         self._closing = False
@@ -152,11 +133,11 @@ class ApiCapture:
     def request_stop(self, reason: EndReason, text: str = "", limit: str | None = None) -> None:
         """Stop gracefully; the first reason given is the one the user sees."""
         self.ledger.stop(reason, text, limit)
-        self._stop.set()
+        self.stop_requested.set()
 
     def drain(self, text: str) -> None:
         """The api shuts down: tell the user, then stop gracefully (reason ``drained``)."""
-        if not self._stop.is_set():
+        if not self.stop_requested.is_set():
             self._drain_notice = text
         self.request_stop("drained", text)
 
@@ -174,8 +155,8 @@ class ApiCapture:
             with trio.move_on_after(max(left, 0)):
                 await renewed.wait()
                 continue
-            await self._notify("LIMIT_REACHED", "token expired: the capture ends here (log in "
-                               "again to capture longer)", limit="token")
+            await self.notify("LIMIT_REACHED", "token expired: the capture ends here (log in "
+                              "again to capture longer)", limit="token")
             self.request_stop("limit", "token expired", "token")
             return
 
@@ -185,7 +166,7 @@ class ApiCapture:
         """Start every source, stream until stopped, end. Raises :class:`CaptureFailed`."""
         async with open_nursery() as agents:
             for source in self.sources:
-                agents.start_soon(self._source_task, source)
+                agents.start_soon(source.run)
             with trio.move_on_after(START_TIMEOUT):
                 await self._settled.wait()
             for source in self.sources:
@@ -209,9 +190,9 @@ class ApiCapture:
                 if "max_duration" in self.ledger.limits:
                     io.start_soon(self._duration_timer, self.ledger.limits["max_duration"])
                 io.start_soon(self._token_timer)
-                await self._stop.wait()
+                await self.stop_requested.wait()
                 if self._drain_notice is not None:
-                    await self._notify("CAPTURE_STOPPED", self._drain_notice)
+                    await self.notify("CAPTURE_STOPPED", self._drain_notice)
                 await self._stop_sources()
                 self._closing = True
                 self._wake()
@@ -244,10 +225,10 @@ class ApiCapture:
                                                   origin=unavailable.origin))
         for source in self.sources:
             if source.account.failure is not None:
-                await self._notify(*source.account.failure, source)
+                await self.notify(*source.account.failure, source)
         for source in ready:
             for payload in source.pending:
-                self._push(source, payload)
+                self.push(source, payload)
             source.pending.clear()
         self._wake()
 
@@ -255,148 +236,37 @@ class ApiCapture:
         await trio.sleep(limit.value)
         verdict = self.ledger.duration_reached()
         if verdict.notice is not None:
-            await self._notify("LIMIT_REACHED", verdict.notice, limit=verdict.limit)
+            await self.notify("LIMIT_REACHED", verdict.notice, limit=verdict.limit)
         self.request_stop(verdict.reason, verdict.text, verdict.limit)
 
     # --- sources ---------------------------------------------------------------------------
 
-    async def _source_task(self, source: SourceRun) -> None:
-        limits = self.ledger.for_agents(AGENT_DURATION_MARGIN)
-        job, account = source.job, source.account
-        try:
-            with source.scope:
-                attempt = 0
-                while True:
-                    try:
-                        await self._from_agent(source, limits, attempt)
-                        return
-                    except (LinkClosed, PcapngFormatError) as exc:
-                        if account.idb is None or account.id < 0 or self._stop.is_set():
-                            raise
-                        attempt += 1
-                        if not await self._resume(source, exc, attempt):
-                            raise
-        except AgentRefused as exc:
-            account.failure = (exc.code if exc.code in _CODES else "START_CAPTURE_FAILED",
-                               exc.text)  # type: ignore[assignment]
-            account.why = account.why or f"start failed: {exc.text}"
-        except (LinkClosed, PcapngFormatError) as exc:
-            what = "lost" if account.idb is not None else "unavailable"
-            account.failure = account.failure or (  # (set when the reconnect grace ran out)
-                "INSTANCE_UNAVAILABLE", f"{job.origin} ({job.address}) {what}: {exc}")
-            detail = str(exc).removeprefix(f"{job.address}: ").removeprefix("cannot connect: ")
-            account.why = account.why or (f"lost: {exc}" if account.idb is not None else
-                                          f"cannot connect to its agent at {job.address}: "
-                                          f"{detail}")
-        finally:
-            await self._source_gone(source)
-
-    async def _from_agent(self, source: SourceRun, limits: CaptureLimits, attempt: int) -> None:
-        """One agent capture for ``source``, until its ``end`` (the first, or a resumption)."""
-        account = source.account
-        suffix = f"-r{attempt}" if attempt else ""
-        async with open_agent_capture(
-                source.job, capture_id=f"{self.capture_id}-{account.index}{suffix}",
-                options=self.start.options, limits=limits, ssl_context=self.agent_tls,
-                server_name=self.config.agents.server_name,
-                connect_timeout=START_TIMEOUT) as agent:
-            source.agent = agent
-            announced = agent.started.sources[0]
-            account.name, account.description = announced.name, announced.description
-            if attempt:
-                source.merge_id = self.merge.add_source(trio.current_time())
-                account.resumed()
-                await self._notify("CAPTURE_RESUMED", f"{account.name}: capturing again after "
-                                   f"a gap (attempt {attempt}); the first packet after it "
-                                   "carries a comment", source)
-            async with open_nursery() as nursery:
-                nursery.start_soon(agent.link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-                await self._receive(source, agent)
-                nursery.cancel_scope.cancel()
-
-    async def _resume(self, source: SourceRun, lost: Exception, attempt: int) -> bool:
-        """A started source's agent went away: tell the user, and wait (bounded) until its
-        agent answers again. False when the grace period passed or the capture stops."""
-        account = source.account
-        account.lost()
-        source.agent = None
-        if source.merge_id is not None:
-            self.merge.remove_source(source.merge_id, trio.current_time())
-            source.merge_id = None
-        grace = self.config.agents.reconnect_grace
-        gap_start = time.time()
-        if attempt == 1 or source.gap_note is None:
-            await self._notify("INSTANCE_UNAVAILABLE", f"{account.name} lost ({lost}): "
-                               f"reconnecting for up to {grace:g}s", source)
-        deadline = trio.current_time() + grace
-        while trio.current_time() < deadline and not self._stop.is_set():
-            with trio.move_on_at(min(deadline, trio.current_time() + RECONNECT_INTERVAL)):
-                await self._stop.wait()
-            if self._stop.is_set():
-                return False
-            if await _answers(source.job):
-                source.gap_note = (f"pcapd: {account.name} resumed after a gap that began at "
-                                   f"{time.strftime('%H:%M:%S', time.gmtime(gap_start))} UTC "
-                                   "(its agent was unreachable): packets in between were not "
-                                   "captured")
-                return True
-        if not self._stop.is_set():
-            account.failure = ("INSTANCE_UNAVAILABLE",
-                               f"{source.job.origin} ({source.job.address}) not back within "
-                               f"{grace:g}s (agents.reconnect_grace): given up (lost: {lost})")
-            account.why = (f"lost at {time.strftime('%H:%M:%S', time.gmtime(gap_start))} UTC "
-                           f"and not back within {grace:g}s: {lost}")
-        return False
-
-    async def _receive(self, source: SourceRun, agent: AgentLink) -> None:
-        account = source.account
-        while True:
-            msg = await agent.receive()
-            if isinstance(msg, AgentPayload):
-                if msg.interfaces and account.started(msg.interfaces[0]):
-                    self._check_settled()
-                if account.id < 0:
-                    source.pending.append(msg)
-                else:
-                    self._push(source, msg)
-            elif isinstance(msg, Statistics):
-                if msg.sources:
-                    account.reported(msg.sources[0])
-            elif isinstance(msg, Notice):
-                await self._notify(msg.code, msg.text, source, party=msg.party,
-                                   count=msg.count)
-            elif isinstance(msg, End):
-                account.ended(msg)
-                return
-
-    async def _source_gone(self, source: SourceRun) -> None:
+    async def source_gone(self, source: SourceRun) -> None:
         """Bookkeeping for a source that ended, failed or was cancelled."""
         account = source.account
         with trio.CancelScope(shield=True):
-            if source.merge_id is not None:
-                self.merge.remove_source(source.merge_id, trio.current_time())
-                source.merge_id = None
+            source.leave_merge()
             account.gone()
             if account.end is not None:
-                if not self._stop.is_set():
-                    await self._notify("CAPTURE_STOPPED", f"{account.name}: the agent stopped "
-                                       f"the capture ({account.end.reason}"
-                                       f"{': ' + account.end.text if account.end.text else ''})",
-                                       source)
+                if not self.stop_requested.is_set():
+                    await self.notify("CAPTURE_STOPPED", f"{account.name}: the agent stopped "
+                                      f"the capture ({account.end.reason}"
+                                      f"{': ' + account.end.text if account.end.text else ''})",
+                                      source)
             elif account.failure is not None and account.id >= 0:
-                await self._notify(*account.failure, source)
+                await self.notify(*account.failure, source)
             account.over()
             source.done.set()
-            self._check_settled()
+            self.check_settled()
             self._wake()
             if (verdict := self.ledger.all_gone()) is not None:
                 self.request_stop(*verdict)
 
-    def _check_settled(self) -> None:
+    def check_settled(self) -> None:
         if self.ledger.settled:
             self._settled.set()
 
-    def _push(self, source: SourceRun, payload: AgentPayload) -> None:
+    def push(self, source: SourceRun, payload: AgentPayload) -> None:
         if source.merge_id is None:
             return
         now = trio.current_time()
@@ -419,11 +289,7 @@ class ApiCapture:
     async def _stop_sources(self) -> None:
         """Ask every running agent to stop; wait (bounded) for their tails and ``end``."""
         for source in self.sources:
-            if source.agent is not None and not source.done.is_set():
-                try:
-                    await source.agent.link.send(Stop(reason=self.ledger.agent_stop_reason()))
-                except LinkClosed:
-                    pass
+            await source.stop(self.ledger.agent_stop_reason())
         with trio.move_on_after(STOP_TIMEOUT):
             for source in self.sources:
                 await source.done.wait()
@@ -462,7 +328,7 @@ class ApiCapture:
     def _emit(self, blocks: list[bytes]) -> None:
         blocks = self.ledger.admit(blocks)  # (a limit reached: the ledger stops the capture)
         if self.ledger.stopping:
-            self._stop.set()
+            self.stop_requested.set()
         if blocks:
             self.ledger.offered(blocks, self.queue.offer(blocks))
 
@@ -492,14 +358,15 @@ class ApiCapture:
             gate = self.queue.gate.statistics()
             if gate.episodes > self._congestion_episodes:
                 self._congestion_episodes = gate.episodes
-                await self._notify("CONGESTED", "the connection to you is too slow: the api "
-                                   f"dropped {gate.dropped} packets so far", party="api",
-                                   count=gate.dropped)
+                await self.notify("CONGESTED", "the connection to you is too slow: the api "
+                                  f"dropped {gate.dropped} packets so far", party="api",
+                                  count=gate.dropped)
             await self.output.send_message(self.ledger.statistics())
 
-    async def _notify(self, code: Code, text: str, source: SourceRun | None = None, *,
-                      party: str | None = None, count: int | None = None,
-                      limit: str | None = None) -> None:
+    async def notify(self, code: Code, text: str, source: SourceRun | None = None, *,
+                     party: str | None = None, count: int | None = None,
+                     limit: str | None = None) -> None:
+        """Tell the user; a source's notices wait until the headers named the sources."""
         account = source.account if source is not None else None
         origin = (account.name or account.origin) if account is not None else None
         msg = Notice(code=code, text=text, origin=origin,
@@ -537,21 +404,3 @@ def _with_comment(block: bytes, comment: str) -> bytes:
                                   original_length=packet.original_length,
                                   comment="; ".join([*packet.comments, comment]),
                                   flags=packet.flags)
-
-
-async def _answers(job: AgentJob) -> bool:
-    """Whether the agent's port accepts a TCP connection again (cheap, before a full start)."""
-    try:
-        with trio.move_on_after(RECONNECT_INTERVAL):
-            stream = await trio.open_tcp_stream(job.host, job.port)
-            await stream.aclose()
-            return True
-    except OSError:
-        return False
-    return False
-
-
-_CODES = frozenset(("INSTANCE_UNAVAILABLE", "START_CAPTURE_FAILED", "INVALID_REQUEST",
-                    "CONGESTED", "LIMIT_REACHED", "CAPTURE_STOPPED", "CAPTURE_RESUMED",
-                    "CONNECTION_ERROR",
-                    "UNAUTHENTICATED", "PERMISSION_DENIED"))
