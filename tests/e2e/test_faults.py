@@ -43,7 +43,7 @@ from procs import PCAPD, Figures, StreamedCapture, streamed_capture, wait_until
 from readers import run_tool, tshark_fields
 from wsproto.events import AcceptConnection, Ping, Request, TextMessage
 
-from pcapd.api.capture import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT
+from pcapd.api.source import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT
 from pcapd.pcapng import EPB, PcapngDecoder
 from pcapd.proto import (
     BoshTarget,
