@@ -25,6 +25,7 @@ WHOLE_PACKET_REMOTE = 65535
 """``-s 0`` for cf and bosh: the most an agent allows by default (``limits.max_snaplen``)."""
 
 _DURATION = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*")
+_DURATION_PART = re.compile(r"(?i)(\d+(?:\.\d+)?)(ms|sec|min|s|m|h|d)")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0,
                    "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\s*")
@@ -36,11 +37,16 @@ _APP_INDEX = re.compile(r"(.+)/(\d+)")
 
 
 def parse_duration(text: str) -> float:
-    """``30``, ``30s``, ``5m``, ``2h``, ``1.5h``, ``500ms`` → seconds (argparse ``type=``)."""
+    """``30``, ``30s``, ``5m``, ``2h``, ``1.5h``, ``500ms``, ``1h30m`` → seconds (argparse
+    ``type=``). The compound form is the one pcapd's messages print (:mod:`pcapd.units`)."""
     match = _DURATION.fullmatch(text)
-    if match is None:
+    if match is not None:
+        return float(match[1]) * _DURATION_UNITS[match[2].lower() if match[2] else None]
+    compact = text.strip()
+    parts = _DURATION_PART.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 5m, 2h)")
-    return float(match[1]) * _DURATION_UNITS[match[2].lower() if match[2] else None]
+    return sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
 
 
 def parse_size(text: str) -> int:

@@ -150,7 +150,8 @@ class Recording(_Record, frozen=True, kw_only=True):
     agents: Annotated[list[RecordingAgent], Meta(max_length=_MAX_LIST)] = []
     state: State = "armed"
     stopped_at: Moment | None = None  # when stopped or found expired
-    triggers_fired: Counter = 0
+    triggers_fired: Counter = 0  # triggers whose window was saved (or is being saved)
+    triggers_suppressed: Counter = 0  # triggers the rate limit (recorder.trigger_interval) skipped
     fired: Annotated[list[FiredTrigger], Meta(max_length=MAX_FIRED)] = []  # the newest
 
 
@@ -218,7 +219,7 @@ def check_recording(rec: Recording) -> Recording:
         problem = "stopped_at is before created_at"
     elif len(rec.fired) > rec.triggers_fired:
         problem = f"lists {len(rec.fired)} fired triggers but counts {rec.triggers_fired}"
-    elif rec.trigger is None and rec.triggers_fired:
+    elif rec.trigger is None and (rec.triggers_fired or rec.triggers_suppressed):
         problem = "triggers fired without a trigger"
     elif len({a.origin for a in rec.agents}) != len(rec.agents):
         problem = "an instance is listed twice"
@@ -292,6 +293,11 @@ def record_fired(rec: Recording, fired: FiredTrigger) -> Recording:
     """The record with one more fired trigger (the list keeps the newest :data:`MAX_FIRED`)."""
     listed = [*rec.fired, fired][-MAX_FIRED:]
     return msgspec.structs.replace(rec, fired=listed, triggers_fired=rec.triggers_fired + 1)
+
+
+def record_suppressed(rec: Recording, count: int = 1) -> Recording:
+    """The record with ``count`` more triggers skipped by the rate limit."""
+    return msgspec.structs.replace(rec, triggers_suppressed=rec.triggers_suppressed + count)
 
 
 def forgettable(rec: Recording, now: float, retention: float) -> bool:

@@ -46,6 +46,7 @@ from pcapd.store.recordings import (
     parse_key,
     read_recording,
     record_fired,
+    record_suppressed,
     recording_key,
     stop,
 )
@@ -91,6 +92,8 @@ def test_a_record_round_trips_with_every_field() -> None:
     rec = recording(target=BoshRecordingTarget(deployment="cf", groups=["router"],
                                                instances=["router/0"]))
     rec = record_fired(rec, FiredTrigger(at=NOW + 5, origin="router/0", capture_id="f" * 32))
+    rec = record_suppressed(rec, 3)
+    assert (rec.triggers_fired, rec.triggers_suppressed) == (1, 3)
     assert decode_recording(encode_recording(rec)) == rec
     assert as_json(rec)["target"]["kind"] == "bosh"
 
@@ -133,6 +136,7 @@ def test_a_tampered_record_is_refused_naming_the_field(change: dict[str, Any],
     ({"stopped_at": NOW + 5}, "state armed with stopped_at"),
     ({"triggers_fired": 0, "fired": [{"at": NOW + 1, "origin": "my-app/0"}]}, "counts 0"),
     ({"trigger": None, "triggers_fired": 1}, "without a trigger"),
+    ({"trigger": None, "triggers_suppressed": 1}, "without a trigger"),
     ({"triggers_fired": 1, "fired": [{"at": NOW - 100, "origin": "my-app/0"}]}, "before"),
 ])
 def test_an_inconsistent_record_is_refused(change: dict[str, Any], problem: str) -> None:
