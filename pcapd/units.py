@@ -55,3 +55,12 @@ def format_size(size: int) -> str:
         if size >= factor:
             return f"{size / factor:.1f}{unit}"
     return f"{size}B"
+
+
+def display_size(size: int) -> str:
+    """``12.3MB``, ``999B``, ``1.5GB``: an amount measured (not a limit), in decimal units
+    with one decimal, as progress lines show amounts."""
+    for unit, factor in _DECIMAL:
+        if size >= factor:
+            return f"{size / factor:.1f}{unit}"
+    return f"{size}B"
