@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pcapd import __version__
 from pcapd.client.arguments import finish as finish_arguments
@@ -75,6 +75,60 @@ def _add_common_capture_options(parser: argparse.ArgumentParser, default_device:
                         help="overwrite an existing -w FILE")
     parser.add_argument("--allow-partial", action="store_true",
                         help=f"exit 0, not {EXIT_PARTIAL}, when sources are missing")
+
+_CF_LOGIN = (
+    "Login, target and space come from the cf CLI ($CF_HOME/.cf/config.json, CF_HOME\n"
+    "defaulting to $HOME); an access token about to expire is refreshed and written\n"
+    "back. Without --api or PCAPD_API the api is derived from the cf target:\n"
+    "https://api.<system domain> -> https://pcap.<system domain>.\n"
+    "--cacert and -k/--insecure apply to the pcapd api only; UAA is checked as the\n"
+    "cf CLI does (SSLDisabled from 'cf api --skip-ssl-validation').")
+_BOSH_LOGIN = (
+    "Director and login come from the bosh CLI ($BOSH_CONFIG, default ~/.bosh/config)\n"
+    "for environment -e / BOSH_ENVIRONMENT (alias or URL); an access token about to\n"
+    "expire is refreshed at the director's UAA and written back. The api needs\n"
+    "--api or PCAPD_API. --cacert and -k/--insecure apply to the pcapd api only; the\n"
+    "director and UAA are checked with the environment's ca_cert.")
+
+
+def _add_cf_target(targets: _Targets, what: str, epilog: str = "") -> argparse.ArgumentParser:
+    """``cf APP[/INDEX] [--instance N] [--process-type T] [EXPRESSION]``: capture's and
+    record start's Cloud Foundry target."""
+    cf: argparse.ArgumentParser = targets.add_parser(
+        "cf", help=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog + _CF_LOGIN)
+    cf.add_argument("app", metavar="APP[/INDEX]",
+                    help="app name in the targeted space, or app guid; my-app/2: instance 2")
+    cf.add_argument("words", nargs="*", metavar="EXPRESSION",
+                    help="filter expression, as tcpdump's (instead of -f)")
+    cf.add_argument("--instance", action="append", type=int, default=[], metavar="N",
+                    help="app instance index (repeatable; default: all instances)")
+    cf.add_argument("--process-type", "--process", dest="process_type", default="web",
+                    metavar="TYPE", help="process type, as cf ssh --process (default web)")
+    return cf
+
+
+def _add_bosh_target(targets: _Targets, what: str, epilog: str = ""
+                     ) -> argparse.ArgumentParser:
+    """``bosh -d D -g G [INSTANCE ...] [EXPRESSION]``: capture's and record start's BOSH
+    target."""
+    bosh: argparse.ArgumentParser = targets.add_parser(
+        "bosh", help=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog + _BOSH_LOGIN)
+    bosh.add_argument("-d", "--deployment", default=None,
+                      help="deployment (env BOSH_DEPLOYMENT)")
+    bosh.add_argument("-g", "--group", action="append", default=[], metavar="GROUP",
+                      help="instance group (repeatable)")
+    bosh.add_argument("words", nargs="*", metavar="[GROUP/ID|GROUP/INDEX|INSTANCE_ID] "
+                                               "[EXPRESSION]",
+                      help="instances (router/0, router/<uuid>, or ids after -g; default: "
+                           "every instance of the groups), then a filter expression")
+    bosh.add_argument("--instance", dest="instance_ids", action="append", default=[],
+                      metavar="ID", help="instance id, index or GROUP/ID (repeatable)")
+    bosh.add_argument("-e", "--environment", default=None, metavar="ENV",
+                      help="bosh environment alias or URL (env BOSH_ENVIRONMENT)")
+    return bosh
+
 
 class _Given:
     """Mixin of the option actions: note what the user typed; refuse a single value twice."""
@@ -164,6 +218,10 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
+if TYPE_CHECKING:
+    _Targets = argparse._SubParsersAction[_Parser]  # what add_subparsers() gives
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line interface of SPEC §8; names here are a public contract."""
     parser = _Parser(
@@ -206,47 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("words", nargs="*", metavar="EXPRESSION",
                        help="filter expression, as tcpdump's (instead of -f)")
     _add_common_capture_options(local, default_device="lo")
-    cf = targets.add_parser(
-        "cf", help="Cloud Foundry app instances",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Login, target and space come from the cf CLI ($CF_HOME/.cf/config.json, CF_HOME\n"
-               "defaulting to $HOME); an access token about to expire is refreshed and written\n"
-               "back. Without --api or PCAPD_API the api is derived from the cf target:\n"
-               "https://api.<system domain> -> https://pcap.<system domain>.\n"
-               "--cacert and -k/--insecure apply to the pcapd api only; UAA is checked as the\n"
-               "cf CLI does (SSLDisabled from 'cf api --skip-ssl-validation').")
-    cf.add_argument("app", metavar="APP[/INDEX]",
-                    help="app name in the targeted space, or app guid; my-app/2: instance 2")
-    cf.add_argument("words", nargs="*", metavar="EXPRESSION",
-                    help="filter expression, as tcpdump's (instead of -f)")
-    cf.add_argument("--instance", action="append", type=int, default=[], metavar="N",
-                    help="app instance index (repeatable; default: all instances)")
-    cf.add_argument("--process-type", "--process", dest="process_type", default="web",
-                    metavar="TYPE", help="process type, as cf ssh --process (default web)")
+    cf = _add_cf_target(targets, "Cloud Foundry app instances")
     _add_common_capture_options(cf, default_device="eth0")
-    bosh = targets.add_parser(
-        "bosh", help="BOSH instances",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Director and login come from the bosh CLI ($BOSH_CONFIG, default ~/.bosh/config)\n"
-               "for environment -e / BOSH_ENVIRONMENT (alias or URL); an access token about to\n"
-               "expire is refreshed at the director's UAA and written back. The api needs\n"
-               "--api or PCAPD_API. --cacert and -k/--insecure apply to the pcapd api only; the\n"
-               "director and UAA are checked with the environment's ca_cert.")
-    bosh.add_argument("-d", "--deployment", default=None,
-                      help="deployment (env BOSH_DEPLOYMENT)")
-    bosh.add_argument("-g", "--group", action="append", default=[], metavar="GROUP",
-                      help="instance group (repeatable)")
-    bosh.add_argument("words", nargs="*", metavar="[GROUP/ID|GROUP/INDEX|INSTANCE_ID] "
-                                               "[EXPRESSION]",
-                      help="instances (router/0, router/<uuid>, or ids after -g; default: "
-                           "every instance of the groups), then a filter expression")
-    bosh.add_argument("--instance", dest="instance_ids", action="append", default=[],
-                      metavar="ID", help="instance id, index or GROUP/ID (repeatable)")
-    bosh.add_argument("-e", "--environment", default=None, metavar="ENV",
-                      help="bosh environment alias or URL (env BOSH_ENVIRONMENT)")
+    bosh = _add_bosh_target(targets, "BOSH instances")
     _add_common_capture_options(bosh, default_device="eth0")
-    for p in (local, cf, bosh):
-        p.set_defaults(handler=_capture)
+    for target in (local, cf, bosh):
+        target.set_defaults(handler=_capture)
 
     captures = roles.add_parser("captures", help="captures stored for you")
     captures_sub = captures.add_subparsers(dest="captures_command", metavar="COMMAND",
@@ -275,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.set_defaults(handler=_captures)
 
+    _add_record(roles)
+
     merge = roles.add_parser("merge", help="merge pcap/pcapng files by timestamp, like mergecap")
     merge.add_argument("-w", "--write", required=True, metavar="FILE",
                        help="output pcapng ('-' = stdout)")
@@ -293,6 +318,109 @@ def build_parser() -> argparse.ArgumentParser:
     add_extcap_arguments(extcap)
     extcap.set_defaults(handler=_extcap)
     return parser
+
+
+_RECORD_EPILOG = (
+    "A flight recorder: each instance's agent keeps the last --keep of matching packets\n"
+    "(at most --max-bytes per instance) until --until has passed or `pcapd record stop ID`.\n"
+    "`pcapd record save ID` fetches what is held as one merged pcapng; with --trigger a\n"
+    "matching packet saves the window around it into the store by itself (`pcapd captures\n"
+    "list` shows it). Start returns at once with the recording's id: nothing needs to stay\n"
+    "connected. The api sets the defaults of --max-bytes, --until and --after, and the\n"
+    "maximums of all four; it refuses more, naming the limit.\n\n")
+
+
+def _add_api_options(parser: argparse.ArgumentParser, *, login_choice: bool) -> None:
+    """How a client command reaches the api; ``login_choice``: the command names no
+    platform, so --bosh picks the bosh CLI's login instead of the cf CLI's."""
+    parser.add_argument("--api", default=None, metavar="URL",
+                        help="pcapd api URL (env PCAPD_API; for cf derived from the cf target)")
+    if login_choice:
+        parser.add_argument("--bosh", action="store_true",
+                            help="log in with the bosh CLI's session instead of the cf CLI's")
+        parser.add_argument("-e", "--environment", default=None, metavar="ENV",
+                            help="with --bosh: environment alias or URL (env BOSH_ENVIRONMENT)")
+    parser.add_argument("--cacert", default=None, metavar="FILE",
+                        help="CA certificate to verify the api with")
+    parser.add_argument("-k", "--insecure", action="store_true",
+                        help="do not verify the api's TLS certificate")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+
+
+def _add_recording_options(parser: argparse.ArgumentParser) -> None:
+    """What ``record start`` asks the agents to keep (SPEC §8)."""
+    parser.add_argument("-i", "--interface", default="eth0", metavar="DEV",
+                        help="device to record on (default eth0)")
+    parser.add_argument("-f", "--filter", default="", metavar="BPF",
+                        help="BPF filter of the packets kept (checked before any agent is "
+                             "asked); or give it as trailing words")
+    parser.add_argument("-s", "--snaplen", type=int, default=65535, metavar="N",
+                        help="bytes to keep of each packet; 0: whole packets")
+    parser.add_argument("--keep", type=parse_duration, default=None, metavar="DURATION",
+                        help="required: how much recent traffic each instance holds, e.g. "
+                             "10m (older packets age out)")
+    parser.add_argument("--max-bytes", type=parse_size, default=None, metavar="SIZE",
+                        help="the most each instance holds, e.g. 256MB (the oldest packets go "
+                             "first; default: the api's)")
+    parser.add_argument("--until", type=parse_duration, default=None, metavar="DURATION",
+                        help="stop recording after this long, e.g. 24h (default: the api's)")
+    parser.add_argument("--trigger", default=None, metavar="BPF",
+                        help="a packet matching this filter on any instance saves the window "
+                             "around it into the store (e.g. 'tcp[tcpflags] & tcp-rst != 0')")
+    parser.add_argument("--after", type=parse_duration, default=None, metavar="DURATION",
+                        help="with --trigger: how much after the trigger packet the saved "
+                             "window holds (default: the api's, e.g. 30s)")
+    parser.add_argument("--once", action="store_true",
+                        help="with --trigger: save the first trigger's window, then stop")
+    _add_api_options(parser, login_choice=False)
+
+
+def _add_record(roles: _Targets) -> None:
+    """``pcapd record start|list|save|stop`` (issue 17)."""
+    record = roles.add_parser(
+        "record", help="flight recorder: keep the last minutes on the agents, save them later",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_RECORD_EPILOG)
+    commands = record.add_subparsers(dest="record_command", metavar="COMMAND", required=True)
+    start = commands.add_parser(
+        "start", help="arm a recording on app instances or BOSH VMs; prints its id",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_RECORD_EPILOG)
+    targets = start.add_subparsers(dest="target", metavar="TARGET", required=True)
+    example = ("Example: pcapd record start cf my-app --keep 10m --until 24h \\\n"
+               "           --trigger 'tcp[tcpflags] & tcp-rst != 0' --after 30s port 8080\n\n")
+    cf = _add_cf_target(targets, "Cloud Foundry app instances", _RECORD_EPILOG + example)
+    _add_recording_options(cf)
+    bosh = _add_bosh_target(targets, "BOSH instances", _RECORD_EPILOG)
+    _add_recording_options(bosh)
+
+    listing = commands.add_parser("list", help="your recordings: id, target, window held, "
+                                               "size, triggers fired, when each ends")
+    listing.add_argument("--json", action="store_true",
+                         help="one JSON document: raw numbers and times, for scripts")
+    listing.add_argument("--no-headers", action="store_true",
+                         help="no header line (never printed when stdout is not a terminal)")
+    save = commands.add_parser(
+        "save", help="one merged pcapng of what a recording holds now",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The token and the permission are checked again: a user who lost access to\n"
+               "the target gets nothing. Instances that are gone are reported as in a capture.")
+    save.add_argument("recording_id", metavar="ID",
+                      help="the recording's id, or a unique start of it (pcapd record list)")
+    save.add_argument("--last", type=parse_duration, default=None, metavar="DURATION",
+                      help="only the last DURATION of what is held, e.g. 5m (default: all)")
+    save.add_argument("-w", "--write", default=None, metavar="FILE",
+                      help="pcapng file to write ('-' = stdout)")
+    save.add_argument("--upload", action="store_true",
+                      help="into the store instead (pcapd captures list shows it)")
+    save.add_argument("-F", "--force", action="store_true",
+                      help="overwrite an existing -w FILE")
+    stop = commands.add_parser("stop", help="stop a recording and free its rings at once")
+    stop.add_argument("recording_id", metavar="ID",
+                      help="the recording's id, or a unique start of it (pcapd record list)")
+    for command in (listing, save, stop):
+        _add_api_options(command, login_choice=True)
+    for parser in (cf, bosh, listing, save, stop):
+        parser.set_defaults(handler=_record)
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -417,6 +545,14 @@ def _list_devices(args: argparse.Namespace) -> int:
     for line in device_lines(listing):
         print(line)
     return EXIT_OK
+
+
+def _record(args: argparse.Namespace) -> int:
+    # TEMPORARY (issue 17): the parsing is complete; the commands' api calls are wired once
+    # the agent and api protocol for recordings lands.
+    raise NotImplementedYetError(
+        f"pcapd record {args.record_command}: this build parses the command but cannot run it "
+        "yet (the api side of issue 17 is not wired in); nothing was sent")
 
 
 def _captures(args: argparse.Namespace) -> int:

@@ -590,3 +590,51 @@ def test_agent_certificate_used_as_api_client_certificate(certs: CertPaths) -> N
 def test_config_parsing_stays_free_of_trio() -> None:
     code = "import sys, pcapd.config, pcapd.certs; assert 'trio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the flight recorder (pcapd record) ----------------------------------------------------------
+
+
+def test_recorder_defaults() -> None:
+    config = parse_api_config(API)
+    recorder = config.recorder
+    assert (recorder.keep.default, recorder.keep.max) == (300.0, 1800.0)
+    assert (recorder.until.default, recorder.until.max) == (8 * 3600.0, 7 * 86400.0)
+    assert (recorder.after.default, recorder.after.max) == (30.0, 300.0)
+    assert (recorder.max_bytes.default, recorder.max_bytes.max) == (64 << 20, 1 << 30)
+    assert (recorder.per_user, recorder.total, recorder.trigger_interval) == (3, 50, 300.0)
+
+
+def test_recorder_keys_are_set_and_checked_by_name() -> None:
+    config = parse_api_config(API + """
+recorder:
+  keep: {default: 60, max: 7200}
+  until: {max: 86400}
+  after: {default: 0}
+  max_bytes: {default: 1000000, max: 256000000}
+  per_user: 1
+  total: 10
+  trigger_interval: 30
+""")
+    recorder = config.recorder
+    assert (recorder.keep.default, recorder.keep.max, recorder.until.max) == (60, 7200, 86400)
+    assert recorder.after.default == 0
+    assert recorder.max_bytes.max == 256_000_000
+    assert (recorder.per_user, recorder.total, recorder.trigger_interval) == (1, 10, 30)
+    assert problems_of(parse_api_config, API + """
+recorder:
+  keep: {default: 3600}
+  until: {default: 0}
+  after: {default: -1}
+  max_bytes: {default: 2000000000}
+  per_user: 0
+  trigger_intervall: 30
+""") == [
+        "recorder.keep.default: must not exceed max (3600 > 1800) — lower it or raise max",
+        "recorder.until.default: expected a number greater than 0, got 0",
+        "recorder.after.default: expected a number of at least 0, got -1",
+        "recorder.max_bytes.default: must not exceed max (2000000000 > 1073741824) — lower it "
+        "or raise max",
+        "recorder.per_user: expected an integer of at least 1, got 0",
+        "recorder.trigger_intervall: unknown key (did you mean trigger_interval?)",
+    ]

@@ -65,6 +65,7 @@ FilePath = Annotated[str, Meta(min_length=1, extra={"what": "a file path"})]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Count = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[float, Meta(gt=0)]
+NonNegativeSeconds = Annotated[float, Meta(ge=0)]
 Snaplen = Annotated[int, Meta(ge=1, le=262144)]
 Url = Annotated[str, Meta(min_length=1, extra={"what": "an http(s) URL"})]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -409,6 +410,69 @@ class ApiLimitsConfig(_Section, frozen=True):
     unauthenticated_connections_per_peer: Count = 32
 
 
+def _default_rule(default: float, most: float) -> Iterator[Rule]:
+    """A request's default must be one it could ask for: ``default <= max``."""
+    if default > most:
+        shown = [f"{v:.0f}" if v == int(v) else f"{v:g}" for v in (default, most)]
+        yield "default", f"must not exceed max ({shown[0]} > {shown[1]}) — lower it or raise max"
+
+
+class RecorderKeepConfig(_Section, frozen=True):
+    """``--keep``: how much recent traffic each instance's ring holds."""
+
+    default: Seconds = 300.0  # seconds kept when a request names none
+    max: Seconds = 1800.0  # seconds: the longest --keep a request may ask for
+
+    def _rules(self) -> Iterator[Rule]:
+        return _default_rule(self.default, self.max)
+
+
+class RecorderUntilConfig(_Section, frozen=True):
+    """``--until``: how long a recording stays armed before it frees itself."""
+
+    default: Seconds = 28800.0  # seconds a recording runs when a request names none (8 h)
+    max: Seconds = 604800.0  # seconds: the longest --until a request may ask for (7 days)
+
+    def _rules(self) -> Iterator[Rule]:
+        return _default_rule(self.default, self.max)
+
+
+class RecorderAfterConfig(_Section, frozen=True):
+    """``--after``: how much traffic after a trigger packet its saved window holds."""
+
+    default: NonNegativeSeconds = 30.0  # seconds saved after the trigger when a request names none
+    max: NonNegativeSeconds = 300.0  # seconds: the longest --after a request may ask for
+
+    def _rules(self) -> Iterator[Rule]:
+        return _default_rule(self.default, self.max)
+
+
+class RecorderMaxBytesConfig(_Section, frozen=True):
+    """``--max-bytes``: the most packet data one instance's ring holds (the oldest packets go
+    first); the agents' own recorder budget applies on top."""
+
+    default: Count = 64 << 20  # bytes per instance when a request names none (64 MiB)
+    max: Count = 1 << 30  # bytes per instance: the most --max-bytes may ask for (1 GiB)
+
+    def _rules(self) -> Iterator[Rule]:
+        return _default_rule(self.default, self.max)
+
+
+class RecorderConfig(_Section, frozen=True):
+    """The flight recorder, ``pcapd record``: what a recording may ask of the agents, and how
+    many may be armed. Records of recordings live in ``storage`` (shared by every api VM)."""
+
+    keep: RecorderKeepConfig = msgspec.field(default_factory=RecorderKeepConfig)
+    until: RecorderUntilConfig = msgspec.field(default_factory=RecorderUntilConfig)
+    after: RecorderAfterConfig = msgspec.field(default_factory=RecorderAfterConfig)
+    max_bytes: RecorderMaxBytesConfig = msgspec.field(default_factory=RecorderMaxBytesConfig)
+    per_user: Count = 3  # recordings one user may have armed at once; more: LIMIT_REACHED
+    total: Count = 50  # recordings armed at once, all users and api VMs together
+    # seconds between two triggered saves of one recording: a trigger sooner than this after
+    # the last saved one is counted (record list shows it) but saves nothing
+    trigger_interval: Seconds = 300.0
+
+
 class ApiBufferConfig(BufferConfig, frozen=True):
     size: Count = 10000
     upper_limit: Count = 9500
@@ -438,6 +502,7 @@ class ApiConfig(_Section, frozen=True):
     limits: ApiLimitsConfig = msgspec.field(default_factory=ApiLimitsConfig)
     buffer: ApiBufferConfig = msgspec.field(default_factory=ApiBufferConfig)
     merge: MergeConfig = msgspec.field(default_factory=MergeConfig)
+    recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
     # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)
