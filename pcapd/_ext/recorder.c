@@ -76,7 +76,52 @@ done:
     return result;
 }
 
+/* epb_index(blocks) -> (timestamps, ends, in_order): two bytes objects of native uint64, one
+ * entry per EPB: its timestamp (ns) and the offset just past it; whether the timestamps never
+ * go back. Raises ValueError at the first block
+ * that is not a whole little-endian EPB of interface 0. The ring's index, without a Python
+ * object per packet. */
+static PyObject *epb_index(PyObject *module, PyObject *arg) {
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) != 0) return NULL;
+    const unsigned char *p = buf.buf;
+    Py_ssize_t pos = 0, len = buf.len, n = 0;
+    Py_ssize_t most = len / 32;
+    int in_order = 1;
+    PyObject *stamps = PyBytes_FromStringAndSize(NULL, most * 8);
+    PyObject *ends = PyBytes_FromStringAndSize(NULL, most * 8);
+    if (stamps == NULL || ends == NULL) goto fail;
+    uint64_t *ts = (uint64_t *)PyBytes_AS_STRING(stamps);
+    uint64_t *end = (uint64_t *)PyBytes_AS_STRING(ends);
+    while (pos < len) {
+        if (len - pos < 32) goto bad;
+        uint32_t total = le32(p + pos + 4), caplen = le32(p + pos + 20);
+        if (le32(p + pos) != EPB_TYPE || total < 32 || total % 4 || (Py_ssize_t)total > len - pos
+                || caplen > total - 32 || le32(p + pos + 8) != 0
+                || le32(p + pos + total - 4) != total)
+            goto bad;
+        ts[n] = (uint64_t)le32(p + pos + 12) << 32 | le32(p + pos + 16);
+        if (n && ts[n] < ts[n - 1]) in_order = 0;
+        pos += total;
+        end[n++] = (uint64_t)pos;
+    }
+    PyBuffer_Release(&buf);
+    if (_PyBytes_Resize(&stamps, n * 8) < 0) { Py_DECREF(ends); return NULL; }
+    if (_PyBytes_Resize(&ends, n * 8) < 0) { Py_DECREF(stamps); return NULL; }
+    return Py_BuildValue("(NNO)", stamps, ends, in_order ? Py_True : Py_False);
+bad:
+    PyErr_Format(PyExc_ValueError, "not whole EPBs of interface 0 (at byte %zd of %zd)", pos,
+                 len);
+fail:
+    Py_XDECREF(stamps);
+    Py_XDECREF(ends);
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"epb_index", epb_index, METH_O,
+     "epb_index(blocks) -> (timestamps, ends, in_order): uint64 arrays as bytes"},
     {"match_epbs", match_epbs, METH_VARARGS,
      "match_epbs(program, blocks) -> timestamps of the EPBs the BPF program accepts"},
     {NULL, NULL, 0, NULL},

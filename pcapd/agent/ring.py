@@ -28,11 +28,16 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, islice, repeat
 from operator import le, lshift, or_
 
+from pcapd import _accel
 from pcapd.pcapng.packets import epb_run
+
+Seq = Sequence[int]
+"""A column of an index: a list, or a view of the compiled walker's array (no int objects)."""
 
 MAX_SNAPLEN = 262144
 MAX_EPB = 32 + MAX_SNAPLEN
@@ -100,24 +105,38 @@ class _Piece:
     last: int
 
 
-def index(blocks: bytes | bytearray) -> tuple[list[int], list[int]]:
+def index(blocks: bytes | bytearray) -> tuple[Seq, Seq]:
     """``(timestamps, ends)`` of the EPBs in ``blocks``: ``ends[i]`` is the offset just past
     packet ``i``. Raises :class:`RingError` unless ``blocks`` is whole EPBs of interface 0."""
+    stamps, ends, _ = _index(blocks)
+    return stamps, ends
+
+
+def _index(blocks: bytes | bytearray) -> tuple[Seq, Seq, bool]:
+    """:func:`index` and whether the timestamps are in order: in one C pass where built."""
     if not blocks:
-        return [], []
+        return [], [], True
+    if _accel.recorder is not None:
+        try:
+            raw_stamps, raw_ends, in_order = _accel.recorder.epb_index(blocks)
+        except ValueError as exc:
+            raise RingError(str(exc)) from None
+        return (memoryview(raw_stamps).cast("Q"), memoryview(raw_ends).cast("Q"),
+                bool(in_order))
     run = epb_run(blocks, 0, most=len(blocks) // 32 + 1, max_block_size=MAX_EPB, interfaces=1)
     if run.end != len(blocks):
         raise RingError(f"not whole EPBs of interface 0 (at byte {run.end} of {len(blocks)})")
     stamps = list(map(or_, map(lshift, run.high, repeat(32)), run.low))
-    return stamps, list(accumulate(map(len, run.blocks)))
+    in_order = all(map(le, stamps, islice(stamps, 1, None)))
+    return stamps, list(accumulate(map(len, run.blocks))), in_order
 
 
-_Indexed = tuple[bytes, list[int], list[int]]
+_Indexed = tuple[bytes, Seq, Seq]
 
 
-def _sorted(blocks: bytes, stamps: list[int], ends: list[int]) -> _Indexed:
+def _sorted(blocks: bytes, stamps: Seq, ends: Seq, in_order: bool) -> _Indexed:
     """``blocks`` with its packets in timestamp order (stable), with their index."""
-    if all(map(le, stamps, islice(stamps, 1, None))):
+    if in_order:
         return blocks, stamps, ends
     order = sorted(range(len(stamps)), key=stamps.__getitem__)
     view = memoryview(blocks)
@@ -140,7 +159,7 @@ class Ring:
         self.max_bytes = max_bytes
         self._piece_limit = min(MAX_PIECE, max(MIN_PIECE, max_bytes // 16))
         self._pieces: deque[_Piece] = deque()
-        self._head_index: tuple[list[int], list[int]] | None = None
+        self._head_index: tuple[Seq, Seq] | None = None
         """``index()`` of the oldest piece's whole buffer, kept while it is being cut."""
         self._packets = self._bytes = self._memory = 0
         self._captured = self._aged_time = self._aged_size = 0
@@ -151,9 +170,9 @@ class Ring:
     def add(self, blocks: bytes, now_ns: int) -> None:
         """Keep the EPBs ``blocks`` (of interface 0, any order), then age the ring at ``now_ns``."""
         if blocks:
-            stamps, ends = index(blocks)
+            stamps, ends, in_order = _index(blocks)
             self._captured += len(stamps)
-            indexed = _sorted(blocks, stamps, ends)
+            indexed = _sorted(blocks, stamps, ends, in_order)
             if self._pieces and indexed[1][0] < self._pieces[-1].last:
                 indexed = self._merge_tail(indexed[0], indexed[1][0])
             self._append(*indexed)
@@ -225,7 +244,7 @@ class Ring:
 
     # --- the pieces --------------------------------------------------------------------------
 
-    def _append(self, blocks: bytes, stamps: list[int], ends: list[int]) -> None:
+    def _append(self, blocks: bytes, stamps: Seq, ends: Seq) -> None:
         """Append sorted EPBs (no older than the newest held) as pieces of at most the limit."""
         limit = self._piece_limit
         if len(blocks) <= limit:
@@ -285,8 +304,7 @@ class Ring:
             piece = self._pop_tail()
             taken.insert(0, memoryview(piece.blocks)[piece.start:])
         joined = b"".join([*taken, blocks])
-        stamps, ends = index(joined)
-        return _sorted(joined, stamps, ends)
+        return _sorted(joined, *_index(joined))
 
 
 # --- the budget of all recordings of an agent ---------------------------------------------------

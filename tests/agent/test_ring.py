@@ -10,7 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pcapd.agent.ring import MAX_PIECE, Budget, BudgetRefused, Ring, RingError, Window, index
+from pcapd import _accel
+from pcapd.agent.ring import (
+    MAX_PIECE,
+    Budget,
+    BudgetRefused,
+    Ring,
+    RingError,
+    Window,
+    _index,
+    index,
+)
 from pcapd.agent.triggers import MIN_INTERVAL_NS, Triggers
 from pcapd.pcapng import encode_enhanced_packet, split_packets
 
@@ -152,8 +162,32 @@ def test_invalid_ring_sizes() -> None:
 def test_index_gives_timestamps_and_ends() -> None:
     blocks = batch(5, 3, size=10) + epb(9, size=100)
     stamps, ends = index(blocks)
-    assert stamps == [5, 3, 9]
-    assert ends == [len(epb(5, size=10)), 2 * len(epb(5, size=10)), len(blocks)]
+    assert list(stamps) == [5, 3, 9]
+    assert list(ends) == [len(epb(5, size=10)), 2 * len(epb(5, size=10)), len(blocks)]
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 70)), max_size=20),
+       st.integers(0, 8))
+def test_the_compiled_index_agrees_with_the_pure_one(
+    packets: list[tuple[int, int]], cut: int
+) -> None:
+    """Whole batches, and batches with their last ``cut`` bytes missing."""
+    if _accel.recorder is None:
+        pytest.skip("the compiled index is not built or off")
+    blocks = b"".join(epb(ts, size=size) for ts, size in packets)
+    blocks = blocks[:len(blocks) - cut]
+    answers = []
+    for compiled in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            if not compiled:
+                patch.setattr(_accel, "recorder", None)
+            try:
+                stamps, ends, in_order = _index(blocks)
+                answers.append((list(stamps), list(ends), in_order))
+            except RingError:
+                answers.append(None)
+    assert answers[0] == answers[1]
 
 
 # --- properties --------------------------------------------------------------------------------
