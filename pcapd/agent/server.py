@@ -189,9 +189,13 @@ class Agent:
                          origin=self.config.id)
 
     async def _forward_triggers(self, link: Link) -> None:
+        """Trigger notices to a watching link; its receiving side reports the link's end."""
         with self.recorder.watch() as notices:
             async for notice in notices:
-                await link.send(notice)
+                try:
+                    await link.send(notice)
+                except LinkClosed:
+                    return
 
     async def _save(self, link: Link, save: RecordSave) -> None:
         """A window of a recording's ring, streamed as a capture."""
