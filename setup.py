@@ -20,5 +20,7 @@ setup(
                   optional=True),
         Extension("pcapd._capture", ["pcapd/_ext/capture.c"], libraries=["pcap"],
                   extra_compile_args=_FLAGS, optional=True),
+        Extension("pcapd._recorder", ["pcapd/_ext/recorder.c"], libraries=["pcap"],
+                  extra_compile_args=_FLAGS, optional=True),
     ],
 )  # fmt: skip

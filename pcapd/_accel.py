@@ -33,3 +33,6 @@ walk = _load("_pcapngwalk")
 
 capture = _load("_capture")
 """``Handle``: a libpcap handle whose dispatch writes pcapng EPBs into one buffer, in C."""
+
+recorder = _load("_recorder")
+"""``match_epbs``: the flight recorder's trigger filter over a batch of EPBs, in C."""

@@ -227,6 +227,32 @@ def test_buffer_rules(buffer: str, problem: str) -> None:
     assert any(problem in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("recorder", "problem"),
+    [
+        ("{storage: directory, directory: /var/vcap/data/rings}",
+         "recorder.storage: directory is not supported yet: rings live in memory"),
+        ("{storage: disk}", "recorder.storage: expected one of"),
+        ("{directory: /var/vcap/data/rings}",
+         "recorder.directory: only used with recorder.storage: directory"),
+        ("{max_bytes: 0}", "recorder.max_bytes: expected an integer of at least 1, got 0"),
+        ("{max_bytes: 1GiB}", "recorder.max_bytes: expected an integer"),
+        ("{max_recordings: -1}", "recorder.max_recordings: expected an integer of at least 1"),
+        ("{max_recording: 3}", "recorder.max_recording: unknown key (did you mean max_recordi"),
+    ],
+)
+def test_recorder_rules(recorder: str, problem: str) -> None:
+    problems = problems_of(parse_agent_config, AGENT + f"recorder: {recorder}\n")
+    assert any(problem in p for p in problems), problems
+
+
+def test_recorder_defaults_and_values() -> None:
+    assert parse_agent_config(AGENT).recorder.max_bytes == 256 << 20
+    recorder = parse_agent_config(AGENT + "recorder: {max_bytes: 1048576, max_recordings: 2}\n")
+    assert (recorder.recorder.storage, recorder.recorder.max_bytes,
+            recorder.recorder.max_recordings) == ("memory", 1 << 20, 2)
+
+
 def test_buffer_limit_equal_to_size_is_fine() -> None:
     buffer = parse_agent_config(AGENT + "buffer: {size: 10, upper_limit: 10, lower_limit: 1}\n")
     assert buffer.buffer.upper_limit == 10
@@ -235,7 +261,7 @@ def test_buffer_limit_equal_to_size_is_fine() -> None:
 def test_unknown_key_without_a_close_match_lists_the_valid_ones() -> None:
     assert problems_of(parse_agent_config, AGENT + "colour: blue\n") == [
         "colour: unknown key — expected one of id, tls, listen, containers, limits, buffer, "
-        "drain_timeout, log"
+        "recorder, drain_timeout, log"
     ]
 
 

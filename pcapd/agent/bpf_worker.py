@@ -62,6 +62,17 @@ async def capture_program(user_filter: str, exclude: list[Link], link_type: int,
     return direction, result.program or None
 
 
+async def filter_program(expr: str, link_type: int, snaplen: int) -> str:
+    """A filter for the flight recorder's trigger, run by pcapd itself on each captured packet
+    (``pcap_offline_filter``), never by the kernel: no direction split, no exclusions. The
+    program as :meth:`cypcap.BpfProgram.dumps` text; :class:`InvalidFilter` unless it
+    compiles (within the limits)."""
+    result = await _run(CompileRequest(expr, [], link_type, snaplen, split=False))
+    if not result.program:
+        raise InvalidFilter(f"the BPF filter {quoted(expr)} is empty")
+    return result.program
+
+
 async def _run(request: CompileRequest) -> CompileResult:
     try:
         limiter = _limiter.get()

@@ -30,6 +30,7 @@ from pcapd.agent.capture import (
     Link as TcpLink,
 )
 from pcapd.agent.netns import NamespaceError, open_in_netns, resolve_container_netns
+from pcapd.agent.recorder import Recorder, save_messages
 from pcapd.agent.run import CaptureRun
 from pcapd.config import AgentConfig
 from pcapd.flow import DropGate
@@ -41,6 +42,12 @@ from pcapd.proto import (
     Error,
     Hello,
     ListDevices,
+    ListRecordings,
+    Record,
+    RecordingList,
+    RecordingStarted,
+    RecordSave,
+    RecordStop,
     ResponderSession,
     Source,
     SourceDevices,
@@ -73,6 +80,7 @@ class Agent:
         self.draining = False
         self._runs_changed = trio.Event()
         self.metrics = Metrics("agent", lambda: len(self.runs))
+        self.recorder = Recorder(config)
 
     async def wait_idle(self) -> None:
         """Until no capture runs (drain)."""
@@ -106,19 +114,102 @@ class Agent:
             hello = await link.receive()
             assert isinstance(hello, Hello)  # the session refuses anything else first
             await link.send(link.session.make_welcome(self.config.id))  # type: ignore[union-attr]
-            while True:
-                msg = await link.receive()
-                if isinstance(msg, Status):
-                    await link.send(self.status())
-                elif isinstance(msg, Start):
-                    await self._capture(link, msg)
-                    return
-                elif isinstance(msg, ListDevices):
-                    await link.send(await self._devices(msg))
-                elif isinstance(msg, Error):
-                    return
+            async with open_nursery() as nursery:  # a watching link's trigger notices
+                try:
+                    await self._serve_link(link, nursery)
+                finally:
+                    nursery.cancel_scope.cancel()
         except LinkClosed as exc:
             log.info("link from %s closed: %s", peer, exc)
+
+    async def _serve_link(self, link: Link, nursery: trio.Nursery) -> None:
+        """Requests until a capture or a save (the link's last) or the api's ``error``."""
+        while True:
+            msg = await link.receive()
+            if isinstance(msg, Status):
+                await link.send(self.status())
+            elif isinstance(msg, Start):
+                await self._capture(link, msg)
+                return
+            elif isinstance(msg, ListDevices):
+                await link.send(await self._devices(msg))
+            elif isinstance(msg, Record):
+                answer = await self._record(link, msg)
+                await link.send(answer)
+                if isinstance(answer, Error):
+                    return
+            elif isinstance(msg, RecordStop):
+                await link.send(RecordingList(recordings=self.recorder.stop(msg.recording_id)))
+            elif isinstance(msg, ListRecordings):
+                await link.send(RecordingList(
+                    recordings=self.recorder.listed(msg.recording_ids)))
+                if msg.watch:
+                    nursery.start_soon(self._forward_triggers, link)
+                    nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            elif isinstance(msg, RecordSave):
+                await self._save(link, msg)
+                return
+            elif isinstance(msg, Error):
+                return
+
+    async def _record(self, link: Link, record: Record) -> RecordingStarted | Error:
+        """Arm a recording (checked as a capture is), or say why not."""
+        target = record.target
+        assert isinstance(target, AgentTarget)  # the session checks
+        device = record.options.device
+        try:
+            if self.draining:
+                raise Refusal("START_CAPTURE_FAILED", f"agent {self.config.id} is shutting down")
+            limit = self.config.limits.max_snaplen
+            if record.options.snaplen > limit:
+                raise Refusal("INVALID_REQUEST", f"snaplen {record.options.snaplen} is above "
+                              f"this agent's maximum of {limit} (limits.max_snaplen)")
+            netns = self._netns(target)
+            await self._check_container(target)
+            source = Source(id=0, name=f"{target.source}:{device}",
+                            description=target.namespace if netns is not None else self.config.id)
+            kernel = record.options.filter
+            if netns is None:  # the agent's own port: saves of the ring would fill the ring
+                port = self.config.listen.port
+                kernel = f"({kernel}) and not tcp port {port}" if kernel.strip() else \
+                    f"not tcp port {port}"
+            return await self.recorder.start(record, source, netns, kernel)
+        except Refusal as refusal:
+            self.metrics.refused(refusal.code)
+            return Error(code=refusal.code, text=refusal.text, origin=self.config.id)
+        except InvalidDevice:
+            return Error(code="INVALID_REQUEST", text=await self._no_such_device(
+                target.source, device, netns), origin=self.config.id)
+        except (InvalidFilter, InvalidSnaplen) as exc:
+            return Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
+                         origin=self.config.id)
+        except (CaptureError, NamespaceError) as exc:
+            self.metrics.refused("START_CAPTURE_FAILED")
+            return Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
+                         origin=self.config.id)
+
+    async def _forward_triggers(self, link: Link) -> None:
+        """Trigger notices to a watching link; its receiving side reports the link's end."""
+        with self.recorder.watch() as notices:
+            async for notice in notices:
+                try:
+                    await link.send(notice)
+                except LinkClosed:
+                    return
+
+    async def _save(self, link: Link, save: RecordSave) -> None:
+        """A window of a recording's ring, streamed as a capture."""
+        found = self.recorder.window(save)
+        if found is None:
+            await link.send(Error(code="INSTANCE_UNAVAILABLE", origin=self.config.id, text=(
+                f"agent {self.config.id} holds no recording {save.recording_id} (it ended, "
+                "or the agent restarted)")))
+            return
+        recording, window = found
+        log.info("recording %s: saving %d packets for %s", recording.id, window.packets,
+                 link.peer, extra={"event": "recording_saved", "recording_id": recording.id})
+        for msg in save_messages(recording, window):
+            await link.send(msg)
 
     async def _capture(self, link: Link, start: Start) -> None:
         target = start.target
@@ -292,7 +383,9 @@ async def serve_agent(config: AgentConfig, agent: Agent | None = None, *,
     tls = config.tls
     ctx = server_context(tls.certificate, tls.private_key, client_ca=tls.client_ca, what="tls")
     agent = agent or Agent(config)
-    await serve_websocket(agent.handle, config.listen.address, config.listen.port, ctx,
-                          http_handler=agent.http,
-                          check_client=partial(client_identity_problem, name=tls.client_name),
-                          task_status=task_status)
+    async with open_nursery() as nursery:
+        await nursery.start(agent.recorder.serve)
+        await serve_websocket(agent.handle, config.listen.address, config.listen.port, ctx,
+                              http_handler=agent.http,
+                              check_client=partial(client_identity_problem, name=tls.client_name),
+                              task_status=task_status)

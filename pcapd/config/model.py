@@ -204,6 +204,32 @@ class AgentBufferConfig(BufferConfig, frozen=True):
     lower_limit: Count = 800
 
 
+class RecorderConfig(_Section, frozen=True):
+    """The flight recorder (``pcapd record``): rings of this VM's recent packets, kept for a
+    user to save a past window. Every recording reserves its whole ``max_bytes`` from this
+    budget when it starts; one that does not fit is refused (LIMIT_REACHED) and running
+    recordings are never squeezed, so the VM's workload never feels more than ``max_bytes``."""
+
+    # where rings live: memory (the agent's own memory, counted against max_bytes);
+    # directory (files on the ephemeral disk) is not supported yet and is refused
+    storage: Literal["memory", "directory"] = "memory"
+    # the directory of rings for storage: directory (on the ephemeral disk)
+    directory: Annotated[str, Meta(min_length=1, extra={"what": "a directory path"})] | None = None
+    # bytes all recordings on this VM may hold together (each reserves its max_bytes)
+    max_bytes: Count = 256 << 20
+    max_recordings: Count = 8  # recordings this agent keeps at once; more: LIMIT_REACHED
+
+    def _rules(self) -> Iterator[Rule]:
+        if self.storage == "directory":
+            yield (
+                "storage",
+                "directory is not supported yet: rings live in memory — set it to memory "
+                "and size recorder.max_bytes to the memory this VM can spare",
+            )
+        elif self.directory is not None:
+            yield "directory", "only used with recorder.storage: directory — remove it"
+
+
 class AgentConfig(_Section, frozen=True):
     """``pcapd agent --config FILE`` (SPEC §8)."""
 
@@ -213,6 +239,7 @@ class AgentConfig(_Section, frozen=True):
     containers: ContainersConfig = msgspec.field(default_factory=ContainersConfig)
     limits: AgentLimitsConfig = msgspec.field(default_factory=AgentLimitsConfig)
     buffer: AgentBufferConfig = msgspec.field(default_factory=AgentBufferConfig)
+    recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
     # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)

@@ -339,6 +339,171 @@ class End(_Tagged, tag="end", frozen=True, kw_only=True):
     """Instances or sources not in the capture, and why."""
 
 
+# --- the flight recorder (``pcapd record``) ----------------------------------------------------
+
+Timestamp = Annotated[int, Meta(ge=0, le=MAX_UINT)]
+"""ns since the epoch: packet times and windows, exact to the packet (a float would not be)."""
+Delay = Annotated[float, Meta(ge=0, le=MAX_DURATION)]
+MAX_TRIGGERS_LISTED: Final = 20
+"""Fired triggers listed per source (the newest; ``triggers_fired`` counts them all)."""
+RecordingState = Literal["recording", "held", "ended", "lost"]
+"""``recording``: capturing into its rings; ``held``: no longer capturing (a ``once`` trigger
+fired), its rings kept for saving until stopped or ``ends_at``; ``ended``: rings freed;
+``lost``: the agent no longer knows it (restarted)."""
+RecordingEnd = Literal["stopped", "expired", "triggered", "failed", "drained", "lost"]
+
+
+class RecordRing(_Wire, frozen=True, kw_only=True):
+    """What each instance keeps: the last ``keep`` seconds, at most ``max_bytes`` (pcapng
+    bytes held), for at most ``until`` seconds from the start. The api may lower them to its
+    policy, never raise them; toward an agent ``max_bytes`` and ``until`` are required."""
+
+    keep: Seconds
+    max_bytes: Count | None = None
+    until: Seconds | None = None
+
+
+class Trigger(_Wire, frozen=True, kw_only=True):
+    """A second BPF filter: a packet matching it fires a trigger, whose window (``keep``
+    before it to ``after`` after it) the api saves on its own. ``once``: the recording stops
+    capturing after the first trigger's window (its rings are kept for the save)."""
+
+    filter: Annotated[str, Meta(min_length=1, max_length=MAX_FILTER)]
+    after: Delay = 0.0
+    once: bool = False
+
+
+class Record(_Tagged, tag="record", frozen=True, kw_only=True):
+    """Initiator → responder, in ``ready``: arm a recording (answered by
+    ``recording_started``). It runs on without the link: the link may close at once."""
+
+    recording_id: CaptureId | None = None
+    """Optional from a client (the api assigns one); required from the api to an agent."""
+    target: Target
+    options: CaptureOptions
+    ring: RecordRing
+    trigger: Trigger | None = None
+
+
+class RecordingStarted(_Tagged, tag="recording_started", frozen=True, kw_only=True):
+    """Responder → initiator: the recording runs on these sources, until ``ends_at``."""
+
+    recording_id: CaptureId
+    sources: Annotated[list[Source], Meta(max_length=MAX_LIST)]
+    ring: RecordRing
+    """What is in force: the request's, lowered to policy."""
+    ends_at: Annotated[float, Meta(ge=0)]
+    """Seconds since the epoch: the recording frees itself then."""
+    absent: Annotated[list[Absent], Meta(max_length=MAX_LIST)] = []
+
+
+class RecordSave(_Tagged, tag="record_save", frozen=True, kw_only=True):
+    """Initiator → responder, in ``ready``: the packets a recording holds in a window, answered
+    as a capture is (``started``, data, ``statistics``, ``end``). The window is the ``last``
+    seconds (by the responder's clock), or ``[start, end]`` (ns, both ends included; an end
+    left out is open), or everything held."""
+
+    recording_id: CaptureId
+    last: Seconds | None = None
+    start: Timestamp | None = None
+    end: Timestamp | None = None
+    upload: bool = False
+    """From a client: store the file (as ``start``'s ``upload``)."""
+
+
+class RecordStop(_Tagged, tag="record_stop", frozen=True, kw_only=True):
+    """Initiator → responder, in ``ready``: stop a recording and free its rings at once.
+    Answered by ``recording_list`` with its final state (empty: no such recording)."""
+
+    recording_id: CaptureId
+
+
+class ListRecordings(_Tagged, tag="list_recordings", frozen=True, kw_only=True):
+    """Initiator → responder, in ``ready``: recordings and their rings (answered by
+    ``recording_list``). ``watch`` (api → agent only): ``triggered`` messages may follow on
+    this link, for as long as it is open."""
+
+    recording_ids: Annotated[list[CaptureId], Meta(max_length=MAX_LIST)] = []
+    """Empty: all of them (on a client link: the caller's)."""
+    watch: bool = False
+
+
+class TriggerFired(_Wire, frozen=True, kw_only=True):
+    """One trigger: the matching packet's time and the window around it (ns)."""
+
+    number: Annotated[int, Meta(ge=1, le=MAX_UINT)]
+    at: Timestamp
+    window_start: Timestamp
+    window_end: Timestamp
+    matches: Count = 1
+    """Packets matching the trigger filter inside the window."""
+    complete: bool = False
+    """The window is whole (its end has passed): it can be saved."""
+
+
+class RingStatus(_Wire, frozen=True, kw_only=True):
+    """One source's ring of a recording: what it holds and what it let go."""
+
+    source: Source
+    state: RecordingState
+    packets: Count = 0
+    """Packets held now; ``bytes``: their pcapng bytes."""
+    bytes: Count = 0
+    first: Timestamp | None = None
+    """ns of the oldest packet held; ``last``: of the newest."""
+    last: Timestamp | None = None
+    captured: Count = 0
+    """Packets libpcap handed over since the start:
+    ``captured == packets + aged_out_time + aged_out_size`` (until the rings are freed)."""
+    aged_out_time: Count = 0
+    aged_out_size: Count = 0
+    kernel_dropped: Count = 0
+    interface_dropped: Count = 0
+    triggers: Annotated[list[TriggerFired], Meta(max_length=MAX_TRIGGERS_LISTED)] = []
+    triggers_fired: Count = 0
+    triggers_suppressed: Count = 0
+    """Matches that fired no trigger: rate-limited (at most one a minute)."""
+    text: Text = ""
+    """Why it ended or was lost, for people."""
+
+
+class Recording(_Wire, frozen=True, kw_only=True):
+    """A recording as ``recording_list`` shows it."""
+
+    recording_id: CaptureId
+    target: Label = ""
+    """For people, e.g. ``cf:my-org/dev/my-app`` (empty on an agent link)."""
+    options: CaptureOptions
+    ring: RecordRing
+    trigger: Trigger | None = None
+    started_at: Annotated[float, Meta(ge=0)]
+    ends_at: Annotated[float, Meta(ge=0)]
+    state: RecordingState
+    end_reason: RecordingEnd | None = None
+    end_text: Text = ""
+    sources: Annotated[list[RingStatus], Meta(max_length=MAX_LIST)] = []
+    absent: Annotated[list[Absent], Meta(max_length=MAX_LIST)] = []
+
+
+class RecordingList(_Tagged, tag="recording_list", frozen=True, kw_only=True):
+    """Answer to ``list_recordings`` and ``record_stop``."""
+
+    recordings: Annotated[list[Recording], Meta(max_length=MAX_LIST)]
+
+
+class Triggered(_Tagged, tag="triggered", frozen=True, kw_only=True):
+    """Agent → api, on a link that asked ``list_recordings`` with ``watch``: a trigger's
+    window is whole; save it. A link that was down meanwhile catches up with
+    ``list_recordings`` (every source lists its fired triggers)."""
+
+    recording_id: CaptureId
+    source: Name
+    """The source's ``if_name``, e.g. ``my-app/2:eth0``."""
+    trigger: TriggerFired
+    stopping: bool = False
+    """``once``: the recording captures no more (its rings are kept for the save)."""
+
+
 class ListCaptures(_Tagged, tag="list_captures", frozen=True, kw_only=True):
     """Client → api, before ``start``: the caller's stored captures (answered by
     ``capture_list``)."""
@@ -401,6 +566,13 @@ Message = (
     | Download
     | ListDevices
     | DeviceList
+    | Record
+    | RecordingStarted
+    | RecordSave
+    | RecordStop
+    | ListRecordings
+    | RecordingList
+    | Triggered
     | Started
     | Notice
     | Statistics

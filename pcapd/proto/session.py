@@ -49,8 +49,14 @@ from pcapd.proto.messages import (
     InitiatorRole,
     ListCaptures,
     ListDevices,
+    ListRecordings,
     Message,
     Notice,
+    Record,
+    RecordingList,
+    RecordingStarted,
+    RecordSave,
+    RecordStop,
     ResponderRole,
     Start,
     Started,
@@ -59,6 +65,7 @@ from pcapd.proto.messages import (
     StatusReply,
     Stop,
     Token,
+    Triggered,
     Welcome,
     fit_text,
     type_code,
@@ -83,20 +90,24 @@ _CAPTURE_STATES: Final = (_S.STARTING, _S.CAPTURING, _S.STOPPING)
 
 # (state, message type) -> next state, for messages from the initiator (upstream) and from the
 # responder (downstream). Guards that need more than the state are in _Session._guard.
-_QUERIES: Final = (Status, ListCaptures, GetDownload, ListDevices)
+_QUERIES: Final = (Status, ListCaptures, GetDownload, ListDevices, Record, RecordStop,
+                   ListRecordings)
 """Requests answered by one reply each (``_REPLIES``), before any ``start``."""
-_REPLIES: Final = (StatusReply, CaptureList, Download, DeviceList)
+_REPLIES: Final = (StatusReply, CaptureList, Download, DeviceList, RecordingStarted,
+                   RecordingList)
 
 _UPSTREAM: Final[dict[tuple[State, type[Message]], State]] = {
     (_S.IDLE, Hello): _S.HELLO,
     **{(_S.READY, query): _S.READY for query in _QUERIES},
     (_S.READY, Start): _S.STARTING,
+    (_S.READY, RecordSave): _S.STARTING,  # a saved window streams as a capture does
     (_S.STARTING, Stop): _S.STOPPING,
     (_S.CAPTURING, Stop): _S.STOPPING,
     **{(s, Token): s for s in _CAPTURE_STATES},
 }
 _DOWNSTREAM: Final[dict[tuple[State, type[Message]], State]] = {
     (_S.HELLO, Welcome): _S.READY,
+    (_S.READY, Triggered): _S.READY,  # only on a link that asked to watch (see _guard)
     (_S.STARTING, Notice): _S.STARTING,
     (_S.STARTING, Started): _S.CAPTURING,
     (_S.STARTING, End): _S.DONE,
@@ -159,10 +170,13 @@ class _Session:
         self.protocol: int | None = None
         """The level both ends speak, once the handshake is done."""
         self.start: Start | None = None
+        self.save: RecordSave | None = None
+        """The ``record_save`` this link streams, if it is one."""
         self.started: Started | None = None
         self.end: End | None = None
         self._state = State.IDLE
         self._status_pending = 0
+        self._watching = False
         self._stop_seen = False
         self._error_sent = False
         self._error_received = False
@@ -296,8 +310,12 @@ class _Session:
             self._check_handshake(msg, exc)
         elif isinstance(msg, _REPLIES) and self._status_pending == 0:
             raise exc(f"a `{type_code(msg)}` without an outstanding request")
+        elif isinstance(msg, Start | RecordSave) and self._watching:
+            raise exc(f"a `{type_code(msg)}` on a link that watches recordings: open another")
         elif isinstance(msg, Start):
             self._check_start(msg, exc)
+        elif isinstance(msg, Record | RecordSave | ListRecordings | Triggered):
+            self._check_recorder(msg, exc)
         elif isinstance(msg, ListDevices):
             to_agent = self.role == "agent" or (self._upstream and self.role == "api")
             if to_agent != isinstance(msg.target, AgentTarget):
@@ -367,6 +385,37 @@ class _Session:
         elif isinstance(msg.target, AgentTarget):
             raise exc("target kind `agent` is only for the api's links to agents")
 
+    def _check_recorder(
+        self, msg: Record | RecordSave | ListRecordings | Triggered, exc: type[ProtocolError]
+    ) -> None:
+        to_agent = self.role == "agent" or (self._upstream and self.role == "api")
+        code = type_code(msg)
+        if isinstance(msg, Record):
+            if to_agent:
+                missing = [name for name, value in (
+                    ("$.recording_id", msg.recording_id), ("$.ring.max_bytes", msg.ring.max_bytes),
+                    ("$.ring.until", msg.ring.until)) if value is None]
+                if not isinstance(msg.target, AgentTarget):
+                    raise exc("a `record` to an agent needs target kind `agent` at `$.target.kind`")
+                if missing:
+                    raise exc(f"a `record` to an agent needs `{missing[0]}`")
+            elif isinstance(msg.target, AgentTarget):
+                raise exc("target kind `agent` is only for the api's links to agents")
+        elif isinstance(msg, RecordSave):
+            if msg.last is not None and (msg.start is not None or msg.end is not None):
+                raise exc("`record_save` takes `last` or `start`/`end`, not both")
+            if msg.start is not None and msg.end is not None and msg.start > msg.end:
+                raise exc(f"`record_save` window ends ({msg.end}) before it starts ({msg.start})")
+            if msg.upload and to_agent:
+                raise exc("`upload` in a `record_save` is for the api, not an agent")
+        elif isinstance(msg, ListRecordings):
+            if msg.watch and not to_agent:
+                raise exc("`watch` in `list_recordings` is only for the api's links to agents")
+        elif not to_agent:  # Triggered
+            raise exc(f"a `{code}` only travels from an agent to the api")
+        elif not self._watching:
+            raise exc(f"a `{code}` on a link that did not ask to watch (`list_recordings`)")
+
     def _check_data(self, msg: Data, exc: type[ProtocolError], *, sending: bool) -> None:
         if sending and self._upstream:
             raise exc(f"a {self.role} sends no binary messages")
@@ -382,10 +431,14 @@ class _Session:
                 self.protocol = min(self.own_protocol, msg.protocol)
         elif isinstance(msg, _QUERIES):
             self._status_pending += 1
+            if isinstance(msg, ListRecordings) and msg.watch:
+                self._watching = True
         elif isinstance(msg, _REPLIES):
             self._status_pending -= 1
         elif isinstance(msg, Start):
             self.start = msg
+        elif isinstance(msg, RecordSave):
+            self.save = msg
         elif isinstance(msg, Started):
             self.started = msg
         elif isinstance(msg, Stop):

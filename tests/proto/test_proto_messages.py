@@ -17,6 +17,7 @@ from pcapd.proto import (
     MAX_BINARY_MESSAGE,
     MAX_TEXT_MESSAGE,
     MESSAGE_TYPES,
+    Absent,
     AgentTarget,
     BoshTarget,
     CaptureLimits,
@@ -33,9 +34,18 @@ from pcapd.proto import (
     Hello,
     ListCaptures,
     ListDevices,
+    ListRecordings,
     LocalTarget,
     Message,
     Notice,
+    Record,
+    Recording,
+    RecordingList,
+    RecordingStarted,
+    RecordRing,
+    RecordSave,
+    RecordStop,
+    RingStatus,
     Source,
     SourceDevices,
     SourceStatistics,
@@ -47,6 +57,9 @@ from pcapd.proto import (
     Stop,
     StoredCapture,
     Token,
+    Trigger,
+    Triggered,
+    TriggerFired,
     Welcome,
     decode_binary,
     decode_text,
@@ -56,7 +69,39 @@ from pcapd.proto import (
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+T_NS = 1_764_240_000_000_000_000
 
+FIRED = TriggerFired(number=1, at=T_NS, window_start=T_NS - 600 * 10**9,
+                     window_end=T_NS + 30 * 10**9, matches=2, complete=True)
+RECORDER_EXAMPLES: list[Message] = [
+    Record(target=CfTarget(app="my-app", instances=[0]),
+           options=CaptureOptions(device="eth0", filter="port 443"),
+           ring=RecordRing(keep=600.0, max_bytes=256 << 20, until=86400.0),
+           trigger=Trigger(filter="tcp[tcpflags] & tcp-rst != 0", after=30.0, once=True)),
+    Record(recording_id="r-1", target=AgentTarget(namespace="host", source="router/0"),
+           options=CaptureOptions(device="eth0"),
+           ring=RecordRing(keep=60.0, max_bytes=1 << 20, until=3600.0)),
+    RecordingStarted(recording_id="r-1", sources=[Source(id=0, name="router/0:eth0")],
+                     ring=RecordRing(keep=60.0, max_bytes=1 << 20, until=3600.0),
+                     ends_at=1764243600.0,
+                     absent=[Absent(name="router/1", reason="no agent", partial=True)]),
+    RecordSave(recording_id="r-1", last=300.0, upload=True),
+    RecordSave(recording_id="r-1", start=T_NS - 10**9, end=T_NS),
+    RecordStop(recording_id="r-1"),
+    ListRecordings(),
+    ListRecordings(recording_ids=["r-1"], watch=True),
+    RecordingList(recordings=[Recording(
+        recording_id="r-1", target="bosh:cf/router", options=CaptureOptions(device="eth0"),
+        ring=RecordRing(keep=60.0, max_bytes=1 << 20, until=3600.0),
+        trigger=Trigger(filter="icmp"), started_at=1764240000.0, ends_at=1764243600.0,
+        state="ended", end_reason="triggered", end_text="stopped after the first trigger",
+        sources=[RingStatus(source=Source(id=0, name="router/0:eth0"), state="held",
+                            packets=10, bytes=1280, first=T_NS - 10**9, last=T_NS,
+                            captured=25, aged_out_time=15, kernel_dropped=1, triggers=[FIRED],
+                            triggers_fired=1, triggers_suppressed=3)],
+        absent=[Absent(name="router/1", reason="its agent restarted: the ring is lost")])]),
+    Triggered(recording_id="r-1", source="router/0:eth0", trigger=FIRED, stopping=True),
+]
 EXAMPLES: list[Message] = [
     Hello(protocol=1, min_protocol=1, software="pcapd 0.1.0", role="client"),
     Welcome(protocol=1, min_protocol=1, software="pcapd 0.1.0", role="api", server_id="api/0"),
@@ -108,6 +153,7 @@ EXAMPLES: list[Message] = [
     ListDevices(target=AgentTarget(namespace="guid-1", app_guid="app-guid", source="my-app/1")),
     DeviceList(sources=[SourceDevices(origin="my-app/1", devices=["lo", "eth0"]),
                         SourceDevices(origin="my-app/2", problem="my-app/2 is CRASHED")]),
+    *RECORDER_EXAMPLES,
 ]
 
 

@@ -25,8 +25,15 @@ from pcapd.proto import (
     End,
     Error,
     InitiatorSession,
+    ListRecordings,
     Message,
     Notice,
+    Record,
+    RecordingList,
+    RecordingStarted,
+    RecordRing,
+    RecordSave,
+    RecordStop,
     ResponderSession,
     Source,
     SourceStatistics,
@@ -37,6 +44,8 @@ from pcapd.proto import (
     Status,
     StatusReply,
     Stop,
+    Triggered,
+    TriggerFired,
     decode_binary,
     decode_text,
     encode,
@@ -211,6 +220,14 @@ STARTED = Started(capture_id="c9", sources=[Source(id=0, name="a/0:eth0")])
 NOTICE = Notice(code="CONGESTED", text="t", party="agent", count=1)
 STATS = Statistics(sources=[SourceStatistics(source=0, state="capturing")])
 ERROR = Error(code="CONNECTION_ERROR", text="bye")
+RING = RecordRing(keep=1.0, max_bytes=10, until=5.0)
+CLIENT_RECORD = Record(target=CfTarget(app="a"), options=CaptureOptions(device="eth0"),
+                       ring=RING)
+AGENT_RECORD = Record(recording_id="r9", target=AgentTarget(namespace="host", source="router/0"),
+                      options=CaptureOptions(device="eth0"), ring=RING)
+RECORDING_STARTED = RecordingStarted(recording_id="r9", sources=[], ring=RING, ends_at=5.0)
+TRIGGERED = Triggered(recording_id="r9", source="router/0:eth0",
+                      trigger=TriggerFired(number=1, at=2, window_start=1, window_end=3))
 
 
 def sendable(session: InitiatorSession | ResponderSession, pool: list[Any]) -> list[Any]:
@@ -234,10 +251,12 @@ def test_honest_peers_never_see_a_remote_error(data: st.DataObject) -> None:
     i = InitiatorSession("api" if to_agent else "client")
     r = ResponderSession("agent" if to_agent else "api")
     start = AGENT_START if to_agent else CLIENT_START
+    record = AGENT_RECORD if to_agent else CLIENT_RECORD
     queues: dict[str, list[str | bytes]] = {"to_r": [], "to_i": []}
     watermark = 0
     for _ in range(data.draw(st.integers(0, 40), label="steps")):
-        up = [i.make_hello(), Status(), start, Stop()]
+        up = [i.make_hello(), Status(), start, Stop(), record, RecordSave(recording_id="r9"),
+              RecordStop(recording_id="r9"), ListRecordings(watch=to_agent)]
         down = [
             r.make_welcome("api/0"),
             REPLY,
@@ -247,6 +266,9 @@ def test_honest_peers_never_see_a_remote_error(data: st.DataObject) -> None:
             End(reason="stopped"),
             Data(watermark=watermark + 1, payload=b"x"),
             Data(watermark=0),
+            RECORDING_STARTED,
+            RecordingList(recordings=[]),
+            TRIGGERED,
         ]
         choices = {
             "up": sendable(i, up),

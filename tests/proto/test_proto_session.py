@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
 import pytest
 
 from pcapd.errors import LocalProtocolError, RemoteProtocolError
@@ -25,8 +26,15 @@ from pcapd.proto import (
     InitiatorSession,
     ListCaptures,
     ListDevices,
+    ListRecordings,
     Message,
     Notice,
+    Record,
+    RecordingList,
+    RecordingStarted,
+    RecordRing,
+    RecordSave,
+    RecordStop,
     ResponderSession,
     Source,
     SourceDevices,
@@ -40,6 +48,8 @@ from pcapd.proto import (
     Stop,
     StoredCapture,
     Token,
+    Triggered,
+    TriggerFired,
     Welcome,
     encode,
     encode_data,
@@ -514,3 +524,123 @@ def test_list_devices_names_an_agent_target_only_toward_an_agent() -> None:
     assert agent.state is to_agent.state is S.READY
     with pytest.raises(RemoteProtocolError, match="without an outstanding request"):
         to_agent.receive_text(encode(answer))
+
+
+# --- the flight recorder ----------------------------------------------------------------------
+
+RING = RecordRing(keep=60.0, max_bytes=1 << 20, until=3600.0)
+AGENT_RECORD = Record(recording_id="r1", target=AgentTarget(namespace="host", source="router/0"),
+                      options=CaptureOptions(device="eth0"), ring=RING)
+CLIENT_RECORD = Record(target=CfTarget(app="my-app"), options=CaptureOptions(device="eth0"),
+                       ring=RecordRing(keep=60.0))
+RECORDING_STARTED = RecordingStarted(recording_id="r1", sources=[Source(id=0, name="a/0:eth0")],
+                                     ring=RING, ends_at=2.0)
+FIRED = Triggered(recording_id="r1", source="router/0:eth0",
+                  trigger=TriggerFired(number=1, at=5, window_start=1, window_end=9))
+
+
+def ready(link: Link) -> tuple[InitiatorSession, ResponderSession]:
+    return pair_in(link, S.READY)
+
+
+@pytest.mark.parametrize("link", LINKS, ids=str)
+def test_a_recording_is_armed_by_a_query_and_the_link_stays_ready(link: Link) -> None:
+    i, r = ready(link)
+    deliver(i.send(AGENT_RECORD if link.responder == "agent" else CLIENT_RECORD), r)
+    deliver(r.send(RECORDING_STARTED), i)
+    deliver(i.send(RecordStop(recording_id="r1")), r)
+    deliver(i.send(ListRecordings(recording_ids=["r1"])), r)
+    deliver(r.send(RecordingList(recordings=[])), i)
+    deliver(r.send(RecordingList(recordings=[])), i)
+    assert i.state is r.state is S.READY
+    with pytest.raises(LocalProtocolError, match="without an outstanding request"):
+        r.send(RecordingList(recordings=[]))
+
+
+@pytest.mark.parametrize(
+    ("record", "words"),
+    [
+        (CLIENT_RECORD, "needs target kind `agent`"),
+        (msgspec.structs.replace(AGENT_RECORD, recording_id=None), "needs `$.recording_id`"),
+        (msgspec.structs.replace(AGENT_RECORD, ring=RecordRing(keep=1.0, until=2.0)),
+         "needs `$.ring.max_bytes`"),
+        (msgspec.structs.replace(AGENT_RECORD, ring=RecordRing(keep=1.0, max_bytes=1)),
+         "needs `$.ring.until`"),
+    ],
+)
+def test_a_record_toward_an_agent_is_complete(record: Record, words: str) -> None:
+    i, r = ready(LINKS[1])
+    with pytest.raises(LocalProtocolError, match=re.escape(words)):
+        i.send(record)
+    with pytest.raises(RemoteProtocolError, match=re.escape(words)):
+        r.receive_text(encode(record))
+
+
+def test_a_client_cannot_name_an_agent_target_in_a_record() -> None:
+    i, r = ready(LINKS[0])
+    with pytest.raises(LocalProtocolError, match="only for the api's links to agents"):
+        i.send(AGENT_RECORD)
+    with pytest.raises(RemoteProtocolError, match="only for the api's links to agents"):
+        r.receive_text(encode(AGENT_RECORD))
+
+
+@pytest.mark.parametrize("link", LINKS, ids=str)
+def test_a_saved_window_streams_as_a_capture(link: Link) -> None:
+    i, r = ready(link)
+    save = RecordSave(recording_id="r1", last=300.0)
+    deliver(i.send(save), r)
+    assert (i.state, r.state, r.save) == (S.STARTING, S.STARTING, save)
+    deliver(r.send(Started(capture_id="r1", sources=[Source(id=0, name="a/0:eth0")])), i)
+    assert i.receive_binary(r.send(Data(watermark=3, payload=b"epbs"))).payload == b"epbs"
+    deliver(r.send(Statistics(sources=[SourceStatistics(source=0, state="stopped")], final=True)),
+            i)
+    deliver(r.send(END), i)
+    assert i.state is r.state is S.DONE
+
+
+@pytest.mark.parametrize(
+    ("save", "words", "links"),
+    [
+        (RecordSave(recording_id="r1", last=5.0, start=1), "`last` or `start`/`end`", LINKS),
+        (RecordSave(recording_id="r1", start=5, end=4), "ends (4) before it starts (5)", LINKS),
+        (RecordSave(recording_id="r1", upload=True), "not an agent", LINKS[1:]),
+    ],
+)
+def test_a_save_window_is_checked(save: RecordSave, words: str, links: list[Link]) -> None:
+    for link in links:
+        i, r = ready(link)
+        with pytest.raises(LocalProtocolError, match=re.escape(words)):
+            i.send(save)
+        with pytest.raises(RemoteProtocolError, match=re.escape(words)):
+            r.receive_text(encode(save))
+    i, r = ready(LINKS[0])
+    deliver(i.send(RecordSave(recording_id="r1", upload=True, start=4, end=4)), r)
+
+
+def test_triggers_reach_the_api_only_on_a_watching_agent_link() -> None:
+    i, r = ready(LINKS[1])
+    with pytest.raises(LocalProtocolError, match="did not ask to watch"):
+        r.send(FIRED)
+    with pytest.raises(RemoteProtocolError, match="did not ask to watch"):
+        i.receive_text(encode(FIRED))
+    i, r = ready(LINKS[1])
+    deliver(i.send(ListRecordings(watch=True)), r)
+    deliver(r.send(FIRED), i)  # before the answer: fine, the watch was asked
+    deliver(r.send(RecordingList(recordings=[])), i)
+    deliver(r.send(FIRED), i)
+    deliver(i.send(Status()), r)  # queries go on
+    deliver(r.send(REPLY), i)
+    for capture in (LINKS[1].start(), RecordSave(recording_id="r1")):
+        with pytest.raises(LocalProtocolError, match="watches recordings: open another"):
+            i.send(capture)
+    assert i.state is r.state is S.READY
+
+
+def test_a_client_link_carries_no_watch_and_no_triggers() -> None:
+    i, r = ready(LINKS[0])
+    with pytest.raises(LocalProtocolError, match="only for the api's links to agents"):
+        i.send(ListRecordings(watch=True))
+    with pytest.raises(LocalProtocolError, match="only travels from an agent"):
+        r.send(FIRED)
+    with pytest.raises(RemoteProtocolError, match="only travels from an agent"):
+        i.receive_text(encode(FIRED))

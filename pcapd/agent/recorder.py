@@ -1,0 +1,387 @@
+"""The flight recorder on the agent: recordings that capture into rings, whatever the api does.
+
+Theory of operation. A recording is a capture (the same engine, the same BPF compiled by the
+limited child) whose reader puts every batch into a :class:`~.ring.Ring` instead of a link, in
+a task of the recorder's own nursery: it lives as long as the agent, not the link that armed
+it. Its cancel scope carries the deadline (``until``), so expiry is Trio's business. Each
+recording reserves its ``max_bytes`` from the agent's :class:`~.ring.Budget` before anything
+is opened; a recording that does not fit is refused and running ones are never squeezed.
+
+A trigger is a second BPF program run by pcapd on each batch (:mod:`.matcher`); the pure rule
+(:mod:`.triggers`) says when one fires and when its window is whole (the batch's watermark has
+passed its end). Then every link watching (``list_recordings`` with ``watch``) is told; a link
+that is down misses nothing, since ``list_recordings`` lists the fired triggers. With ``once``
+the capture ends there and the ring is *held* until stopped or expired, for the api to save.
+
+Stopping frees the ring at once, synchronously, before the capture task has even unwound; the
+recording's final state (not its packets) is remembered for a while so the api learns how it
+ended. Saving reads a window out of the ring (views of its buffers: the ring may move on
+meanwhile) and streams it as a capture: ``started``, the IDB and EPBs, the ISB, ``end``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from pcapd.agent.bpf_worker import filter_program
+from pcapd.agent.capture import Capture, CaptureError, open_capture
+from pcapd.agent.matcher import Matcher
+from pcapd.agent.ring import Budget, BudgetRefused, Ring, Window
+from pcapd.agent.triggers import Fired, Triggers
+from pcapd.config import AgentConfig
+from pcapd.pcapng import encode_interface_description, encode_interface_statistics
+from pcapd.proto import (
+    Counters,
+    Data,
+    End,
+    Record,
+    Recording,
+    RecordingStarted,
+    RecordSave,
+    RingStatus,
+    Source,
+    SourceStatistics,
+    Started,
+    Statistics,
+    Triggered,
+    TriggerFired,
+)
+from pcapd.proto.messages import MAX_TRIGGERS_LISTED, RecordingEnd, RecordingState
+from pcapd.transport.service import Refusal
+
+log = logging.getLogger(__name__)
+
+READ_WAIT = 0.1
+"""Seconds a read waits before returning empty: how often an idle recording ages its ring."""
+MAX_READ = 4096
+STATS_PERIOD = 1.0
+ENDED_KEPT = 256
+"""Ended recordings whose final state is remembered (not their packets)."""
+WATCH_QUEUE = 64
+"""Trigger notices queued per watching link; a link that falls behind catches up by listing."""
+MAX_CHUNK = 1 << 20
+"""Bytes of EPBs per binary message of a save."""
+_NS = 1_000_000_000
+
+
+class ActiveRecording:
+    """One recording on this agent: its ring, its trigger rule, its life."""
+
+    def __init__(self, record: Record, source: Source, started_at: float) -> None:
+        ring = record.ring
+        assert record.recording_id is not None and ring.max_bytes is not None  # the session
+        assert ring.until is not None
+        self.id = record.recording_id
+        self.record = record
+        self.source = source
+        self.started_at = started_at
+        self.ends_at = started_at + ring.until
+        self.ring = Ring(keep_ns=max(1, round(ring.keep * _NS)), max_bytes=ring.max_bytes)
+        trigger = record.trigger
+        self.triggers = None if trigger is None else Triggers(
+            keep_ns=self.ring.keep_ns, after_ns=round(trigger.after * _NS), once=trigger.once)
+        self.state: RecordingState = "recording"
+        self.end_reason: RecordingEnd | None = None
+        self.end_text = ""
+        self.scope = trio.CancelScope(deadline=trio.current_time() + ring.until)
+        self.link_type = 1
+        self.snaplen = record.options.snaplen
+        self.kernel_received = 0
+
+    def end(self, reason: RecordingEnd, text: str = "") -> None:
+        """First caller's reason wins; frees the ring at once."""
+        if self.end_reason is None:
+            self.end_reason, self.end_text = reason, text
+        self.state = "ended"
+        self.ring.clear()
+        self.scope.cancel()
+
+    def status(self) -> Recording:
+        stats = self.ring.statistics()
+        triggers = self.triggers
+        fired = [] if triggers is None else [_fired(f) for f in triggers.fired]
+        ring = RingStatus(
+            source=self.source, state=self.state, packets=stats.packets, bytes=stats.bytes,
+            first=stats.first_timestamp, last=stats.last_timestamp, captured=stats.captured,
+            aged_out_time=stats.aged_out_time, aged_out_size=stats.aged_out_size,
+            kernel_dropped=stats.kernel_dropped, interface_dropped=stats.interface_dropped,
+            triggers=fired[-MAX_TRIGGERS_LISTED:],
+            triggers_fired=0 if triggers is None else triggers.total,
+            triggers_suppressed=0 if triggers is None else triggers.suppressed,
+            text=self.end_text)
+        r = self.record
+        return Recording(
+            recording_id=self.id, options=r.options, ring=r.ring, trigger=r.trigger,
+            started_at=self.started_at, ends_at=self.ends_at, state=self.state,
+            end_reason=self.end_reason, end_text=self.end_text, sources=[ring])
+
+
+def _fired(f: Fired) -> TriggerFired:
+    return TriggerFired(number=f.number, at=f.at, window_start=max(0, f.window_start),
+                        window_end=f.window_end, matches=f.matches, complete=f.complete)
+
+
+class Recorder:
+    """The recordings of one agent and its budget. :meth:`serve` must run for any to start."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        rc = config.recorder
+        self.budget = Budget(max_bytes=rc.max_bytes, max_recordings=rc.max_recordings)
+        self.recordings: dict[str, ActiveRecording] = {}
+        self.ended: OrderedDict[str, Recording] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
+        self._watchers: set[trio.MemorySendChannel[Triggered]] = set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Until a ring has read (and aged) once more, or a recording has ended."""
+        await self._changed.wait()
+
+    def _change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Own the recordings until cancelled (they end as ``drained``)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for recording in list(self.recordings.values()):
+                self._finish(recording, "drained", f"agent {self.config.id} stopped")
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def start(self, record: Record, source: Source, netns: Path | None,
+                    kernel_filter: str) -> RecordingStarted:
+        """Arm a recording; raises :class:`Refusal` or :class:`CaptureError` if it cannot.
+        ``kernel_filter`` is the record's filter with what the agent leaves out (its port)."""
+        agent = self.config.id
+        assert record.recording_id is not None and record.ring.max_bytes is not None
+        if self._nursery is None:
+            raise Refusal("START_CAPTURE_FAILED", f"agent {agent}: the recorder is not running")
+        if record.recording_id in self.recordings:
+            raise Refusal("INVALID_REQUEST", f"recording {record.recording_id} already runs "
+                          f"on agent {agent}")
+        try:
+            self.budget.reserve(record.recording_id, record.ring.max_bytes)
+        except BudgetRefused as exc:
+            raise Refusal("LIMIT_REACHED", f"agent {agent}: {exc}") from None
+        recording = ActiveRecording(record, source, time.time())
+        self.recordings[recording.id] = recording
+        self.ended.pop(recording.id, None)
+        try:
+            await self._nursery.start(self._run, recording, netns, kernel_filter)
+        except BaseException:
+            self._finish(recording, "failed", "it did not start")
+            raise
+        log.info("recording %s started: %s filter=%r keep=%gs max_bytes=%d until=%gs trigger=%r",
+                 recording.id, source.name, record.options.filter, record.ring.keep,
+                 record.ring.max_bytes, record.ring.until,
+                 record.trigger.filter if record.trigger else None,
+                 extra={"event": "recording_started", "recording_id": recording.id})
+        return RecordingStarted(recording_id=recording.id, sources=[source], ring=record.ring,
+                                ends_at=recording.ends_at)
+
+    def stop(self, recording_id: str) -> list[Recording]:
+        """Stop a recording and free its ring at once; its final state (none if unknown)."""
+        recording = self.recordings.get(recording_id)
+        if recording is None:
+            return []
+        self._finish(recording, "stopped", "stopped by the api")
+        return [self.ended[recording_id]]
+
+    def listed(self, recording_ids: list[str]) -> list[Recording]:
+        """The state of these recordings (all, if none is named), ended ones included."""
+        if not recording_ids:
+            return [r.status() for r in self.recordings.values()] + list(self.ended.values())
+        found = []
+        for rid in recording_ids:
+            if rid in self.recordings:
+                found.append(self.recordings[rid].status())
+            elif rid in self.ended:
+                found.append(self.ended[rid])
+        return found
+
+    @contextmanager
+    def watch(self) -> Iterator[trio.MemoryReceiveChannel[Triggered]]:
+        """Trigger notices, for as long as the block runs."""
+        send, receive = trio.open_memory_channel[Triggered](WATCH_QUEUE)
+        self._watchers.add(send)
+        try:
+            yield receive
+        finally:
+            self._watchers.discard(send)
+            send.close()
+
+    def window(self, save: RecordSave) -> tuple[ActiveRecording, Window] | None:
+        """The recording and the window ``save`` asks for (None: no such recording held)."""
+        recording = self.recordings.get(save.recording_id)
+        if recording is None:
+            return None
+        if save.last is not None:
+            t_from, t_to = time.time_ns() - round(save.last * _NS), 2**64
+        else:
+            t_from, t_to = save.start or 0, 2**64 if save.end is None else save.end
+        return recording, recording.ring.window(t_from, t_to)
+
+    # --- the recording's task ----------------------------------------------------------------
+
+    def _finish(self, recording: ActiveRecording, reason: RecordingEnd, text: str) -> None:
+        recording.end(reason, text)
+        if self.recordings.pop(recording.id, None) is None:
+            return
+        self.budget.release(recording.id)
+        self._change()
+        self.ended[recording.id] = recording.status()
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
+        stats = recording.ring.statistics()
+        log.info("recording %s ended (%s%s): %d packets captured, %d aged out, kernel dropped %d",
+                 recording.id, recording.end_reason, f": {text}" if text else "", stats.captured,
+                 stats.aged_out_time + stats.aged_out_size, stats.kernel_dropped,
+                 extra={"event": "recording_ended", "recording_id": recording.id})
+
+    async def _run(self, recording: ActiveRecording, netns: Path | None, kernel_filter: str,
+                   *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        options = recording.record.options
+        started = False
+        failure = ""
+        try:
+            with recording.scope:
+                async with open_capture(options.device, filter=kernel_filter,
+                                        snaplen=options.snaplen, netns=netns) as capture:
+                    recording.link_type, recording.snaplen = capture.link_type, capture.snaplen
+                    matcher = None
+                    if recording.record.trigger is not None:
+                        matcher = Matcher(await filter_program(
+                            recording.record.trigger.filter, capture.link_type,
+                            capture.snaplen))
+                    task_status.started()
+                    started = True
+                    await self._record(recording, capture, matcher)
+                recording.state = "held"  # a `once` trigger: keep the ring for the save
+                await trio.sleep_forever()
+        except Exception as exc:  # a recording that fails must not take the agent with it
+            if not started:
+                raise  # the request is refused with it
+            failure = str(exc) if isinstance(exc, CaptureError) else f"internal error: {exc!r}"
+            log.warning("recording %s failed: %s", recording.id, failure,
+                        exc_info=not isinstance(exc, CaptureError))
+        finally:
+            if started and recording.id in self.recordings:
+                if failure:
+                    self._finish(recording, "failed", failure)
+                elif recording.scope.cancelled_caught:  # its deadline: `until`
+                    self._finish(recording, "expired",
+                                 f"until ({recording.record.ring.until:g}s) reached")
+                else:
+                    self._finish(recording, "drained", f"agent {self.config.id} stopped")
+
+    async def _record(self, recording: ActiveRecording, capture: Capture,
+                      matcher: Matcher | None) -> None:
+        """Read into the ring until cancelled, or until a ``once`` trigger's window is whole."""
+        ring, triggers = recording.ring, recording.triggers
+        next_stats = trio.current_time()
+        while True:
+            batch = await capture.read_batch(max_packets=MAX_READ, max_wait=READ_WAIT)
+            if matcher is not None and triggers is not None and batch.blocks:
+                fired = triggers.matched(matcher.matches(batch.blocks))
+                if fired is not None:
+                    log.info("recording %s: trigger %d fired at %d", recording.id,
+                             fired.number, fired.at, extra={"event": "recording_triggered",
+                                                            "recording_id": recording.id})
+            ring.add(batch.blocks, time.time_ns())
+            self._change()
+            if trio.current_time() >= next_stats:
+                stats = capture.stats()
+                ring.note_kernel(stats.kernel_dropped, stats.interface_dropped)
+                recording.kernel_received = stats.received
+                next_stats = trio.current_time() + STATS_PERIOD
+            if triggers is not None and (done := triggers.complete(batch.watermark)):
+                self._notify(recording, done, stopping=triggers.done)
+                if triggers.done:
+                    stats = capture.stats()
+                    ring.note_kernel(stats.kernel_dropped, stats.interface_dropped)
+                    return
+
+    def _notify(self, recording: ActiveRecording, fired: Fired, *, stopping: bool) -> None:
+        notice = Triggered(recording_id=recording.id, source=recording.source.name,
+                           trigger=_fired(fired), stopping=stopping)
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(notice)
+            except trio.WouldBlock:
+                pass  # that link is behind: it catches up by listing
+            except trio.ClosedResourceError:
+                self._watchers.discard(watcher)
+
+
+# --- saving a window ----------------------------------------------------------------------------
+
+
+def save_messages(recording: ActiveRecording, window: Window) -> Iterator[
+        Started | Data | Statistics | End]:
+    """What answers a ``record_save``: the same stream as a capture's, from ``started`` to
+    ``end``. Each data message's watermark is its last packet's time (the window is sorted)."""
+    rid = recording.id
+    yield Started(capture_id=rid, sources=[Source(id=0, name=recording.source.name,
+                                                  description=recording.source.description)])
+    yield Data(watermark=0, payload=encode_interface_description(
+        link_type=recording.link_type, snaplen=recording.snaplen, name=recording.source.name,
+        description=recording.source.description, tsresol=9,
+        filter=recording.record.options.filter or None))
+    pending: list[memoryview] = []
+    size = 0
+    for chunk in window.chunks:
+        if pending and size + len(chunk) > MAX_CHUNK:
+            yield _data(pending)
+            pending, size = [], 0
+        pending.append(chunk)
+        size += len(chunk)
+    if pending:
+        yield _data(pending)
+    stats = recording.ring.statistics()
+    now = time.time_ns()
+    aged = stats.aged_out_time + stats.aged_out_size
+    yield Data(watermark=0, payload=encode_interface_statistics(
+        interface_id=0, timestamp=now, start_time=round(recording.started_at * _NS),
+        end_time=now, received=recording.kernel_received, kernel_dropped=stats.kernel_dropped,
+        interface_dropped=stats.interface_dropped, delivered=window.packets,
+        comment=f"recording {rid}: {window.packets} packets in the window of {stats.packets} "
+                f"held; {stats.aged_out_time} aged out (older than keep), "
+                f"{stats.aged_out_size} aged out (over max_bytes), {stats.captured} captured"))
+    counters = Counters(packets=window.packets, bytes=window.bytes,
+                        kernel_received=recording.kernel_received,
+                        kernel_dropped=stats.kernel_dropped,
+                        interface_dropped=stats.interface_dropped, written=window.packets)
+    yield Statistics(sources=[SourceStatistics(source=0, state="stopped", packets=window.packets,
+                                               bytes=window.bytes, written=window.packets,
+                                               kernel_dropped=stats.kernel_dropped)], final=True)
+    yield End(reason="completed", totals=counters,
+              text=f"{window.packets} packets saved from recording {rid} ({aged} aged out)")
+
+
+def _data(chunks: list[memoryview]) -> Data:
+    last = chunks[-1]
+    tail = int.from_bytes(last[-4:], "little")
+    block = last[len(last) - tail:]
+    watermark = int.from_bytes(block[12:16], "little") << 32 | int.from_bytes(block[16:20],
+                                                                               "little")
+    payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return Data(watermark=watermark, payload=payload)
+
+
+__all__ = ["ActiveRecording", "Recorder", "save_messages"]
