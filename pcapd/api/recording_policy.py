@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pcapd.config.model import RecorderConfig
+from pcapd.config.model import ApiRecorderConfig
 from pcapd.errors import PcapdError
 from pcapd.units import format_duration, format_size
 
@@ -91,7 +91,7 @@ def _span(flag: str, asked: float | None, default: float, most: float, key: str,
     return asked
 
 
-def effective_parameters(request: RecordingRequest, config: RecorderConfig
+def effective_parameters(request: RecordingRequest, config: ApiRecorderConfig
                          ) -> RecordingParameters:
     """The recording ``request`` asks for under ``config``; RecordingRefused naming the flag,
     the limit and what to ask instead."""
@@ -132,7 +132,7 @@ def effective_parameters(request: RecordingRequest, config: RecorderConfig
                                once=request.once)
 
 
-def check_room(owner: str, armed: Sequence[str], config: RecorderConfig) -> None:
+def check_room(owner: str, armed: Sequence[str], config: ApiRecorderConfig) -> None:
     """Whether ``owner`` may arm one more recording, given the owners of every recording
     armed now (all api VMs: the store's records); RecordingRefused (LIMIT_REACHED) if not."""
     mine = sum(1 for o in armed if o == owner)

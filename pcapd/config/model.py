@@ -204,7 +204,7 @@ class AgentBufferConfig(BufferConfig, frozen=True):
     lower_limit: Count = 800
 
 
-class RecorderConfig(_Section, frozen=True):
+class AgentRecorderConfig(_Section, frozen=True):
     """The flight recorder (``pcapd record``): rings of this VM's recent packets, kept for a
     user to save a past window. Every recording reserves its whole ``max_bytes`` from this
     budget when it starts; one that does not fit is refused (LIMIT_REACHED) and running
@@ -239,7 +239,7 @@ class AgentConfig(_Section, frozen=True):
     containers: ContainersConfig = msgspec.field(default_factory=ContainersConfig)
     limits: AgentLimitsConfig = msgspec.field(default_factory=AgentLimitsConfig)
     buffer: AgentBufferConfig = msgspec.field(default_factory=AgentBufferConfig)
-    recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
+    recorder: AgentRecorderConfig = msgspec.field(default_factory=AgentRecorderConfig)
     # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -485,7 +485,7 @@ class RecorderMaxBytesConfig(_Section, frozen=True):
         return _default_rule(self.default, self.max)
 
 
-class RecorderConfig(_Section, frozen=True):
+class ApiRecorderConfig(_Section, frozen=True):
     """The flight recorder, ``pcapd record``: what a recording may ask of the agents, and how
     many may be armed. Records of recordings live in ``storage`` (shared by every api VM)."""
 
@@ -529,7 +529,7 @@ class ApiConfig(_Section, frozen=True):
     limits: ApiLimitsConfig = msgspec.field(default_factory=ApiLimitsConfig)
     buffer: ApiBufferConfig = msgspec.field(default_factory=ApiBufferConfig)
     merge: MergeConfig = msgspec.field(default_factory=MergeConfig)
-    recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
+    recorder: ApiRecorderConfig = msgspec.field(default_factory=ApiRecorderConfig)
     # seconds running captures get to end gracefully after SIGTERM (a second signal: at once)
     drain_timeout: Seconds = 30.0
     log: LogConfig = msgspec.field(default_factory=LogConfig)

@@ -17,7 +17,7 @@ from pcapd.api.recording_policy import (
 )
 from pcapd.client.arguments import parse_duration, parse_size
 from pcapd.config import parse_api_config
-from pcapd.config.model import RecorderConfig
+from pcapd.config.model import ApiRecorderConfig
 from pcapd.units import format_duration, format_size
 
 CONFIG = parse_api_config({
@@ -26,7 +26,7 @@ CONFIG = parse_api_config({
 }, require_platform=False).recorder
 
 
-def refusal(request: RecordingRequest, config: RecorderConfig = CONFIG) -> RecordingRefused:
+def refusal(request: RecordingRequest, config: ApiRecorderConfig = CONFIG) -> RecordingRefused:
     with pytest.raises(RecordingRefused) as err:
         effective_parameters(request, config)
     return err.value
