@@ -81,7 +81,6 @@ from pcapd.proto import (
     Token,
 )
 from pcapd.store import CaptureInfo, DownloadRefused, InvalidId, Store, Upload
-from pcapd.store.local import LocalStore
 from pcapd.tokens import Identity, Unauthenticated, bearer_token
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import (
@@ -244,14 +243,15 @@ class Api:
         More routes: ``self.http.add("/downloads/", handler)`` (see pcapd.transport.http)."""
         router = HttpRouter({"/status": status_route(self.status),
                              "/metrics": metrics_route(self.metrics)})
-        if isinstance(self.store, LocalStore):
+        if self.store is not None:
             router.add("/downloads/", self._download)
         return router
 
     async def _download(self, request: HttpRequest) -> HttpResponse:
         """``GET /downloads/<id>?expires=…&token=…``: a local-store capture, streamed, for
-        whoever holds the signed link (the link is the credential, short-lived)."""
-        assert isinstance(self.store, LocalStore)
+        whoever holds the signed link (the link is the credential, short-lived). An S3 store
+        refuses every one (its links go to the bucket)."""
+        assert self.store is not None
         capture_id = request.path.removeprefix("/downloads/")
         try:
             path, info = await self.store.open_download(
