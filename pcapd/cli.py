@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pcapd import __version__
 from pcapd.client.arguments import finish as finish_arguments
 from pcapd.client.arguments import parse_duration, parse_size
+from pcapd.client.extcap.protocol import add_arguments as add_extcap_arguments
+from pcapd.client.extcap.protocol import joined_values
 from pcapd.errors import Interrupted, NotImplementedYetError, PcapdError, UsageError, collapse
-from pcapd.extcap import add_arguments as add_extcap_arguments
-from pcapd.extcap import joined_values
 from pcapd.extras import require_server
 
 EXIT_OK = 0
@@ -590,7 +590,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _extcap(args: argparse.Namespace) -> int:
-    from pcapd.client.extcap import run_extcap
+    from pcapd.client.extcap.answer import run_extcap
 
     return run_extcap(args, lambda argv: _capture(build_parser().parse_args(argv)),
                       build_parser().parse_args)

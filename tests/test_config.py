@@ -196,7 +196,7 @@ log: {level: loud}
         "buffer.upper_limit: must not exceed buffer.size (950 > 900) — "
         "lower it or raise buffer.size",
         "drain_timeout: expected a number greater than 0, got 0",
-        "log.level: expected one of debug, error, info, warning, got 'loud'",
+        "log.level: expected one of debug, info, warning, error, got 'loud'",  # the model's order
     ]
 
 

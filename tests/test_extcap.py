@@ -24,8 +24,9 @@ import pytest
 import trio
 from netns import Netns, netns, send_udp
 
-from pcapd import __version__, extcap
+from pcapd import __version__
 from pcapd.cli import build_parser
+from pcapd.client.extcap import protocol
 from pcapd.errors import UsageError
 
 PCAPD = Path(sys.executable).with_name("pcapd")
@@ -106,7 +107,7 @@ def test_the_capture_dialog_offers_each_option(executable: Path, interface: str)
     assert [a["call"] for a in args] == EXPECTED_CALLS[interface]
     assert {a["call"] for a in args if a.get("required") == "true"} == REQUIRED[interface]
     for a in args:
-        assert a["type"] in extcap.ARG_TYPES
+        assert a["type"] in protocol.ARG_TYPES
         assert a["display"] and a["tooltip"]
         if "validation" in a:
             re.compile(a["validation"])
@@ -149,13 +150,13 @@ def test_misuse_is_one_line(args: list[str], words: str | None) -> None:
 
 def parsed(*argv: str) -> argparse.Namespace:
     if argv[0] == "extcap":  # as main() does
-        argv = ("extcap", *extcap.joined_values(list(argv[1:])))
+        argv = ("extcap", *protocol.joined_values(list(argv[1:])))
     return build_parser().parse_args(list(argv))
 
 
 def translated(*extcap_argv: str) -> argparse.Namespace:
     """Wireshark's call (the --capture line) → the `pcapd capture` command it runs."""
-    command = extcap.capture_command(parsed("extcap", *extcap_argv))
+    command = protocol.capture_command(parsed("extcap", *extcap_argv))
     assert command[0] == "capture"
     return parsed(*command)
 
@@ -200,12 +201,12 @@ def test_bosh_capture_call_is_capture_bosh() -> None:
 
 def test_instance_indices_must_be_numbers() -> None:
     with pytest.raises(UsageError, match="--instances"):
-        extcap.capture_command(parsed("extcap", "--capture", "--extcap-interface", "pcapd-cf",
+        protocol.capture_command(parsed("extcap", "--capture", "--extcap-interface", "pcapd-cf",
                                       "--fifo", "F", "--app", "a", "--instances", "0,web"))
 
 
 def test_the_pure_part_never_imports_trio() -> None:
-    code = "import sys, pcapd.extcap, pcapd.cli; print('trio' in sys.modules)"
+    code = "import sys, pcapd.client.extcap.protocol, pcapd.cli; print('trio' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)
     assert done.stdout.strip() == "False"
@@ -430,7 +431,7 @@ async def test_tshark_runs_the_extcap_itself(namespace: Netns, extcap_folder: Pa
 
 
 def test_apps_instances_and_devices_are_reloadable_selectors() -> None:
-    lines = extcap.config_sentences(extcap.CF)
+    lines = protocol.config_sentences(protocol.CF)
     parsed = sentences("\n".join(lines))
     args = {fields["call"]: fields for kind, fields in parsed if kind == "arg"}
     for call in ("--app", "--instances", "--device"):
@@ -439,7 +440,7 @@ def test_apps_instances_and_devices_are_reloadable_selectors() -> None:
     shown = [(f["value"], f.get("default")) for kind, f in parsed
              if kind == "value" and f["arg"] == device]
     assert shown == [("eth0", "true"), ("lo", None)]
-    assert extcap.reloadable(extcap.CF, "app") is extcap.CF.arg("app")
-    assert extcap.reloadable(extcap.CF, "--instances") is extcap.CF.arg("instances")
+    assert protocol.reloadable(protocol.CF, "app") is protocol.CF.arg("app")
+    assert protocol.reloadable(protocol.CF, "--instances") is protocol.CF.arg("instances")
     with pytest.raises(UsageError, match="reloads --app, --instances, --device"):
-        extcap.reloadable(extcap.CF, "--process-type")
+        protocol.reloadable(protocol.CF, "--process-type")

@@ -10,7 +10,6 @@ blocks only when several sources are merged); the merge and the interface-id rew
 from __future__ import annotations
 
 import ssl
-import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
-from pcapd.errors import PcapngFormatError, ProtocolError
-from pcapd.pcapng import IDB, ISB
-from pcapd.pcapng.packets import check_epbs
+from pcapd.errors import ProtocolError
+from pcapd.pcapng.packets import split_source_blocks
 from pcapd.proto import (
     AgentTarget,
     CaptureLimits,
@@ -38,8 +36,6 @@ from pcapd.proto import (
     Welcome,
 )
 from pcapd.transport.ws import Link, LinkClosed, open_websocket
-
-_HEAD = struct.Struct("<II")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,49 +81,12 @@ class AgentRefused(Exception):
 
 
 def split_payload(payload: bytes | memoryview, watermark: int) -> AgentPayload:
-    """Sort an agent payload into IDBs, a run of EPBs (checked, counted) and ISBs.
-
-    IDBs can only lead a payload and ISBs only end one (the agent sends them first and last),
-    so they are peeled off the edges and the middle is checked as EPBs in one pass (not split:
-    see :attr:`AgentPayload.packets`). Anything else is a protocol fault of the agent:
-    :class:`PcapngFormatError`.
-    """
-    data = bytes(payload)
-    interfaces: list[bytes] = []
-    start = 0
-    while len(data) - start >= 12 and _HEAD.unpack_from(data, start)[0] == IDB:
-        length = _block_length(data, start)
-        interfaces.append(data[start:start + length])
-        start += length
-    tail = _trailing_statistics(data, start)
-    end = tail[0][0] if tail else len(data)
-    statistics = [data[offset:offset + length] for offset, length in tail]
-    if start == end:
-        return AgentPayload(interfaces, b"", 0, statistics, watermark, start)
-    packets = data if start == 0 and end == len(data) else data[start:end]
-    count = check_epbs(packets, interface_id=0, offset=start)
-    return AgentPayload(interfaces, packets, count, statistics, watermark, start)
-
-
-def _block_length(data: bytes, offset: int) -> int:
-    length = int(_HEAD.unpack_from(data, offset)[1])
-    if length < 12 or length & 3 or offset + length > len(data):
-        raise PcapngFormatError(f"bad block length {length} in an agent payload", offset)
-    return length
-
-
-def _trailing_statistics(data: bytes, start: int) -> list[tuple[int, int]]:
-    """(offset, length) of the ISBs that end a payload: found by walking back from the end."""
-    found: list[tuple[int, int]] = []
-    end = len(data)
-    while end - start >= 12:
-        length = struct.unpack_from("<I", data, end - 4)[0]
-        offset = end - length
-        if length < 12 or offset < start or _HEAD.unpack_from(data, offset) != (ISB, length):
-            break
-        found.insert(0, (offset, length))
-        end = offset
-    return found
+    """Sort an agent payload into IDBs, a run of EPBs (checked, counted) and ISBs
+    (:func:`~pcapd.pcapng.packets.split_source_blocks`: an agent's interface is id 0). Anything
+    else is a protocol fault of the agent: :class:`PcapngFormatError`."""
+    blocks = split_source_blocks(bytes(payload), interface_id=0, what="an agent payload")
+    return AgentPayload(blocks.interfaces, blocks.packets, blocks.count, blocks.statistics,
+                        watermark, blocks.offset)
 
 
 class AgentLink:

@@ -7,8 +7,8 @@ from functools import partial
 
 from pcapd.api.bosh import BoshResolver
 from pcapd.api.cf import CfResolver
-from pcapd.api.resolve import http_client
-from pcapd.api.server import Api, PlatformResolver, serve_api
+from pcapd.api.resolve import PlatformResolver, http_client
+from pcapd.api.server import Api, serve_api
 from pcapd.config import ApiConfig
 from pcapd.store import Store
 from pcapd.transport.groups import open_nursery

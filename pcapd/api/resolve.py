@@ -1,10 +1,13 @@
-"""From a user's target to agent jobs: what every resolver returns, and the shared HTTP glue.
+"""From a user's target to agent jobs: what every resolver returns, the api's two resolvers,
+and the shared HTTP glue.
 
 A resolver checks the user's token, asks the platform (Cloud Controller, BOSH director) with
 that same token what the user may see, applies pcapd's own rule (:mod:`pcapd.authz`) and
 turns the instances into :class:`~pcapd.api.agents.AgentJob`. Instances that cannot be captured
 (down, no VM) do not fail the request: they come back as :class:`Unavailable` and the user is
-told, while the others are captured.
+told, while the others are captured. The distributed api's :class:`PlatformResolver` hands a
+target to the Cloud Foundry (:mod:`pcapd.api.cf`) or BOSH (:mod:`pcapd.api.bosh`) resolver;
+local mode's :class:`LocalResolver` needs no platform.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import trio
@@ -20,9 +23,13 @@ import trio
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import TokenVerifier
 from pcapd.config.model import BoshTokensConfig, CfTokensConfig
-from pcapd.proto import Code, Start
+from pcapd.proto import AgentTarget, BoshTarget, CfTarget, Code, LocalTarget, Start
 from pcapd.tokens import Acceptance, Identity, Unauthenticated
 from pcapd.transport.service import Refusal
+
+if TYPE_CHECKING:  # they build on this module
+    from pcapd.api.bosh import BoshResolver
+    from pcapd.api.cf import CfResolver
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,90 @@ class Resolver(Protocol):
     async def identify(self, token: str | None) -> Identity:
         """Who is asking (for stored captures): a token of any configured platform."""
         ...
+
+
+class LocalResolver:
+    """Local mode: named namespaces (or the host) on one agent, or the agents given with --agent.
+
+    ``agents`` lists ``(host, port, netns or None)``; with ``from_request`` the namespaces come
+    from the client's ``local`` target and run on the first agent (the embedded one).
+    """
+
+    def __init__(self, agents: list[tuple[str, int, str | None]], *,
+                 from_request: bool) -> None:
+        self.agents = agents
+        self.from_request = from_request
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
+        if not isinstance(start.target, LocalTarget):
+            raise Refusal("INVALID_REQUEST", "this is a local pcapd api: it captures local "
+                          "targets only (pcapd capture local)")
+        if self.from_request:
+            host, port, _ = self.agents[0]
+            names: list[str | None] = list(start.target.netns) or [None]
+            jobs = [_local_job(host, port, name) for name in names]
+        else:
+            jobs = [_local_job(host, port, name) for host, port, name in self.agents]
+        return Resolution(jobs, target="local:" + ",".join(j.origin for j in jobs))
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        raise Refusal("INVALID_REQUEST", "a local capture takes no token")
+
+    async def identify(self, token: str | None) -> Identity:
+        return LOCAL_USER
+
+
+def _local_job(host: str, port: int, netns: str | None) -> AgentJob:
+    label = netns or "host"
+    return AgentJob(host, port, AgentTarget(namespace=label, source=label), origin=label)
+
+
+class PlatformResolver:
+    """The distributed api's resolver: Cloud Foundry and/or BOSH, as configured."""
+
+    def __init__(self, cf: CfResolver | None, bosh: BoshResolver | None) -> None:
+        self.cf = cf
+        self.bosh = bosh
+
+    def _for(self, start: Start) -> CfResolver | BoshResolver:
+        target = start.target
+        if isinstance(target, CfTarget):
+            if self.cf is None:
+                raise Refusal("INVALID_REQUEST", "this pcapd api serves no Cloud Foundry "
+                              "(no cf section in its config)")
+            return self.cf
+        if isinstance(target, BoshTarget):
+            if self.bosh is None:
+                raise Refusal("INVALID_REQUEST", "this pcapd api serves no BOSH director "
+                              "(no bosh section in its config)")
+            return self.bosh
+        raise Refusal("INVALID_REQUEST", "local targets are captured by `pcapd capture "
+                      "local` on the machine itself, not through a shared api")
+
+    async def resolve(self, start: Start, token: str | None) -> Resolution:
+        return await self._for(start).resolve(start, token)
+
+    async def verify(self, start: Start, token: str) -> Identity:
+        return await self._for(start).verify(start, token)
+
+    async def identify(self, token: str | None) -> Identity:
+        """The token's user, checked by whichever configured platform's UAA issued it."""
+        if token is None:
+            raise Refusal("UNAUTHENTICATED", "no token: log in first (cf login / bosh log-in)")
+        refusal: Refusal | None = None
+        for resolver in (self.cf, self.bosh):
+            if resolver is None:
+                continue
+            try:
+                return await resolver.identify(token)
+            except Refusal as exc:
+                refusal = refusal or exc
+        raise refusal or Refusal("UNAUTHENTICATED", "this api serves no platform")
+
+
+LOCAL_USER = Identity(user_id="local", user_name="local", client_id="pcapd",
+                      scopes=frozenset(), expires_at=float("inf"), issuer="local")
+"""Whoever runs ``pcapd capture local``: the machine's own user, no platform behind it."""
 
 
 class UaaPlatform:

@@ -33,11 +33,9 @@ from pcapd.agent.bpf import InvalidFilter
 from pcapd.agent.bpf_worker import check_filter
 from pcapd.api.agents import AgentJob, ask_agent_devices
 from pcapd.api.auth import authorization_from_headers
-from pcapd.api.bosh import BoshResolver
 from pcapd.api.capture import START_TIMEOUT, ApiCapture, CaptureFailed
-from pcapd.api.cf import CfResolver
 from pcapd.api.intake import CaptureSlots, PendingConnections
-from pcapd.api.resolve import Resolution, Resolver
+from pcapd.api.resolve import LOCAL_USER, Resolution, Resolver
 from pcapd.api.upload import (
     UploadOutput,
     finish_upload,
@@ -52,11 +50,8 @@ from pcapd.flow import RateLimiter
 from pcapd.metrics import Metrics
 from pcapd.proto import (
     MAX_LIST,
-    AgentTarget,
-    BoshTarget,
     CaptureList,
     CaptureOptions,
-    CfTarget,
     Code,
     Data,
     DeviceList,
@@ -67,7 +62,6 @@ from pcapd.proto import (
     Hello,
     ListCaptures,
     ListDevices,
-    LocalTarget,
     Message,
     Notice,
     ResponderSession,
@@ -81,7 +75,6 @@ from pcapd.proto import (
     Token,
 )
 from pcapd.store import CaptureInfo, DownloadRefused, InvalidId, Store, Upload
-from pcapd.store.local import LocalStore
 from pcapd.tokens import Identity, Unauthenticated, bearer_token
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import (
@@ -104,90 +97,6 @@ CLIENT_MAX_MESSAGE: Final = 64 * 1024
 """Bytes in one message from a client. The largest a client sends is a ``start`` (an 8 KiB
 filter and up to 1,024 instances, ~50 KB); the protocol's own limit (8 MiB, for agents' data)
 let 20 connections without a token hold 7 MiB each."""
-
-
-class LocalResolver:
-    """Local mode: named namespaces (or the host) on one agent, or the agents given with --agent.
-
-    ``agents`` lists ``(host, port, netns or None)``; with ``from_request`` the namespaces come
-    from the client's ``local`` target and run on the first agent (the embedded one).
-    """
-
-    def __init__(self, agents: list[tuple[str, int, str | None]], *,
-                 from_request: bool) -> None:
-        self.agents = agents
-        self.from_request = from_request
-
-    async def resolve(self, start: Start, token: str | None) -> Resolution:
-        if not isinstance(start.target, LocalTarget):
-            raise Refusal("INVALID_REQUEST", "this is a local pcapd api: it captures local "
-                          "targets only (pcapd capture local)")
-        if self.from_request:
-            host, port, _ = self.agents[0]
-            names: list[str | None] = list(start.target.netns) or [None]
-            jobs = [_local_job(host, port, name) for name in names]
-        else:
-            jobs = [_local_job(host, port, name) for host, port, name in self.agents]
-        return Resolution(jobs, target="local:" + ",".join(j.origin for j in jobs))
-
-    async def verify(self, start: Start, token: str) -> Identity:
-        raise Refusal("INVALID_REQUEST", "a local capture takes no token")
-
-    async def identify(self, token: str | None) -> Identity:
-        return LOCAL_USER
-
-
-def _local_job(host: str, port: int, netns: str | None) -> AgentJob:
-    label = netns or "host"
-    return AgentJob(host, port, AgentTarget(namespace=label, source=label), origin=label)
-
-
-class PlatformResolver:
-    """The distributed api's resolver: Cloud Foundry and/or BOSH, as configured."""
-
-    def __init__(self, cf: CfResolver | None, bosh: BoshResolver | None) -> None:
-        self.cf = cf
-        self.bosh = bosh
-
-    def _for(self, start: Start) -> CfResolver | BoshResolver:
-        target = start.target
-        if isinstance(target, CfTarget):
-            if self.cf is None:
-                raise Refusal("INVALID_REQUEST", "this pcapd api serves no Cloud Foundry "
-                              "(no cf section in its config)")
-            return self.cf
-        if isinstance(target, BoshTarget):
-            if self.bosh is None:
-                raise Refusal("INVALID_REQUEST", "this pcapd api serves no BOSH director "
-                              "(no bosh section in its config)")
-            return self.bosh
-        raise Refusal("INVALID_REQUEST", "local targets are captured by `pcapd capture "
-                      "local` on the machine itself, not through a shared api")
-
-    async def resolve(self, start: Start, token: str | None) -> Resolution:
-        return await self._for(start).resolve(start, token)
-
-    async def verify(self, start: Start, token: str) -> Identity:
-        return await self._for(start).verify(start, token)
-
-    async def identify(self, token: str | None) -> Identity:
-        """The token's user, checked by whichever configured platform's UAA issued it."""
-        if token is None:
-            raise Refusal("UNAUTHENTICATED", "no token: log in first (cf login / bosh log-in)")
-        refusal: Refusal | None = None
-        for resolver in (self.cf, self.bosh):
-            if resolver is None:
-                continue
-            try:
-                return await resolver.identify(token)
-            except Refusal as exc:
-                refusal = refusal or exc
-        raise refusal or Refusal("UNAUTHENTICATED", "this api serves no platform")
-
-
-LOCAL_USER = Identity(user_id="local", user_name="local", client_id="pcapd",
-                      scopes=frozenset(), expires_at=float("inf"), issuer="local")
-"""Whoever runs ``pcapd capture local``: the machine's own user, no platform behind it."""
 
 
 class ClientOutput:
@@ -244,14 +153,15 @@ class Api:
         More routes: ``self.http.add("/downloads/", handler)`` (see pcapd.transport.http)."""
         router = HttpRouter({"/status": status_route(self.status),
                              "/metrics": metrics_route(self.metrics)})
-        if isinstance(self.store, LocalStore):
+        if self.store is not None:
             router.add("/downloads/", self._download)
         return router
 
     async def _download(self, request: HttpRequest) -> HttpResponse:
         """``GET /downloads/<id>?expires=…&token=…``: a local-store capture, streamed, for
-        whoever holds the signed link (the link is the credential, short-lived)."""
-        assert isinstance(self.store, LocalStore)
+        whoever holds the signed link (the link is the credential, short-lived). An S3 store
+        refuses every one (its links go to the bucket)."""
+        assert self.store is not None
         capture_id = request.path.removeprefix("/downloads/")
         try:
             path, info = await self.store.open_download(

@@ -23,7 +23,8 @@ import msgspec
 import trio
 
 from pcapd.agent.server import serve_agent
-from pcapd.api.server import Api, LocalResolver, serve_api
+from pcapd.api.resolve import LocalResolver
+from pcapd.api.server import Api, serve_api
 from pcapd.certs import CertPaths, make_throwaway_pki, write_pki
 from pcapd.client.output import PcapngOutput
 from pcapd.client.plan import capture_request, opened_output

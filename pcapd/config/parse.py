@@ -21,6 +21,7 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from pcapd.config.describe import describe
 from pcapd.config.model import AgentConfig, ApiConfig, Secret
 from pcapd.errors import ConfigError
 
@@ -235,7 +236,7 @@ def _walk_value(value: object, tp: Any, path: str, problems: list[str]) -> objec
         msgspec.convert(value, tp, dec_hook=_dec_hook)
     except msgspec.ValidationError:
         shown = _shown(value, hide=_holds_secret(tp))
-        problems.append(f"{path}: expected {_describe(mi.type_info(tp))}, got {shown}")
+        problems.append(f"{path}: expected {describe(tp)}, got {shown}")
     except UnicodeError:  # YAML "\ud800" escapes: lone surrogates no text can hold
         problems.append(f"{path}: holds characters that are not valid Unicode text")
     return value
@@ -300,34 +301,7 @@ def _how_to_add(name: str, tp: Any) -> str:
     info = mi.type_info(tp)
     if isinstance(info, mi.Metadata) and info.extra_json_schema:
         return f"add it: {info.extra_json_schema['description']}"
-    return f"add it ({_describe(info)})"
-
-
-def _describe(info: mi.Type) -> str:
-    if isinstance(info, mi.Metadata):
-        return str((info.extra or {}).get("what") or _describe(info.type))
-    if isinstance(info, mi.UnionType):
-        return " or ".join(_describe(t) for t in info.types if not isinstance(t, mi.NoneType))
-    if isinstance(info, mi.IntType | mi.FloatType):
-        noun = "an integer" if isinstance(info, mi.IntType) else "a number"
-        if info.ge is not None and info.le is not None:
-            return f"{noun} between {info.ge} and {info.le}"
-        if info.ge is not None:
-            return f"{noun} of at least {info.ge}"
-        if info.gt is not None:
-            return f"{noun} greater than {info.gt}"
-        return noun
-    if isinstance(info, mi.StrType):
-        return "a non-empty string" if info.min_length else "a string"
-    if isinstance(info, mi.BoolType):
-        return "true or false"
-    if isinstance(info, mi.LiteralType):
-        return "one of " + ", ".join(str(v) for v in info.values)
-    if isinstance(info, mi.CustomType):  # Secret
-        return "a non-empty string"
-    if isinstance(info, mi.StructType):
-        return "a mapping of settings"
-    return type(info).__name__
+    return f"add it ({describe(tp)})"
 
 
 def _shown(value: object, *, hide: bool = False) -> str:

@@ -33,6 +33,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from pcapd.config import model
+from pcapd.config.describe import describe, number
 from pcapd.config.model import AgentConfig, ApiConfig, Secret
 
 GENERATOR = "python -m pcapd.config.reference"
@@ -187,55 +188,12 @@ def _prose(text: str) -> str:
     return "\n\n".join(p for p in paragraphs if p)
 
 
-def _number(value: float) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value)
-    if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:
-        mib = value >> 20
-        text += f" ({mib >> 10} GiB)" if mib % 1024 == 0 else f" ({mib} MiB)"
-    return text
-
-
-def _bounds(info: mi.IntType | mi.FloatType) -> str:
-    low = f"≥ {_number(info.ge)}" if info.ge is not None else \
-        f"> {_number(info.gt)}" if info.gt is not None else ""
-    high = f"≤ {_number(info.le)}" if info.le is not None else \
-        f"< {_number(info.lt)}" if info.lt is not None else ""
-    return ", ".join(b for b in (low, high) if b)
-
-
-def describe(tp: Any) -> str:
-    """The type of a config value and its constraints, for a person."""
-    inner = _members(tp)[0]
-    if typing.get_origin(inner) is typing.Literal:
-        return "one of " + ", ".join(f"`{v}`" for v in typing.get_args(inner))
-    if inner is Secret:
-        return "string (secret: never logged or shown)"
-    info = mi.type_info(tp)
-    if isinstance(info, mi.UnionType):
-        info = next(t for t in info.types if not isinstance(t, mi.NoneType))
-    what = ""
-    if isinstance(info, mi.Metadata):
-        what = str((info.extra or {}).get("what", ""))
-        info = info.type
-    if isinstance(info, mi.IntType | mi.FloatType):
-        noun = "integer" if isinstance(info, mi.IntType) else "number"
-        bounds = _bounds(info)
-        return f"{noun}, {bounds}" if bounds else noun
-    if isinstance(info, mi.BoolType):
-        return "`true` or `false`"
-    if isinstance(info, mi.StrType):
-        if what:
-            return what.removeprefix("a ").removeprefix("an ")
-        parts = ["non-empty" if info.min_length else ""]
-        if info.pattern:
-            parts.append(f"matching `{info.pattern}`")
-        detail = ", ".join(p for p in parts if p)
-        return f"string ({detail})" if detail else "string"
-    if isinstance(info, mi.VarTupleType | mi.ListType):
-        return "list of strings"
-    return type(info).__name__  # pragma: no cover - a new kind of value: extend describe()
+def _type(tp: Any) -> str:
+    """The Type column: :func:`~pcapd.config.describe.describe`'s words (the errors' words),
+    values as code, without the leading article of a phrase in a sentence."""
+    text = describe(tp, code=lambda value: f"`{value}`")
+    text = text.removeprefix("an ") if text.startswith("an ") else text.removeprefix("a ")
+    return f"{text} (secret: never logged or shown)" if Secret in _members(tp) else text
 
 
 def _default(f: msgspec.structs.FieldInfo) -> str:
@@ -246,7 +204,7 @@ def _default(f: msgspec.structs.FieldInfo) -> str:
     if isinstance(f.default, bool):
         return f"`{str(f.default).lower()}`"
     if isinstance(f.default, int | float):
-        return f"`{_number(f.default)}`"
+        return f"`{number(f.default)}`"
     if isinstance(f.default, tuple):
         return f"`[{', '.join(f.default)}]`"
     return f"`{f.default}`"
@@ -308,7 +266,7 @@ def _walk(role: str, cls: type[msgspec.Struct], path: str, tag: str | None,
                                              "turn it off") if t)
             rows.append(Row(f"`{key}`", kind, default, text))
             continue
-        rows.append(Row(f"`{key}`", describe(f.type), _default(f), _text(cls, f, notes)))
+        rows.append(Row(f"`{key}`", _type(f.type), _default(f), _text(cls, f, notes)))
     yield Section(_title(role, path, tag), _class_doc(cls), rows)
     for member, key, member_tag in nested:
         yield from _walk(role, member, key, member_tag, notes)

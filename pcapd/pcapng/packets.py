@@ -1,6 +1,7 @@
 """Hot-path helpers on little-endian Enhanced Packet Blocks, for the merge and the api.
 
-The agent sends many EPBs in one WebSocket frame; the api splits them, orders them by
+The agent sends many EPBs in one WebSocket frame (its IDB before the first, its ISB after the
+last: :func:`split_source_blocks` sorts them); the api splits them, orders them by
 timestamp and writes them out with only the interface id rewritten. None of this re-encodes
 or parses options: a packet costs one ``unpack_from``, one slice and a few appends.
 
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter, lshift, or_, sub
 from typing import NamedTuple
 
 from pcapd._accel import walk as _compiled
 from pcapd.errors import PcapngFormatError
-from pcapd.pcapng.blocks import EPB, ISB
+from pcapd.pcapng.blocks import EPB, IDB, ISB
 
 _TIMESTAMP = struct.Struct("<II")
 _U32 = struct.Struct("<I")
@@ -548,3 +550,73 @@ def _first_fault(buf: bytes | bytearray, interface_id: int, offset: int) -> Pcap
             )
         pos += len(block)
     return PcapngFormatError("enhanced packet blocks that do not frame", offset)
+
+
+# -- one source's payload -----------------------------------------------------------------------
+
+_HEAD = struct.Struct("<II")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBlocks:
+    """One payload of a single interface's blocks, sorted by kind (:func:`split_source_blocks`)."""
+
+    interfaces: list[bytes]
+    """The whole IDBs that led it."""
+    packets: bytes
+    """The EPBs between, concatenated as they came (not cut into blocks): framing checked,
+    every one of the interface asked for."""
+    count: int
+    """How many EPBs ``packets`` holds."""
+    statistics: list[bytes]
+    """The whole ISBs that ended it."""
+    offset: int
+    """Where ``packets`` begins in the payload (for the position in an error)."""
+
+
+def split_source_blocks(
+    data: bytes, *, interface_id: int = 0, what: str = "a source's payload"
+) -> SourceBlocks:
+    """Sort a payload of one interface's little-endian blocks into IDBs, a run of EPBs
+    (checked by :func:`check_epbs`, counted) and ISBs.
+
+    A source sends its IDB first and its ISB last, so IDBs may only lead a payload and ISBs
+    only end one: they are peeled off the edges (ISBs found walking back from the end by their
+    trailing lengths) and the middle is checked as EPBs of ``interface_id`` in one pass.
+    Anything else raises :class:`PcapngFormatError` (``what`` names the payload in it).
+    """
+    interfaces: list[bytes] = []
+    start = 0
+    while len(data) - start >= 12 and _HEAD.unpack_from(data, start)[0] == IDB:
+        length = _block_length(data, start, what)
+        interfaces.append(data[start:start + length])
+        start += length
+    tail = _trailing_statistics(data, start)
+    end = tail[0][0] if tail else len(data)
+    statistics = [data[offset:offset + length] for offset, length in tail]
+    if start == end:
+        return SourceBlocks(interfaces, b"", 0, statistics, start)
+    packets = data if start == 0 and end == len(data) else data[start:end]
+    count = check_epbs(packets, interface_id=interface_id, offset=start)
+    return SourceBlocks(interfaces, packets, count, statistics, start)
+
+
+def _block_length(data: bytes, offset: int, what: str) -> int:
+    length = int(_HEAD.unpack_from(data, offset)[1])
+    if length < 12 or length & 3 or offset + length > len(data):
+        raise PcapngFormatError(f"bad block length {length} in {what}", offset)
+    return length
+
+
+def _trailing_statistics(data: bytes, start: int) -> list[tuple[int, int]]:
+    """(offset, length) of the ISBs that end a payload: found by walking back from the end."""
+    found: list[tuple[int, int]] = []
+    end = len(data)
+    while end - start >= 12:
+        length = _U32.unpack_from(data, end - 4)[0]
+        offset = end - length
+        if length < 12 or offset < start or _HEAD.unpack_from(data, offset) != (ISB, length):
+            break
+        found.insert(0, (offset, length))
+        end = offset
+    return found

@@ -1,7 +1,8 @@
 """Stored captures: the local-disk store (the embedded default) and the S3/MinIO store.
 
 The api sees only :class:`Store` and :class:`Upload` (``base.py``); :func:`open_store` builds
-the configured one before the event loop starts.
+the configured one before the event loop starts. The package and its pure half (``base.py``:
+ids, keys, records; ``signing.py``) import without Trio: each backend is imported when built.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from pcapd.store.base import (
     check_capture_id,
     check_user_id,
 )
-from pcapd.store.local import LocalStore
 
 __all__ = [
     "CaptureInfo",
     "DownloadRefused",
     "InvalidId",
-    "LocalStore",
     "Store",
     "StoreError",
     "Upload",
@@ -41,6 +40,8 @@ __all__ = [
 def open_store(config: StorageConfig, *, clock: Callable[[], float] = time.time) -> Store:
     """The store ``config`` describes; no I/O yet (``prepare()`` makes directories/buckets)."""
     if isinstance(config, LocalStorageConfig):
+        from pcapd.store.local import LocalStore  # noqa: PLC0415  # trio only when used
+
         return LocalStore(
             config.path,
             retention_days=config.retention_days,

@@ -6,18 +6,24 @@ capture under ``captures/<user id>/<capture id>.pcapng`` with a JSON record of i
 both refuse any id that could step out of that layout: capture ids are the api's own
 (``uuid4().hex``), user ids come from a verified token, and neither is trusted further than a
 strict pattern.
+
+Pure: the interface names Trio only for type checkers, so the ids, keys and records below (and
+:mod:`pcapd.store.signing`) load without it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
-import trio
 
 from pcapd.errors import PcapdError
+
+if TYPE_CHECKING:
+    from trio import TaskStatus
 
 CAPTURE_ID = re.compile(r"[a-f0-9]{32}")
 USER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -104,9 +110,16 @@ class Store(Protocol):
         the capture's own expiry)."""
         ...
 
-    async def serve_maintenance(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def open_download(
+        self, capture_id: str, expires: int | str, token: str, now: float
+    ) -> tuple[Path, CaptureInfo]:
+        """Check a link this api serves (``GET /downloads/<capture id>?expires=..&token=..``);
+        the capture's file and record. DownloadRefused otherwise, with the HTTP status to
+        answer. Only the local store's links come here: S3's go to the bucket, so it refuses
+        every one as not found (404)."""
+        ...
+
+    async def serve_maintenance(self, *, task_status: TaskStatus[None] = ...) -> None:
         """Local: the retention sweeper (never returns). S3: nothing (the bucket's lifecycle
         rule expires captures); returns once started."""
         ...
@@ -162,6 +175,22 @@ def decode_record(data: bytes) -> CaptureInfo:
         return check_info(msgspec.json.decode(data, type=CaptureInfo))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"not a capture record: {exc}") from exc
+
+
+def listed_record(data: bytes, user_id: str, capture_id: str, now: float) -> CaptureInfo | None:
+    """The record stored as ``<user id>/<capture id>.json`` if a user may see it ``now``;
+    None once it has expired. ValueError when it is damaged or names another capture than
+    the key it is stored under: a store skips such a record *and logs why* (an operator
+    should hear of a copied or hand-edited record, whichever backend holds it).
+
+    Both stores read every record through this one check, so they list and show the same.
+    """
+    info = decode_record(data)
+    if (info.user_id, info.capture_id) != (user_id, capture_id):
+        raise ValueError(
+            f"it names another capture ({info.user_id}/{info.capture_id}.json)"
+        )
+    return info if info.expires_at > now else None
 
 
 def newest_first(infos: list[CaptureInfo]) -> list[CaptureInfo]:

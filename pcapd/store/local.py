@@ -46,6 +46,7 @@ from pcapd.store.base import (
     decode_record,
     encode_record,
     link_expiry,
+    listed_record,
     newest_first,
 )
 from pcapd.urls import join
@@ -173,19 +174,16 @@ class LocalStore:
     ) -> CaptureInfo | None:
         """The record of a complete, unexpired capture of ``user_id``, else None."""
         try:
-            info = decode_record((folder / f"{capture_id}.json").read_bytes())
+            info = listed_record(
+                (folder / f"{capture_id}.json").read_bytes(), user_id, capture_id, now
+            )
             complete = (folder / f"{capture_id}.pcapng").is_file()
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             log.warning("skipping the damaged record %s/%s.json: %s", folder, capture_id, exc)
             return None
-        if not complete or info.expires_at <= now:
-            return None
-        if (info.user_id, info.capture_id) != (user_id, capture_id):
-            log.warning("skipping %s/%s.json: it names another capture", folder, capture_id)
-            return None
-        return info
+        return info if complete else None
 
     async def get(self, user_id: str, capture_id: str) -> CaptureInfo | None:
         folder = self.root / PREFIX / check_user_id(user_id)

@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import certifi
@@ -57,12 +58,13 @@ from pcapd.store.base import (
     CAPTURE_ID,
     PREFIX,
     CaptureInfo,
+    DownloadRefused,
     StoreError,
     capture_key,
     check_info,
-    decode_record,
     encode_record,
     link_expiry,
+    listed_record,
     newest_first,
     user_prefix,
 )
@@ -215,13 +217,10 @@ class S3Store:
             response.close()
             response.release_conn()
         try:
-            info = decode_record(data)
+            return listed_record(data, user_id, capture_id, now)
         except ValueError as exc:
             log.warning("skipping the damaged record %s: %s", key, exc)
             return None
-        if (info.user_id, info.capture_id) != (user_id, capture_id) or info.expires_at <= now:
-            return None
-        return info
 
     async def get(self, user_id: str, capture_id: str) -> CaptureInfo | None:
         key = capture_key(user_id, capture_id)
@@ -261,6 +260,13 @@ class S3Store:
             ),
         )
         return url, float(expires)
+
+    async def open_download(
+        self, capture_id: str, expires: int | str, token: str, now: float
+    ) -> tuple[Path, CaptureInfo]:
+        """Never: an S3 store's links go to the bucket, not to the api (answered as the api
+        answers any path it does not serve)."""
+        raise DownloadRefused(404, "not found")
 
 
 def tags_of(info: CaptureInfo) -> Tags:

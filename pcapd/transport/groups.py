@@ -1,10 +1,11 @@
-"""Exception groups back to plain errors where one task failed.
+"""Nurseries whose single errors come out as plain errors.
 
 Trio wraps whatever escapes a nursery in an ExceptionGroup, even a single error. pcapd's
 layers catch errors by type (``LinkClosed``, ``CaptureFailed``) and the CLI prints one line per
-error, so each nursery whose errors someone handles by type is wrapped in :func:`collapse`:
-a group holding exactly one error (at any depth) is re-raised as that error; a real group of
-several failures stays a group.
+error, so each nursery whose errors someone handles by type is :func:`open_nursery`: a group
+holding exactly one error (at any depth) is re-raised as that error; a real group of several
+failures stays a group. The unwrapping itself is pure and lives in one place,
+:func:`pcapd.errors.collapse` (the CLI uses it without Trio); import it from there.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from pcapd.errors import collapse, sole_exception
+from pcapd.errors import collapse
 
-__all__ = ["collapse", "open_nursery", "sole_exception"]
+__all__ = ["open_nursery"]
 
 
 @asynccontextmanager

@@ -18,7 +18,8 @@ from inprocess import in_process_configs
 from netns import Netns, netns, send_udp
 
 from pcapd.agent.server import Agent, serve_agent
-from pcapd.api.server import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Api, LocalResolver, serve_api
+from pcapd.api.resolve import LocalResolver
+from pcapd.api.server import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Api, serve_api
 from pcapd.pcapng import EPB, PcapngDecoder
 from pcapd.proto import (
     CaptureOptions,

@@ -15,7 +15,8 @@ from inprocess import in_process_configs
 from netns import netns
 
 from pcapd.agent.server import Agent, serve_agent
-from pcapd.api.server import Api, LocalResolver, serve_api
+from pcapd.api.resolve import LocalResolver
+from pcapd.api.server import Api, serve_api
 from pcapd.proto import (
     CaptureOptions,
     End,

@@ -9,7 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pcapd.api.upload import legacy_owner_key, owned_capture, owned_captures, owner_key
-from pcapd.store import CaptureInfo, LocalStore
+from pcapd.store import CaptureInfo
+from pcapd.store.local import LocalStore
 from pcapd.tokens import Identity
 
 ISSUER = "https://uaa.sys.example.com/oauth/token"

@@ -1,4 +1,5 @@
-"""Hot-path helpers: split_packets, check_epbs, epb_timestamp, with_interface_id."""
+"""Hot-path helpers: split_packets, check_epbs, epb_timestamp, with_interface_id, and
+split_source_blocks (one source's payload: IDBs, EPBs, ISBs)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pcapd.pcapng import (
     split_packets,
     with_interface_id,
 )
-from pcapd.pcapng.packets import check_epbs
+from pcapd.pcapng.packets import SourceBlocks, check_epbs, split_source_blocks
 
 TS = 0x1234_5678_9ABC_DEF0
 
@@ -138,3 +139,50 @@ def test_check_epbs_refuses_what_is_not_only_whole_epbs() -> None:
             check_epbs(data)
     with pytest.raises(TypeError):
         check_epbs(b"".join(blocks), new_id=1)  # rewriting needs a bytearray
+
+
+# -- one source's payload -----------------------------------------------------------------------
+
+IDB_BLOCK = encode_interface_description(link_type=1, snaplen=65535, name="eth0")
+ISB_BLOCK = encode_interface_statistics(interface_id=0, timestamp=TS, received=9, kernel_dropped=1)
+
+
+@pytest.mark.parametrize(("idbs", "epbs", "isbs"),
+                         [(0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 3, 1), (2, 5, 2), (0, 4, 0)])
+def test_split_source_blocks_peels_idbs_and_isbs_off_the_edges(idbs: int, epbs: int,
+                                                              isbs: int) -> None:
+    run = one_interface([60 + i for i in range(epbs)])
+    data = IDB_BLOCK * idbs + b"".join(run) + ISB_BLOCK * isbs
+    assert split_source_blocks(data) == SourceBlocks(
+        interfaces=[IDB_BLOCK] * idbs, packets=b"".join(run), count=epbs,
+        statistics=[ISB_BLOCK] * isbs, offset=len(IDB_BLOCK) * idbs)
+
+
+def test_split_source_blocks_passes_a_run_of_packets_on_as_it_came() -> None:
+    data = b"".join(one_interface([100] * 4))
+    assert split_source_blocks(data).packets is data  # no copy when there is nothing to peel
+
+
+def test_an_isb_that_does_not_end_the_payload_is_a_fault_where_it_is() -> None:
+    run = one_interface([100] * 2)
+    data = IDB_BLOCK + run[0] + ISB_BLOCK + run[1]
+    with pytest.raises(PcapngFormatError, match="block type 0x5") as info:
+        split_source_blocks(data)
+    assert info.value.offset == len(IDB_BLOCK) + len(run[0])
+
+
+def test_an_idb_after_a_packet_or_another_interface_is_a_fault() -> None:
+    run = one_interface([100] * 2)
+    with pytest.raises(PcapngFormatError, match="block type 0x1"):
+        split_source_blocks(run[0] + IDB_BLOCK + run[1])
+    with pytest.raises(PcapngFormatError, match="interface 2 where only 0"):
+        split_source_blocks(IDB_BLOCK + b"".join(one_interface([100], 2)))
+    assert split_source_blocks(b"".join(one_interface([100], 2)), interface_id=2).count == 1
+
+
+@pytest.mark.parametrize("length", [8, 14, 1 << 20])
+def test_a_leading_idb_with_a_bad_length_names_the_payload(length: int) -> None:
+    bad = IDB_BLOCK[:4] + length.to_bytes(4, "little") + IDB_BLOCK[8:]
+    with pytest.raises(PcapngFormatError, match=f"bad block length {length} in an agent") as info:
+        split_source_blocks(bad + b"".join(one_interface([100])), what="an agent payload")
+    assert info.value.offset == 0

@@ -8,7 +8,8 @@ import pytest
 
 from pcapd.config import LocalStorageConfig, S3StorageConfig, parse_api_config
 from pcapd.errors import ConfigError
-from pcapd.store import LocalStore, open_store
+from pcapd.store import open_store
+from pcapd.store.local import LocalStore
 from pcapd.store.s3 import S3Store
 
 S3 = {"kind": "s3", "endpoint": "127.0.0.1:9000", "bucket": "captures", "secure": False,

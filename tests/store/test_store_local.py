@@ -22,12 +22,12 @@ from pcapd.store import (
     CaptureInfo,
     DownloadRefused,
     InvalidId,
-    LocalStore,
     StoreError,
     capture_key,
     check_user_id,
     open_store,
 )
+from pcapd.store.local import LocalStore
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

@@ -1,10 +1,11 @@
 """``pcapd extcap`` at work: answer Wireshark's questions, or run the capture it asks for.
 
 The sentences and the translation of a ``--capture`` call into ``pcapd capture … -w FIFO`` are
-in :mod:`pcapd.extcap`. Here is what touches the outside: libpcap for the filter check, stdout
-for the answers, and stderr during a capture. Wireshark shows whatever an extcap writes on
-stderr as "Error by extcap pipe", even after a clean run, so while the capture runs stderr is
-held back (and copied to ``--log-file``): only the end of a failed capture reaches Wireshark.
+in :mod:`pcapd.client.extcap.protocol`. Here is what touches the outside: libpcap for the
+filter check, stdout for the answers, and stderr during a capture. Wireshark shows whatever an
+extcap writes on stderr as "Error by extcap pipe", even after a clean run, so while the capture
+runs stderr is held back (and copied to ``--log-file``): only the end of a failed capture
+reaches Wireshark.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from pcapd.errors import PcapdError, UsageError, collapse
-from pcapd.extcap import (
+from pcapd.client.extcap.protocol import (
     Arg,
     Interface,
     capture_command,
@@ -33,6 +33,7 @@ from pcapd.extcap import (
     value_sentences,
     version_sentence,
 )
+from pcapd.errors import PcapdError, UsageError, collapse
 
 STDERR_SHOWN = 1000
 """Characters of a failed capture's stderr passed on: Wireshark shows at most 1024 bytes."""

@@ -1,26 +1,8 @@
-"""Wireshark's extcap interface: pcapd's capture targets as interfaces in Wireshark's capture list.
+"""Wireshark's extcap protocol, pure: pcapd's interfaces and their options, the sentences that
+describe them, and the translation of an extcap call into a ``pcapd capture`` command line.
 
-Theory of operation. Wireshark runs every executable in its extcap folders, each call a separate
-process, and talks to it with command-line flags and lines on stdout:
-
-- ``--extcap-interfaces [--extcap-version=X.Y]``: an ``extcap`` line, one ``interface`` line per
-  target (``pcapd-cf``, ``pcapd-bosh``, ``pcapd-local``);
-- ``--extcap-dlts --extcap-interface I``: the link type (Ethernet: pcapng carries each
-  source's own link type in its interface block anyway);
-- ``--extcap-config --extcap-interface I``: one ``arg`` line per option of the capture dialog;
-- ``--extcap-interface I --extcap-capture-filter F`` (no ``--capture``): is F valid? Nothing on
-  stdout means yes, otherwise the first line says why not;
-- ``--capture --extcap-interface I --fifo PATH [--extcap-capture-filter F] [--OPTION VALUE]...``:
-  the capture. It becomes exactly ``pcapd capture TARGET ... -w PATH``: the same code path,
-  writing pcapng into the fifo Wireshark reads.
-
-Wireshark stops a capture with SIGTERM (SIGKILL 30 s later) and closes the fifo; the client
-ends gracefully on either (its signal handler, or the broken pipe). Wireshark shows anything an
-extcap writes on stderr as "Error by extcap pipe", even after a clean run, so during a capture
-stderr stays quiet: progress goes to ``--log-file`` if given, and only a failure is shown.
-
-This module is pure: the definitions, the sentences, and the translation of an extcap call into
-a ``pcapd capture`` command line. :mod:`pcapd.client.extcap` answers and captures.
+No I/O and no Trio (``pcapd.cli`` builds its parser from it); the package's docstring has the
+theory of operation, :mod:`pcapd.client.extcap.answer` the side that answers and captures.
 """
 
 from __future__ import annotations
