@@ -20,8 +20,8 @@ from s3_server import S3Server, new_bucket
 from pcapd.config import parse_api_config
 from pcapd.errors import PcapdError
 from pcapd.store import open_store
-from pcapd.store.local import LocalStore
 from pcapd.store import recordings as records
+from pcapd.store.local import LocalStore
 from pcapd.store.recording_store import (
     LocalRecordings,
     RecordingStore,
