@@ -37,7 +37,8 @@ from pcapd.proto import (
     Started,
     Welcome,
 )
-from pcapd.transport.ws import Link, LinkClosed, open_websocket
+from pcapd.transport.link import Link, LinkClosed
+from pcapd.transport.ws import open_websocket
 
 _HEAD = struct.Struct("<II")
 

@@ -64,8 +64,8 @@ from pcapd.proto import (
 from pcapd.proto.messages import MAX_LIST, MAX_NAME, MAX_TEXT, EndReason, SourceState, StopReason
 from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
+from pcapd.transport.link import LinkClosed
 from pcapd.transport.queue import PacketQueue
-from pcapd.transport.ws import LinkClosed
 
 log = logging.getLogger(__name__)
 

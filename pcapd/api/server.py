@@ -92,9 +92,10 @@ from pcapd.transport.http import (
     metrics_route,
     status_route,
 )
+from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_context, server_context
-from pcapd.transport.ws import Headers, Link, LinkClosed, serve_websocket
+from pcapd.transport.ws import Headers, serve_websocket
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def raise_open_files_limit() -> int:
     Every connection costs a descriptor, idle ones included, and the usual soft limit (1024)
     is far below what the hard limit (systemd's LimitNOFILE=, bpm's limits.open_files)
     allows; Trio waits on epoll, so no select() ceiling is in the way. Should the table still
-    fill up, the listeners wait for descriptors to be freed (:mod:`pcapd.transport.ws`).
+    fill up, the listeners wait for descriptors to be freed (:mod:`pcapd.transport.listen`).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:

@@ -33,7 +33,8 @@ from pcapd.proto import (
     Stop,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.link import Link
+from pcapd.transport.ws import open_websocket
 
 pytestmark = pytest.mark.root
 
