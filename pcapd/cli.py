@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from pcapd import __version__
 from pcapd.client.arguments import finish as finish_arguments
 from pcapd.client.arguments import parse_duration, parse_size
-from pcapd.errors import Interrupted, NotImplementedYetError, PcapdError, UsageError, collapse
+from pcapd.errors import Interrupted, PcapdError, UsageError, collapse
 from pcapd.extcap import add_arguments as add_extcap_arguments
 from pcapd.extcap import joined_values
 from pcapd.extras import require_server
@@ -474,9 +474,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with collapse():
             return handler(args)
-    except NotImplementedYetError as exc:
-        print(f"pcapd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except UsageError as exc:
         print(f"pcapd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

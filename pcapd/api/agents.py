@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
-from pcapd.errors import PcapngFormatError, ProtocolError
+from pcapd.errors import CodedError, PcapngFormatError, ProtocolError
 from pcapd.pcapng import IDB, ISB
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
@@ -76,13 +76,8 @@ class AgentPayload:
     """Where ``packets`` began in the message (for the position in an error)."""
 
 
-class AgentRefused(Exception):
+class AgentRefused(CodedError):
     """The agent answered the start with an ``error`` (or ``end`` before ``started``)."""
-
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 def split_payload(payload: bytes | memoryview, watermark: int) -> AgentPayload:

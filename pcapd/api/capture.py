@@ -31,7 +31,7 @@ from pcapd import __version__
 from pcapd.api.agents import AgentJob, AgentLink, AgentPayload, AgentRefused, open_agent_capture
 from pcapd.api.resolve import Resolution
 from pcapd.config import ApiConfig
-from pcapd.errors import PcapngFormatError
+from pcapd.errors import CodedError, PcapngFormatError
 from pcapd.flow import DropGate
 from pcapd.merge import Merge
 from pcapd.pcapng import (
@@ -48,6 +48,7 @@ from pcapd.pcapng import (
 )
 from pcapd.pcapng.packets import check_epbs
 from pcapd.proto import (
+    CODES,
     Absent,
     CaptureLimits,
     Code,
@@ -64,7 +65,7 @@ from pcapd.proto import (
 from pcapd.proto.messages import MAX_LIST, MAX_NAME, MAX_TEXT, EndReason, SourceState, StopReason
 from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
-from pcapd.transport.link import LinkClosed
+from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LinkClosed
 from pcapd.transport.queue import PacketQueue
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,6 @@ was ~10 s, and it was given up as dead)."""
 SEND_LINGER = 0.01
 """Seconds the sender may wait to fill a whole ``MAX_PAYLOAD`` message under load, rather than
 send many small ones (each costs framing, and a write on the user's side, whatever its size)."""
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_TIMEOUT = 10.0
 RECONNECT_INTERVAL = 1.0
 """Seconds between attempts to reach a lost agent again (within agents.reconnect_grace)."""
 AGENT_DURATION_MARGIN = 30.0
@@ -100,13 +99,8 @@ class Output(Protocol):
     async def send_message(self, msg: Started | Notice | Statistics) -> None: ...
 
 
-class CaptureFailed(Exception):
+class CaptureFailed(CodedError):
     """No source could be started; ``code`` and ``text`` are for the user."""
-
-    def __init__(self, code: Code, text: str) -> None:
-        super().__init__(text)
-        self.code: Code = code
-        self.text = text
 
 
 @dataclass
@@ -389,8 +383,8 @@ class ApiCapture:
                         if not await self._resume(source, exc, attempt):
                             raise
         except AgentRefused as exc:
-            source.failure = (exc.code if exc.code in _CODES else "START_CAPTURE_FAILED",
-                              exc.text)  # type: ignore[assignment]
+            source.failure = (exc.code if exc.code in CODES else "START_CAPTURE_FAILED",
+                              exc.text)
             source.why = source.why or f"start failed: {exc.text}"
         except (LinkClosed, PcapngFormatError) as exc:
             what = "lost" if source.idb is not None else "unavailable"
@@ -764,8 +758,3 @@ async def _answers(job: AgentJob) -> bool:
         return False
     return False
 
-
-_CODES = frozenset(("INSTANCE_UNAVAILABLE", "START_CAPTURE_FAILED", "INVALID_REQUEST",
-                    "CONGESTED", "LIMIT_REACHED", "CAPTURE_STOPPED", "CAPTURE_RESUMED",
-                    "CONNECTION_ERROR",
-                    "UNAUTHENTICATED", "PERMISSION_DENIED"))

@@ -8,7 +8,7 @@ accepted by :mod:`pcapd.transport.ws`, and turns every way a link can fail into
 from __future__ import annotations
 
 import logging
-from typing import overload
+from typing import Final, overload
 from weakref import WeakKeyDictionary
 
 import trio
@@ -21,6 +21,11 @@ from pcapd.transport import _compat  # noqa: F401  (the ping patch, for every li
 from pcapd.transport.peer_progress import progressed, sample
 
 log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL: Final = 5.0
+"""Seconds between pings on every pcapd link (:meth:`Link.keepalive`)."""
+KEEPALIVE_TIMEOUT: Final = 10.0
+"""Seconds a peer may neither answer a ping nor take data before its link is given up."""
 
 
 class LinkClosed(PcapdError):

@@ -15,19 +15,15 @@ from typing import Protocol
 
 import trio
 
-from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION, SOFTWARE, Code, StatusReply
+from pcapd.errors import CodedError
+from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION, SOFTWARE, StatusReply
 from pcapd.transport.groups import open_nursery
 
 Serve = Callable[..., Awaitable[None]]
 
 
-class Refusal(Exception):
+class Refusal(CodedError):
     """A request a service will not run; the handler answers it with an ``error`` message."""
-
-    def __init__(self, code: Code, text: str) -> None:
-        super().__init__(text)
-        self.code: Code = code
-        self.text = text
 
 
 class Service(Protocol):

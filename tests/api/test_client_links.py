@@ -18,7 +18,7 @@ from inprocess import in_process_configs
 from netns import Netns, netns, send_udp
 
 from pcapd.agent.server import Agent, serve_agent
-from pcapd.api.server import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Api, LocalResolver, serve_api
+from pcapd.api.server import Api, LocalResolver, serve_api
 from pcapd.pcapng import EPB, PcapngDecoder
 from pcapd.proto import (
     CaptureOptions,
@@ -33,7 +33,7 @@ from pcapd.proto import (
     Stop,
     Welcome,
 )
-from pcapd.transport.link import Link
+from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link
 from pcapd.transport.ws import open_websocket
 
 pytestmark = pytest.mark.root
