@@ -75,7 +75,8 @@ from pcapd.proto import (  # noqa: E402
     Stop,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket  # noqa: E402
+from pcapd.transport.link import Link  # noqa: E402
+from pcapd.transport.ws import open_websocket  # noqa: E402
 
 DEPLOYMENT, GROUP, DEVICE = "bench", "router", "eth0"
 DEFAULT_RATES = "50k,100k,200k,300k,400k,500k,600k"

@@ -59,7 +59,7 @@ from procs import Figures  # noqa: E402
 
 from pcapd.pcapng import EPB, PcapngDecoder  # noqa: E402
 from pcapd.proto import MAX_FILTER, BoshTarget, Data, End, Error, Started, Stop  # noqa: E402
-from pcapd.transport.ws import LinkClosed  # noqa: E402
+from pcapd.transport.link import LinkClosed  # noqa: E402
 
 PORT = 40111
 WORST_FILTER = ""

@@ -64,7 +64,8 @@ from pcapd.proto import (  # noqa: E402
     Stop,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket  # noqa: E402
+from pcapd.transport.link import Link  # noqa: E402
+from pcapd.transport.ws import open_websocket  # noqa: E402
 
 SENDER = """
 import socket, time

@@ -24,7 +24,7 @@ from pcapd.client.arguments import finish as finish_arguments
 from pcapd.client.arguments import parse_duration, parse_size
 from pcapd.client.extcap.protocol import add_arguments as add_extcap_arguments
 from pcapd.client.extcap.protocol import joined_values
-from pcapd.errors import Interrupted, NotImplementedYetError, PcapdError, UsageError, collapse
+from pcapd.errors import Interrupted, PcapdError, UsageError, collapse
 from pcapd.extras import require_server
 
 EXIT_OK = 0
@@ -550,7 +550,7 @@ def _list_devices(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     # TEMPORARY (issue 17): the parsing is complete; the commands' api calls are wired once
     # the agent and api protocol for recordings lands.
-    raise NotImplementedYetError(
+    raise UsageError(
         f"pcapd record {args.record_command}: this build parses the command but cannot run it "
         "yet (the api side of issue 17 is not wired in); nothing was sent")
 
@@ -610,9 +610,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with collapse():
             return handler(args)
-    except NotImplementedYetError as exc:
-        print(f"pcapd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except UsageError as exc:
         print(f"pcapd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pcapd.proto.messages import Code
 
 
 class PcapdError(Exception):
@@ -59,12 +63,20 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something malformed, oversized, unknown or out of order."""
 
 
+class CodedError(Exception):
+    """A failure the user hears of as a protocol ``error``: ``code`` (SPEC §6) and ``text``.
+
+    Not a :class:`PcapdError`: these are answered on a link, never printed by the CLI.
+    """
+
+    def __init__(self, code: Code, text: str) -> None:
+        super().__init__(text)
+        self.code: Code = code
+        self.text = text
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM before the capture started: nothing was captured (exit 130)."""
-
-
-class NotImplementedYetError(PcapdError):
-    """A role or target that a later release builds; exits 2 with a clear line."""
 
 
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

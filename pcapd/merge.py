@@ -53,18 +53,6 @@ __all__ = ["Merge", "MergeStatistics", "Release"]
 _NEVER = -(1 << 64)
 
 
-def _sort_by_keys_in_place_works() -> bool:
-    # ``items.sort(key=partial(next, iter(keys)))`` sorts items by a parallel key list without an
-    # index permutation (~40% faster). It relies on list.sort computing the keys left to right,
-    # which CPython has always done; check once, and fall back to an index sort if not.
-    items = ["d", "c", "b", "a"]
-    items.sort(key=partial(next, iter([3, 2, 1, 0])))
-    return items == ["a", "b", "c", "d"]
-
-
-_SORT_BY_KEYS_IN_PLACE = _sort_by_keys_in_place_works()
-
-
 @dataclass(frozen=True, slots=True)
 class Release:
     """What :meth:`Merge.pop` hands out.
@@ -404,11 +392,9 @@ class Merge:
         if irregular:
             out, late = self._order_irregular(cuts, before)
         elif len(cuts) > 1:
-            if _SORT_BY_KEYS_IN_PLACE:
-                out.sort(key=partial(next, iter(keys)))
-            else:
-                order = sorted(range(len(keys)), key=keys.__getitem__)
-                out = [out[i] for i in order]
+            # by the parallel key list without an index permutation (~40% faster): list.sort
+            # computes the keys left to right, once each (test_merge.py checks it)
+            out.sort(key=partial(next, iter(keys)))
         for source, end in cuts:
             self._consume(source, end)
         released = len(out)

@@ -10,8 +10,9 @@ import trio
 
 from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
 from pcapd.proto import InitiatorSession, Status, StatusReply, Welcome
+from pcapd.transport.link import Link
 from pcapd.transport.tls import client_context
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.ws import open_websocket
 
 
 @asynccontextmanager

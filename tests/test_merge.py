@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,23 @@ def test_importing_the_merge_does_not_import_trio() -> None:
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     code = "import pcapd.merge, sys; assert 'trio' not in sys.modules, 'trio was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})
+
+
+def test_list_sort_computes_keys_left_to_right_once_each() -> None:
+    """The merge sorts blocks by a parallel key list (``key=partial(next, iter(keys))``): that
+    is right only while list.sort asks for each item's key once, in order."""
+    asked: list[str] = []
+
+    def key(item: str) -> str:
+        asked.append(item)
+        return item
+
+    items = ["d", "c", "b", "a"]
+    items.sort(key=key)
+    assert asked == ["d", "c", "b", "a"]
+    items = ["d", "c", "b", "a"]
+    items.sort(key=partial(next, iter([3, 2, 1, 0])))
+    assert items == ["a", "b", "c", "d"]
 
 
 def test_two_sources_interleave() -> None:

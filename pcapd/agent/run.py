@@ -26,8 +26,8 @@ from pcapd.pcapng import encode_interface_description, encode_interface_statisti
 from pcapd.proto import Counters, Data, End, Notice, SourceStatistics, Start, Statistics, Stop
 from pcapd.proto.messages import EndReason, SourceState
 from pcapd.transport.groups import open_nursery
+from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.queue import PacketQueue
-from pcapd.transport.ws import Link, LinkClosed
 
 log = logging.getLogger(__name__)
 

@@ -58,17 +58,16 @@ from pcapd.proto import (
 )
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import HttpRouter, metrics_route, status_route
+from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link, LinkClosed
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_identity_problem, server_context
-from pcapd.transport.ws import Headers, Link, LinkClosed, link_endpoints, serve_websocket
+from pcapd.transport.ws import Headers, link_endpoints, serve_websocket
 
 LOCAL_NETNS_DIR = "/run/netns"
 """Where ``ip netns add`` puts its namespaces (local mode's containers.netns_dir)."""
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_TIMEOUT = 10.0
 
 
 class Agent:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
-from pcapd.errors import ProtocolError
+from pcapd.errors import CodedError, ProtocolError
 from pcapd.pcapng.packets import split_source_blocks
 from pcapd.proto import (
     AgentTarget,
@@ -35,7 +35,8 @@ from pcapd.proto import (
     Started,
     Welcome,
 )
-from pcapd.transport.ws import Link, LinkClosed, open_websocket
+from pcapd.transport.link import Link, LinkClosed
+from pcapd.transport.ws import open_websocket
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +72,8 @@ class AgentPayload:
     """Where ``packets`` began in the message (for the position in an error)."""
 
 
-class AgentRefused(Exception):
+class AgentRefused(CodedError):
     """The agent answered the start with an ``error`` (or ``end`` before ``started``)."""
-
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 def split_payload(payload: bytes | memoryview, watermark: int) -> AgentPayload:

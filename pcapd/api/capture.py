@@ -31,6 +31,7 @@ from pcapd.api.ledger import Ledger, Limit, effective_limits
 from pcapd.api.resolve import Resolution
 from pcapd.api.source import Dial, SourceRun
 from pcapd.config import ApiConfig
+from pcapd.errors import CodedError
 from pcapd.flow import DropGate
 from pcapd.merge import Merge
 from pcapd.pcapng import (
@@ -85,13 +86,8 @@ class Output(Protocol):
     async def send_message(self, msg: Started | Notice | Statistics) -> None: ...
 
 
-class CaptureFailed(Exception):
+class CaptureFailed(CodedError):
     """No source could be started; ``code`` and ``text`` are for the user."""
-
-    def __init__(self, code: Code, text: str) -> None:
-        super().__init__(text)
-        self.code: Code = code
-        self.text = text
 
 
 class ApiCapture:

@@ -85,14 +85,13 @@ from pcapd.transport.http import (
     metrics_route,
     status_route,
 )
+from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link, LinkClosed
 from pcapd.transport.service import Refusal, status_reply
 from pcapd.transport.tls import client_context, server_context
-from pcapd.transport.ws import Headers, Link, LinkClosed, serve_websocket
+from pcapd.transport.ws import Headers, serve_websocket
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_TIMEOUT = 10.0
 CLIENT_MAX_MESSAGE: Final = 64 * 1024
 """Bytes in one message from a client. The largest a client sends is a ``start`` (an 8 KiB
 filter and up to 1,024 instances, ~50 KB); the protocol's own limit (8 MiB, for agents' data)

@@ -24,13 +24,11 @@ from pcapd.api.agents import AgentJob, AgentLink, AgentPayload, AgentRefused, op
 from pcapd.api.ledger import Account
 from pcapd.errors import PcapngFormatError
 from pcapd.merge import Merge
-from pcapd.proto import CaptureLimits, CaptureOptions, Code, End, Notice, Statistics, Stop
+from pcapd.proto import CODES, CaptureLimits, CaptureOptions, Code, End, Notice, Statistics, Stop
 from pcapd.proto.messages import StopReason
 from pcapd.transport.groups import open_nursery
-from pcapd.transport.ws import LinkClosed
+from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LinkClosed
 
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_TIMEOUT = 10.0
 RECONNECT_INTERVAL = 1.0
 """Seconds between attempts to reach a lost agent again (within agents.reconnect_grace)."""
 
@@ -104,8 +102,8 @@ class SourceRun:
                         if not await self._resume(exc, attempt):
                             raise
         except AgentRefused as exc:
-            account.failure = (exc.code if exc.code in _CODES else "START_CAPTURE_FAILED",
-                               exc.text)  # type: ignore[assignment]
+            account.failure = (exc.code if exc.code in CODES else "START_CAPTURE_FAILED",
+                               exc.text)
             account.why = account.why or f"start failed: {exc.text}"
         except (LinkClosed, PcapngFormatError) as exc:
             what = "lost" if account.idb is not None else "unavailable"
@@ -218,8 +216,3 @@ async def _answers(job: AgentJob) -> bool:
         return False
     return False
 
-
-_CODES = frozenset(("INSTANCE_UNAVAILABLE", "START_CAPTURE_FAILED", "INVALID_REQUEST",
-                    "CONGESTED", "LIMIT_REACHED", "CAPTURE_STOPPED", "CAPTURE_RESUMED",
-                    "CONNECTION_ERROR",
-                    "UNAUTHENTICATED", "PERMISSION_DENIED"))

@@ -17,7 +17,7 @@ from pcapd.proto import Download, End, Notice, Started, Statistics, StoredCaptur
 from pcapd.store import CaptureInfo, Store, Upload
 from pcapd.store.base import newest_first
 from pcapd.tokens import Identity
-from pcapd.transport.ws import Link, LinkClosed
+from pcapd.transport.link import Link, LinkClosed
 
 
 class UploadOutput:

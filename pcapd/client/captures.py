@@ -43,7 +43,7 @@ from pcapd.proto import (
     Message,
     StoredCapture,
 )
-from pcapd.transport.ws import LinkClosed
+from pcapd.transport.link import LinkClosed
 
 CHUNK = 256 * 1024
 

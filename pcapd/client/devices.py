@@ -21,7 +21,7 @@ from pcapd.client.session import ApiAddress, CaptureRefused, open_api_link, refu
 from pcapd.errors import UsageError
 from pcapd.proto import DeviceList, Error, ListDevices
 from pcapd.proto.messages import Target
-from pcapd.transport.ws import LinkClosed
+from pcapd.transport.link import LinkClosed
 
 Listing = list[tuple[str, list[str] | str]]
 """(source, its devices — or why they are unknown)."""

@@ -47,7 +47,8 @@ from pcapd.proto import (
     Welcome,
 )
 from pcapd.transport.groups import open_nursery
-from pcapd.transport.ws import HandshakeRejected, Link, LinkClosed, open_websocket
+from pcapd.transport.link import Link, LinkClosed
+from pcapd.transport.ws import HandshakeRejected, open_websocket
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,6 @@ CAPTURE_ID = re.compile(r"[a-f0-9]{32}")
 USER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 PREFIX = "captures"
 
-REASONS = frozenset({"completed", "stopped", "limit", "drained", "failed", "aborted", "running"})
-"""How a capture ended (``running`` while it has not)."""
-
 
 @dataclass(frozen=True)
 class CaptureInfo:

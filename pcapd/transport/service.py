@@ -15,19 +15,15 @@ from typing import Protocol
 
 import trio
 
-from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION, SOFTWARE, Code, StatusReply
+from pcapd.errors import CodedError
+from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION, SOFTWARE, StatusReply
 from pcapd.transport.groups import open_nursery
 
 Serve = Callable[..., Awaitable[None]]
 
 
-class Refusal(Exception):
+class Refusal(CodedError):
     """A request a service will not run; the handler answers it with an ``error`` message."""
-
-    def __init__(self, code: Code, text: str) -> None:
-        super().__init__(text)
-        self.code: Code = code
-        self.text = text
 
 
 class Service(Protocol):
@@ -56,7 +52,7 @@ def raise_open_files_limit() -> int:
     Every connection costs a descriptor, idle ones included, and the usual soft limit (1024)
     is far below what the hard limit (systemd's LimitNOFILE=, bpm's limits.open_files)
     allows; Trio waits on epoll, so no select() ceiling is in the way. Should the table still
-    fill up, the listeners wait for descriptors to be freed (:mod:`pcapd.transport.ws`).
+    fill up, the listeners wait for descriptors to be freed (:mod:`pcapd.transport.listen`).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:

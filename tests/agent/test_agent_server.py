@@ -28,8 +28,9 @@ from pcapd.proto import (
     Started,
     Stop,
 )
+from pcapd.transport.link import Link
 from pcapd.transport.tls import client_context
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.ws import open_websocket
 
 pytestmark = pytest.mark.root
 

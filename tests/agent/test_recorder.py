@@ -49,8 +49,9 @@ from pcapd.proto import (
     Trigger,
     Triggered,
 )
+from pcapd.transport.link import Link
 from pcapd.transport.tls import client_context
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.ws import open_websocket
 
 pytestmark = pytest.mark.root
 S = 1_000_000_000

@@ -20,7 +20,7 @@ from links import agent_status
 from pcapd import certs
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.proto import StatusReply
-from pcapd.transport.ws import LinkClosed
+from pcapd.transport.link import LinkClosed
 
 
 def leaf(pki: Path, out: Path, name: str, usage: x509.ObjectIdentifier | None,

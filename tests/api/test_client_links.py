@@ -19,7 +19,7 @@ from netns import Netns, netns, send_udp
 
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.api.resolve import LocalResolver
-from pcapd.api.server import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Api, serve_api
+from pcapd.api.server import Api, serve_api
 from pcapd.pcapng import EPB, PcapngDecoder
 from pcapd.proto import (
     CaptureOptions,
@@ -34,7 +34,8 @@ from pcapd.proto import (
     Stop,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link
+from pcapd.transport.ws import open_websocket
 
 pytestmark = pytest.mark.root
 

@@ -28,7 +28,8 @@ from pcapd.proto import (
     Started,
     Stop,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.link import Link
+from pcapd.transport.ws import open_websocket
 
 pytestmark = pytest.mark.root
 

@@ -39,7 +39,8 @@ from pcapd.proto import (
     Start,
     Token,
 )
-from pcapd.transport.ws import Headers, Link, LinkClosed, serve_websocket
+from pcapd.transport.link import Link, LinkClosed
+from pcapd.transport.ws import Headers, serve_websocket
 
 PCAPD = str(Path(sys.executable).with_name("pcapd"))
 

@@ -34,7 +34,8 @@ from pcapd.proto import (
     Target,
     encode,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.link import Link
+from pcapd.transport.ws import open_websocket
 
 COSTLY_FILTER = " or ".join(f"port {i}" for i in range(1, 301))
 """300 ``or`` terms (3.4 KiB): libpcap's optimiser took 39 s over it, GIL held."""

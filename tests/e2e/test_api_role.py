@@ -21,7 +21,8 @@ from pcapd.proto import (
     StatusReply,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.link import Link
+from pcapd.transport.ws import open_websocket
 
 ROOT = Path(__file__).resolve().parents[2]
 

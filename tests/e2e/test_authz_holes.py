@@ -40,7 +40,7 @@ from pcapd.proto import (
     Token,
     Welcome,
 )
-from pcapd.transport.ws import Link
+from pcapd.transport.link import Link
 
 pytestmark = [pytest.mark.root]
 

@@ -43,7 +43,6 @@ from procs import PCAPD, Figures, StreamedCapture, streamed_capture, wait_until
 from readers import run_tool, tshark_fields
 from wsproto.events import AcceptConnection, Ping, Request, TextMessage
 
-from pcapd.api.source import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT
 from pcapd.pcapng import EPB, PcapngDecoder
 from pcapd.proto import (
     BoshTarget,
@@ -59,7 +58,8 @@ from pcapd.proto import (
     Stop,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link
+from pcapd.transport.ws import open_websocket
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

@@ -39,7 +39,8 @@ from pcapd.proto import (
     Stop,
     Welcome,
 )
-from pcapd.transport.ws import HANDSHAKE_TIMEOUT, Link, open_websocket
+from pcapd.transport.link import Link
+from pcapd.transport.ws import HANDSHAKE_TIMEOUT, open_websocket
 
 pytestmark = [pytest.mark.root]
 

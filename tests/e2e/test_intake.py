@@ -55,8 +55,9 @@ from pcapd.proto import (
     StatusReply,
     Stop,
 )
+from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.tls import client_context
-from pcapd.transport.ws import Link, LinkClosed, open_websocket
+from pcapd.transport.ws import open_websocket
 
 pytestmark = [pytest.mark.root]
 

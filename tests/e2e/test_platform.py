@@ -36,7 +36,8 @@ from pcapd.proto import (
     Token,
     Welcome,
 )
-from pcapd.transport.ws import Link, open_websocket
+from pcapd.transport.link import Link
+from pcapd.transport.ws import open_websocket
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

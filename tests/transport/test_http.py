@@ -43,8 +43,9 @@ from pcapd.transport.http import (
     read_request_head,
     status_route,
 )
+from pcapd.transport.link import Link
 from pcapd.transport.tls import client_context, server_context
-from pcapd.transport.ws import Link, link_endpoints, open_websocket, serve_websocket
+from pcapd.transport.ws import link_endpoints, open_websocket, serve_websocket
 
 SERVER_NAME = "pcap-agent.service.cf.internal"
 MiB = 1024 * 1024

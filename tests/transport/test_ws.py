@@ -22,8 +22,9 @@ from wsproto.events import AcceptConnection, Message, Ping, Request
 
 from pcapd.certs import CertPaths, init_certs
 from pcapd.proto import InitiatorSession, ResponderSession
+from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.tls import client_context, server_context
-from pcapd.transport.ws import Link, LinkClosed, open_websocket, serve_websocket
+from pcapd.transport.ws import open_websocket, serve_websocket
 
 
 class FrozenPeer:

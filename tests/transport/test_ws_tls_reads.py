@@ -12,7 +12,7 @@ import trio
 import trio_websocket
 
 from pcapd.certs import init_certs
-from pcapd.transport import ws as ws_module
+from pcapd.transport import streams
 from pcapd.transport.tls import client_context, server_context
 from pcapd.transport.ws import open_websocket, serve_websocket
 
@@ -30,7 +30,7 @@ async def test_messages_of_every_size_arrive_whole_when_records_are_read_togethe
                 (1, 100, RECORD - 1, RECORD, RECORD + 1, 3 * RECORD + 7, 100_000, 1_500_000,
                  *(rng.randrange(1, 400_000) for _ in range(20)))]
     reads: list[int] = []
-    real = ws_module._buffered_records
+    real = streams.buffered_records
 
     def counting(stream: trio.abc.Stream, data: bytes | bytearray,
                  max_bytes: int) -> bytes | bytearray:
@@ -38,7 +38,7 @@ async def test_messages_of_every_size_arrive_whole_when_records_are_read_togethe
         reads.append(len(out))
         return out
 
-    monkeypatch.setattr(ws_module, "_buffered_records", counting)
+    monkeypatch.setattr(streams, "buffered_records", counting)
 
     async def send_all(ws: trio_websocket.WebSocketConnection, peer: str,
                        headers: list[tuple[bytes, bytes]]) -> None:

@@ -1,0 +1,158 @@
+"""A protocol session over one WebSocket connection, and the keepalive that notices a dead peer.
+
+:class:`Link` runs a sans-I/O session (:mod:`pcapd.proto.session`) over a connection opened or
+accepted by :mod:`pcapd.transport.ws`, and turns every way a link can fail into
+:class:`LinkClosed`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final, overload
+from weakref import WeakKeyDictionary
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from pcapd.errors import PcapdError, RemoteProtocolError
+from pcapd.proto import Data, Message
+from pcapd.proto.session import InitiatorSession, ResponderSession
+from pcapd.transport import _compat  # noqa: F401  (the ping patch, for every link's connection)
+from pcapd.transport.peer_progress import progressed, sample
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL: Final = 5.0
+"""Seconds between pings on every pcapd link (:meth:`Link.keepalive`)."""
+KEEPALIVE_TIMEOUT: Final = 10.0
+"""Seconds a peer may neither answer a ping nor take data before its link is given up."""
+
+
+class LinkClosed(PcapdError):
+    """The peer went away, the connection broke, or the link failed a protocol check."""
+
+
+_SOCKETS: WeakKeyDictionary[WebSocketConnection, trio.socket.SocketType] = WeakKeyDictionary()
+"""The TCP (or Unix) socket under each link, for the keepalive's look at the peer's progress."""
+
+
+def remember_socket(ws: WebSocketConnection, sock: trio.socket.SocketType) -> None:
+    """Record the socket under ``ws`` (trio-websocket does not expose it) for the keepalive."""
+    _SOCKETS[ws] = sock
+
+
+class Link:
+    """A protocol session running over one WebSocket connection."""
+
+    def __init__(self, ws: WebSocketConnection,
+                 session: InitiatorSession | ResponderSession, peer: str) -> None:
+        self.ws = ws
+        self.session = session
+        self.peer = peer
+        self.gave_up: str | None = None
+        """Why this side closed the link (no pong), for the :class:`LinkClosed` that follows:
+        the close code the peer never saw is no explanation."""
+
+    @overload
+    async def send(self, msg: Data) -> None: ...
+    @overload
+    async def send(self, msg: Message) -> None: ...
+    async def send(self, msg: Message | Data) -> None:
+        wire = self.session.send(msg)
+        try:
+            await self.ws.send_message(wire)
+        except ConnectionClosed as exc:
+            raise LinkClosed(f"{self.peer}: connection closed "
+                             f"({self.gave_up or _reason(exc)})") from exc
+
+    async def receive(self) -> Message | Data:
+        """The next message; a malformed one is answered with ``error`` and the link closed."""
+        try:
+            raw = await self.ws.get_message()
+        except ConnectionClosed as exc:
+            raise LinkClosed(f"{self.peer}: connection closed "
+                             f"({self.gave_up or _reason(exc)})") from exc
+        try:
+            if isinstance(raw, str):
+                return self.session.receive_text(raw)
+            return self.session.receive_binary(raw)
+        except RemoteProtocolError as exc:
+            reply = self.session.error_reply(exc)
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                if reply is not None:
+                    try:
+                        await self.ws.send_message(reply)
+                    except ConnectionClosed:
+                        pass
+                await self.ws.aclose(code=1008, reason="protocol error")
+            raise LinkClosed(f"{self.peer}: {exc}") from exc
+
+    async def keepalive(self, interval: float, pong_within: float) -> None:
+        """Ping the peer every ``interval``; close the link once the peer has neither answered
+        a ping nor made progress for ``pong_within`` seconds.
+
+        This is what notices a peer that vanished without a FIN (power cut, dropped route):
+        TCP alone would wait for minutes. A slow reader is not such a peer: our ping queues
+        behind the data already on its way, and the pong comes only once the peer has read
+        all of it, which at 100 kB/s behind a few MB of socket buffers takes far longer than
+        ``pong_within``. So while a pong is due the kernel is asked whether the peer still
+        takes our data (:mod:`pcapd.transport.peer_progress`): the TCP bytes it acknowledged
+        grow while data waits for it (for a Unix socket: the queue toward it changes). Only a
+        peer that neither answers nor takes anything for ``pong_within`` is given up. Runs
+        until cancelled or the link closes.
+        """
+        sock = _SOCKETS.get(self.ws)
+        while True:
+            await trio.sleep(interval)
+            answered = trio.Event()
+            dead = False
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ping, answered)
+                flow = sample(sock)
+                moved = trio.current_time()  # when the peer last answered or took data
+                poll = min(1.0, pong_within / 4)
+                while not answered.is_set():
+                    left = moved + pong_within - trio.current_time()
+                    with trio.move_on_after(max(0.0, min(poll, left))):
+                        await answered.wait()
+                    if answered.is_set():
+                        break
+                    now = sample(sock)
+                    if progressed(flow, now):
+                        moved = trio.current_time()
+                    flow = now
+                    if trio.current_time() - moved >= pong_within:
+                        dead = True
+                        break
+                nursery.cancel_scope.cancel()
+            if self.ws.closed is not None:
+                return
+            if dead:
+                log.warning("%s: no pong and no data taken for %ss: closing the link",
+                            self.peer, pong_within)
+                self.gave_up = f"no answer to pings for {pong_within:g}s"
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    await self.ws.aclose(code=1001, reason="ping timeout")
+                return
+
+    async def _ping(self, answered: trio.Event) -> None:
+        """One ping; ``answered`` is set when its pong came or the link closed."""
+        try:
+            await self.ws.ping()
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        answered.set()
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        with trio.move_on_after(1) as cleanup:
+            cleanup.shield = True
+            await self.ws.aclose(code=code, reason=reason)
+
+
+def _reason(exc: ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:
+        return "no reason given"
+    return f"{reason.name}" + (f": {reason.reason}" if reason.reason else "")
