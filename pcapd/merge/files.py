@@ -2,9 +2,11 @@
 
 Theory of operation
 -------------------
-An I/O shell around the sans-I/O decoders of :mod:`pcapd.pcapng` and the live merge
-(:class:`pcapd.merge.Merge`), so that merging files runs the same merge as a live capture. Each
-input is a merge source that never goes stale (``lateness=math.inf``): offline there is no
+The driver: an I/O shell around the sans-I/O decoders and rewriting of :mod:`pcapd.pcapng`
+(:mod:`pcapd.pcapng.rewrite`) and the live merge (:class:`pcapd.merge.Merge`), writing through
+:mod:`pcapd.merge.output` (a file appears under its name only once complete), so that merging
+files runs the same merge as a live capture. Each input is a merge source that never goes
+stale (``lateness=math.inf``): offline there is no
 clock, only promises, and a file promises no packet below the greatest timestamp read from it
 so far (its *frontier*, recorded by ``push``). The merge releases what lies at or below the
 lowest frontier: timestamp order across inputs, file order within each (packets of a file that
@@ -43,16 +45,14 @@ interfaces are numbered in input order; one defined later in a file gets the nex
 read. The output IDB keeps link type, snaplen and every option but ``if_name`` (``if_tsresol``
 and ``if_tsoffset`` too, so EPBs pass through unchanged but for the interface id; ordering
 applies ``if_tsoffset``, as Wireshark does); ``if_description`` is the input's path where there
-is none. Big-endian options are swapped where their layout is known and dropped where not
-(custom options, a BPF-bytecode ``if_filter``); big-endian EPBs keep comments, flags, drop
-count, packet id and queue.
+is none. Big-endian blocks are rewritten little-endian (:mod:`pcapd.pcapng.rewrite` says which
+options survive).
 
 Other blocks.
 
 - Name Resolution, Decryption Secrets and copyable custom (0x00000BAD) blocks are copied when
-  read, so they precede the packets that follow them in their file. Big-endian NRBs keep their
-  IPv4/IPv6 records; big-endian custom blocks keep their data as it is (only the enterprise
-  number is swapped: the data's layout is the enterprise's); big-endian DSBs are skipped.
+  read, so they precede the packets that follow them in their file (big-endian DSBs are
+  skipped).
 - Interface Statistics Blocks: the last of each interface (counters are cumulative) is written
   at the end, with its interface id rewritten.
 - Simple Packet Blocks become EPBs of their section's interface 0, stamped with the previous
@@ -77,41 +77,31 @@ import contextlib
 import io
 import math
 import os
-import stat
-import struct
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pcapd import __version__
 from pcapd.errors import PcapdError, PcapngFormatError
-from pcapd.merge import Merge
+from pcapd.merge.core import Merge
+from pcapd.merge.output import MergeOutputError, Output, open_output
 from pcapd.pcapng import (
     EPB,
     IDB,
     ISB,
-    NRB,
     PB,
     SHB,
     SPB,
-    EnhancedPacket,
-    NameResolution,
     PcapDecoder,
     PcapHeader,
     PcapngDecoder,
     RawBlock,
-    SimplePacket,
     encode_interface_description,
-    encode_name_resolution,
     encode_section_header,
-    epb_timestamp,
-    parse,
+    rewrite,
     sniff_format,
-    with_interface_id,
 )
-from pcapd.pcapng import options as o
 from pcapd.pcapng.buffer import InputBuffer
 from pcapd.pcapng.reader import SkippedSection
 
@@ -119,6 +109,7 @@ __all__ = [
     "BUFFER_BUDGET",
     "MAX_CHUNK",
     "MIN_CHUNK",
+    "TIE_RUN_CAP",
     "InputDamage",
     "MergeInputError",
     "MergeOutputError",
@@ -132,44 +123,23 @@ BUFFER_BUDGET = 4 * 1024 * 1024
 within MIN_CHUNK..MAX_CHUNK (measured fastest at 128–256 KiB for 2 to 32 inputs)."""
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 256 * 1024
-_WRITE_BUFFER = 1024 * 1024
+TIE_RUN_CAP = 1 << 16
+"""The longest run of equal timestamps a file holds back (see the module docstring); a longer
+one goes out as it comes, so that a file of one timestamp cannot make the merge hold it all."""
 _NS = 10**9
 _RELEASE_DIVISOR = 4
 """A release follows every ``inputs // 4`` reads (every read for up to 7 inputs): a release
 costs a few steps per input besides its packets, so with many inputs (and reads made small by
 the budget) several reads' worth go out together; what waits stays within a quarter of the
 read budget more (measured: 250 of ~5,750 instructions a packet less at k = 32)."""
-_TIE_RUN_CAP = 1 << 16
-"""The longest run of equal timestamps a file holds back (see the module docstring); a longer
-one goes out as it comes, so that a file of one timestamp cannot make the merge hold it all."""
 _EXACT = 1 << 53  # every integer up to this is a float
 _FLOAT_MUL = 1 << 21  # low * mul is exact in a float for every 32-bit low
-
-_DSB = 0x0000000A  # Decryption Secrets Block
-_CUSTOM_COPYABLE = 0x00000BAD
-_COPIED_AS_IS = (NRB, _DSB, _CUSTOM_COPYABLE)
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x04\x22\x4d\x18", "lz4"))
 """Magic numbers of the compressions Wireshark reads transparently, and pcapd does not."""
-_PB_HEAD = {False: struct.Struct("<HH4I"), True: struct.Struct(">HH4I")}
-_EPB_DROPCOUNT = 4
 
-_HEAD = struct.Struct("<II")
-_U32 = struct.Struct("<I")
-_EPB_HEAD = struct.Struct("<7I")
-_ISB_FIXED = struct.Struct("<3I")
-
-# Options that survive a big-endian block, by code: None copies the value's bytes (strings and
-# byte strings), a struct format swaps a number of that layout. Codes not listed are dropped.
-_IF_TSOFFSET = 14
-_IDB_OPTIONS: dict[int, str | None] = {
-    o.OPT_COMMENT: None, o.IF_DESCRIPTION: None, 4: None, 5: None, 6: None, 7: None,
-    8: "Q", o.IF_TSRESOL: None, 10: "I", o.IF_FILTER: None, o.IF_OS: None, 13: None,
-    _IF_TSOFFSET: "q", 15: None, 16: "Q", 17: "Q", 18: None,
-}  # fmt: skip
-_EPB_OPTIONS: dict[int, str | None] = {o.OPT_COMMENT: None, 2: "I", 4: "Q", 5: "Q", 6: "I"}
-_ISB_OPTIONS: dict[int, str | None] = {
-    o.OPT_COMMENT: None, 2: "II", 3: "II", 4: "Q", 5: "Q", 6: "Q", 7: "Q", 8: "Q",
-}  # fmt: skip
+MergeFactory = Callable[..., Merge]
+"""Makes the merge: ``Merge`` itself, or a subclass that watches it (``lateness=`` and
+``max_buffered=`` are passed by keyword)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,19 +205,13 @@ class MergeInputError(PcapdError):
         super().__init__(f"{path}: {message}")
 
 
-class MergeOutputError(PcapdError):
-    """The output cannot be created or written (nothing is left behind)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        super().__init__(f"{path}: {message}")
-
-
 def merge_files(
     inputs: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     *,
     chunk_size: int | None = None,
+    merge: MergeFactory = Merge,
+    tie_run_cap: int = TIE_RUN_CAP,
 ) -> MergeResult:
     """Merge ``inputs`` (pcap or pcapng files, any byte order) into the pcapng ``output``.
 
@@ -255,7 +219,9 @@ def merge_files(
     the same directory and renamed over ``output`` when complete, so a failed merge leaves no
     partial file (and the output may be one of the inputs); a file that existed keeps its
     permissions, a symbolic link its target; a device or FIFO is written in place.
-    ``chunk_size`` overrides the bytes per read (see the module docstring).
+    ``chunk_size`` overrides the bytes per read, ``tie_run_cap`` the longest run of equal
+    timestamps an input holds back, and ``merge`` makes the merge (a subclass may watch it):
+    see the module docstring.
 
     Raises :class:`MergeInputError` naming the input at fault and :class:`MergeOutputError`
     naming the output; the inputs are all opened and sniffed before the output is created.
@@ -270,47 +236,45 @@ def merge_files(
         # Per input, twice what one decode can push (two reads' worth of 32-byte EPBs, or one
         # of 16-byte pcap records): the bound of the theory of operation, with room to spare,
         # so the cap never forces a packet out early.
-        merge = Merge(lateness=math.inf, max_buffered=len(paths) * 2 * (chunk // 16 + 1))
-        sids = [merge.add_source(0.0) for _ in paths]
+        merging = merge(lateness=math.inf, max_buffered=len(paths) * 2 * (chunk // 16 + 1))
+        sids = [merging.add_source(0.0) for _ in paths]
         sids.reverse()  # ties: the later input first, as mergecap
-        clock = _Clock()
+        shared = _Shared(chunk, _Clock(), tie_run_cap)
         readers = [
-            (_PcapngInput if kind == "pcapng" else _PcapInput)(
-                path, label, fh, first, sid, chunk, clock
-            )
+            (_PcapngInput if kind == "pcapng" else _PcapInput)(path, label, fh, first, sid, shared)
             for path, label, (fh, first, kind), sid in zip(
                 paths, _labels(paths), files, sids, strict=True
             )
         ]
-        with _open_output(target) as fh:
-            out = _Output(fh, target)
+        with open_output(target) as fh:
+            out = Output(fh, target)
             out.write(encode_section_header(user_application=f"pcapd {__version__} (merge)"))
             for reader in readers:  # leading IDBs in input order, and a frontier for each
-                reader.decode(merge, out, until_packet=True)
+                reader.decode(merging, out, until_packet=True)
                 while not (reader.started or reader.eof):
                     reader.read()
-                    reader.decode(merge, out, until_packet=True)
+                    reader.decode(merging, out, until_packet=True)
             active = list(readers)
             every = max(1, len(readers) // _RELEASE_DIVISOR)  # reads per release
             reads = 0
             while active:
                 reader = min(active, key=_frontier)
                 reader.read()
-                reader.decode(merge, out, until_packet=False)
+                reader.decode(merging, out, until_packet=False)
                 if reader.eof:
-                    reader.flush(merge)
-                    merge.remove_source(reader.sid, 0.0)
+                    reader.flush(merging)
+                    merging.remove_source(reader.sid, 0.0)
                     active.remove(reader)
                 reads += 1
                 if reads == every:
-                    out.write_blocks(merge.pop(0.0).blocks)
+                    out.write_blocks(merging.pop(0.0).blocks)
                     reads = 0
-            out.write_blocks(merge.flush())
+            out.write_blocks(merging.flush())
             out.finish()
     return MergeResult(
         packets=sum(reader.packets for reader in readers),
         interfaces=out.interfaces,
-        reordered=merge.statistics().reordered,
+        reordered=merging.statistics().reordered,
         skipped_blocks=sum(reader.skipped for reader in readers),
         damaged=tuple(reader.damage for reader in readers if reader.damage is not None),
         skipped_sections=tuple(
@@ -409,110 +373,13 @@ def _open_input(
     return fh, first, kind
 
 
-@contextlib.contextmanager
-def _open_output(target: str) -> Iterator[io.BufferedWriter]:
-    """The output stream; a regular file appears under its name only once complete."""
-    if target == "-":
-        with _writing("stdout"):
-            stdout = io.FileIO(sys.stdout.fileno(), "wb", closefd=False)
-        with _closing(io.BufferedWriter(stdout, _WRITE_BUFFER), "stdout") as fh:
-            yield fh
-        return
-    path = Path(target)
-    try:
-        mode = path.stat().st_mode
-        path = path.resolve()  # a symbolic link: replace the file it names, keep the link
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise MergeOutputError(target, f"cannot write: {exc.strerror or exc}") from exc
-    if mode is not None and not stat.S_ISREG(mode):  # /dev/null, a FIFO: write in place
-        with _writing(target):
-            raw = io.FileIO(path, "wb")
-        with _closing(io.BufferedWriter(raw, _WRITE_BUFFER), target) as fh:
-            yield fh
-        return
-    tmp, fd = _create_temporary(path)
-    try:
-        with _closing(io.BufferedWriter(io.FileIO(fd, "wb"), _WRITE_BUFFER), target) as fh:
-            yield fh
-        with _writing(target):
-            if mode is not None:  # an existing file keeps its permissions, as if overwritten
-                os.chmod(tmp, stat.S_IMODE(mode))
-            os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What every input of one merge reads with."""
 
-
-@contextlib.contextmanager
-def _closing(fh: io.BufferedWriter, target: str) -> Iterator[io.BufferedWriter]:
-    """Close (and so flush) ``fh`` at the end; after an error, close it quietly."""
-    try:
-        yield fh
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fh.close()
-        raise
-    with _writing(target):
-        fh.close()
-
-
-def _create_temporary(path: Path) -> tuple[Path, int]:
-    # O_EXCL with a random name, rather than mkstemp: the file gets the mode of any new file
-    # (0666 less the umask), not mkstemp's 0600, and keeps it through the rename.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")  # not secrets: 4 ms
-        try:
-            return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise MergeOutputError(str(path), f"cannot create: {exc.strerror or exc}") from exc
-    raise MergeOutputError(str(path), "cannot create a temporary file next to it")
-
-
-@contextlib.contextmanager
-def _writing(target: str) -> Iterator[None]:
-    try:
-        yield
-    except BrokenPipeError as exc:
-        raise MergeOutputError(target, "the reader went away (broken pipe)") from exc
-    except OSError as exc:
-        raise MergeOutputError(target, f"cannot write: {exc.strerror or exc}") from exc
-
-
-class _Output:
-    """The output section: blocks in order, interface ids, the kept statistics."""
-
-    def __init__(self, fh: io.BufferedWriter, target: str) -> None:
-        self._fh = fh
-        self._target = "stdout" if target == "-" else target
-        self.interfaces = 0
-        self._statistics: dict[int, bytes] = {}
-
-    def write(self, block: bytes) -> None:
-        with _writing(self._target):
-            self._fh.write(block)
-
-    def write_blocks(self, blocks: list[bytes]) -> None:
-        if blocks:
-            with _writing(self._target):
-                self._fh.write(b"".join(blocks))
-
-    def add_interface(self, idb: bytes) -> int:
-        """Write an IDB now; its id is the number of IDBs before it."""
-        self.write(idb)
-        self.interfaces += 1
-        return self.interfaces - 1
-
-    def keep_statistics(self, interface_id: int, isb: bytes) -> None:
-        self._statistics[interface_id] = isb
-
-    def finish(self) -> None:
-        self.write_blocks([self._statistics[i] for i in sorted(self._statistics)])
+    chunk: int
+    clock: _Clock
+    tie_run_cap: int
 
 
 class _Input:
@@ -522,15 +389,8 @@ class _Input:
     """
 
     def __init__(
-        self,
-        path: str,
-        label: str,
-        fh: io.FileIO,
-        first: bytes,
-        decoder: InputBuffer,
-        sid: int,
-        chunk: int,
-        clock: _Clock,
+        self, path: str, label: str, fh: io.FileIO, first: bytes, decoder: InputBuffer,
+        sid: int, shared: _Shared,
     ) -> None:
         decoder.receive_data(first)
         self.path = path
@@ -538,11 +398,12 @@ class _Input:
         self.damage: InputDamage | None = None
         self._fh = fh
         self._decoder = decoder
-        self._chunk = chunk
+        self._chunk = shared.chunk
+        self._tie_run_cap = shared.tie_run_cap
         self.sid = sid
         self.started = False  # a packet was decoded
         self.eof = False
-        self._clock = clock
+        self._clock = shared.clock
         self.frontier: float = -(1 << 64)  # in keys of the clock
         self.last_key: float | None = None
         # The trailing run of packets at the last timestamp, not pushed yet (module docstring).
@@ -566,7 +427,7 @@ class _Input:
         self.eof = not data
         self._decoder.receive_data(data)
 
-    def decode(self, merge: Merge, out: _Output, *, until_packet: bool) -> None:
+    def decode(self, merge: Merge, out: Output, *, until_packet: bool) -> None:
         """Push every whole packet read so far (at least the first, if ``until_packet``).
 
         A malformed block ends the input there, as if the file ended before it: what came
@@ -582,7 +443,7 @@ class _Input:
             self.damage = InputDamage(self.path, exc.offset, reason, self.packets)
             self.eof = True
 
-    def _decode(self, merge: Merge, out: _Output, until_packet: bool) -> None:
+    def _decode(self, merge: Merge, out: Output, until_packet: bool) -> None:
         raise NotImplementedError
 
     def _add_scale(self, tsresol: int, offset_ns: int) -> None:
@@ -637,7 +498,7 @@ class _Input:
         start = len(keys) - 1
         while start and keys[start - 1] == last:
             start -= 1
-            if len(keys) - start > _TIE_RUN_CAP:
+            if len(keys) - start > self._tie_run_cap:
                 start = len(keys)  # too long to hold: let it go
                 break
         if start == len(keys):
@@ -659,17 +520,16 @@ class _Input:
 
 class _PcapngInput(_Input):
     def __init__(
-        self, path: str, label: str, fh: io.FileIO, first: bytes, sid: int, chunk: int,
-        clock: _Clock,
+        self, path: str, label: str, fh: io.FileIO, first: bytes, sid: int, shared: _Shared
     ) -> None:
         self._pcapng = PcapngDecoder()
-        super().__init__(path, label, fh, first, self._pcapng, sid, chunk, clock)
+        super().__init__(path, label, fh, first, self._pcapng, sid, shared)
 
     @property
     def skipped_sections(self) -> list[SkippedSection]:
         return self._pcapng.skipped_sections
 
-    def _decode(self, merge: Merge, out: _Output, until_packet: bool) -> None:
+    def _decode(self, merge: Merge, out: Output, until_packet: bool) -> None:
         decoder = self._pcapng
         while True:
             if not until_packet:
@@ -682,17 +542,19 @@ class _PcapngInput(_Input):
             if self._block(raw, merge, out) and until_packet:
                 return
 
-    def _block(self, raw: RawBlock, merge: Merge, out: _Output) -> bool:
+    def _block(self, raw: RawBlock, merge: Merge, out: Output) -> bool:
         """Handle one block that is not on the fast path; True if it was a packet."""
         kind = raw.block_type
         if kind == EPB:
-            self._enhanced_packet(raw, merge)
+            block, local, ticks = rewrite.enhanced_packet(raw, self._idmap)
+            self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
             return True
         if kind == SPB:
             self._simple_packet(raw, merge)
             return True
         if kind == PB:
-            self._packet_block(raw, merge)
+            block, local, ticks = rewrite.packet_block(raw, self._idmap)
+            self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
             return True
         if kind == IDB:
             self._interface(raw, out)
@@ -701,110 +563,46 @@ class _PcapngInput(_Input):
             self._scales = []
             self._uniform = None
         elif kind == ISB:
-            self._statistics(raw, out)
-        elif kind in _COPIED_AS_IS and not raw.big_endian:
-            out.write(raw.data)
-        elif kind == _CUSTOM_COPYABLE:  # big-endian: the enterprise number swapped, data as is
-            (pen,) = struct.unpack_from(">I", raw.data, 8)
-            out.write(_block(_CUSTOM_COPYABLE, _U32.pack(pen) + raw.data[12:-4]))
-        elif kind == NRB:  # big-endian: keep the IPv4/IPv6 records
-            block = parse(raw)
-            assert isinstance(block, NameResolution)
-            if block.records:
-                out.write(encode_name_resolution(block.records))
+            out.keep_statistics(*rewrite.interface_statistics(raw, self._idmap))
         else:
-            self.skipped += 1
+            copied = rewrite.copied_block(raw)
+            if copied is None:
+                self.skipped += 1
+            else:
+                out.write(copied)
         return False
 
-    def _interface(self, raw: RawBlock, out: _Output) -> None:
+    def _interface(self, raw: RawBlock, out: Output) -> None:
         local = len(self._idmap)
         idb = self._pcapng.interfaces[local]
         section = self._pcapng.sections
         label = self.label if section <= 1 else f"{self.label}#{section}"
         name = f"{label}:{idb.name if idb.name is not None else f'if{local}'}"
-        options = _le_options(raw, 16, _IDB_OPTIONS)
-        tsoffset = 0
-        has_description = False
-        kept: list[tuple[int, bytes]] = [(o.IF_NAME, o.string_value(name))]
-        for code, value in options:
-            if code == o.IF_NAME or (raw.big_endian and code == o.IF_FILTER and value[:1] != b"\0"):
-                continue  # replaced; or BPF bytecode, whose byte order is the section's
-            if code == _IF_TSOFFSET and len(value) == 8:
-                tsoffset = struct.unpack("<q", value)[0]
-            has_description = has_description or code == o.IF_DESCRIPTION
-            kept.append((code, value))
-        if not has_description:
-            kept.append((o.IF_DESCRIPTION, o.string_value(self.path)))
-        fixed = struct.pack("<HHI", idb.link_type, 0, idb.snaplen)
-        self._idmap.append(out.add_interface(_block(IDB, fixed + o.encode_options(kept))))
+        block, tsoffset = rewrite.relabeled_interface(raw, idb, name, self.path)
+        self._idmap.append(out.add_interface(block))
         self._add_scale(idb.tsresol, tsoffset * _NS)
 
-    def _enhanced_packet(self, raw: RawBlock, merge: Merge) -> None:
-        if raw.big_endian:
-            packet = parse(raw)
-            assert isinstance(packet, EnhancedPacket)
-            local, ticks = packet.interface_id, packet.timestamp
-            start = 28 + packet.captured_length + (-packet.captured_length & 3)
-            options = o.encode_options(_le_options(raw, start, _EPB_OPTIONS))
-            block = _enhanced_packet(
-                self._idmap[local], ticks, packet.data, packet.original_length, options
-            )
-        else:
-            local = _U32.unpack_from(raw.data, 8)[0]
-            ticks = epb_timestamp(raw.data)
-            block = with_interface_id(raw.data, self._idmap[local])
-        self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
-
-    def _packet_block(self, raw: RawBlock, merge: Merge) -> None:
-        """An obsolete Packet Block becomes the EPB it is the ancestor of (as Wireshark reads
-        it): the same fields and options, its drop count as ``epb_dropcount``."""
-        local, drops, high, low, caplen, original = _PB_HEAD[raw.big_endian].unpack_from(
-            raw.data, 8
-        )
-        ticks = high << 32 | low
-        start = 28 + caplen + (-caplen & 3)
-        options = _le_options(raw, start, _EPB_OPTIONS)
-        if drops and all(code != _EPB_DROPCOUNT for code, _ in options):
-            options.append((_EPB_DROPCOUNT, struct.pack("<Q", drops)))
-        block = _enhanced_packet(
-            self._idmap[local], ticks, raw.data[28 : 28 + caplen], original,
-            o.encode_options(options),
-        )  # fmt: skip
-        self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
-
     def _simple_packet(self, raw: RawBlock, merge: Merge) -> None:
-        packet = parse(raw, self._pcapng.interfaces)
-        assert isinstance(packet, SimplePacket)
+        """Stamped with the previous packet's time in its file (the epoch before any), so that
+        it keeps its place (mergecap stamps it 0)."""
         mul, div, off = self._scales[0]
         if self.last_key is None:
             ns, ticks = off, 0
         else:
             ns = self._clock.ns(self.last_key)
             ticks = max(0, (ns - off) * div // mul)
-        block = _enhanced_packet(self._idmap[0], ticks, packet.data, packet.original_length, b"")
+        block = rewrite.simple_packet(raw, self._pcapng.interfaces, self._idmap[0], ticks)
         self._push(merge, [self._clock.key(ns)], [block])
-
-    def _statistics(self, raw: RawBlock, out: _Output) -> None:
-        if raw.big_endian:
-            local, high, low = struct.unpack_from(">3I", raw.data, 8)
-            new = self._idmap[local]
-            options = o.encode_options(_le_options(raw, 20, _ISB_OPTIONS))
-            isb = _block(ISB, _ISB_FIXED.pack(new, high, low) + options)
-        else:
-            new = self._idmap[_U32.unpack_from(raw.data, 8)[0]]
-            isb = with_interface_id(raw.data, new)
-        out.keep_statistics(new, isb)
 
 
 class _PcapInput(_Input):
     def __init__(
-        self, path: str, label: str, fh: io.FileIO, first: bytes, sid: int, chunk: int,
-        clock: _Clock,
+        self, path: str, label: str, fh: io.FileIO, first: bytes, sid: int, shared: _Shared
     ) -> None:
         self._pcap = PcapDecoder()
-        super().__init__(path, label, fh, first, self._pcap, sid, chunk, clock)
+        super().__init__(path, label, fh, first, self._pcap, sid, shared)
 
-    def _decode(self, merge: Merge, out: _Output, until_packet: bool) -> None:
+    def _decode(self, merge: Merge, out: Output, until_packet: bool) -> None:
         decoder = self._pcap
         if decoder.header is None:
             header = decoder.next_record()
@@ -824,43 +622,3 @@ class _PcapInput(_Input):
             self._push(merge, self._clock.keys(stamps), batch.blocks)
         record = decoder.next_record()  # raises on what next_packets refused, if anything
         assert record is None, "next_packets leaves only incomplete or refused records"
-
-
-def _block(block_type: int, body: bytes) -> bytes:
-    total = len(body) + 12
-    return b"".join((_HEAD.pack(block_type, total), body, _U32.pack(total)))
-
-
-def _enhanced_packet(
-    interface_id: int, ticks: int, data: bytes, original_length: int, options: bytes
-) -> bytes:
-    caplen = len(data)
-    total = 32 + caplen + (-caplen & 3) + len(options)
-    head = _EPB_HEAD.pack(
-        EPB, total, interface_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen, original_length
-    )
-    return b"".join((head, data, o.PAD[caplen & 3], options, _U32.pack(total)))
-
-
-def _le_options(raw: RawBlock, start: int, known: dict[int, str | None]) -> list[tuple[int, bytes]]:
-    """The options of ``raw`` from ``start`` as little-endian values.
-
-    A little-endian block keeps every option as it is. A big-endian one keeps only the
-    ``known`` codes: ``None`` copies the bytes, a struct format swaps a number of that layout.
-    """
-    data = raw.data
-    if start >= len(data) - 4:
-        return []
-    pairs = list(o.iter_options(data, start, len(data) - 4, raw.big_endian, raw.offset))
-    if not raw.big_endian:
-        return pairs
-    kept: list[tuple[int, bytes]] = []
-    for code, value in pairs:
-        if code not in known:
-            continue
-        layout = known[code]
-        if layout is None:
-            kept.append((code, value))
-        elif len(value) == struct.calcsize(layout):
-            kept.append((code, struct.pack("<" + layout, *struct.unpack(">" + layout, value))))
-    return kept
