@@ -77,14 +77,14 @@ import contextlib
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pcapd import __version__
 from pcapd.errors import PcapdError, PcapngFormatError
-from pcapd.merge.core import Merge
+from pcapd.merge.engine import FileMerge, FileMergeFactory, new_file_merge
 from pcapd.merge.output import MergeOutputError, Output, open_output
 from pcapd.pcapng import (
     EPB,
@@ -127,20 +127,14 @@ TIE_RUN_CAP = 1 << 16
 """The longest run of equal timestamps a file holds back (see the module docstring); a longer
 one goes out as it comes, so that a file of one timestamp cannot make the merge hold it all."""
 _NS = 10**9
+_MAX_TICKS = (1 << 64) - 1
 _RELEASE_DIVISOR = 4
 """A release follows every ``inputs // 4`` reads (every read for up to 7 inputs): a release
 costs a few steps per input besides its packets, so with many inputs (and reads made small by
 the budget) several reads' worth go out together; what waits stays within a quarter of the
 read budget more (measured: 250 of ~5,750 instructions a packet less at k = 32)."""
-_EXACT = 1 << 53  # every integer up to this is a float
-_FLOAT_MUL = 1 << 21  # low * mul is exact in a float for every 32-bit low
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x04\x22\x4d\x18", "lz4"))
 """Magic numbers of the compressions Wireshark reads transparently, and pcapd does not."""
-
-MergeFactory = Callable[..., Merge]
-"""Makes the merge: ``Merge`` itself, or a subclass that watches it (``lateness=`` and
-``max_buffered=`` are passed by keyword)."""
-
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
@@ -210,7 +204,7 @@ def merge_files(
     output: str | os.PathLike[str],
     *,
     chunk_size: int | None = None,
-    merge: MergeFactory = Merge,
+    engine: FileMergeFactory = new_file_merge,
     tie_run_cap: int = TIE_RUN_CAP,
 ) -> MergeResult:
     """Merge ``inputs`` (pcap or pcapng files, any byte order) into the pcapng ``output``.
@@ -220,8 +214,9 @@ def merge_files(
     partial file (and the output may be one of the inputs); a file that existed keeps its
     permissions, a symbolic link its target; a device or FIFO is written in place.
     ``chunk_size`` overrides the bytes per read, ``tie_run_cap`` the longest run of equal
-    timestamps an input holds back, and ``merge`` makes the merge (a subclass may watch it):
-    see the module docstring.
+    timestamps an input holds back, and ``engine`` makes the merge's engine (the compiled one
+    where it is built: :func:`~pcapd.merge.engine.new_file_merge`; a test may watch it): see
+    the module docstring.
 
     Raises :class:`MergeInputError` naming the input at fault and :class:`MergeOutputError`
     naming the output; the inputs are all opened and sniffed before the output is created.
@@ -236,45 +231,44 @@ def merge_files(
         # Per input, twice what one decode can push (two reads' worth of 32-byte EPBs, or one
         # of 16-byte pcap records): the bound of the theory of operation, with room to spare,
         # so the cap never forces a packet out early.
-        merging = merge(lateness=math.inf, max_buffered=len(paths) * 2 * (chunk // 16 + 1))
-        sids = [merging.add_source(0.0) for _ in paths]
-        sids.reverse()  # ties: the later input first, as mergecap
-        shared = _Shared(chunk, _Clock(), tie_run_cap)
+        merging = engine(len(paths), len(paths) * 2 * (chunk // 16 + 1), tie_run_cap)
+        sources = list(range(len(paths)))
+        sources.reverse()  # ties go out source 0 first: the later input first, as mergecap
+        shared = _Shared(chunk, merging)
         readers = [
             (_PcapngInput if kind == "pcapng" else _PcapInput)(path, label, fh, first, sid, shared)
             for path, label, (fh, first, kind), sid in zip(
-                paths, _labels(paths), files, sids, strict=True
+                paths, _labels(paths), files, sources, strict=True
             )
         ]
         with open_output(target) as fh:
             out = Output(fh, target)
             out.write(encode_section_header(user_application=f"pcapd {__version__} (merge)"))
             for reader in readers:  # leading IDBs in input order, and a frontier for each
-                reader.decode(merging, out, until_packet=True)
+                reader.decode(out, until_packet=True)
                 while not (reader.started or reader.eof):
                     reader.read()
-                    reader.decode(merging, out, until_packet=True)
+                    reader.decode(out, until_packet=True)
             active = list(readers)
             every = max(1, len(readers) // _RELEASE_DIVISOR)  # reads per release
             reads = 0
             while active:
-                reader = min(active, key=_frontier)
+                reader = min(active, key=lambda reader: merging.frontier(reader.sid))
                 reader.read()
-                reader.decode(merging, out, until_packet=False)
+                reader.decode(out, until_packet=False)
                 if reader.eof:
-                    reader.flush(merging)
-                    merging.remove_source(reader.sid, 0.0)
+                    merging.end(reader.sid)
                     active.remove(reader)
                 reads += 1
                 if reads == every:
-                    out.write_blocks(merging.pop(0.0).blocks)
+                    out.write(merging.pop())
                     reads = 0
-            out.write_blocks(merging.flush())
+            out.write(merging.flush())
             out.finish()
     return MergeResult(
         packets=sum(reader.packets for reader in readers),
         interfaces=out.interfaces,
-        reordered=merging.statistics().reordered,
+        reordered=merging.reordered,
         skipped_blocks=sum(reader.skipped for reader in readers),
         damaged=tuple(reader.damage for reader in readers if reader.damage is not None),
         skipped_sections=tuple(
@@ -309,44 +303,6 @@ def _labels(paths: Sequence[str]) -> list[str]:
     return labels
 
 
-def _frontier(reader: _Input) -> float:
-    return reader.frontier
-
-
-class _Clock:
-    """The merge's sort keys: nanoseconds after a base (the first packet's time), shared by
-    all inputs, as floats wherever that is exact (within 2**53 ns, ~104 days, of the base).
-
-    CPython sorts floats about twice as fast as 61-bit ints, which take its generic compare.
-    A key beyond float range stays an exact int: int and float compare exactly in Python, so
-    a mixed list still sorts right, only slower.
-    """
-
-    def __init__(self) -> None:
-        self.base: int | None = None
-
-    def start(self, ns: int) -> int:
-        if self.base is None:
-            # A multiple of 2**32: nanosecond inputs' keys are then their low timestamp
-            # words, plus 0 while the high word is the first one (see _Input._keys).
-            self.base = ns & ~0xFFFFFFFF
-        return self.base
-
-    def key(self, ns: int) -> float:
-        offset = ns - self.start(ns)
-        return float(offset) if -_EXACT <= offset <= _EXACT else offset
-
-    def keys(self, stamps: list[int]) -> list[float]:
-        base = self.start(stamps[0])
-        if base - _EXACT <= min(stamps) and max(stamps) <= base + _EXACT:
-            return [float(ns - base) for ns in stamps]
-        return [self.key(ns) for ns in stamps]
-
-    def ns(self, key: float) -> int:
-        assert self.base is not None
-        return self.base + int(key)
-
-
 def _open_input(
     path: str, chunk: int, stack: contextlib.ExitStack
 ) -> tuple[io.FileIO, bytes, Literal["pcapng", "pcap"]]:
@@ -378,14 +334,13 @@ class _Shared:
     """What every input of one merge reads with."""
 
     chunk: int
-    clock: _Clock
-    tie_run_cap: int
+    engine: FileMerge
 
 
 class _Input:
-    """One input file: its merge source, its frontier, the map of its current interfaces.
+    """One input file: its source in the engine, the map of its current interfaces.
 
-    Subclasses own the decoder: :meth:`decode` pushes what it completes into the merge.
+    Subclasses own the decoder: :meth:`decode` adds what it completes to the engine.
     """
 
     def __init__(
@@ -399,22 +354,15 @@ class _Input:
         self._fh = fh
         self._decoder = decoder
         self._chunk = shared.chunk
-        self._tie_run_cap = shared.tie_run_cap
+        self._engine = shared.engine
         self.sid = sid
         self.started = False  # a packet was decoded
         self.eof = False
-        self._clock = shared.clock
-        self.frontier: float = -(1 << 64)  # in keys of the clock
-        self.last_key: float | None = None
-        # The trailing run of packets at the last timestamp, not pushed yet (module docstring).
-        self._held_keys: list[float] = []
-        self._held_blocks: list[bytes] = []
         self.packets = 0
         self.skipped = 0
         # Per interface of the current section: output id, and ticks -> ns as (mul, div, off).
         self._idmap: list[int] = []
         self._scales: list[tuple[int, int, int]] = []
-        self._uniform: tuple[int, int, int] | None = None  # the one scale, if all agree
 
     def read(self) -> None:
         """Read the next chunk into the decoder; at the end, tell the decoder so."""
@@ -427,8 +375,8 @@ class _Input:
         self.eof = not data
         self._decoder.receive_data(data)
 
-    def decode(self, merge: Merge, out: Output, *, until_packet: bool) -> None:
-        """Push every whole packet read so far (at least the first, if ``until_packet``).
+    def decode(self, out: Output, *, until_packet: bool) -> None:
+        """Add every whole packet read so far (at least the first, if ``until_packet``).
 
         A malformed block ends the input there, as if the file ended before it: what came
         before is merged (a file cut short by a crash is the common case) and ``damage`` says
@@ -437,85 +385,28 @@ class _Input:
         if self.damage is not None:
             return
         try:
-            self._decode(merge, out, until_packet)
+            self._decode(out, until_packet)
         except PcapngFormatError as exc:
             reason = str(exc).removesuffix(f" (at byte offset {exc.offset})")
             self.damage = InputDamage(self.path, exc.offset, reason, self.packets)
             self.eof = True
 
-    def _decode(self, merge: Merge, out: Output, until_packet: bool) -> None:
+    def _decode(self, out: Output, until_packet: bool) -> None:
         raise NotImplementedError
 
     def _add_scale(self, tsresol: int, offset_ns: int) -> None:
         common = math.gcd(_NS, tsresol)
         scale = (_NS // common, tsresol // common, offset_ns)
         self._scales.append(scale)
-        self._uniform = scale if all(s == scale for s in self._scales) else None
 
     def _scale(self, ticks: int, local: int) -> int:
         mul, div, off = self._scales[local]
         return ticks * mul // div + off
 
-    def _to_ns(self, ticks: list[int], ids: Sequence[int]) -> list[int]:
-        uniform = self._uniform
-        if uniform is None:
-            return [self._scale(t, i) for t, i in zip(ticks, ids, strict=True)]
-        mul, div, off = uniform
-        if div == 1 and off == 0:
-            return ticks if mul == 1 else [t * mul for t in ticks]
-        return [t * mul // div + off for t in ticks]
-
-    def _keys(self, high: Sequence[int], low: Sequence[int], ids: Sequence[int]) -> list[float]:
-        """Sort keys of a run of packets from its timestamp halves and local interface ids."""
-        uniform = self._uniform
-        first = high[0]
-        if uniform is not None and high.count(first) == len(high):
-            mul, div, off = uniform
-            ticks = first << 32
-            base = self._clock.start(ticks * mul // div + off)
-            offset = ticks * mul + off - base  # the key of low 0, if div == 1
-            if div == 1 and mul <= _FLOAT_MUL and -_EXACT <= offset <= _EXACT - (mul << 32):
-                # One pass, exact: every key is an integer below 2**53 in magnitude.
-                if mul == 1:
-                    if not offset:
-                        return list(map(float, low))
-                    start = float(offset)
-                    return [start + lo for lo in low]
-                start = float(offset)
-                factor = float(mul)
-                return [start + factor * lo for lo in low]
-        ticks_list = [hi << 32 | lo for hi, lo in zip(high, low, strict=True)]
-        return self._clock.keys(self._to_ns(ticks_list, ids))
-
-    def _push(self, merge: Merge, keys: list[float], blocks: list[bytes]) -> None:
-        """Push decoded packets but the trailing run at the last timestamp (module docstring)."""
-        self.last_key = last = keys[-1]
+    def _add(self, blocks: list[bytes], stamps: list[int]) -> None:
+        self._engine.add(self.sid, blocks, stamps)
         self.packets += len(blocks)
         self.started = True
-        if self._held_keys:
-            keys = self._held_keys + keys
-            blocks = self._held_blocks + blocks
-        start = len(keys) - 1
-        while start and keys[start - 1] == last:
-            start -= 1
-            if len(keys) - start > self._tie_run_cap:
-                start = len(keys)  # too long to hold: let it go
-                break
-        if start == len(keys):
-            self._held_keys, self._held_blocks = [], []
-            merge.push(self.sid, keys, blocks, 0.0)
-        else:
-            self._held_keys, self._held_blocks = keys[start:], blocks[start:]
-            if not start:
-                return
-            merge.push(self.sid, keys[:start], blocks[:start], 0.0)
-        self.frontier = merge.frontier(self.sid)  # the greatest key pushed (no watermarks here)
-
-    def flush(self, merge: Merge) -> None:
-        """At the end of the file (or of what could be read): push what was held back."""
-        if self._held_keys:
-            merge.push(self.sid, self._held_keys, self._held_blocks, 0.0)
-            self._held_keys, self._held_blocks = [], []
 
 
 class _PcapngInput(_Input):
@@ -529,39 +420,40 @@ class _PcapngInput(_Input):
     def skipped_sections(self) -> list[SkippedSection]:
         return self._pcapng.skipped_sections
 
-    def _decode(self, merge: Merge, out: Output, until_packet: bool) -> None:
+    def _decode(self, out: Output, until_packet: bool) -> None:
         decoder = self._pcapng
+        engine = self._engine
         while True:
             if not until_packet:
-                blocks, high, low, ids = decoder.next_packet_columns(self._idmap)
-                if blocks:
-                    self._push(merge, self._keys(high, low, ids), blocks)
+                taken = engine.add_run(self.sid, decoder, self._idmap, self._scales)
+                if taken:
+                    self.packets += taken
+                    self.started = True
             raw = decoder.next_raw()
             if raw is None:
                 return
-            if self._block(raw, merge, out) and until_packet:
+            if self._block(raw, out) and until_packet:
                 return
 
-    def _block(self, raw: RawBlock, merge: Merge, out: Output) -> bool:
+    def _block(self, raw: RawBlock, out: Output) -> bool:
         """Handle one block that is not on the fast path; True if it was a packet."""
         kind = raw.block_type
         if kind == EPB:
             block, local, ticks = rewrite.enhanced_packet(raw, self._idmap)
-            self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
+            self._add([block], [self._scale(ticks, local)])
             return True
         if kind == SPB:
-            self._simple_packet(raw, merge)
+            self._simple_packet(raw)
             return True
         if kind == PB:
             block, local, ticks = rewrite.packet_block(raw, self._idmap)
-            self._push(merge, [self._clock.key(self._scale(ticks, local))], [block])
+            self._add([block], [self._scale(ticks, local)])
             return True
         if kind == IDB:
             self._interface(raw, out)
         elif kind == SHB:
             self._idmap = []
             self._scales = []
-            self._uniform = None
         elif kind == ISB:
             out.keep_statistics(*rewrite.interface_statistics(raw, self._idmap))
         else:
@@ -582,17 +474,18 @@ class _PcapngInput(_Input):
         self._idmap.append(out.add_interface(block))
         self._add_scale(idb.tsresol, tsoffset * _NS)
 
-    def _simple_packet(self, raw: RawBlock, merge: Merge) -> None:
+    def _simple_packet(self, raw: RawBlock) -> None:
         """Stamped with the previous packet's time in its file (the epoch before any), so that
         it keeps its place (mergecap stamps it 0)."""
         mul, div, off = self._scales[0]
-        if self.last_key is None:
+        last = self._engine.last_ns(self.sid)
+        if last is None:
             ns, ticks = off, 0
         else:
-            ns = self._clock.ns(self.last_key)
-            ticks = max(0, (ns - off) * div // mul)
+            ns = last
+            ticks = min(max(0, (ns - off) * div // mul), _MAX_TICKS)  # as near as 64 bits get
         block = rewrite.simple_packet(raw, self._pcapng.interfaces, self._idmap[0], ticks)
-        self._push(merge, [self._clock.key(ns)], [block])
+        self._add([block], [ns])
 
 
 class _PcapInput(_Input):
@@ -602,7 +495,7 @@ class _PcapInput(_Input):
         self._pcap = PcapDecoder()
         super().__init__(path, label, fh, first, self._pcap, sid, shared)
 
-    def _decode(self, merge: Merge, out: Output, until_packet: bool) -> None:
+    def _decode(self, out: Output, until_packet: bool) -> None:
         decoder = self._pcap
         if decoder.header is None:
             header = decoder.next_record()
@@ -618,7 +511,11 @@ class _PcapInput(_Input):
         # One interface, defined above: all the packets at once, even ``until_packet``.
         batch = decoder.next_packets(self._idmap[0])
         if batch.blocks:
-            stamps = self._to_ns(batch.timestamps, batch.interface_ids)
-            self._push(merge, self._clock.keys(stamps), batch.blocks)
+            mul, div, off = self._scales[0]
+            if div == 1 and off == 0:
+                stamps = batch.timestamps if mul == 1 else [t * mul for t in batch.timestamps]
+            else:
+                stamps = [t * mul // div + off for t in batch.timestamps]
+            self._add(batch.blocks, stamps)
         record = decoder.next_record()  # raises on what next_packets refused, if anything
         assert record is None, "next_packets leaves only incomplete or refused records"
