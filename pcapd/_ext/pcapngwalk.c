@@ -1,11 +1,13 @@
 /* pcapd._pcapngwalk: the pcapng walker's hot loops in C (the pure-Python twin is
- * pcapd/pcapng/packets.py; tests/pcapng/test_walk_differential.py feeds both the same bytes).
+ * pcapd/pcapng/packets.py; tests/pcapng/test_walk_differential.py feeds both the same bytes),
+ * and FileMerge, pcapd merge's engine (twin: pcapd.merge.engine.PureFileMerge;
+ * tests/merge/test_engine_differential.py merges the same files with both).
  *
  * Attack surface: every byte comes from a file or a peer. Every read is bounds-checked against
  * the buffer's length before it happens (blocks are read only once `pos + total <= size` holds,
  * with `total >= 32`), arithmetic on lengths is done in 64 bits so that no sum can wrap, and
  * the buffer is held through the buffer protocol for the whole call (no Python code runs in
- * between that could resize it). Fuzzed under ASan/UBSan: dev/fuzz-walk.
+ * between that could resize it). Fuzzed under ASan/UBSan: dev/fuzz_walk.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -27,14 +27,13 @@ With 8 inputs and more, a pop follows every ``inputs // 4`` reads rather than ev
 pop costs a few steps per input besides its packets): those reads wait too, a quarter of the
 budget more.
 
-Speed. Per packet, the hot path is ``PcapngDecoder.next_packet_columns``, which frames a
-read's run of Enhanced Packet Blocks in bulk and rewrites each interface id in the input buffer
-before cutting the block out; then one pass to sort keys (:class:`_Clock`: nanoseconds after a
-base as floats, which CPython sorts about twice as fast as 61-bit ints; for nanosecond
-interfaces while the timestamps' high word stays the first one, just ``map(float, low)``), one
-C sort per release in the merge, one ``write`` per release. Other blocks, big-endian
-sections and classic pcap take slower, exact paths. The measurements and the profile are in
-``docs/performance.md`` ("Merge").
+Speed. The ordering is the engine's (:mod:`pcapd.merge.engine`): where the extension is
+built, a run of Enhanced Packet Blocks goes from the decoder's buffer into the engine in one C
+call (framed, checked, copied once, one array entry a packet) and each release is one C k-way
+merge writing the packets' bytes into one string, one ``write``; the pure twin frames runs in
+bulk (``PcapngDecoder.next_packet_columns``) into the live merge with float sort keys. Other
+blocks, big-endian sections and classic pcap take slower, exact paths into the same engine.
+The measurements and the profile are in ``docs/performance.md`` ("Merge").
 
 Interfaces. Each input interface becomes an output interface named ``FILE:NAME``
 (``a.pcapng:eth0``, ``a.pcapng:if1`` without ``if_name``, ``a.pcap`` for classic pcap,
@@ -249,16 +248,17 @@ def merge_files(
                 while not (reader.started or reader.eof):
                     reader.read()
                     reader.decode(out, until_packet=True)
-            active = list(readers)
+            by_source = {reader.sid: reader for reader in readers}
+            active = [reader.sid for reader in readers]  # equal frontiers: the earlier input
             every = max(1, len(readers) // _RELEASE_DIVISOR)  # reads per release
             reads = 0
             while active:
-                reader = min(active, key=lambda reader: merging.frontier(reader.sid))
+                reader = by_source[min(active, key=merging.frontier)]
                 reader.read()
                 reader.decode(out, until_packet=False)
                 if reader.eof:
                     merging.end(reader.sid)
-                    active.remove(reader)
+                    active.remove(reader.sid)
                 reads += 1
                 if reads == every:
                     out.write(merging.pop())
