@@ -10,8 +10,12 @@ interpreter itself is not instrumented) to fuzz it: inputs are random bytes and 
 real pcapng files (the interop corpus beside the checkout, ``../shared/corpus/interop``, and
 pcapd's own captures): byte flips, 32-bit fields set to edge values (lengths, ids, captured
 lengths), cuts, splices and duplicated blocks. Each input goes to ``epb_run`` at every block
-offset and to ``check_epbs``, in both C and Python; any difference is a failure too. Exit
-status 0: no crash, no sanitizer report, no difference; it prints executions and time.
+offset and to ``check_epbs``, in both C and Python; any difference is a failure too. Every
+few walks, the same mutated files (one to four of them) go through ``pcapd merge``'s engine
+(``FileMerge``, ``pcapd.merge.engine``), compiled and pure, with random read sizes, tie caps
+and buffer caps: the outputs and results must be equal; and the C ``FileMerge`` gets hostile
+calls (positions, maps, scales, stamps and blocks out of range, calls after its sources ended).
+Exit status 0: no crash, no sanitizer report, no difference; it prints executions and time.
 """
 
 from __future__ import annotations
@@ -120,6 +124,79 @@ def mutate(rng: random.Random, pool: list[bytes]) -> bytearray:
     return data
 
 
+def merge_both(
+    compiled: object, rng: random.Random, files: list[bytes], scratch: Path
+) -> str | None:
+    """The files merged by the compiled and the pure engine; a description if they differ."""
+    from pcapd.merge.engine import CompiledFileMerge, PureFileMerge  # noqa: PLC0415
+    from pcapd.merge.files import MergeInputError, merge_files  # noqa: PLC0415
+
+    paths = []
+    for i, data in enumerate(files):
+        path = scratch / f"in{i}.pcapng"
+        path.write_bytes(data)
+        paths.append(path)
+    chunk = rng.choice([None, 64, 100, 256, 4096])
+    tie_cap = rng.choice([0, 1, 3, 1 << 16])
+    cap = rng.choice([None, None, 1, 2, 7, 50])
+    answers: list[object] = []
+    for which in ("compiled", "pure"):
+
+        def engine(sources: int, max_buffered: int, tie_run_cap: int, which: str = which) -> object:
+            if which == "pure":
+                return PureFileMerge(sources, cap or max_buffered, tie_run_cap)
+            return CompiledFileMerge(sources, cap or max_buffered, tie_run_cap, compiled)  # type: ignore[arg-type]
+
+        out = scratch / "out.pcapng"
+        try:
+            result = merge_files(paths, out, chunk_size=chunk, engine=engine, tie_run_cap=tie_cap)  # type: ignore[arg-type]
+            answers.append((result, out.read_bytes()))
+        except MergeInputError as exc:
+            answers.append(str(exc))
+    if answers[0] != answers[1]:
+        return f"chunk {chunk}, tie cap {tie_cap}, cap {cap}: " + " | ".join(
+            data.hex() for data in files
+        )
+    return None
+
+
+def hostile_calls(compiled: object, rng: random.Random, data: bytearray) -> None:
+    """Calls of the C FileMerge with arguments out of range, in any order: errors, not crashes."""
+    merge = compiled.FileMerge(rng.randrange(1, 4), rng.choice([1, 5, 1000]), rng.randrange(4))  # type: ignore[attr-defined]
+    for _ in range(rng.randrange(1, 12)):
+        choice = rng.random()
+        source = rng.choice([0, 1, 2, -1, 7])
+        try:
+            if choice < 0.4:
+                count = rng.choice([0, 1, 2, 3])
+                mapping = [rng.choice([0, 1, 5, 0xFFFFFFFF, 1 << 32, -1]) for _ in range(count)]
+                scales = [
+                    (rng.choice([1, 1000, 10**9, 0, 1 << 40]),
+                     rng.choice([1, 3, 10**100, 0, -1, 1 << 95]),
+                     rng.choice([0, -(10**27), 10**27, 1 << 120]))
+                    for _ in range(rng.choice([count, count, count + 1]))
+                ]  # fmt: skip
+                pos = rng.choice([0, 4, len(data) & ~3, len(data) + 4, rng.randrange(0, 64) & ~3])
+                limit = rng.choice([32, 4096, 1 << 24])
+                merge.add_run(source, mapping, scales, data, pos, limit, rng.choice([count, 1]))
+            elif choice < 0.6:
+                blocks = [bytes(rng.randrange(0, 40)) for _ in range(rng.randrange(0, 4))]
+                stamps = [rng.choice([0, 1, -1, 1 << 70, -(1 << 99), 1 << 127]) for _ in blocks]
+                if rng.random() < 0.1:
+                    stamps.append(3)
+                merge.add(source, blocks, stamps)
+            elif choice < 0.7:
+                merge.end(source)
+            elif choice < 0.85:
+                merge.pop()
+            elif choice < 0.9:
+                merge.flush()
+            else:
+                merge.frontier(source), merge.last_ns(source), merge.waiting, merge.reordered
+        except (ValueError, TypeError, OverflowError, IndexError):
+            pass
+
+
 def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> int:
     spec = importlib.util.spec_from_file_location("_pcapngwalk", module_path)
     assert spec is not None and spec.loader is not None
@@ -132,7 +209,9 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
     rng = random.Random(seed)
     pool = seeds(corpus)
     deadline = time.monotonic() + seconds
-    runs = 0
+    runs = merges = 0
+    scratch = module_path.parent / "merges"  # in the build's directory, which main() removes
+    scratch.mkdir(exist_ok=True)
     while time.monotonic() < deadline:
         data = mutate(rng, pool)
         frozen = bytes(data)
@@ -166,7 +245,16 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
         for interface_id in (0, 1):
             compiled.check_epbs(bytearray(frozen), interface_id, rng.choice([-1, 5]))
             compiled.check_epbs(frozen, interface_id, -1)
-    print(f"fuzz_walk: {runs} walks of {seconds:.0f} s (seed {seed}): no crash, no difference")
+        hostile_calls(compiled, rng, data)
+        if runs % 8 < 1:
+            files = [bytes(data)] + [bytes(mutate(rng, pool)) for _ in range(rng.randrange(0, 4))]
+            problem = merge_both(compiled, rng, files, scratch)
+            merges += 1
+            if problem is not None:
+                print(f"DIFFERENCE in a merge (seed {seed}, run {runs}): {problem}")
+                return 1
+    print(f"fuzz_walk: {runs} walks and {merges} merges of {seconds:.0f} s (seed {seed}):"
+          " no crash, no difference")
     return 0
 
 

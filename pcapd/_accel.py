@@ -29,7 +29,8 @@ def _load(name: str) -> ModuleType | None:
 
 
 walk = _load("_pcapngwalk")
-"""``epb_run`` and ``check_epbs`` of :mod:`pcapd.pcapng.packets`, in C."""
+"""``epb_run`` and ``check_epbs`` of :mod:`pcapd.pcapng.packets`, and ``FileMerge``, the engine of
+``pcapd merge`` (:mod:`pcapd.merge.engine`), in C."""
 
 capture = _load("_capture")
 """``Handle``: a libpcap handle whose dispatch writes pcapng EPBs into one buffer, in C."""

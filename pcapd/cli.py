@@ -571,7 +571,7 @@ EXIT_DAMAGED_INPUT = 4
 
 def _merge(args: argparse.Namespace) -> int:
     from pcapd.client.output import check_target
-    from pcapd.mergefiles import merge_files
+    from pcapd.merge.files import merge_files
 
     check_target(args.write, force=args.force)
     result = merge_files(args.inputs, args.write)

@@ -19,6 +19,10 @@ SPB = 0x00000003
 NRB = 0x00000004
 ISB = 0x00000005
 EPB = 0x00000006
+DSB = 0x0000000A
+"""Decryption Secrets Block."""
+CUSTOM_COPYABLE = 0x00000BAD
+"""A custom block that writers may copy into other files (0x40000BAD: may not)."""
 
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 LINKTYPE_ETHERNET = 1

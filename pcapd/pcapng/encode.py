@@ -2,6 +2,9 @@
 
 Each function returns one whole block as ``bytes``. Values that do not fit their field, and
 option values longer than 65535 bytes, raise ``ValueError``: they are our bugs, not the peer's.
+The ``encode_*_fields`` functions and :func:`encode_block` take options already encoded and
+check nothing but what ``struct`` checks: they write back blocks read from files
+(:mod:`pcapd.pcapng.rewrite`), whose fields are what the file says.
 """
 
 from __future__ import annotations
@@ -37,9 +40,34 @@ _EPB_STRUCTS_MAX = 4096
 (about 30% faster than joining header, data and trailer). Capped, because lengths are data."""
 
 
-def _block(block_type: int, body: bytes) -> bytes:
+def encode_block(block_type: int, body: bytes) -> bytes:
+    """A block of ``block_type`` around ``body`` (its fields and options, padded to 32 bits)."""
     total = len(body) + 12
     return b"".join((_HEAD.pack(block_type, total), body, _U32.pack(total)))
+
+
+def encode_interface_fields(link_type: int, snaplen: int, options: bytes) -> bytes:
+    """An Interface Description Block of these fields and encoded ``options``."""
+    return encode_block(IDB, _IDB_FIXED.pack(link_type, 0, snaplen) + options)
+
+
+def encode_packet_fields(
+    interface_id: int, timestamp: int, data: bytes, original_length: int, options: bytes = b""
+) -> bytes:
+    """An Enhanced Packet Block of these fields and encoded ``options``, as they were read
+    (an original length below the captured one included: it is the file's to say)."""
+    caplen = len(data)
+    total = 32 + caplen + (-caplen & 3) + len(options)
+    head = _EPB_HEAD.pack(
+        EPB, total, interface_id, timestamp >> 32, timestamp & 0xFFFFFFFF, caplen, original_length
+    )
+    return b"".join((head, data, o.PAD[caplen & 3], options, _U32.pack(total)))
+
+
+def encode_statistics_fields(interface_id: int, timestamp: int, options: bytes) -> bytes:
+    """An Interface Statistics Block of these fields and encoded ``options``."""
+    fixed = _ISB_FIXED.pack(interface_id, timestamp >> 32, timestamp & 0xFFFFFFFF)
+    return encode_block(ISB, fixed + options)
 
 
 def _strings(pairs: Iterable[tuple[int, str | None]]) -> list[tuple[int, bytes]]:
@@ -64,7 +92,7 @@ def encode_section_header(
             )
         )
     )
-    return _block(SHB, _SHB_FIXED.pack(BYTE_ORDER_MAGIC, 1, 0, -1) + opts)
+    return encode_block(SHB, _SHB_FIXED.pack(BYTE_ORDER_MAGIC, 1, 0, -1) + opts)
 
 
 def encode_interface_description(
@@ -93,8 +121,7 @@ def encode_interface_description(
     if filter is not None:
         pairs.append((o.IF_FILTER, b"\0" + o.string_value(filter)))
     pairs += _strings(((o.IF_OS, os),))
-    body = _IDB_FIXED.pack(link_type, 0, snaplen) + o.encode_options(pairs)
-    return _block(IDB, body)
+    return encode_interface_fields(link_type, snaplen, o.encode_options(pairs))
 
 
 def encode_enhanced_packet(
@@ -135,17 +162,12 @@ def encode_enhanced_packet(
         pairs = _strings(((o.OPT_COMMENT, comment),))
         if flags is not None:
             pairs.append((o.EPB_FLAGS, o.u32_value(flags, "flags")))
-        opts = o.encode_options(pairs)
-        total = 32 + caplen + (-caplen & 3) + len(opts)
-        head = _EPB_HEAD.pack(
-            EPB, total, interface_id, timestamp >> 32, timestamp & 0xFFFFFFFF, caplen, orig
-        )
+        return encode_packet_fields(interface_id, timestamp, data, orig, o.encode_options(pairs))
     except struct.error as exc:
         raise ValueError(
             f"EPB field out of range (interface_id={interface_id!r}, timestamp={timestamp!r},"
             f" captured length={caplen}, original_length={orig!r}): {exc}"
         ) from exc
-    return b"".join((head, data, o.PAD[caplen & 3], opts, _U32.pack(total)))
 
 
 def encode_interface_statistics(
@@ -192,8 +214,7 @@ def encode_interface_statistics(
     if pcapd_dropped is not None:
         o.check_uint(pcapd_dropped, 64, "pcapd_dropped")
         pairs.append((o.OPT_COMMENT, f"{PCAPD_DROPPED_PREFIX}{pcapd_dropped}".encode()))
-    fixed = _ISB_FIXED.pack(interface_id, timestamp >> 32, timestamp & 0xFFFFFFFF)
-    return _block(ISB, fixed + o.encode_options(pairs))
+    return encode_statistics_fields(interface_id, timestamp, o.encode_options(pairs))
 
 
 def encode_name_resolution(records: Iterable[tuple[str, Sequence[str]]]) -> bytes:
@@ -217,4 +238,4 @@ def encode_name_resolution(records: Iterable[tuple[str, Sequence[str]]]) -> byte
         record_type = _NRB_IPV4 if ip.version == 4 else _NRB_IPV6
         parts += (_NRB_RECORD.pack(record_type, len(value)), value, o.PAD[len(value) & 3])
     parts.append(_NRB_RECORD.pack(0, 0))
-    return _block(NRB, b"".join(parts))
+    return encode_block(NRB, b"".join(parts))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import lshift, or_
@@ -244,6 +244,27 @@ class PcapngDecoder(InputBuffer):
             low += run.low
             ids += run.interface_ids
         return PacketColumns(blocks, high, low, ids)
+
+    def take_packet_run(self, frame: Callable[[bytearray, int, int, int], tuple[int, int]]) -> int:
+        """Hand the run of whole little-endian EPBs at the front of the input to ``frame``.
+
+        ``frame(buffer, pos, max_block_size, interfaces)`` must take blocks from ``pos`` on as
+        :meth:`next_packets` would (every one checked as :meth:`next_raw` checks it, up to the
+        first it refuses or that is not all here), without changing ``buffer``, and return how
+        many it took and the offset past the last; those are consumed. Returns 0 without
+        calling it where :meth:`next_packets` returns nothing (before the first section header,
+        in a big-endian or skipped section, on a big-endian host). The compiled merge engine
+        (``pcapd.merge.engine``) frames runs so, straight from this buffer.
+        """
+        pos = self._pos
+        if self._big is not False or self._skipping or pos & 3 or not _WORDS_ARE_LE_U32:
+            return 0
+        taken, end = frame(self._buf, pos, self.max_block_size, len(self._interfaces))
+        if not pos <= end <= len(self._buf) or end & 3:
+            raise ValueError(f"frame returned an end outside the buffer: {end}")
+        if taken:
+            self._consume(end)
+        return taken
 
     def next_block(self) -> Block | None:
         """Frame and parse the next block; ``None``: need more input (or none is left)."""

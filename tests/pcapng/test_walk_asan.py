@@ -2,7 +2,9 @@
 
 ``dev/fuzz_walk.py`` builds ``pcapd/_ext/pcapngwalk.c`` with AddressSanitizer and UBSan (any
 report aborts), then feeds it random and mutated pcapng (the interop corpus and pcapd's own)
-next to the pure-Python twin. Longer hunts: ``dev/fuzz_walk.py --seconds 3600``.
+next to the pure-Python twin: the walker (``epb_run``, ``check_epbs``) and ``pcapd merge``'s
+engine (``FileMerge``: merges of mutated files, and hostile calls). Longer hunts:
+``dev/fuzz_walk.py --seconds 3600``.
 """
 
 from __future__ import annotations
@@ -30,4 +32,5 @@ def test_the_walker_survives_fuzzing_under_asan_and_ubsan() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "no crash, no difference" in result.stdout
+    assert " 0 merges" not in result.stdout  # the merge engine was fuzzed too
     assert "Sanitizer" not in result.stderr

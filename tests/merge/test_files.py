@@ -14,13 +14,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from readers import run_tool, tshark_fields
 
+from pcapd import _accel
 from pcapd.errors import PcapdError
-from pcapd.merge import Merge, Release
-from pcapd.mergefiles import MergeInputError, MergeOutputError, MergeResult, merge_files
+from pcapd.merge.engine import CompiledFileMerge, FileMerge, FileMergeFactory, PureFileMerge
+from pcapd.merge.files import MergeInputError, MergeOutputError, MergeResult, merge_files
 from pcapd.pcapng import (
     EPB,
     IDB,
@@ -554,21 +556,51 @@ def test_new_files_get_the_usual_mode(tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+class Watched:
+    """An engine (``make``: either implementation) that notes what waits in it at each pop,
+    and after each add."""
+
+    def __init__(self, make: FileMergeFactory, at_pop: list[int], at_add: list[int]) -> None:
+        self.make = make
+        self.at_pop = at_pop
+        self.at_add = at_add
+
+    def __call__(self, sources: int, max_buffered: int, tie_run_cap: int) -> FileMerge:
+        engine = self.make(sources, max_buffered, tie_run_cap)
+        at_pop, at_add = self.at_pop, self.at_add
+
+        class Watching:
+            def __getattr__(self, name: str) -> object:
+                return getattr(engine, name)
+
+            def pop(self) -> bytes:
+                at_pop.append(engine.waiting)
+                return engine.pop()
+
+            def add_run(self, *args: Any) -> int:
+                taken = engine.add_run(*args)
+                if taken:
+                    at_add.append(engine.waiting)
+                return taken
+
+        return Watching()  # type: ignore[return-value]
+
+
+ENGINES = [
+    pytest.param(PureFileMerge, id="pure"),
+    pytest.param(
+        CompiledFileMerge, id="compiled",
+        marks=pytest.mark.skipif(_accel.walk is None, reason="the compiled walker is off"),
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("make", ENGINES)
 def test_memory_stays_bounded_by_the_reads_not_the_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make: FileMergeFactory
 ) -> None:
     """Read from the input holding the others back: at most a read or two per input waits."""
-    import pcapd.mergefiles
-
     peaks: list[int] = []
-
-    class Watched(Merge):
-        def pop(self, now: float) -> Release:
-            stats = self.statistics()
-            peaks.append(stats.buffered + stats.pending)
-            return super().pop(now)
-
-    monkeypatch.setattr(pcapd.mergefiles, "Merge", Watched)
     # A dense and a sparse input over the same 6 ms: read in turn, the sparse one would run
     # ahead and pile up most of its 1000 packets; read lowest first, neither does.
     dense = [(0, BASE + i * 1000, frame(i), 60, None) for i in range(6000)]
@@ -578,7 +610,9 @@ def test_memory_stays_bounded_by_the_reads_not_the_files(
         _write(tmp_path / "sparse.pcapng", pcapng([("s", 9)], sparse)),
     ]
     chunk = 4096  # at most 4096 / 92 bytes per EPB = 44 packets per read
-    result = merge_files(paths, tmp_path / "out.pcapng", chunk_size=chunk)
+    result = merge_files(
+        paths, tmp_path / "out.pcapng", chunk_size=chunk, engine=Watched(make, peaks, [])
+    )
     assert result.packets == 7000 and result.reordered == 0
     assert 0 < max(peaks) <= 2 * 2 * (chunk // 92 + 1)
 
@@ -665,12 +699,10 @@ def test_equal_timestamps_split_across_reads_still_go_out_later_input_first(
         assert [data for _, _, data in packets_in(out.read_bytes())] == expected, chunk_size
 
 
+@pytest.mark.parametrize("make", ENGINES)
 def test_a_long_run_of_one_timestamp_is_not_held_back_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make: FileMergeFactory
 ) -> None:
-    import pcapd.mergefiles
-
-    monkeypatch.setattr(pcapd.mergefiles, "_TIE_RUN_CAP", 5)
     same = [(0, BASE, frame(i), 60, None) for i in range(40)]
     later = [(0, BASE + 1, frame(100 + i), 60, None) for i in range(3)]
     paths = [
@@ -678,36 +710,23 @@ def test_a_long_run_of_one_timestamp_is_not_held_back_whole(
         _write(tmp_path / "later.pcapng", pcapng([("l", 9)], later)),
     ]
     peaks: list[int] = []
-
-    class Watched(pcapd.mergefiles.Merge):
-        def push(self, sid: int, *args: object, **kwargs: object) -> None:
-            super().push(sid, *args, **kwargs)  # type: ignore[arg-type]
-            peaks.append(self.statistics().buffered)
-
-    monkeypatch.setattr(pcapd.mergefiles, "Merge", Watched)
-    result = merge_files(paths, tmp_path / "out.pcapng", chunk_size=256)
+    result = merge_files(
+        paths, tmp_path / "out.pcapng", chunk_size=256, engine=Watched(make, [], peaks),
+        tie_run_cap=5,
+    )
     assert result.packets == 43
     data = [d for _, _, d in packets_in((tmp_path / "out.pcapng").read_bytes())]
     assert data == [frame(i) for i in range(40)] + [frame(100 + i) for i in range(3)]
-    assert len(peaks) > 3  # pushed as it came, not held to the end
+    assert sum(1 for waiting in peaks if waiting) > 3  # in the merge as it came, not held
 
 
+@pytest.mark.parametrize("make", ENGINES)
 def test_many_inputs_pop_every_few_reads_in_order_and_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make: FileMergeFactory
 ) -> None:
     """With 12 inputs a pop follows every 3 reads: equal timestamps still go out later input
     first, and what waits stays within two reads per input plus the reads between pops."""
-    import pcapd.mergefiles
-
     peaks: list[int] = []
-
-    class Watched(Merge):
-        def pop(self, now: float) -> Release:
-            stats = self.statistics()
-            peaks.append(stats.buffered + stats.pending)
-            return super().pop(now)
-
-    monkeypatch.setattr(pcapd.mergefiles, "Merge", Watched)
     inputs = 12
     rows = [
         [(0, BASE + (i // (n + 1)) * 1000, frame(1000 * n + i), 60, None) for i in range(300)]
@@ -724,7 +743,7 @@ def test_many_inputs_pop_every_few_reads_in_order_and_bounded(
     for chunk in (512, 1000, 4096):
         peaks.clear()
         out = tmp_path / "out.pcapng"
-        result = merge_files(paths, out, chunk_size=chunk)
+        result = merge_files(paths, out, chunk_size=chunk, engine=Watched(make, peaks, []))
         assert result.packets == 3600
         assert [data for _, _, data in packets_in(out.read_bytes())] == expected, chunk
         per_read = chunk // 92 + 1

@@ -16,7 +16,7 @@ import pytest
 from interop import corpus, needs_corpus
 from readers import run_tool
 
-PCAPD = Path(os.environ.get("PCAPD", Path(__file__).parents[1] / ".venv" / "bin" / "pcapd"))
+PCAPD = Path(os.environ.get("PCAPD", Path(__file__).parents[2] / ".venv" / "bin" / "pcapd"))
 EXIT_DAMAGED_INPUT = 4
 
 

@@ -23,9 +23,14 @@ def push(m: Merge, sid: int, name: str, stamps: list[int], now: float) -> None:
 
 
 def test_importing_the_merge_does_not_import_trio() -> None:
-    root = str(Path(__file__).resolve().parents[1])
+    """The pure parts: the merge (not the file driver, which does I/O) and the rewriting."""
+    root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    code = "import pcapd.merge, sys; assert 'trio' not in sys.modules, 'trio was imported'"
+    code = (
+        "import pcapd.merge, pcapd.merge.engine, pcapd.pcapng.rewrite, sys;"
+        " assert 'trio' not in sys.modules, 'trio was imported';"
+        " assert 'pcapd.merge.files' not in sys.modules, 'the file driver was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})
 
 
