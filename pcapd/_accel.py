@@ -33,3 +33,22 @@ walk = _load("_pcapngwalk")
 
 capture = _load("_capture")
 """``Handle``: a libpcap handle whose dispatch writes pcapng EPBs into one buffer, in C."""
+
+
+def describe() -> str:
+    """One line for ``pcapd version``: which compiled parts this process runs, and why not."""
+    if not enabled():
+        return f"compiled core: off ({DISABLE_ENV} is set): pure Python"
+    parts = []
+    if capture is not None:
+        parts.append(f"capture ({capture.LIB_VERSION})")
+    if walk is not None:
+        parts.append("pcapng walker")
+    if not parts:
+        return "compiled core: not built: pure Python"
+    return "compiled core: " + ", ".join(parts)
+
+
+def complete() -> bool:
+    """Whether both extensions are loaded (what a BOSH release's package must provide)."""
+    return capture is not None and walk is not None
