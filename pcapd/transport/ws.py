@@ -464,6 +464,44 @@ async def _cancel_when_broken(stream: _WatchedStream, scope: trio.CancelScope) -
     scope.cancel()
 
 
+_FRAME_BINARY = 0x82  # FIN, binary opcode (RFC 6455 §5.2)
+
+
+async def _send_binary(ws: WebSocketConnection, header: bytes, payload: bytes | memoryview
+                       ) -> None:
+    """One binary WebSocket message ``header + payload``, framed here with one copy (the join).
+
+    trio-websocket's ``send_message`` goes through wsproto, which copies a message four times
+    on its way to the stream (``bytearray``, ``header + payload``, ``bytearray`` again, and
+    ``bytes +=``): at a few hundred kB a batch that was a fifth of an agent's CPU. A server's
+    frames are unmasked and trio-websocket negotiates no extension, so the frame is the RFC's
+    header and the bytes; it is written under the connection's send lock, as trio-websocket
+    does, and a broken stream ends the connection as there. Anything else (a client, which
+    masks; a connection not open) takes trio-websocket's own path.
+    """
+    impl: Any = ws
+    proto = getattr(impl, "_wsproto", None)
+    if ws.is_client or proto is None or proto.state is not ConnectionState.OPEN:
+        await ws.send_message(header + payload)
+        return
+    if impl._close_reason:
+        raise ConnectionClosed(impl._close_reason)
+    size = len(header) + len(payload)
+    if size < 126:
+        frame = bytes((_FRAME_BINARY, size))
+    elif size < 65536:
+        frame = struct.pack("!BBH", _FRAME_BINARY, 126, size)
+    else:
+        frame = struct.pack("!BBQ", _FRAME_BINARY, 127, size)
+    data = b"".join((frame, header, payload))
+    async with impl._stream_lock:
+        try:
+            await impl._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await impl._abort_web_socket()
+            raise ConnectionClosed(impl._close_reason) from None
+
+
 class Link:
     """A protocol session running over one WebSocket connection."""
 
@@ -481,9 +519,11 @@ class Link:
     @overload
     async def send(self, msg: Message) -> None: ...
     async def send(self, msg: Message | Data) -> None:
-        wire = self.session.send(msg)
         try:
-            await self.ws.send_message(wire)
+            if isinstance(msg, Data):
+                await _send_binary(self.ws, self.session.send_data_header(msg), msg.payload)
+            else:
+                await self.ws.send_message(self.session.send(msg))
         except ConnectionClosed as exc:
             raise LinkClosed(f"{self.peer}: connection closed "
                              f"({self.gave_up or _reason(exc)})") from exc
