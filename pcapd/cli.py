@@ -304,7 +304,7 @@ def _version(args: argparse.Namespace) -> int:
     print(f"pcapd {__version__} (protocol {PROTOCOL_VERSION}, "
           f"accepts {MIN_COMPATIBLE_VERSION}–{PROTOCOL_VERSION})")
     print(_accel.describe())
-    if args.require_compiled and not _accel.complete():
+    if getattr(args, "require_compiled", False) and not _accel.complete():
         print("pcapd: the compiled core is required here (--require-compiled) but is not loaded: "
               "reinstall pcapd where gcc, libpcap's and Python's headers are present (the BOSH "
               "package builds it on the compilation VM), and do not set "
