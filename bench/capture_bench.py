@@ -58,6 +58,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from netns import ip  # noqa: E402  (the tests' iproute2 runner)
 
+from pcapd.client.output import partial_path  # noqa: E402
 from pcapd.pcapng import IDB, PcapDecoder, PcapngDecoder, sniff_format  # noqa: E402
 
 PCAPD = Path(sys.executable).parent / "pcapd"
@@ -281,11 +282,15 @@ class Pcapd(CaptureProcess):
                 "-f", BPF, "-w", str(self.path)]
 
     def ready(self) -> bool:
-        """Started once the Interface Description Block is in the file (the handle is open)."""
+        """Started once the Interface Description Block is in the file (the handle is open).
+        The CLI writes ``.NAME.partial`` and renames it at the end (pcapd.client.output)."""
         try:
-            data = self.path.read_bytes()
+            data = partial_path(self.path).read_bytes()
         except FileNotFoundError:
-            return False
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                return False
         decoder = PcapngDecoder()
         decoder.receive_data(data)
         with contextlib.suppress(Exception):  # a half-written block: not yet

@@ -37,3 +37,24 @@ capture = _load("_capture")
 
 recorder = _load("_recorder")
 """``match_epbs``: the flight recorder's trigger filter over a batch of EPBs, in C."""
+
+
+def describe() -> str:
+    """One line for ``pcapd version``: which compiled parts this process runs, and why not."""
+    if not enabled():
+        return f"compiled core: off ({DISABLE_ENV} is set): pure Python"
+    parts = []
+    if capture is not None:
+        parts.append(f"capture ({capture.LIB_VERSION})")
+    if walk is not None:
+        parts.append("pcapng walker")
+    if recorder is not None:
+        parts.append("recorder")
+    if not parts:
+        return "compiled core: not built: pure Python"
+    return "compiled core: " + ", ".join(parts)
+
+
+def complete() -> bool:
+    """Whether every extension is loaded (what a BOSH release's package must provide)."""
+    return capture is not None and walk is not None and recorder is not None

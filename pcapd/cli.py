@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(handler=_certs_init)
 
     version = roles.add_parser("version", help="print the version")
+    version.add_argument("--require-compiled", action="store_true",
+                         help="exit 1 unless the compiled capture and pcapng walker are loaded")
     version.set_defaults(handler=_version)
 
     capture = roles.add_parser("capture", help="capture traffic into one merged pcapng")
@@ -424,10 +426,18 @@ def _add_record(roles: _Targets) -> None:
 
 
 def _version(args: argparse.Namespace) -> int:
+    from pcapd import _accel
     from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION
 
     print(f"pcapd {__version__} (protocol {PROTOCOL_VERSION}, "
           f"accepts {MIN_COMPATIBLE_VERSION}–{PROTOCOL_VERSION})")
+    print(_accel.describe())
+    if getattr(args, "require_compiled", False) and not _accel.complete():
+        print("pcapd: the compiled core is required here (--require-compiled) but is not loaded: "
+              "reinstall pcapd where gcc, libpcap's and Python's headers are present (the BOSH "
+              "package builds it on the compilation VM), and do not set "
+              f"{_accel.DISABLE_ENV}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -320,7 +320,8 @@ PyMODINIT_FUNC PyInit__capture(void) {
         || PyModule_AddIntConstant(m, "ERROR_NO_SUCH_DEVICE", PCAP_ERROR_NO_SUCH_DEVICE) < 0
         || PyModule_AddIntConstant(m, "ERROR_PERM_DENIED", PCAP_ERROR_PERM_DENIED) < 0
         || PyModule_AddIntConstant(m, "TSTAMP_PRECISION_NANO", PCAP_TSTAMP_PRECISION_NANO) < 0
-        || PyModule_AddIntConstant(m, "TSTAMP_PRECISION_MICRO", PCAP_TSTAMP_PRECISION_MICRO) < 0) {
+        || PyModule_AddIntConstant(m, "TSTAMP_PRECISION_MICRO", PCAP_TSTAMP_PRECISION_MICRO) < 0
+        || PyModule_AddStringConstant(m, "LIB_VERSION", pcap_lib_version()) < 0) {
         Py_DECREF(m);
         return NULL;
     }

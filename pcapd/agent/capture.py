@@ -315,12 +315,18 @@ class Capture:
         self._watermark = max(self._watermark, reference - self._delivery_ns)
         return Batch(blocks, count, captured, first, last, self._watermark)
 
-    async def read_batch(self, max_packets: int = 1024, max_wait: float = 1.0) -> Batch:
+    async def read_batch(self, max_packets: int = 1024, max_wait: float = 1.0,
+                         linger: float = 0.0) -> Batch:
         """The packets that arrive within ``max_wait`` seconds, returned as soon as any do.
 
-        An empty batch after ``max_wait`` (its watermark still advances: a heartbeat).
-        Cancellation only ever hits a wait with nothing read, so it loses no packet and leaves
-        the handle ready for :meth:`drain`.
+        With ``linger``, a batch that has its first packets but fewer than ``max_packets`` is
+        held up to ``linger`` seconds more (never past ``max_wait``) and read again once:
+        under load one wake-up, message and TLS record then carry a ``linger``'s worth of
+        packets instead of one ring block's (a few ms). It sleeps rather than wait on the fd,
+        which would wake it at every block the kernel hands over; the ring holds the packets
+        meanwhile. An empty batch after ``max_wait`` (its watermark still advances: a
+        heartbeat). Cancellation loses no packet: what was read stays pending in the engine
+        and :meth:`drain` takes it; the handle is left ready for it.
         """
         if max_packets < 1:
             raise ValueError(f"max_packets must be at least 1, not {max_packets}")
@@ -330,7 +336,12 @@ class Capture:
         while True:
             now_ns = time.time_ns()
             ring_empty = engine.dispatch(max_packets)
-            if engine.pending() or trio.current_time() >= deadline:
+            pending = engine.pending()
+            if pending and linger > 0 and pending < max_packets and ring_empty:
+                await trio.sleep_until(min(deadline, trio.current_time() + linger))
+                now_ns = time.time_ns()
+                ring_empty = engine.dispatch(max_packets - pending)
+            if pending or trio.current_time() >= deadline:
                 batch = self._take(ring_empty, now_ns)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch

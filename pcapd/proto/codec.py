@@ -130,15 +130,22 @@ def encode_data(
     watermark_ns: int, payload: Buffer = b"", *, max_size: int = MAX_BINARY_MESSAGE
 ) -> bytes:
     """A BINARY message: header + payload (one copy, the join). Empty payload = heartbeat."""
+    return data_header(watermark_ns, nbytes(payload), max_size=max_size) + payload
+
+
+def data_header(watermark_ns: int, payload_size: int, *, max_size: int = MAX_BINARY_MESSAGE
+                ) -> bytes:
+    """The first bytes of a BINARY message whose payload (``payload_size`` bytes) follows: for
+    a sender that writes header and payload out without joining them first."""
     if not 0 <= watermark_ns <= MAX_WATERMARK:
         raise LocalProtocolError(f"watermark {watermark_ns} is not an unsigned 64-bit integer")
-    size = DATA_HEADER_SIZE + nbytes(payload)
+    size = DATA_HEADER_SIZE + payload_size
     if size > max_size:
         raise LocalProtocolError(
             f"a data message of {size} bytes is over the limit of {max_size} bytes: "
             "send smaller batches"
         )
-    return DATA_HEADER.pack(KIND_PCAPNG, 0, 0, watermark_ns) + payload
+    return DATA_HEADER.pack(KIND_PCAPNG, 0, 0, watermark_ns)
 
 
 def decode_binary(data: Buffer, *, max_size: int = MAX_BINARY_MESSAGE) -> Data:

@@ -24,10 +24,10 @@ from pcapd.proto.codec import (
     MAX_BINARY_MESSAGE,
     MAX_TEXT_MESSAGE,
     Buffer,
+    data_header,
     decode_binary,
     decode_text,
     encode,
-    encode_data,
     nbytes,
 )
 from pcapd.proto.messages import (
@@ -208,6 +208,16 @@ class _Session:
 
     # --- sending ---------------------------------------------------------------------------
 
+    def send_data_header(self, msg: Data) -> bytes:
+        """:meth:`send` of ``msg`` without its payload: the header that goes before it on the
+        wire (a sender of large batches writes both out without joining them first)."""
+        self._check_data(msg, LocalProtocolError, sending=True)
+        header = data_header(msg.watermark, nbytes(msg.payload), max_size=self.max_binary)
+        self._apply_data(msg)
+        self._data_sent += 1
+        self._bytes_sent += nbytes(msg.payload)
+        return header
+
     @overload
     def send(self, msg: Data) -> bytes: ...
     @overload
@@ -220,12 +230,7 @@ class _Session:
         if isinstance(msg, Error | Notice | End) and len(msg.text) > MAX_TEXT:
             msg = msgspec.structs.replace(msg, text=fit_text(msg.text))
         if isinstance(msg, Data):
-            self._check_data(msg, LocalProtocolError, sending=True)
-            binary = encode_data(msg.watermark, msg.payload, max_size=self.max_binary)
-            self._apply_data(msg)
-            self._data_sent += 1
-            self._bytes_sent += nbytes(msg.payload)
-            return binary
+            return self.send_data_header(msg) + msg.payload
         if isinstance(msg, Error):
             if self._error_sent or self._error_received:
                 raise LocalProtocolError("an error was already exchanged on this link; close it")

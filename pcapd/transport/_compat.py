@@ -7,10 +7,13 @@ notice. So each private name pcapd relies on is listed here and checked at impor
 raises :class:`IncompatibleDependency`, which names the dependency, its version, what pcapd
 expected and why, before any connection is made.
 
-The two uses:
+The uses:
 
 - trio-websocket: ``WebSocketConnection._handle_ping_event`` is replaced by
   :func:`_pong_while_open`, which reads the connection's ``_wsproto`` and calls its ``_send``.
+- trio-websocket: :func:`send_binary` frames a server's data message itself and writes it with
+  the connection's ``_stream`` under its ``_stream_lock``, reading ``_wsproto`` and
+  ``_close_reason`` and calling ``_abort_web_socket`` as trio-websocket's own send does.
 - trio: ``SSLStream._ssl_object``, read by :func:`ssl_object` (the TLS records already
   received, decrypted without I/O: :mod:`pcapd.transport.streams`).
 
@@ -20,6 +23,7 @@ The checks take the module as an argument, so a test can hand them a fake one.
 from __future__ import annotations
 
 import ssl
+import struct
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -96,6 +100,52 @@ def patch_trio_websocket(module: ModuleType) -> None:
     cls._handle_ping_event = _pong_while_open
 
 
+_FRAME_BINARY = 0x82  # FIN, binary opcode (RFC 6455 §5.2)
+
+
+def check_send_binary(module: ModuleType) -> None:
+    """Check the private names :func:`send_binary` uses."""
+    why = "to frame a data message with one copy instead of wsproto's four"
+    dist = "trio-websocket"
+    _require(module, dist, "WebSocketConnection", "_abort_web_socket", why)
+    for name in ("_wsproto", "_close_reason", "_stream", "_stream_lock"):
+        _require(module, dist, "WebSocketConnection", name, why, in_init=True)
+
+
+async def send_binary(ws: WebSocketConnection, header: bytes, payload: bytes | memoryview
+                      ) -> None:
+    """One binary WebSocket message ``header + payload``, framed here with one copy (the join).
+
+    trio-websocket's ``send_message`` goes through wsproto, which copies a message four times
+    on its way to the stream (``bytearray``, ``header + payload``, ``bytearray`` again, and
+    ``bytes +=``): at a few hundred kB a batch that was a fifth of an agent's CPU. A server's
+    frames are unmasked and trio-websocket negotiates no extension, so the frame is the RFC's
+    header and the bytes; it is written under the connection's send lock, as trio-websocket
+    does, and a broken stream ends the connection as there. Anything else (a client, which
+    masks; a connection not open) takes trio-websocket's own path.
+    """
+    impl: Any = ws
+    if ws.is_client or impl._wsproto.state is not ConnectionState.OPEN:
+        await ws.send_message(header + payload)
+        return
+    if impl._close_reason:
+        raise trio_websocket.ConnectionClosed(impl._close_reason)
+    size = len(header) + len(payload)
+    if size < 126:
+        frame = bytes((_FRAME_BINARY, size))
+    elif size < 65536:
+        frame = struct.pack("!BBH", _FRAME_BINARY, 126, size)
+    else:
+        frame = struct.pack("!BBQ", _FRAME_BINARY, 127, size)
+    data = b"".join((frame, header, payload))
+    async with impl._stream_lock:
+        try:
+            await impl._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await impl._abort_web_socket()
+            raise trio_websocket.ConnectionClosed(impl._close_reason) from None
+
+
 def check_trio(module: ModuleType) -> None:
     """Check the private name :func:`ssl_object` reads."""
     _require(module, "trio", "SSLStream", "_ssl_object",
@@ -111,4 +161,5 @@ def ssl_object(stream: trio.abc.Stream) -> ssl.SSLObject | None:
 
 
 patch_trio_websocket(trio_websocket)
+check_send_binary(trio_websocket)
 check_trio(trio)

@@ -17,7 +17,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from pcapd.errors import PcapdError, RemoteProtocolError
 from pcapd.proto import Data, Message
 from pcapd.proto.session import InitiatorSession, ResponderSession
-from pcapd.transport import _compat  # noqa: F401  (the ping patch, for every link's connection)
+from pcapd.transport import _compat  # (also: the ping patch, for every link's connection)
 from pcapd.transport.peer_progress import progressed, sample
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,12 @@ class Link:
     @overload
     async def send(self, msg: Message) -> None: ...
     async def send(self, msg: Message | Data) -> None:
-        wire = self.session.send(msg)
         try:
-            await self.ws.send_message(wire)
+            if isinstance(msg, Data):
+                await _compat.send_binary(self.ws, self.session.send_data_header(msg),
+                                          msg.payload)
+            else:
+                await self.ws.send_message(self.session.send(msg))
         except ConnectionClosed as exc:
             raise LinkClosed(f"{self.peer}: connection closed "
                              f"({self.gave_up or _reason(exc)})") from exc

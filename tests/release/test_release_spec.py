@@ -80,7 +80,7 @@ def test_templates_listed_and_present(job: str) -> None:
 def test_package_spec_matches_the_packaging_script_and_wheel_layout() -> None:
     spec = yaml.safe_load((RELEASE / "packages/pcapd/spec").read_text())
     assert spec["name"] == "pcapd"
-    assert spec["dependencies"] == ["python-3.11"]
+    assert spec["dependencies"] == ["python-3.11", "libpcap"]
     # blobs added as pcapd/NAME by build-wheels: the dependencies' wheels, pcapd's sdist, the lock
     # (test_release_package checks that every file build-wheels makes matches these)
     assert spec["files"] == ["pcapd/*.whl", "pcapd/pcapd-*.tar.gz", "pcapd/requirements.txt"]
@@ -88,6 +88,17 @@ def test_package_spec_matches_the_packaging_script_and_wheel_layout() -> None:
     assert "/var/vcap/packages/python-3.11/bin/python3" in packaging
     assert "--no-index" in packaging and "--require-hashes" in packaging
     assert 'bosh add-blob "$file" "pcapd/' in (RELEASE / "scripts/build-wheels").read_text()
+    # the compiled core is built against the libpcap package, and must build
+    assert "PCAPD_REQUIRE_EXTENSIONS=1" in packaging and "--require-compiled" in packaging
+
+
+def test_libpcap_package_is_built_from_the_pinned_source_blob() -> None:
+    spec = yaml.safe_load((RELEASE / "packages/libpcap/spec").read_text())
+    assert spec["name"] == "libpcap" and spec["dependencies"] == []
+    assert spec["files"] == ["libpcap/libpcap-*.tar.xz"]
+    fetch = (RELEASE / "scripts/fetch-libpcap").read_text()
+    assert 'bosh add-blob "$file" "libpcap/$NAME"' in fetch
+    assert "SHA256=" in fetch and 'NAME=libpcap-$VERSION.tar.xz' in fetch
 
 
 def test_release_metadata() -> None:
@@ -97,7 +108,8 @@ def test_release_metadata() -> None:
     assert yaml.safe_load((RELEASE / "config/blobs.yml").read_text()) == {}
 
 
-SCRIPTS = [RELEASE / "packages/pcapd/packaging", RELEASE / "scripts/build-wheels"]
+SCRIPTS = [RELEASE / "packages/pcapd/packaging", RELEASE / "packages/libpcap/packaging",
+           RELEASE / "scripts/build-wheels", RELEASE / "scripts/fetch-libpcap"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(RELEASE)))

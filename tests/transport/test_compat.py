@@ -25,6 +25,7 @@ from pcapd.transport import _compat
 from pcapd.transport._compat import (
     CHECKED_WITH,
     IncompatibleDependency,
+    check_send_binary,
     check_trio,
     patch_trio_websocket,
     ssl_object,
@@ -98,6 +99,33 @@ def test_a_trio_websocket_without_a_name_pcapd_patches_is_refused(cls: type | No
     assert "trio-websocket#184" in message  # why pcapd needs it
     assert f"checked with trio-websocket {CHECKED_WITH['trio-websocket']}" in message
     assert getattr(cls, "_handle_ping_event", None) is not _compat._pong_while_open  # not half done
+
+
+class SendingConnection:
+    """What :func:`send_binary` expects of ``WebSocketConnection``."""
+
+    def __init__(self) -> None:
+        self._wsproto = self._close_reason = self._stream = self._stream_lock = None
+
+    async def _abort_web_socket(self) -> None: ...
+
+
+class SendingConnectionWithoutLock(SendingConnection):
+    def __init__(self) -> None:
+        self._wsproto = self._close_reason = self._stream = None
+        self._send_lock = None  # renamed
+
+
+def test_the_real_trio_websocket_has_what_the_data_framing_uses() -> None:
+    check_send_binary(trio_websocket)  # (also done at import; raises if anything is missing)
+    check_send_binary(fake_module("trio_websocket", "9.9", WebSocketConnection=SendingConnection))
+
+
+def test_a_trio_websocket_that_renamed_its_send_lock_is_refused() -> None:
+    module = fake_module("trio_websocket", "9.9", WebSocketConnection=SendingConnectionWithoutLock)
+    with pytest.raises(IncompatibleDependency, match=r"pcapd expected WebSocketConnection\."
+                       r"_stream_lock, an attribute set in __init__, .* one copy"):
+        check_send_binary(module)
 
 
 def test_a_trio_whose_ssl_stream_lost_its_ssl_object_is_refused() -> None:
