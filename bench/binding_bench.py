@@ -110,7 +110,7 @@ def run_cypcap(kind: str, count: int) -> float:
 def run_engine(count: int) -> float:
     import trio
 
-    from pcapd.agent.capture import open_capture
+    from pcapd.agent.pcap import open_capture
 
     async def main() -> float:
         async with open_capture("lo", filter=BPF, buffer_size=BUFFER) as cap:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pcapd.api.agents import AgentRefused
-from pcapd.api.capture import CaptureFailed
+from pcapd.api.capture import NoSourceStarted
 from pcapd.errors import CodedError, PcapdError, UsageError, collapse, sole_exception
 from pcapd.transport.service import Refusal
 
@@ -49,7 +49,7 @@ def test_collapse_keeps_a_group_of_several_and_passes_plain_errors() -> None:
         raise KeyError("plain")
 
 
-@pytest.mark.parametrize("kind", [Refusal, AgentRefused, CaptureFailed])
+@pytest.mark.parametrize("kind", [Refusal, AgentRefused, NoSourceStarted])
 def test_each_error_answered_on_a_link_carries_its_code_and_text(kind: type[CodedError]) -> None:
     error = kind("PERMISSION_DENIED", "you may not capture app x")
     assert isinstance(error, CodedError) and not isinstance(error, PcapdError)

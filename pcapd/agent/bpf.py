@@ -1,6 +1,6 @@
 """BPF filters: checked with libpcap's own compiler, and the agent's link left out.
 
-Split from :mod:`pcapd.agent.capture` so the api can check a user's filter before contacting
+Split from :mod:`pcapd.agent.pcap` so the api can check a user's filter before contacting
 any agent without loading the capture engine's namespace machinery. ``python -m
 pcapd.agent.bpf`` is the child that :mod:`.bpf_worker` runs to compile one filter under
 limits: this module imports no Trio, so the child starts in ~40 ms.

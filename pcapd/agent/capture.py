@@ -1,563 +1,210 @@
-"""The capture engine: libpcap driven from Trio, packets out as pcapng EPBs.
+"""One capture on an agent: libpcap → bounded queue → the api's link, until told to stop.
 
-Theory of operation. libpcap on Linux fills a TPACKET_V3 ring shared with the kernel in blocks;
-the kernel hands a block to us when it is full or when the buffer timeout (a few ms) expires.
-A blocking read on a silent interface never returns (the timeout only runs once a packet has
-arrived), so the handle is non-blocking and Trio waits on its selectable fd, bounded by a
-timeout: every wait is a checkpoint, so a capture can always be cancelled. When the fd is
-readable, ``dispatch`` runs on the Trio thread: it only copies what is already in memory, and
-each call is capped in packets, so no call runs for long. Packets leave as little-endian
-Enhanced Packet Blocks for interface 0, with nanosecond timestamps (see :mod:`.pkthdr`) and
-the original length, ready for the wire: nobody re-encodes them.
-
-Two engines do the reading. The compiled one (``pcapd._capture``, built at install) owns the
-libpcap handle itself and its dispatch writes each packet straight into a buffer of EPBs: one
-Python call per batch, no Python object per packet, nanosecond timestamps asked of libpcap.
-Where it is off or not built (``pcapd._accel``), cypcap's handle and a Python callback per
-packet do the same (nanoseconds then come through :mod:`.pkthdr`'s probe).
-
-Because a block is only handed over when it is retired, packets may wait in the ring up to
-about twice the buffer timeout. That bounds two promises: a batch's ``watermark`` (no later
-packet is older) and :meth:`Capture.drain`, which waits that long so the tail of a capture is
-read before the final statistics. The handle is activated in a worker thread inside the target
-network namespace (:mod:`.netns`) and stays bound there.
+Theory of operation. Three tasks share one nursery: the *reader* takes batches from libpcap and
+offers them to the queue (the drop gate keeps the agent's memory bounded when the api reads too
+slowly, counting what it drops), the *sender* coalesces queued batches into binary messages with
+their watermark, and the *reporter* sends statistics once a second and a CONGESTED message when
+a drop episode starts. The link's own receiver waits for ``stop``. Stopping is always the same
+path — the reader is cancelled (it loses nothing: libpcap keeps unread packets in the ring), the
+ring is drained, the queue flushed, then the interface statistics block, final statistics and
+``end`` — so the api's file ends complete whether the user stopped, a limit hit, or the agent
+drains. Only a vanished api skips the farewell: there is nobody left to tell.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import struct
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
-import cypcap
+import msgspec
 import trio
 
-from pcapd import _accel
-from pcapd.agent.bpf import (
-    DLT_EN10MB,
-    CaptureError,
-    InvalidFilter,
-    Link,
-    _libpcap_words,
-    compile_filter,
-    exclusion_filter,
-    program_bytes,
-)
-from pcapd.agent.bpf_worker import capture_program
-from pcapd.agent.netns import call_in_netns
-from pcapd.agent.pkthdr import (
-    PKTHDR,
-    TimestampReader,
-    header_offset,
-    header_views,
-    timestamp_reader,
-)
-from pcapd.pcapng import EPB, epb_timestamp
+from pcapd.agent.pcap import Batch, Capture, CaptureStats
+from pcapd.flow import DropGate
+from pcapd.pcapng import encode_interface_description, encode_interface_statistics
+from pcapd.proto import Counters, Data, End, Notice, SourceStatistics, Start, Statistics, Stop
+from pcapd.proto.messages import EndReason, SourceState
+from pcapd.transport.groups import open_nursery
+from pcapd.transport.link import Link, LinkClosed
+from pcapd.transport.queue import PacketQueue
 
-MAX_SNAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN
-DEFAULT_BUFFER_SIZE = 32 * 1024 * 1024
-DEFAULT_BUFFER_TIMEOUT = 0.005  # seconds: cypcap's set_timeout takes seconds, not ms
-DISPATCH_CAP = 1024
-"""Packets per ``dispatch`` call (~0.6 ms): the longest the Trio thread is held by one call."""
-DELIVERY_SLACK_NS = 20_000_000
-"""Added to twice the buffer timeout for the kernel's own latency (softirq backlog, timers)."""
-_PACKERS_MAX = 4096
-"""Precompiled EPB structs kept per captured length (most captures see a handful)."""
+log = logging.getLogger(__name__)
+
+READ_WAIT = 0.1
+"""Seconds a read waits before returning empty: the heartbeat period of an idle source."""
+STATS_PERIOD = 1.0
+MAX_READ = 4096
+"""Packets per read at most: bounds the time one read holds the event loop."""
+MIN_READ = 64
+"""A read smaller than this is not worth a wake-up: wait for the sender instead."""
+READ_LINGER = 0.02
+"""Seconds a read that has packets waits for more (``Capture.read_batch``): the cost of an
+agent is per wake-up and message rather than per packet, so under load it takes the ring's
+packets in batches of this many ms instead of one ring block (5 ms) at a time. At most this
+much added latency; the api's send linger is 10 ms, the latency target 250 ms at p99."""
+BACKPRESSURE_WAIT = 0.5
+"""Seconds the reader waits for the sender before reading anyway (and the gate drops)."""
+MAX_PAYLOAD = 1024 * 1024
+"""Bytes per binary message: large enough to amortise framing, far below the 8 MiB limit."""
+FLUSH_TIMEOUT = 10.0
+"""Seconds the farewell (tail, statistics, end) may take before the link is given up."""
 
 
+@dataclass
+class RunCounters:
+    """What this capture saw and did with it."""
 
-class InvalidDevice(CaptureError):
-    """No such network device (in the target namespace)."""
-
-
-class InvalidSnaplen(CaptureError):
-    """The snapshot length is out of range."""
-
-
-class CaptureFailed(CaptureError):
-    """libpcap failed for another reason (permissions, interface went down, ...)."""
+    packets: int = 0
+    bytes: int = 0
+    sent: int = 0
+    kernel: CaptureStats = field(default_factory=lambda: CaptureStats(0, 0, 0))
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Packets read in one call, as concatenated EPBs of interface 0."""
+@dataclass
+class CaptureRun:
+    """A running capture; :class:`~pcapd.agent.server.Agent` keeps these to stop them."""
 
-    blocks: bytes
-    packets: int
-    captured_bytes: int
-    """Sum of captured lengths (what libpcap handed over, without EPB framing)."""
-    first_timestamp: int | None
-    """ns since the epoch of the first packet; None in an empty batch."""
-    last_timestamp: int | None
-    watermark: int
-    """ns: no packet read later from this capture is older (kernel clock permitting)."""
+    capture_id: str
+    start: Start
+    name: str
+    description: str
+    started_ns: int = field(default_factory=time.time_ns)
+    counters: RunCounters = field(default_factory=RunCounters)
+    end_reason: EndReason = "stopped"
+    end_text: str = ""
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+    farewell_sent: bool = False
 
+    def request_stop(self, reason: EndReason, text: str = "") -> None:
+        """Stop gracefully (first caller's reason wins)."""
+        if not self.stop_requested.is_set():
+            self.end_reason, self.end_text = reason, text
+            self.stop_requested.set()
 
-@dataclass(frozen=True, slots=True)
-class CaptureStats:
-    """libpcap's counters (``pcap_stats``), cumulative since the handle was activated."""
+    async def run(self, link: Link, capture: Capture, gate: DropGate) -> None:
+        """Stream until stopped; then the farewell. Returns when ``end`` was sent."""
+        queue = PacketQueue(gate)
+        idb = encode_interface_description(
+            link_type=capture.link_type, snaplen=capture.snaplen, name=self.name,
+            description=self.description, tsresol=9, filter=self.start.options.filter or None)
+        queue.put_unbounded(idb)
+        limits = self.start.limits
+        async with open_nursery() as nursery:
+            nursery.start_soon(self._send, link, queue)
+            nursery.start_soon(self._report, link, capture, gate)
+            nursery.start_soon(self._listen, link)
+            if limits.max_duration is not None:
+                nursery.start_soon(self._stop_after, limits.max_duration)
+            with trio.CancelScope() as reading:
+                nursery.start_soon(self._wait_stop, reading)
+                await self._read(capture, queue)
+            tail = await capture.drain()
+            self._offer(queue, tail)
+            self.counters.kernel = capture.stats()
+            isb = self._statistics_block(gate)
+            queue.put_unbounded(isb)
+            queue.close()
+            with trio.move_on_after(FLUSH_TIMEOUT) as flush:
+                await queue.wait_empty()
+                await self._farewell(link, gate)
+            if flush.cancelled_caught:
+                log.warning("capture %s: the api did not take the tail within %ss",
+                            self.capture_id, FLUSH_TIMEOUT)
+            nursery.cancel_scope.cancel()
 
-    received: int
-    kernel_dropped: int
-    interface_dropped: int
+    async def _wait_stop(self, reading: trio.CancelScope) -> None:
+        await self.stop_requested.wait()
+        reading.cancel()
 
+    async def _stop_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.request_stop("limit", f"max_duration of {seconds:g}s reached")
 
-def _packet_sink(
-    blocks: list[bytes], reader: TimestampReader
-) -> tuple[Callable[[Any, bytes], None], Callable[[], int]]:
-    """The per-packet hot path (header → EPB, appended to ``blocks``) and its byte counter.
-
-    One closure does it all, with no call per packet beyond the builtins it cannot avoid: the
-    header's fields are read once from the C struct (:func:`.pkthdr.header_views`, fused here
-    rather than called), and the whole option-less EPB is packed by one precompiled ``Struct``
-    per captured length. Closures over locals, not methods: an attribute update per packet cost
-    0.3 µs, a ``nonlocal`` almost nothing. Measured 0.61 against 1.1 µs per packet for the
-    former ``read()`` + ``encode_enhanced_packet()`` calls (bench/binding_bench.py,
-    docs/performance.md "Capture").
-    """
-    append = blocks.append
-    packers: dict[int, tuple[Callable[..., bytes], int]] = {}
-    captured = 0
-
-    def packer(caplen: int) -> tuple[Callable[..., bytes], int]:
-        made = struct.Struct(f"<7I{caplen + (-caplen & 3)}sI")
-        entry = made.pack, made.size
-        if len(packers) < _PACKERS_MAX:  # lengths are data: bounded
-            packers[caplen] = entry
-        return entry
-
-    def take_captured() -> int:
-        nonlocal captured
-        taken, captured = captured, 0
-        return taken
-
-    if reader.layout is None:  # microseconds through cypcap's float: the slow, rare fallback
-        read = reader.read
-
-        def on_packet_fallback(hdr: Any, data: bytes) -> None:
-            nonlocal captured
-            timestamp, length = read(hdr)
-            caplen = len(data)
-            pack, size = packers.get(caplen) or packer(caplen)
-            append(pack(EPB, size, 0, timestamp >> 32, timestamp & 0xFFFFFFFF, caplen,
-                        max(length, caplen), data, size))
-            captured += caplen
-
-        return on_packet_fallback, take_captured
-
-    offset, scale = reader.layout
-    cached, view_at = header_views(offset)
-    unpack_from = PKTHDR.unpack_from
-    get_packer = packers.get
-
-    def on_packet(hdr: Any, data: bytes) -> None:
-        nonlocal captured
-        address = id(hdr)
-        view = cached(address)
-        if view is None:
-            view = view_at(address)
-        sec, frac, caplen, length = unpack_from(view)
-        timestamp = sec * 1_000_000_000 + frac * scale
-        entry = get_packer(caplen)
-        if entry is None:
-            entry = packer(caplen)
-        pack, size = entry
-        append(pack(EPB, size, 0, timestamp >> 32, timestamp & 0xFFFFFFFF, caplen, length,
-                    data, size))
-        captured += caplen
-
-    return on_packet, take_captured
-
-
-class _CypcapEngine:
-    """cypcap's handle and a Python callback per packet: the engine without the extension."""
-
-    def __init__(self, pcap: Any, device: str, nanoseconds: bool) -> None:
-        self.device = device
-        self.link_type = int(pcap.datalink())
-        self.snaplen = int(pcap.snapshot())
-        reader = timestamp_reader(nanoseconds)
-        self.exact_timestamps = reader.exact
-        self.timestamp_note = reader.why
-        self.fd = int(pcap.get_selectable_fd())
-        required = pcap.get_required_select_timeout()
-        self.poll_timeout = math.inf if required is None else float(required)
-        self._pcap = pcap
-        self._blocks: list[bytes] = []
-        self._on_packet, self._take_captured = _packet_sink(self._blocks, reader)
-
-    def dispatch(self, limit: int) -> bool:
-        blocks, start = self._blocks, len(self._blocks)
-        while (done := len(blocks) - start) < limit:
-            try:
-                self._pcap.dispatch(min(limit - done, DISPATCH_CAP), self._on_packet)
-            except cypcap.Error as exc:
-                raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
-            if len(blocks) - start == done:
-                return True
-        return False
-
-    def newest(self) -> int:
-        return epb_timestamp(self._blocks[-1]) if self._blocks else 0
-
-    def pending(self) -> int:
-        return len(self._blocks)
-
-    def take(self) -> tuple[bytes, int, int, int | None, int | None]:
-        pending = self._blocks  # cleared in place: the callback holds its append
-        count, captured = len(pending), self._take_captured()
-        first = epb_timestamp(pending[0]) if pending else None
-        last = epb_timestamp(pending[-1]) if pending else None
-        blocks = b"".join(pending)
-        pending.clear()
-        return blocks, count, captured, first, last
-
-    def stats(self) -> CaptureStats:
-        try:
-            stat = self._pcap.stats()
-        except cypcap.Error as exc:
-            raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
-        return CaptureStats(int(stat.recv), int(stat.drop), int(stat.ifdrop))
-
-    def close(self) -> None:
-        self._pcap.close()
-
-
-class _CompiledEngine:
-    """``pcapd._capture.Handle``: libpcap's dispatch writes EPBs into one C buffer."""
-
-    exact_timestamps = True
-    timestamp_note = ""
-
-    def __init__(self, handle: Any, device: str) -> None:
-        self.device = device
-        self._handle = handle
-        self.link_type, self.snaplen, self.fd, required = handle.info()
-        self.poll_timeout = math.inf if required is None else float(required)
-        self.pending = handle.pending
-
-    def dispatch(self, limit: int) -> bool:
-        try:
-            return bool(self._handle.dispatch(limit))
-        except _PcapError as exc:
-            raise CaptureFailed(f"{self.device}: {_pcap_words(exc)}") from exc
-
-    def newest(self) -> int:
-        return int(self._handle.newest())
-
-    def take(self) -> tuple[bytes, int, int, int | None, int | None]:
-        blocks, count, captured, first, last = self._handle.take()
-        return blocks, count, captured, first, last
-
-    def stats(self) -> CaptureStats:
-        try:
-            received, dropped, if_dropped = self._handle.stats()
-        except _PcapError as exc:
-            raise CaptureFailed(f"{self.device}: {_pcap_words(exc)}") from exc
-        return CaptureStats(received, dropped, if_dropped)
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-_PcapError: type[Exception] = _accel.capture.PcapError if _accel.capture else OSError
-
-
-_PERM_DENIED_WORDS = "Attempt to create packet socket failed - CAP_NET_RAW may be required"
-"""What libpcap 1.10.4+ says (cypcap bundles it) where older ones say only ``socket: ...``."""
-
-
-def _pcap_words(exc: BaseException) -> str:
-    """libpcap's own words from the extension's error ``(code, call, text)``."""
-    code, call, text = exc.args if len(exc.args) == 3 else (0, "", str(exc))
-    if (
-        _accel.capture is not None
-        and code == _accel.capture.ERROR_PERM_DENIED
-        and "CAP_NET_RAW" not in text
-    ):
-        return _PERM_DENIED_WORDS
-    return str(text or f"{call} failed ({code})")
-
-
-class Capture:
-    """An activated, non-blocking libpcap handle. Made by :func:`open_capture`."""
-
-    def __init__(
-        self, engine: _CypcapEngine | _CompiledEngine, buffer_timeout: float
-    ) -> None:
-        self._engine = engine
-        self.device = engine.device
-        self.link_type = engine.link_type
-        self.snaplen = engine.snaplen
-        self.exact_timestamps = engine.exact_timestamps
-        """False when timestamps fell back to microseconds; ``timestamp_note`` says why."""
-        self.timestamp_note = engine.timestamp_note
-        self._fd = engine.fd
-        self._poll_timeout = engine.poll_timeout
-        self._delivery_ns = round(2 * buffer_timeout * 1e9) + DELIVERY_SLACK_NS
-        self._watermark = 0
-
-    def _dispatch(self, limit: int) -> bool:
-        """Read up to ``limit`` packets already in the ring; True if the ring is now empty."""
-        return self._engine.dispatch(limit)
-
-    def _take(self, ring_empty: bool, now_ns: int) -> Batch:
-        blocks, count, captured, first, last = self._engine.take()
-        # Once the ring was found empty nothing older than (now - delivery bound) can still be
-        # in it; if we stopped at the limit, later packets follow the last one read.
-        reference = now_ns if ring_empty or last is None else last
-        self._watermark = max(self._watermark, reference - self._delivery_ns)
-        return Batch(blocks, count, captured, first, last, self._watermark)
-
-    async def read_batch(self, max_packets: int = 1024, max_wait: float = 1.0,
-                         linger: float = 0.0) -> Batch:
-        """The packets that arrive within ``max_wait`` seconds, returned as soon as any do.
-
-        With ``linger``, a batch that has its first packets but fewer than ``max_packets`` is
-        held up to ``linger`` seconds more (never past ``max_wait``) and read again once:
-        under load one wake-up, message and TLS record then carry a ``linger``'s worth of
-        packets instead of one ring block's (a few ms). It sleeps rather than wait on the fd,
-        which would wake it at every block the kernel hands over; the ring holds the packets
-        meanwhile. An empty batch after ``max_wait`` (its watermark still advances: a
-        heartbeat). Cancellation loses no packet: what was read stays pending in the engine
-        and :meth:`drain` takes it; the handle is left ready for it.
-        """
-        if max_packets < 1:
-            raise ValueError(f"max_packets must be at least 1, not {max_packets}")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        deadline = trio.current_time() + max_wait
-        engine = self._engine
+    async def _read(self, capture: Capture, queue: PacketQueue) -> None:
+        """Read no more than the queue has room for: the kernel's ring (tens of MB) is the
+        buffer for bursts, and the agent only drops — counting — when the api stays behind
+        for longer than ``BACKPRESSURE_WAIT``."""
+        limits = self.start.limits
+        gate = queue.gate
+        min_read = max(1, min(MIN_READ, gate.upper_limit // 4))
         while True:
-            now_ns = time.time_ns()
-            ring_empty = engine.dispatch(max_packets)
-            pending = engine.pending()
-            if pending and linger > 0 and pending < max_packets and ring_empty:
-                await trio.sleep_until(min(deadline, trio.current_time() + linger))
-                now_ns = time.time_ns()
-                ring_empty = engine.dispatch(max_packets - pending)
-            if pending or trio.current_time() >= deadline:
-                batch = self._take(ring_empty, now_ns)
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return batch
-            await self._wait_readable(deadline)
+            room = gate.upper_limit - queue.depth
+            if room < min_read and not gate.dropping:
+                with trio.move_on_after(BACKPRESSURE_WAIT):
+                    await queue.wait_depth_below(gate.upper_limit - min_read)
+                room = gate.upper_limit - queue.depth
+            limit = min(MAX_READ, room) if room >= min_read else MAX_READ
+            batch = await capture.read_batch(max_packets=limit, max_wait=READ_WAIT,
+                                             linger=READ_LINGER)
+            self._offer(queue, batch)
+            c = self.counters
+            if limits.max_packets is not None and c.packets >= limits.max_packets:
+                self.request_stop("limit", f"max_packets of {limits.max_packets} reached")
+            if limits.max_bytes is not None and c.bytes >= limits.max_bytes:
+                self.request_stop("limit", f"max_bytes of {limits.max_bytes} reached")
 
-    async def _wait_readable(self, deadline: float) -> None:
-        with trio.move_on_at(min(deadline, trio.current_time() + self._poll_timeout)):
-            await trio.lowlevel.wait_readable(self._fd)
+    def _offer(self, queue: PacketQueue, batch: Batch) -> None:
+        self.counters.packets += batch.packets
+        self.counters.bytes += batch.captured_bytes
+        queue.offer_joined(batch.blocks, batch.packets, batch.watermark)  # one answer a batch
 
-    async def drain(self) -> Batch:
-        """Everything still in the ring when called: the tail, read before :meth:`stats`.
+    async def _send(self, link: Link, queue: PacketQueue) -> None:
+        while (chunk := await queue.take(MAX_PAYLOAD)) is not None:
+            await link.send(Data(watermark=chunk.watermark, payload=chunk.payload))
+            self.counters.sent += chunk.packets
 
-        Waits at most the delivery bound (about twice the buffer timeout) for the kernel to
-        hand over its last partly filled block, and stops early once it reads a packet newer
-        than the call (everything before it has then been read). The batch holds at most about
-        a ring's worth. Shielded from cancellation: it is short and bounded, and a cancelled
-        drain would lose the tail it exists to save; it checkpoints between chunks.
-        """
-        start_ns = time.time_ns()
-        deadline = trio.current_time() + self._delivery_ns / 1e9
-        engine = self._engine
-        with trio.CancelScope(shield=True):
-            while True:
-                now_ns = time.time_ns()
-                ring_empty = engine.dispatch(DISPATCH_CAP)
-                if engine.newest() >= start_ns or (
-                    ring_empty and trio.current_time() >= deadline
-                ):
-                    break
-                if ring_empty:
-                    await self._wait_readable(deadline)
-                else:
-                    await trio.lowlevel.checkpoint()
-        return self._take(ring_empty, now_ns)
+    async def _listen(self, link: Link) -> None:
+        """The api's side of the link: ``stop`` (or nothing) until the end."""
+        while True:
+            try:
+                msg = await link.receive()
+            except LinkClosed:
+                if self.farewell_sent:
+                    return
+                raise
+            if isinstance(msg, Stop):
+                reason: EndReason = "drained" if msg.reason == "drained" else "stopped"
+                self.request_stop(reason, f"stopped by the api ({msg.reason})")
 
-    def stats(self) -> CaptureStats:
-        """libpcap's counters; call after :meth:`drain`, or the tail is counted but not read."""
-        return self._engine.stats()
+    async def _report(self, link: Link, capture: Capture, gate: DropGate) -> None:
+        episodes = 0
+        while True:
+            await trio.sleep(STATS_PERIOD)
+            self.counters.kernel = capture.stats()
+            stats = gate.statistics()
+            if stats.episodes > episodes:
+                episodes = stats.episodes
+                await link.send(Notice(
+                    code="CONGESTED", party="agent", count=stats.dropped, origin=self.name,
+                    source=0, text=f"{self.name}: the api reads too slowly; the agent dropped "
+                                   f"{stats.dropped} packets so far"))
+            await link.send(Statistics(sources=[self._source_statistics(gate, "capturing")]))
 
-    def _close(self) -> None:
-        trio.lowlevel.notify_closing(self._fd)
-        self._engine.close()
+    def _counters(self, gate: DropGate) -> Counters:
+        c, k = self.counters, self.counters.kernel
+        return Counters(packets=c.packets, bytes=c.bytes, kernel_received=k.received,
+                        kernel_dropped=k.kernel_dropped, interface_dropped=k.interface_dropped,
+                        agent_dropped=gate.statistics().dropped, written=c.sent)
 
+    def _source_statistics(self, gate: DropGate, state: SourceState) -> SourceStatistics:
+        return SourceStatistics(source=0, state=state,
+                                **msgspec.structs.asdict(self._counters(gate)))
 
-def _open(device: str, netns: Path | None, snaplen: int, buffer_size: int,
-          buffer_timeout: float) -> Any:
-    """Open and activate the handle in ``netns`` (in a worker thread), without a filter yet:
-    only creating and activating happen inside the namespace (the packet socket binds to it
-    there). The compiled engine's handle when it is built, else cypcap's."""
-    activate = _activate_compiled if _accel.capture is not None else _activate
-    return call_in_netns(
-        netns, functools.partial(activate, device, snaplen, buffer_size, buffer_timeout)
-    )
+    def _statistics_block(self, gate: DropGate) -> bytes:
+        c, k = self.counters, self.counters.kernel
+        now = time.time_ns()
+        return encode_interface_statistics(
+            interface_id=0, timestamp=now, start_time=self.started_ns, end_time=now,
+            received=k.received, kernel_dropped=k.kernel_dropped,
+            interface_dropped=k.interface_dropped, delivered=c.packets - gate.statistics().dropped,
+            pcapd_dropped=gate.statistics().dropped)
 
+    async def _farewell(self, link: Link, gate: DropGate) -> None:
+        self.counters.sent = self.counters.packets - gate.statistics().dropped
+        await link.send(Statistics(sources=[self._source_statistics(gate, "stopped")],
+                                   final=True))
+        self.farewell_sent = True
+        await link.send(End(reason=self.end_reason, text=self.end_text,
+                            totals=self._counters(gate)))
 
-def _link_of(handle: Any) -> tuple[int, int]:
-    """``(link type, snaplen)`` of an activated handle of either engine: what the filter is
-    compiled for."""
-    if _accel.capture is not None:
-        link_type, snaplen, _, _ = handle.info()
-        return int(link_type), int(snaplen)
-    return int(handle.datalink()), int(handle.snapshot())
-
-
-def _engine(handle: Any, device: str, direction: cypcap.Direction | None,
-            program: str | None) -> _CypcapEngine | _CompiledEngine:
-    """Apply the direction and the program compiled by the child (cheap: no compile here),
-    make the handle non-blocking, and wrap it in its engine."""
-    if _accel.capture is None:
-        nanoseconds = _set_filter(handle, device, direction,
-                                  None if program is None else cypcap.BpfProgram.loads(program))
-        return _CypcapEngine(handle, device, nanoseconds)
-    try:
-        if direction is not None:
-            handle.setdirection(_DIRECTION_CODES[direction])
-        if program is not None:
-            handle.setfilter(program_bytes(program))
-        handle.setnonblock()
-    except _PcapError as exc:
-        raise CaptureFailed(f"{device}: {_pcap_words(exc)}") from None
-    return _CompiledEngine(handle, device)
-
-
-def _set_filter(pcap: Any, device: str, direction: cypcap.Direction | None,
-                program: cypcap.BpfProgram | None) -> bool:
-    """cypcap's handle: apply a compiled filter; whether timestamps are nanoseconds."""
-    try:
-        if direction is not None:
-            pcap.setdirection(direction)
-        if program is not None:
-            pcap.setfilter(program)
-        pcap.setnonblock(True)
-        return bool(pcap.get_tstamp_precision() == cypcap.TstampPrecision.NANO)
-    except cypcap.Error as exc:
-        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
-
-
-_DIRECTION_CODES = {cypcap.Direction.IN: 1, cypcap.Direction.OUT: 2}  # PCAP_D_IN, PCAP_D_OUT
-
-
-def _activate_compiled(
-    device: str, snaplen: int, buffer_size: int, buffer_timeout: float
-) -> Any:
-    """Create, configure and activate a compiled handle (in the target namespace), asking
-    libpcap for nanosecond timestamps (it falls back to microseconds where it cannot)."""
-    assert _accel.capture is not None
-    try:
-        handle = _accel.capture.Handle(device)
-    except _PcapError as exc:
-        raise CaptureFailed(f"{device}: {_pcap_words(exc)}") from None
-    try:
-        handle.set_snaplen(snaplen)
-        handle.set_promisc(0)
-        handle.set_timeout_ms(max(1, round(buffer_timeout * 1000)))
-        handle.set_buffer_size(buffer_size)
-        try:
-            handle.set_tstamp_precision(_accel.capture.TSTAMP_PRECISION_NANO)
-        except _PcapError:
-            pass  # not supported here: microseconds, still exact in the EPBs
-        handle.activate()
-    except _PcapError as exc:
-        handle.close()
-        words = _pcap_words(exc)
-        if exc.args[0] == _accel.capture.ERROR_NO_SUCH_DEVICE:
-            raise InvalidDevice(f"{device}: {words}") from None
-        raise CaptureFailed(f"{device}: {words}") from None
-    except BaseException:
-        handle.close()
-        raise
-    return handle
-
-
-def _activate(device: str, snaplen: int, buffer_size: int, buffer_timeout: float) -> Any:
-    """Create, configure and activate a handle (in the target namespace).
-
-    Nanoseconds are asked for only when the probed header layout lets us read them
-    (see :mod:`.pkthdr`).
-    """
-    precision = cypcap.TstampPrecision
-    try:
-        pcap = cypcap.create(device)
-    except cypcap.Error as exc:
-        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
-    try:
-        pcap.set_snaplen(snaplen)
-        pcap.set_promisc(False)
-        pcap.set_timeout(buffer_timeout)
-        pcap.set_buffer_size(buffer_size)
-        pcap.set_tstamp_precision(
-            precision.NANO if header_offset() is not None else precision.MICRO
-        )
-        pcap.activate()
-    except cypcap.Error as exc:
-        pcap.close()
-        words = _libpcap_words(exc)
-        if exc.code == cypcap.ErrorCode.NO_SUCH_DEVICE:
-            raise InvalidDevice(f"{device}: {words}") from None
-        raise CaptureFailed(f"{device}: {words}") from None
-    except BaseException:
-        pcap.close()
-        raise
-    return pcap
-
-
-@asynccontextmanager
-async def open_capture(
-    device: str,
-    *,
-    filter: str = "",
-    snaplen: int = 65535,
-    netns: Path | None = None,
-    buffer_size: int = DEFAULT_BUFFER_SIZE,
-    buffer_timeout: float = DEFAULT_BUFFER_TIMEOUT,
-    exclude: Iterable[Link] = (),
-) -> AsyncIterator[Capture]:
-    """A capture on ``device`` in ``netns`` (a namespace file; None: the agent's own).
-
-    ``filter`` is the user's BPF expression; TCP connections in ``exclude`` (the agent's own
-    link to the api) are left out of it. Raises :class:`InvalidFilter`,
-    :class:`InvalidDevice`, :class:`InvalidSnaplen` or :class:`CaptureFailed` before yielding.
-    The handle is closed on exit, also on cancellation.
-    """
-    if not device or "\0" in device or "/" in device:
-        raise InvalidDevice(f"invalid device name {device!r}")
-    if not 1 <= snaplen <= MAX_SNAPLEN:
-        raise InvalidSnaplen(f"snaplen {snaplen} out of range: 1 to {MAX_SNAPLEN}")
-    # not abandoned on cancellation: what the thread opens is returned, then closed below
-    handle = await trio.to_thread.run_sync(
-        functools.partial(_open, device, netns, snaplen, buffer_size, buffer_timeout)
-    )
-    try:
-        # compiled once, for this handle's link type, in a child process (see .bpf_worker):
-        # names resolve in the agent's own namespace, which a container's may not reach
-        direction, program = await capture_program(filter, list(exclude), *_link_of(handle))
-        capture = Capture(_engine(handle, device, direction, program), buffer_timeout)
-    except BaseException:
-        handle.close()
-        raise
-    try:
-        yield capture
-    finally:
-        capture._close()
-
-
-__all__ = [
-    "DLT_EN10MB",
-    "Batch",
-    "Capture",
-    "CaptureError",
-    "CaptureFailed",
-    "CaptureStats",
-    "InvalidDevice",
-    "InvalidFilter",
-    "InvalidSnaplen",
-    "Link",
-    "compile_filter",
-    "exclusion_filter",
-    "open_capture",
-]

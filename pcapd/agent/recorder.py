@@ -31,8 +31,8 @@ from pathlib import Path
 import trio
 
 from pcapd.agent.bpf_worker import filter_program
-from pcapd.agent.capture import Capture, CaptureError, open_capture
 from pcapd.agent.matcher import Matcher
+from pcapd.agent.pcap import Capture, CaptureError, open_capture
 from pcapd.agent.ring import Budget, BudgetRefused, Ring, Window
 from pcapd.agent.triggers import Fired, Triggers
 from pcapd.config import AgentConfig

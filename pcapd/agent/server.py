@@ -18,7 +18,9 @@ from pathlib import Path
 import trio
 from trio_websocket import Endpoint, WebSocketConnection
 
-from pcapd.agent.capture import (
+from pcapd.agent.capture import CaptureRun
+from pcapd.agent.netns import NamespaceError, open_in_netns, resolve_container_netns
+from pcapd.agent.pcap import (
     CaptureError,
     CaptureFailed,
     InvalidDevice,
@@ -26,12 +28,10 @@ from pcapd.agent.capture import (
     InvalidSnaplen,
     open_capture,
 )
-from pcapd.agent.capture import (
+from pcapd.agent.pcap import (
     Link as TcpLink,
 )
-from pcapd.agent.netns import NamespaceError, open_in_netns, resolve_container_netns
 from pcapd.agent.recorder import Recorder, save_messages
-from pcapd.agent.run import CaptureRun
 from pcapd.config import AgentConfig
 from pcapd.flow import DropGate
 from pcapd.metrics import Metrics

@@ -86,7 +86,7 @@ class Output(Protocol):
     async def send_message(self, msg: Started | Notice | Statistics) -> None: ...
 
 
-class CaptureFailed(CodedError):
+class NoSourceStarted(CodedError):
     """No source could be started; ``code`` and ``text`` are for the user."""
 
 
@@ -159,7 +159,7 @@ class ApiCapture:
     # --- the whole capture -----------------------------------------------------------------
 
     async def run(self) -> End:
-        """Start every source, stream until stopped, end. Raises :class:`CaptureFailed`."""
+        """Start every source, stream until stopped, end. Raises :class:`NoSourceStarted`."""
         async with open_nursery() as agents:
             for source in self.sources:
                 agents.start_soon(source.run)
@@ -176,7 +176,7 @@ class ApiCapture:
             ready = [s for s in self.sources if s.account.captured]
             if not ready:
                 agents.cancel_scope.cancel()
-                raise CaptureFailed(*self.ledger.failed_start())
+                raise NoSourceStarted(*self.ledger.failed_start())
             await self._begin(ready)
             async with open_nursery() as io:
                 io.start_soon(self._writer)

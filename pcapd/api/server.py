@@ -33,7 +33,7 @@ from pcapd.agent.bpf import InvalidFilter
 from pcapd.agent.bpf_worker import check_filter
 from pcapd.api.agents import AgentJob, ask_agent_devices
 from pcapd.api.auth import authorization_from_headers
-from pcapd.api.capture import START_TIMEOUT, ApiCapture, CaptureFailed
+from pcapd.api.capture import START_TIMEOUT, ApiCapture, NoSourceStarted
 from pcapd.api.intake import CaptureSlots, PendingConnections
 from pcapd.api.resolve import LOCAL_USER, Resolution, Resolver
 from pcapd.api.upload import (
@@ -354,7 +354,7 @@ class Api:
                 nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
                 try:
                     end = await capture.run()
-                except CaptureFailed as exc:
+                except NoSourceStarted as exc:
                     if upload is not None:
                         await upload.abort()
                     await link.send(Error(code=exc.code, text=exc.text, origin=self.config.id))

@@ -26,12 +26,12 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from pcapd.client.boshcli import bosh_config_path, bosh_credentials
+from pcapd.client.capture import ApiAddress, interruptible, open_api_link, refusal_text
 from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
 from pcapd.client.credentials import Credentials
 from pcapd.client.output import check_target, partial_path
 from pcapd.client.output import put_in_place as partial_into_place
 from pcapd.client.remote import api_address, api_origin, choose_api_url
-from pcapd.client.session import ApiAddress, interruptible, open_api_link, refusal_text
 from pcapd.errors import PcapdError, UsageError
 from pcapd.proto import (
     CaptureList,

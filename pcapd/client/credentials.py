@@ -320,7 +320,7 @@ class Credentials(abc.ABC):
 
     ``refresh`` blocks (HTTP, file I/O): call it before ``trio.run`` or in a worker thread. It
     is safe to call from several threads; one refresh runs at a time. This object is what
-    :func:`pcapd.client.session.run_capture` takes as its ``token_source``.
+    :func:`pcapd.client.capture.run_capture` takes as its ``token_source``.
     """
 
     login_command: str = "cf login"

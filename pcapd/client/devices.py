@@ -16,8 +16,8 @@ from contextlib import ExitStack
 
 import trio
 
+from pcapd.client.capture import ApiAddress, CaptureRefused, open_api_link, refusal_text
 from pcapd.client.remote import api_address, login_and_target
-from pcapd.client.session import ApiAddress, CaptureRefused, open_api_link, refusal_text
 from pcapd.errors import UsageError
 from pcapd.proto import DeviceList, Error, ListDevices
 from pcapd.proto.messages import Target

@@ -26,10 +26,10 @@ from pcapd.agent.server import serve_agent
 from pcapd.api.resolve import LocalResolver
 from pcapd.api.server import Api, serve_api
 from pcapd.certs import CertPaths, make_throwaway_pki, write_pki
+from pcapd.client.capture import ApiAddress, Interrupts, interruptible, run_capture
 from pcapd.client.output import PcapngOutput
 from pcapd.client.plan import capture_request, opened_output
 from pcapd.client.progress import Header, Progress
-from pcapd.client.session import ApiAddress, Interrupts, interruptible, run_capture
 from pcapd.config import AgentConfig, ApiConfig, local_api_config, parse_agent_config
 from pcapd.config.model import AgentListenConfig, ApiListenConfig
 from pcapd.errors import UsageError

@@ -34,6 +34,7 @@ from pcapd.client.boshcli import (
     bosh_config_path,
     bosh_credentials,
 )
+from pcapd.client.capture import ApiAddress, run_capture
 from pcapd.client.cfcli import (
     CfCredentials,
     cf_config_path,
@@ -45,7 +46,6 @@ from pcapd.client.credentials import Credentials
 from pcapd.client.output import PcapngOutput
 from pcapd.client.plan import capture_request, opened_output
 from pcapd.client.progress import Header, Progress
-from pcapd.client.session import ApiAddress, run_capture
 from pcapd.errors import UsageError
 from pcapd.proto import BoshTarget, CfTarget, End, Start
 from pcapd.proto.messages import Target

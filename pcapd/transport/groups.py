@@ -1,7 +1,7 @@
 """Nurseries whose single errors come out as plain errors.
 
 Trio wraps whatever escapes a nursery in an ExceptionGroup, even a single error. pcapd's
-layers catch errors by type (``LinkClosed``, ``CaptureFailed``) and the CLI prints one line per
+layers catch errors by type (``LinkClosed``, ``NoSourceStarted``) and the CLI prints one line per
 error, so each nursery whose errors someone handles by type is :func:`open_nursery`: a group
 holding exactly one error (at any depth) is re-raised as that error; a real group of several
 failures stays a group. The unwrapping itself is pure and lives in one place,

@@ -22,11 +22,11 @@ from rich.console import Console
 from trio_websocket import WebSocketConnection
 
 from pcapd.cli import main
+from pcapd.client.capture import ApiAddress, run_capture
 from pcapd.client.cfcli import CfCredentials, load_cf_config
 from pcapd.client.output import PcapngOutput
 from pcapd.client.progress import Progress
 from pcapd.client.remote import api_address, websocket_url
-from pcapd.client.session import ApiAddress, run_capture
 from pcapd.errors import UsageError
 from pcapd.proto import (
     BoshTarget,

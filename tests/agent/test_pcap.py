@@ -28,10 +28,17 @@ from netns import (
     veth_pair,
 )
 
-from pcapd.agent import capture as capture_module
+from pcapd.agent import pcap as capture_module
 from pcapd.agent import pkthdr
 from pcapd.agent.bpf import split_direction
-from pcapd.agent.capture import (
+from pcapd.agent.netns import (
+    NamespaceError,
+    call_in_netns,
+    named_netns,
+    open_in_netns,
+    resolve_container_netns,
+)
+from pcapd.agent.pcap import (
     Batch,
     Capture,
     CaptureFailed,
@@ -41,13 +48,6 @@ from pcapd.agent.capture import (
     compile_filter,
     exclusion_filter,
     open_capture,
-)
-from pcapd.agent.netns import (
-    NamespaceError,
-    call_in_netns,
-    named_netns,
-    open_in_netns,
-    resolve_container_netns,
 )
 from pcapd.pcapng import (
     encode_interface_description,
