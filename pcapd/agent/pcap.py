@@ -333,6 +333,7 @@ class Capture:
         await trio.lowlevel.checkpoint_if_cancelled()
         deadline = trio.current_time() + max_wait
         engine = self._engine
+        waited = False
         while True:
             now_ns = time.time_ns()
             ring_empty = engine.dispatch(max_packets)
@@ -341,11 +342,14 @@ class Capture:
                 await trio.sleep_until(min(deadline, trio.current_time() + linger))
                 now_ns = time.time_ns()
                 ring_empty = engine.dispatch(max_packets - pending)
+                waited = True
             if pending or trio.current_time() >= deadline:
                 batch = self._take(ring_empty, now_ns)
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:  # (a loop turn a batch less: the wait was the checkpoint)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch
             await self._wait_readable(deadline)
+            waited = True
 
     async def _wait_readable(self, deadline: float) -> None:
         with trio.move_on_at(min(deadline, trio.current_time() + self._poll_timeout)):

@@ -169,3 +169,18 @@ def test_the_versions_checked_are_the_locked_ones(dist: str) -> None:
     """Updating the lock means looking at _compat.py again: this fails until someone does."""
     for lock in ("server.txt", "client.txt"):
         assert read_lock(LOCKS / lock)[dist].version == CHECKED_WITH[dist], lock
+
+
+def test_a_trio_whose_ssl_stream_lost_a_name_of_the_send_path_is_refused() -> None:
+    class SSLStream:
+        def __init__(self) -> None:
+            self._ssl_object = self._state = self._outgoing = self._inner_send_lock = None
+            self._outer_send_conflict_detector = self.transport_stream = None
+            self._pending_outgoing = None  # renamed from _delayed_outgoing
+
+        def _check_status(self) -> None: ...
+
+    with pytest.raises(IncompatibleDependency,
+                       match=r"pcapd expected SSLStream\._delayed_outgoing, an attribute set in "
+                             r"__init__, .* one loop turn"):
+        check_trio(fake_module("trio", "9.9", SSLStream=SSLStream))
