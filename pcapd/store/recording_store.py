@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import trio
 
 from pcapd.store.base import Store, StoreError
+from pcapd.store.local import LocalStore, _fsync_dir, _make_dirs, _write_all
 from pcapd.store.recordings import (
     MAX_RECORD_BYTES,
     RECORDING_ID,
@@ -51,7 +52,6 @@ log = logging.getLogger("pcapd.store")
 
 T = TypeVar("T")
 
-_DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _TMP = ".tmp"
 _MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
@@ -87,8 +87,6 @@ def newest_first(records: list[Recording]) -> list[Recording]:
 
 def recordings_of(store: Store) -> RecordingStore:
     """The recording records kept beside ``store``'s captures (same directory or bucket)."""
-    from pcapd.store.local import LocalStore  # noqa: PLC0415
-
     if isinstance(store, LocalStore):
         return LocalRecordings(store.root)
     from pcapd.store.s3 import S3Store  # noqa: PLC0415  # minio only when used
@@ -211,34 +209,19 @@ def _replace_file(path: Path, data: bytes) -> None:
                      _FILE_MODE)
         try:
             os.fchmod(fd, _FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data, path)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(temp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
+        _fsync_dir(path.parent)
+    except (OSError, StoreError) as exc:
         with contextlib.suppress(OSError):
             temp.unlink()
+        if isinstance(exc, StoreError):
+            raise
         raise StoreError(f"cannot write {path} ({exc.strerror})") from exc
 
-
-def _make_dirs(path: Path) -> None:
-    """``path`` and its missing parents, each made 0700 (whatever the umask)."""
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=_DIR_MODE)
-        os.chmod(folder, _DIR_MODE)
 
 
 # -- the bucket ----------------------------------------------------------------------------------
@@ -256,15 +239,9 @@ class S3Recordings:
         return f"S3Recordings(bucket={self.bucket!r})"
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        from minio.error import MinioException  # noqa: PLC0415
-        from urllib3.exceptions import HTTPError  # noqa: PLC0415
+        from pcapd.store.s3 import in_thread  # noqa: PLC0415  # minio only when used
 
-        try:
-            return await trio.to_thread.run_sync(fn)
-        except (MinioException, HTTPError, OSError) as exc:
-            from pcapd.store.s3 import _describe  # noqa: PLC0415
-
-            raise StoreError(f"storage: {what} failed ({_describe(exc)})") from exc
+        return await in_thread(what, fn)
 
     async def put(self, rec: Recording) -> None:
         data = encode_recording(rec)

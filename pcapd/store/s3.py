@@ -95,6 +95,15 @@ def make_client(
     return Minio(endpoint, access_key, secret_key, secure=secure, region=region, http_client=http)
 
 
+async def in_thread(what: str, fn: Callable[[], T]) -> T:
+    """``fn()`` (an SDK call) in a worker thread; SDK and network errors as StoreError naming
+    ``what``."""
+    try:
+        return await trio.to_thread.run_sync(fn)
+    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise StoreError(f"storage: {what} failed ({_describe(exc)})") from exc
+
+
 def _describe(exc: BaseException | str) -> str:
     if isinstance(exc, str):
         return exc
@@ -127,11 +136,7 @@ class S3Store:
         return f"S3Store(bucket={self.bucket!r})"
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """``fn()`` in a worker thread; SDK and network errors as StoreError naming ``what``."""
-        try:
-            return await trio.to_thread.run_sync(fn)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreError(f"storage: {what} failed ({_describe(exc)})") from exc
+        return await in_thread(what, fn)
 
     # -- start-up ------------------------------------------------------------------------------
 
