@@ -287,17 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("-F", "--force", action="store_true",
                           help="overwrite an existing -w FILE")
     for p in (listing, download):
-        p.add_argument("--api", default=None, metavar="URL",
-                       help="pcapd api URL (env PCAPD_API; for cf derived from the cf target)")
-        p.add_argument("--bosh", action="store_true",
-                       help="log in with the bosh CLI's session instead of the cf CLI's")
-        p.add_argument("-e", "--environment", default=None, metavar="ENV",
-                       help="with --bosh: environment alias or URL (env BOSH_ENVIRONMENT)")
-        p.add_argument("--cacert", default=None, metavar="FILE",
-                       help="CA certificate to verify the api with")
-        p.add_argument("-k", "--insecure", action="store_true",
-                       help="do not verify the api's TLS certificate")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        _add_api_options(p, login_choice=True, verbose=False)
         p.set_defaults(handler=_captures)
 
     _add_record(roles)
@@ -332,7 +322,8 @@ _RECORD_EPILOG = (
     "maximums of all four; it refuses more, naming the limit.\n\n")
 
 
-def _add_api_options(parser: argparse.ArgumentParser, *, login_choice: bool) -> None:
+def _add_api_options(parser: argparse.ArgumentParser, *, login_choice: bool,
+                     verbose: bool = True) -> None:
     """How a client command reaches the api; ``login_choice``: the command names no
     platform, so --bosh picks the bosh CLI's login instead of the cf CLI's."""
     parser.add_argument("--api", default=None, metavar="URL",
@@ -347,7 +338,9 @@ def _add_api_options(parser: argparse.ArgumentParser, *, login_choice: bool) -> 
     parser.add_argument("-k", "--insecure", action="store_true",
                         help="do not verify the api's TLS certificate")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+    if verbose:
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="more detail on stderr")
 
 
 def _add_recording_options(parser: argparse.ArgumentParser) -> None:
