@@ -21,6 +21,7 @@ import logging
 import math
 import ssl
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 import trio
@@ -49,6 +50,7 @@ from pcapd.proto import (
     Counters,
     End,
     Notice,
+    RecordSave,
     Source,
     Start,
     Started,
@@ -99,7 +101,10 @@ class ApiCapture:
 
     def __init__(self, config: ApiConfig, capture_id: str, start: Start,
                  resolution: Resolution, output: Output,
-                 agent_tls: ssl.SSLContext | None) -> None:
+                 agent_tls: ssl.SSLContext | None,
+                 saves: Mapping[str, RecordSave] | None = None) -> None:
+        """``saves``: merge windows of a recording's rings (each source's ``record_save``,
+        by origin) instead of starting live captures."""
         self.config = config
         self.capture_id = capture_id
         self.start = start
@@ -111,7 +116,7 @@ class ApiCapture:
                              [(u.origin, u.text) for u in resolution.unavailable])
         dial = Dial(capture_id, start.options, self.ledger.for_agents(AGENT_DURATION_MARGIN),
                     agent_tls, config.agents.server_name, connect_timeout=START_TIMEOUT,
-                    reconnect_grace=config.agents.reconnect_grace)
+                    reconnect_grace=config.agents.reconnect_grace, saves=saves)
         self.sources = [SourceRun(job, account, self, dial)
                         for job, account in zip(resolution.jobs, self.ledger.accounts,
                                                 strict=True)]
