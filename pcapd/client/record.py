@@ -60,7 +60,7 @@ from pcapd.proto import (
     Trigger,
 )
 from pcapd.transport.ws import LinkClosed
-from pcapd.units import format_duration
+from pcapd.units import format_duration, format_size
 
 _NS = 1_000_000_000
 
@@ -162,11 +162,12 @@ async def start_recording(plan: RecordPlan) -> int:
     ring = answer.ring
     if not plan.args.quiet:
         ends = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(answer.ends_at))
-        _say(f"recording {answer.recording_id} on {len(answer.sources)} instance"
-             f"{'s' if len(answer.sources) != 1 else ''} ("
-             + ", ".join(s.name for s in answer.sources[:10])
-             + (", …" if len(answer.sources) > 10 else "")
-             + f"): keeps the last {format_duration(ring.keep)}, until {ends}")
+        names = ", ".join(s.name for s in answer.sources[:10])
+        more = ", …" if len(answer.sources) > 10 else ""
+        size = f" (at most {format_size(ring.max_bytes)} each)" if ring.max_bytes else ""
+        _say(f"recording {answer.recording_id}: {len(answer.sources)} instance"
+             f"{'s' if len(answer.sources) != 1 else ''} ({names}{more}) keep their last "
+             f"{format_duration(ring.keep)}{size} until {ends}")
     for absent in answer.absent:
         _say(f"pcapd: warning: {absent.name} keeps no ring: {absent.reason}")
     return 3 if any(a.partial for a in answer.absent) else 0

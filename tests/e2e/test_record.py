@@ -145,7 +145,8 @@ async def test_save_last_holds_exactly_the_window_from_both_instances(
     assert start.returncode == 0, start.stderr.decode()
     rid = start.stdout.decode().strip()
     assert re.fullmatch(r"[0-9a-f]{32}", rid), start.stdout
-    assert "on 2 instances" in start.stderr.decode()
+    assert ": 2 instances (rec-app/0:lo, rec-app/1:lo) keep their last 1m" in \
+        start.stderr.decode()
     await send_marked(landscape, "old")
     await trio.sleep(10)  # the window's edge: that time passes is what is tested
     await send_marked(landscape, "new")
