@@ -216,6 +216,10 @@ async def test_a_trigger_stores_the_window_before_and_after_it(landscape: Landsc
     assert shown.state == "ended"  # --once: stopped after its window was saved
     assert [e for e in api_events(landscape, "recording_triggered")
             if e["recording_id"] == rid and e["capture_id"] == stored.capture_id]
+    async with httpx.AsyncClient(timeout=10) as http:
+        metrics = (await http.get(f"{landscape.api_url}/metrics")).text
+    assert 'pcapd_recording_triggers_total{outcome="saved"} 1.0' in metrics
+    assert "pcapd_recording_bytes_held" in metrics
 
 
 async def test_an_api_restart_between_start_and_save_loses_nothing(
