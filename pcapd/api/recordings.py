@@ -413,7 +413,7 @@ class ApiRecorder:
                     return answer
             except AgentRefused as exc:
                 return Error(code="START_CAPTURE_FAILED", text=exc.text)
-            except (LinkClosed, ProtocolError, OSError) as exc:
+            except (LinkClosed, PcapdError, OSError) as exc:  # (ProtocolError: an odd agent)
                 raise _NoAnswer(f"{job.origin}: cannot reach its agent at {job.address}: "
                                 f"{exc}") from None
         raise _NoAnswer(f"{job.origin}: its agent at {job.address} did not answer within "
@@ -599,6 +599,9 @@ class ApiRecorder:
                 except (LinkClosed, ProtocolError, AgentRefused, OSError) as exc:
                     log.info("recordings: watching %s: %s (again in %gs)", address, exc,
                              WATCH_RETRY)
+                except Exception as exc:  # a watch must never take the api down with it
+                    log.warning("recordings: watching %s failed: %s: %s (again in %gs)",
+                                address, type(exc).__name__, exc, WATCH_RETRY)
                 await trio.sleep(WATCH_RETRY)
         if self._watchers.get(address) is scope:
             del self._watchers[address]
@@ -649,10 +652,12 @@ class ApiRecorder:
         record; ``--once``: stop the recording."""
         try:
             await self._handle_trigger(owner, recording_id, agent_rid, fired, live)
-        except PcapdError as exc:
+        except Exception as exc:  # (a store or agent fault) never the api's end
             self.metrics.triggers.labels("failed").inc()
-            log.warning("recording %s: trigger not handled: %s", recording_id, exc, extra={
-                "event": "recording_trigger_failed", "recording_id": recording_id})
+            log.warning("recording %s: trigger not handled: %s: %s", recording_id,
+                        type(exc).__name__, exc, extra={
+                            "event": "recording_trigger_failed",
+                            "recording_id": recording_id})
 
     async def _handle_trigger(self, owner: str, recording_id: str, agent_rid: str,
                               fired: TriggerFired, live: bool) -> None:
