@@ -277,3 +277,17 @@ async def test_another_user_can_neither_see_nor_save_nor_stop(landscape: Landsca
     assert isinstance(listing, RecordingList)
     assert listing.recordings[0].state == "recording"  # bob's stop did nothing
     assert isinstance(await ask(landscape, alice, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_nothing_older_than_keep_is_held_on_the_agents(landscape: Landscape) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape, keep=3))
+    await send_marked(landscape, "aging")
+    await trio.sleep(5)  # longer than --keep: that time passes is what is tested
+    await send_marked(landscape, "fresh")
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    rings = listing.recordings[0].sources
+    assert [(r.source.name, r.packets, r.aged_out_time, r.captured) for r in rings] == [
+        ("rec-app/0:lo", 10, 10, 20), ("rec-app/1:lo", 10, 10, 20)]
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
