@@ -42,6 +42,7 @@ from pcapd.proto import (
     RecordRing,
     RecordSave,
     RecordStop,
+    StoredCapture,
     Trigger,
 )
 
@@ -189,13 +190,7 @@ async def test_a_trigger_stores_the_window_before_and_after_it(landscape: Landsc
     await send_marked(landscape, "after")
     await trio.sleep(3)  # past the trigger's window: later packets are outside it
     await send_marked(landscape, "late")
-    stored = None
-    with trio.fail_after(60):
-        while stored is None:
-            answer = await ask(landscape, token, ListCaptures())
-            assert isinstance(answer, CaptureList)
-            stored = next((c for c in answer.captures if rid[:8] in c.target), None)
-            await trio.sleep(0.2)  # the api saves on its own: nothing to wait on but the store
+    stored = await stored_trigger(landscape, token, rid)
     assert stored.target.startswith("cf:") and "trigger" in stored.target
     link = await ask(landscape, token, GetDownload(capture_id=stored.capture_id))
     assert isinstance(link, Download)
@@ -222,15 +217,51 @@ async def test_a_trigger_stores_the_window_before_and_after_it(landscape: Landsc
     assert "pcapd_recording_bytes_held" in metrics
 
 
+async def stored_trigger(landscape: Landscape, token: str, rid: str) -> StoredCapture:
+    """The capture the api stored for the recording's trigger, once it appears."""
+    with trio.fail_after(60):
+        while True:
+            answer = await ask(landscape, token, ListCaptures())
+            assert isinstance(answer, CaptureList)
+            found = next((c for c in answer.captures if rid[:8] in c.target), None)
+            if found is not None:
+                return found
+            await trio.sleep(0.2)  # the api saves on its own: nothing to wait on but the store
+
+
+def restart_api(landscape: Landscape) -> None:
+    landscape.api.stop()
+    landscape.api = start_process("api", [PCAPD, "api", "--config",
+                                          str(landscape.tmp / "api.json")])
+    landscape.processes.append(landscape.api)
+
+
+async def test_a_trigger_while_no_api_watched_is_saved_after_the_restart(
+        landscape: Landscape) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape, Trigger(
+        filter="udp port 9999 and udp[8] = 0x54", after=1.0), keep=30))
+    landscape.api.stop()
+    await send_marked(landscape, "unwatched")
+    await send_udp(containers(landscape)[1], "127.0.0.1", 9999, 1, marker=b"Trigger-1")
+    await trio.sleep(2)
+    await send_marked(landscape, "later")  # the trigger's window is whole on the agent
+    restart_api(landscape)
+    stored = await stored_trigger(landscape, token, rid)
+    assert stored.packets == 21  # both instances' 10 before it and the trigger; not "later"
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    assert listing.recordings[0].triggers_saved == 1
+    assert listing.recordings[0].state == "recording"  # without --once it goes on
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
 async def test_an_api_restart_between_start_and_save_loses_nothing(
         landscape: Landscape, tmp_path: Path) -> None:
     token, _ = developer_tokens(landscape)
     rid = await started(landscape, token, record(landscape))
     await send_marked(landscape, "kept")
-    landscape.api.stop()
-    landscape.api = start_process("api", [PCAPD, "api", "--config",
-                                          str(landscape.tmp / "api.json")])
-    landscape.processes.append(landscape.api)
+    restart_api(landscape)
     listing = await ask(landscape, token, ListRecordings())
     assert isinstance(listing, RecordingList)
     assert rid in [r.recording_id for r in listing.recordings]
