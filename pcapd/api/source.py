@@ -64,6 +64,9 @@ class Capture(Protocol):
     async def source_gone(self, source: SourceRun) -> None:
         """The source's task ends (shielded): what the capture does about it."""
 
+    async def room(self, source: SourceRun) -> None:
+        """A saved window's source waits here after each payload (backpressure)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Dial:
@@ -213,6 +216,8 @@ class SourceRun:
                     self.pending.append(msg)
                 else:
                     self.capture.push(self, msg)
+                if self.dial.saves is not None:
+                    await self.capture.room(self)
             elif isinstance(msg, Statistics):
                 if msg.sources:
                     account.reported(msg.sources[0])

@@ -51,8 +51,10 @@ pytestmark = [pytest.mark.root, pytest.mark.tools]
 
 @pytest.fixture(scope="module")
 def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
-    with Landscape(tmp_path_factory.mktemp("record"), cells=2, vms=0,
-                   api_settings={"recorder": {"per_user": 10}}) as built:
+    # a small api buffer: a saved window larger than it must still come out whole and ordered
+    with Landscape(tmp_path_factory.mktemp("record"), cells=2, vms=0, api_settings={
+            "recorder": {"per_user": 10},
+            "buffer": {"size": 500, "upper_limit": 450, "lower_limit": 400}}) as built:
         built.rec_app = built.deploy_app("rec-app", instances=2)  # type: ignore[attr-defined]
         yield built
 
@@ -114,8 +116,8 @@ def markers(path: Path) -> list[tuple[str, str, float]]:
     found = []
     for iface, data, when in rows:
         payload = bytes.fromhex(data) if data else b""
-        word = payload.rstrip(b".")[:-4].decode(errors="replace")  # marker + 4-byte seq
-        found.append((iface, word, float(when)))
+        word = re.match(rb"[A-Za-z]+-[0-9]", payload)  # then a 4-byte seq, then dots
+        found.append((iface, word[0].decode() if word else "?", float(when)))
     return found
 
 
@@ -321,4 +323,31 @@ async def test_nothing_older_than_keep_is_held_on_the_agents(landscape: Landscap
     rings = listing.recordings[0].sources
     assert [(r.source.name, r.packets, r.aged_out_time, r.captured) for r in rings] == [
         ("rec-app/0:lo", 10, 10, 20), ("rec-app/1:lo", 10, 10, 20)]
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_a_window_larger_than_the_api_buffer_to_a_slow_reader_is_whole_and_ordered(
+        landscape: Landscape, tmp_path: Path) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape))
+    async with trio.open_nursery() as nursery:  # both instances at once: times interleave
+        for index, container in enumerate(containers(landscape)):
+            nursery.start_soon(lambda c=container, i=index: send_udp(
+                c, "127.0.0.1", 9999, 3000, size=100, marker=f"bulk-{i}".encode()))
+    data = bytearray()
+    with trio.fail_after(120):
+        async with api_link(landscape.api_port, token) as link:
+            await link.send(RecordSave(recording_id=rid))
+            while not isinstance(msg := await link.receive(), End | Error):
+                if isinstance(msg, Data):
+                    data += msg.payload
+                    await trio.sleep(0.02)  # a slow reader: the api must not drop for it
+    assert isinstance(msg, End), msg
+    assert msg.totals.api_dropped == 0 and msg.totals.late == 0, msg.totals
+    out = tmp_path / "bulk.pcapng"
+    out.write_bytes(data)
+    packets = markers(out)
+    assert sorted(w for _, w, _ in packets) == ["bulk-0"] * 3000 + ["bulk-1"] * 3000
+    times = [t for *_, t in packets]
+    assert times == sorted(times)
     assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
