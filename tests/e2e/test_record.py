@@ -52,10 +52,11 @@ pytestmark = [pytest.mark.root, pytest.mark.tools]
 @pytest.fixture(scope="module")
 def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
     # a small api buffer: a saved window larger than it must still come out whole and ordered
-    with Landscape(tmp_path_factory.mktemp("record"), cells=2, vms=0, api_settings={
+    with Landscape(tmp_path_factory.mktemp("record"), cells=2, vms=2, api_settings={
             "recorder": {"per_user": 10},
             "buffer": {"size": 500, "upper_limit": 450, "lower_limit": 400}}) as built:
         built.rec_app = built.deploy_app("rec-app", instances=2)  # type: ignore[attr-defined]
+        built.deploy_vms("dep", "router", teams=["team-a"])
         yield built
 
 
@@ -351,3 +352,30 @@ async def test_a_window_larger_than_the_api_buffer_to_a_slow_reader_is_whole_and
     times = [t for *_, t in packets]
     assert times == sorted(times)
     assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_bosh_vms_record_and_save_through_the_cli(landscape: Landscape,
+                                                        tmp_path: Path) -> None:
+    token, refresh = landscape.uaa.issue_pair(BOB, client_id="bosh_cli",
+                                              scopes=["openid", "bosh.teams.team-a.admin"])
+    env = landscape.bosh_env(token, refresh)
+    instances = landscape.director.deployments["dep"].instances
+    start = await cli(env, "record", "start", "bosh", "-d", "dep", "-g", "router", "-i", "eth0",
+                      "--keep", "1m", "--until", "10m", "udp", "port", "9999")
+    assert start.returncode == 0, start.stderr.decode()
+    rid = start.stdout.decode().strip()
+    for index, vm in enumerate(landscape.vms):
+        await send_udp(None, vm.ip, 9999, 5, marker=f"vm-{index}".encode())
+    out = tmp_path / "vms.pcapng"
+    save = await cli(env, "record", "save", "--bosh", rid, "-w", str(out), "-q")
+    assert save.returncode == 0, save.stderr.decode()
+    found = sorted((iface, w) for iface, w, _ in markers(out))
+    assert found == sorted([(f"router/{instances[i].id}:eth0", f"vm-{i}")
+                            for i in (0, 1) for _ in range(5)])
+    listing = await cli(env, "record", "list", "--bosh")
+    assert listing.returncode == 0 and rid in listing.stdout.decode()
+    stop = await cli(env, "record", "stop", "--bosh", rid[:6])
+    assert stop.returncode == 0, stop.stderr.decode()
+    listing = await cli(env, "record", "list", "--bosh")
+    line, = [x for x in listing.stdout.decode().splitlines() if x.startswith(rid)]
+    assert line.split("\t")[2] == "stopped"
