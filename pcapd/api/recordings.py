@@ -43,7 +43,8 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -101,6 +102,7 @@ from pcapd.store.recordings import (
     FiredTrigger,
     LocalRecordingTarget,
     RecordingAgent,
+    RecordingRecordError,
     RecordingTarget,
     armed_owners,
     current_state,
@@ -231,13 +233,15 @@ class ApiRecorder:
     async def answer(self, link: Link, msg: Record | ListRecordings | RecordStop,
                      identity: Identity, token: str | None) -> None:
         """Answer ``record``, ``list_recordings`` or ``record_stop`` (Refusal: refused)."""
-        if isinstance(msg, Record):
-            await link.send(await self.start(msg, identity, token))
-        elif isinstance(msg, ListRecordings):
-            await link.send(RecordingList(recordings=await self.listing(identity,
-                                                                        msg.recording_ids)))
-        else:
-            await link.send(await self.stop(msg.recording_id, identity))
+        with store_refusals():
+            if isinstance(msg, Record):
+                answer: RecordingStarted | RecordingList = await self.start(msg, identity, token)
+            elif isinstance(msg, ListRecordings):
+                answer = RecordingList(recordings=await self.listing(identity,
+                                                                     msg.recording_ids))
+            else:
+                answer = await self.stop(msg.recording_id, identity)
+        await link.send(answer)
 
     async def start(self, msg: Record, identity: Identity, token: str | None
                     ) -> RecordingStarted:
@@ -374,7 +378,8 @@ class ApiRecorder:
                    token: str | None, headers: Headers, capture_id: str) -> None:
         """``record save``: re-authorize, then merge the rings' windows as a capture into the
         user's link or the store (``upload``), through the api's capture path."""
-        rec = await self._owned(identity, msg.recording_id)
+        with store_refusals():
+            rec = await self._owned(identity, msg.recording_id)
         if current_state(rec, time.time()) != "armed":
             raise Refusal("INVALID_REQUEST", f"recording {rec.recording_id} has "
                           f"{current_state(rec, time.time())}: its rings are freed, there is "
@@ -752,6 +757,18 @@ class ApiRecorder:
                      "owner": rec.owner, "target": rec.label, "filter": rec.filter,
                      "trigger": rec.trigger.filter if rec.trigger else None,
                      "instances": [a.origin for a in rec.agents], **where, **more})
+
+
+@contextmanager
+def store_refusals() -> Iterator[None]:
+    """The store's faults as a refusal for the user (one line naming the store's problem):
+    a damaged record is refused, never served."""
+    try:
+        yield
+    except RecordingRecordError as exc:
+        raise Refusal("INVALID_REQUEST", str(exc)) from None
+    except PcapdError as exc:
+        raise Refusal("START_CAPTURE_FAILED", f"the recordings' store: {exc}") from None
 
 
 class _NoAnswer(Exception):
