@@ -379,3 +379,24 @@ async def test_bosh_vms_record_and_save_through_the_cli(landscape: Landscape,
     listing = await cli(env, "record", "list", "--bosh")
     line, = [x for x in listing.stdout.decode().splitlines() if x.startswith(rid)]
     assert line.split("\t")[2] == "stopped"
+
+
+async def test_an_agent_restart_shows_its_ring_as_lost(landscape: Landscape) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape))
+    await send_marked(landscape, "before-restart")
+    cell = landscape.cells[0]  # instance 0's
+    assert cell.agent is not None
+    cell.agent.stop()
+    cell.agent = landscape._start_agent(cell.host, "cell/0", cell.netns_dir, cell.store)
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    rings = listing.recordings[0].sources
+    assert [(r.source.name, r.state) for r in rings] == [("rec-app/0:lo", "lost"),
+                                                          ("rec-app/1:lo", "recording")]
+    assert "restarted" in rings[0].text and rings[1].packets == 10
+    _, end = await saved(landscape, token, RecordSave(recording_id=rid))
+    assert isinstance(end, End), end
+    assert [(a.name, "restarted" in a.reason) for a in end.absent] == [("rec-app/0", True)]
+    assert end.totals.written == 10
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
