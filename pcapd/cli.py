@@ -551,11 +551,14 @@ def _list_devices(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    # TEMPORARY (issue 17): the parsing is complete; the commands' api calls are wired once
-    # the agent and api protocol for recordings lands.
-    raise UsageError(
-        f"pcapd record {args.record_command}: this build parses the command but cannot run it "
-        "yet (the api side of issue 17 is not wired in); nothing was sent")
+    import trio
+
+    from pcapd import logs
+    from pcapd.client.record import record_plan, run_record_command
+
+    logs.configure("info" if args.verbose else "warning", "text")
+    with record_plan(args) as plan:
+        return trio.run(run_record_command, plan)
 
 
 def _captures(args: argparse.Namespace) -> int:

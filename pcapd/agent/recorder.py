@@ -86,7 +86,8 @@ class ActiveRecording:
         self.ring = Ring(keep_ns=max(1, round(ring.keep * _NS)), max_bytes=ring.max_bytes)
         trigger = record.trigger
         self.triggers = None if trigger is None else Triggers(
-            keep_ns=self.ring.keep_ns, after_ns=round(trigger.after * _NS), once=trigger.once)
+            keep_ns=self.ring.keep_ns, after_ns=round((trigger.after or 0.0) * _NS),
+            once=trigger.once)
         self.state: RecordingState = "recording"
         self.end_reason: RecordingEnd | None = None
         self.end_text = ""

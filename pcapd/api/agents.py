@@ -30,6 +30,7 @@ from pcapd.proto import (
     InitiatorSession,
     ListDevices,
     Message,
+    RecordSave,
     SourceDevices,
     Start,
     Started,
@@ -119,17 +120,20 @@ async def _open_agent_link(job: AgentJob, *, ssl_context: ssl.SSLContext | None,
 @asynccontextmanager
 async def open_agent_capture(job: AgentJob, *, capture_id: str, options: CaptureOptions,
                              limits: CaptureLimits, ssl_context: ssl.SSLContext | None,
-                             server_name: str, connect_timeout: float
-                             ) -> AsyncIterator[AgentLink]:
+                             server_name: str, connect_timeout: float,
+                             save: RecordSave | None = None) -> AsyncIterator[AgentLink]:
     """Connect, shake hands and start the capture on one agent; yield once it has started.
+
+    With ``save`` the agent is asked for a window of a recording's ring instead (a
+    ``record_save``, answered exactly as a capture is: ``started``, data, ``end``).
 
     Raises :class:`LinkClosed` when the agent cannot be reached or the link breaks, and
     :class:`AgentRefused` when it answers the start with an ``error``.
     """
     async with _open_agent_link(job, ssl_context=ssl_context, server_name=server_name,
                                 connect_timeout=connect_timeout) as link:
-        await link.send(Start(capture_id=capture_id, target=job.target, options=options,
-                              limits=limits))
+        await link.send(save if save is not None else Start(
+            capture_id=capture_id, target=job.target, options=options, limits=limits))
         while True:
             msg = await link.receive()
             if isinstance(msg, Started):
@@ -139,6 +143,11 @@ async def open_agent_capture(job: AgentJob, *, capture_id: str, options: Capture
             if isinstance(msg, End):
                 raise AgentRefused("START_CAPTURE_FAILED", msg.text or "the agent ended at once")
         yield AgentLink(job, link, msg)
+
+
+open_agent_link = _open_agent_link
+"""A link to one agent past the handshake, for requests that are not a capture (the flight
+recorder's ``record``, ``list_recordings``, ``record_stop``)."""
 
 
 async def ask_agent_devices(job: AgentJob, *, ssl_context: ssl.SSLContext | None,
@@ -165,4 +174,4 @@ async def ask_agent_devices(job: AgentJob, *, ssl_context: ssl.SSLContext | None
 
 
 __all__ = ["AgentJob", "AgentLink", "AgentPayload", "AgentRefused", "LinkClosed",
-           "ask_agent_devices", "open_agent_capture", "split_payload"]
+           "ask_agent_devices", "open_agent_capture", "open_agent_link", "split_payload"]

@@ -21,6 +21,7 @@ import logging
 import math
 import ssl
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 import trio
@@ -50,6 +51,7 @@ from pcapd.proto import (
     Counters,
     End,
     Notice,
+    RecordSave,
     Source,
     Start,
     Started,
@@ -75,6 +77,12 @@ was ~10 s, and it was given up as dead)."""
 SEND_LINGER = 0.01
 """Seconds the sender may wait to fill a whole ``MAX_PAYLOAD`` message under load, rather than
 send many small ones (each costs framing, and a write on the user's side, whatever its size)."""
+SAVE_BURST = MAX_PAYLOAD * 4 // 32
+"""Packets one agent payload of a saved window may add to the merge at once (1 MiB of 32-byte
+blocks, the smallest EPB): the merge's cap for a save allows one such payload per source above
+``buffer.size``, so a save is never force-released out of order."""
+NEVER_FULL = 1 << 62
+"""A save's queue never drops: its sources wait instead (:meth:`ApiCapture.room`)."""
 AGENT_DURATION_MARGIN = 30.0
 """Agents stop by themselves this long after the api's duration: a safety net, never the rule."""
 
@@ -95,7 +103,10 @@ class ApiCapture:
 
     def __init__(self, config: ApiConfig, capture_id: str, start: Start,
                  resolution: Resolution, output: Output,
-                 agent_tls: ssl.SSLContext | None) -> None:
+                 agent_tls: ssl.SSLContext | None,
+                 saves: Mapping[str, RecordSave] | None = None) -> None:
+        """``saves``: merge windows of a recording's rings (each source's ``record_save``,
+        by origin) instead of starting live captures."""
         self.config = config
         self.capture_id = capture_id
         self.start = start
@@ -107,16 +118,23 @@ class ApiCapture:
                              [(u.origin, u.text) for u in resolution.unavailable])
         dial = Dial(capture_id, start.options, self.ledger.for_agents(AGENT_DURATION_MARGIN),
                     agent_tls, config.agents.server_name, connect_timeout=START_TIMEOUT,
-                    reconnect_grace=config.agents.reconnect_grace)
+                    reconnect_grace=config.agents.reconnect_grace, saves=saves)
         self.sources = [SourceRun(job, account, self, dial)
                         for job, account in zip(resolution.jobs, self.ledger.accounts,
                                                 strict=True)]
         self._token_renewed = trio.Event()
         self._drain_notice: str | None = None
-        self.merge = Merge(lateness=config.merge.lateness,
-                           max_buffered=config.buffer.size)
         buf = config.buffer
-        self.queue = PacketQueue(DropGate(buf.size, buf.upper_limit, buf.lower_limit))
+        self.saving = saves is not None
+        if self.saving:  # see :meth:`room`
+            self.merge = Merge(lateness=math.inf,
+                               max_buffered=buf.size + len(self.sources) * SAVE_BURST)
+            self.queue = PacketQueue(DropGate(NEVER_FULL, NEVER_FULL, NEVER_FULL - 1))
+        else:
+            self.merge = Merge(lateness=config.merge.lateness, max_buffered=buf.size)
+            self.queue = PacketQueue(DropGate(buf.size, buf.upper_limit, buf.lower_limit))
+        self._begun = trio.Event()
+        self._popped = trio.Event()
         self.started_ns = time.time_ns()
         self.stop_requested = trio.Event()
         self._settled = trio.Event()
@@ -226,7 +244,23 @@ class ApiCapture:
             for payload in source.pending:
                 self.push(source, payload)
             source.pending.clear()
+        self._begun.set()
         self._wake()
+
+    async def room(self, source: SourceRun) -> None:
+        """A saved window's source waits here after each payload, so that nothing of a window
+        is dropped and the api holds a bounded part of it: the agents' rings are read at the
+        output's pace. It waits until the headers are out, the queue to the output is below
+        ``buffer.size``, and its own packets waiting in the merge are below its share of
+        ``buffer.size``. The merge of a save waits for every source (``lateness`` infinite:
+        each stream is finite and ends with ``end``), so the file is ordered; a source that
+        is behind never waits on the merge, so the one ahead is always released."""
+        await self._begun.wait()
+        await self.queue.wait_depth_below(self.config.buffer.size)
+        share = max(1, self.config.buffer.size // len(self.sources))
+        while (source.merge_id is not None
+               and self.merge.statistics().per_source_buffered.get(source.merge_id, 0) >= share):
+            await self._popped.wait()
 
     async def _duration_timer(self, limit: Limit) -> None:
         await trio.sleep(limit.value)
@@ -309,6 +343,8 @@ class ApiCapture:
         while True:
             data = self._data
             release = self.merge.pop(trio.current_time())
+            self._popped.set()
+            self._popped = trio.Event()
             if release.blocks:
                 self._emit(release.blocks)
             if self._closing:

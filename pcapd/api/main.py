@@ -35,6 +35,7 @@ async def run_api(config: ApiConfig, resolver: PlatformResolver, store: Store) -
     api = Api(config, resolver, store=store)
     async with open_nursery() as nursery:
         await nursery.start(store.serve_maintenance)
+        await nursery.start(api.recorder.run)
         await serve_until_signalled("api", config.id, partial(serve_api, api), api,
                                     config.drain_timeout, log)
         nursery.cancel_scope.cancel()

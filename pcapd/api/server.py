@@ -20,7 +20,7 @@ import math
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Final
@@ -35,6 +35,7 @@ from pcapd.api.agents import AgentJob, ask_agent_devices
 from pcapd.api.auth import authorization_from_headers
 from pcapd.api.capture import START_TIMEOUT, ApiCapture, NoSourceStarted
 from pcapd.api.intake import CaptureSlots, PendingConnections
+from pcapd.api.recordings import ApiRecorder
 from pcapd.api.resolve import LOCAL_USER, Resolution, Resolver
 from pcapd.api.upload import (
     UploadOutput,
@@ -62,8 +63,12 @@ from pcapd.proto import (
     Hello,
     ListCaptures,
     ListDevices,
+    ListRecordings,
     Message,
     Notice,
+    Record,
+    RecordSave,
+    RecordStop,
     ResponderSession,
     SourceDevices,
     Start,
@@ -132,6 +137,9 @@ class Api:
         self.slots = CaptureSlots(limits.concurrent_captures, limits.concurrent_captures_per_user)
         self.pending = PendingConnections(limits.unauthenticated_connections,
                                           limits.unauthenticated_connections_per_peer)
+        self.recorder = ApiRecorder(self)
+        """``pcapd record`` (:mod:`pcapd.api.recordings`); its trigger watch runs in
+        :meth:`ApiRecorder.run`, started beside the server."""
 
     async def wait_idle(self) -> None:
         """Until no capture runs (drain)."""
@@ -212,6 +220,12 @@ class Api:
                 elif isinstance(msg, Start):
                     await self._capture(link, msg, authorization, headers, intake)
                     return
+                elif isinstance(msg, Record | ListRecordings | RecordStop):
+                    if not await self._recording(link, msg, authorization, intake):
+                        return
+                elif isinstance(msg, RecordSave):
+                    await self._record_save(link, msg, authorization, headers, intake)
+                    return
                 elif isinstance(msg, Error):
                     return
         except LinkClosed as exc:
@@ -250,6 +264,50 @@ class Api:
         except Refusal as refusal:
             await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
             return False
+
+    async def _recording(self, link: Link, msg: Record | ListRecordings | RecordStop,
+                         authorization: str | None, intake: _Intake) -> bool:
+        """``pcapd record start|list|stop`` (:mod:`pcapd.api.recordings`); False when
+        refused (link ends)."""
+        try:
+            token = _bearer(authorization)
+            identity = await self.resolver.identify(token)
+            intake.authenticated()
+            if isinstance(msg, Record):
+                self._check_requests(identity)
+            await self.recorder.answer(link, msg, identity, token)
+            return True
+        except Refusal as refusal:
+            await self._refuse(link, refusal)
+            return False
+
+    async def _record_save(self, link: Link, msg: RecordSave, authorization: str | None,
+                           headers: Headers, intake: _Intake) -> None:
+        """``pcapd record save``: a capture slot, then the recording's windows merged as a
+        capture (:meth:`ApiRecorder.save` re-checks the permission)."""
+        capture_id = uuid.uuid4().hex
+        try:
+            token = _bearer(authorization)
+            identity = await self.resolver.identify(token)
+            intake.authenticated()
+            self._reserve(capture_id, identity)
+        except Refusal as refusal:
+            await self._refuse(link, refusal)
+            return
+        try:
+            await self.recorder.save(link, msg, identity, token, headers, capture_id)
+        except Refusal as refusal:
+            await self._refuse(link, refusal)
+        finally:
+            self.slots.release(capture_id)
+
+    def _check_requests(self, identity: Identity) -> None:
+        """``limits.requests_per_minute`` for a request that is not a capture."""
+        wait = self.requests.allow(_user_of(identity), trio.current_time())
+        if wait > 0:
+            raise Refusal("LIMIT_REACHED", f"too many requests (limits.requests_per_minute is "
+                          f"{self.config.limits.requests_per_minute}): try again in "
+                          f"{wait:.0f} s")
 
     async def _devices(self, link: Link, msg: ListDevices, authorization: str | None,
                        intake: _Intake) -> bool:
@@ -323,10 +381,14 @@ class Api:
         await link.send(Error(code=refusal.code, text=refusal.text, origin=self.config.id))
 
     async def _admitted(self, link: Link, start: Start, token: str | None, headers: Headers,
-                        capture_id: str) -> None:
+                        capture_id: str, *, resolution: Resolution | None = None,
+                        saves: Mapping[str, RecordSave] | None = None) -> None:
+        """Admit and run one capture; with ``resolution`` (already authorized) and ``saves``
+        it is a recording's saved windows (:meth:`ApiRecorder.save`)."""
         upload: Upload | None = None
         try:
-            resolution = await self._admit(start, token)
+            if resolution is None:
+                resolution = await self._admit(start, token)
             if start.upload:
                 upload, info = await self._open_upload(capture_id, start, resolution)
         except Refusal as refusal:
@@ -335,7 +397,7 @@ class Api:
         output: ClientOutput | UploadOutput = (
             UploadOutput(upload, link) if upload is not None else ClientOutput(link))
         capture = ApiCapture(self.config, capture_id, start, resolution, output,
-                             self.agent_tls)
+                             self.agent_tls, saves=saves)
         self.captures[capture_id] = capture
         who = resolution.identity
         user = f"{who.user_name} ({who.user_id})" if who is not None else "local user"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,7 +25,17 @@ from pcapd.api.agents import AgentJob, AgentLink, AgentPayload, AgentRefused, op
 from pcapd.api.ledger import Account
 from pcapd.errors import PcapngFormatError
 from pcapd.merge import Merge
-from pcapd.proto import CODES, CaptureLimits, CaptureOptions, Code, End, Notice, Statistics, Stop
+from pcapd.proto import (
+    CODES,
+    CaptureLimits,
+    CaptureOptions,
+    Code,
+    End,
+    Notice,
+    RecordSave,
+    Statistics,
+    Stop,
+)
 from pcapd.proto.messages import StopReason
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LinkClosed
@@ -52,6 +63,9 @@ class Capture(Protocol):
     async def source_gone(self, source: SourceRun) -> None:
         """The source's task ends (shielded): what the capture does about it."""
 
+    async def room(self, source: SourceRun) -> None:
+        """A saved window's source waits here after each payload (backpressure)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Dial:
@@ -64,6 +78,9 @@ class Dial:
     server_name: str
     connect_timeout: float
     reconnect_grace: float
+    saves: Mapping[str, RecordSave] | None = None
+    """A saved recording window instead of a live capture: each source's ``record_save``,
+    by its origin. A save is not resumed after a loss (the window was a moment)."""
 
 
 @dataclass(eq=False)
@@ -95,7 +112,7 @@ class SourceRun:
                         await self._from_agent(attempt)
                         return
                     except (LinkClosed, PcapngFormatError) as exc:
-                        if (account.idb is None or account.id < 0
+                        if (account.idb is None or account.id < 0 or self.dial.saves is not None
                                 or self.capture.stop_requested.is_set()):
                             raise
                         attempt += 1
@@ -133,10 +150,14 @@ class SourceRun:
         """One agent capture, until its ``end`` (the first, or a resumption)."""
         account, dial = self.account, self.dial
         suffix = f"-r{attempt}" if attempt else ""
+        save = None if dial.saves is None else dial.saves.get(self.job.origin)
+        if dial.saves is not None and save is None:
+            raise AgentRefused("INSTANCE_UNAVAILABLE", f"{self.job.origin}: not recorded")
         async with open_agent_capture(
                 self.job, capture_id=f"{dial.capture_id}-{account.index}{suffix}",
                 options=dial.options, limits=dial.limits, ssl_context=dial.ssl_context,
-                server_name=dial.server_name, connect_timeout=dial.connect_timeout) as agent:
+                server_name=dial.server_name, connect_timeout=dial.connect_timeout,
+                save=save) as agent:
             self.agent = agent
             announced = agent.started.sources[0]
             account.name, account.description = announced.name, announced.description
@@ -194,6 +215,8 @@ class SourceRun:
                     self.pending.append(msg)
                 else:
                     self.capture.push(self, msg)
+                if self.dial.saves is not None:
+                    await self.capture.room(self)
             elif isinstance(msg, Statistics):
                 if msg.sources:
                     account.reported(msg.sources[0])

@@ -369,7 +369,9 @@ class Trigger(_Wire, frozen=True, kw_only=True):
     capturing after the first trigger's window (its rings are kept for the save)."""
 
     filter: Annotated[str, Meta(min_length=1, max_length=MAX_FILTER)]
-    after: Delay = 0.0
+    after: Delay | None = None
+    """Seconds after the matching packet; left out by a client: the api's default
+    (``recorder.after.default``). The api always names it toward an agent."""
     once: bool = False
 
 
@@ -483,6 +485,12 @@ class Recording(_Wire, frozen=True, kw_only=True):
     end_text: Text = ""
     sources: Annotated[list[RingStatus], Meta(max_length=MAX_LIST)] = []
     absent: Annotated[list[Absent], Meta(max_length=MAX_LIST)] = []
+    triggers_saved: Count = 0
+    """(api → client) Triggers whose window the api saved into the store; ``saved`` names the
+    newest stored captures (``pcapd captures download ID``)."""
+    triggers_suppressed: Count = 0
+    """(api → client) Triggers the api's rate limit (``recorder.trigger_interval``) skipped."""
+    saved: Annotated[list[CaptureId], Meta(max_length=MAX_TRIGGERS_LISTED)] = []
 
 
 class RecordingList(_Tagged, tag="recording_list", frozen=True, kw_only=True):

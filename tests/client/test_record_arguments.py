@@ -190,12 +190,16 @@ def test_a_refusal_is_one_line_and_no_traceback() -> None:
     assert result.stdout == ""
 
 
-def test_a_valid_command_says_plainly_that_it_is_not_wired_yet() -> None:
-    """TEMPORARY (issue 17): until the api side lands, a valid command exits 2 in one line."""
-    result = pcapd("record", "stop", RID)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "cannot run it yet" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_a_valid_command_without_a_login_says_so_in_one_line(tmp_path: Path) -> None:
+    """The commands are wired: without a cf login the user is told plainly, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pcapd.cli", "record", "stop", RID, "--api", "http://127.0.0.1:9"],
+        capture_output=True, text=True, check=False, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "CF_HOME": str(tmp_path), "HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("pcapd: error: ")
+    assert "log in with 'cf login' first" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 # -- record list ---------------------------------------------------------------------------------

@@ -1,0 +1,402 @@
+"""Issue 17 end to end: ``pcapd record`` through a real ``pcapd api`` process, the fake UAA and
+Cloud Controller, and real agents on two cells (network namespaces), the app's two instances
+one on each. What is checked is what users see: the CLI's output, the saved pcapng as tshark
+reads it, the api's answers and audit lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from fakes import BOB
+from fakes.cloud_controller import App
+from fakes.uaa import make_user
+from links import api_link
+from netns import Netns, send_udp
+from platform_landscape import Landscape, developer_tokens, start_process
+from procs import PCAPD
+from readers import run_tool, tshark_fields
+
+from pcapd.proto import (
+    CaptureList,
+    CaptureOptions,
+    CfTarget,
+    Data,
+    Download,
+    End,
+    Error,
+    GetDownload,
+    ListCaptures,
+    ListRecordings,
+    Message,
+    Record,
+    RecordingList,
+    RecordingStarted,
+    RecordRing,
+    RecordSave,
+    RecordStop,
+    StoredCapture,
+    Trigger,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.tools]
+
+
+@pytest.fixture(scope="module")
+def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
+    # a small api buffer: a saved window larger than it must still come out whole and ordered
+    with Landscape(tmp_path_factory.mktemp("record"), cells=2, vms=2, api_settings={
+            "recorder": {"per_user": 10},
+            "buffer": {"size": 500, "upper_limit": 450, "lower_limit": 400}}) as built:
+        built.rec_app = built.deploy_app("rec-app", instances=2)  # type: ignore[attr-defined]
+        built.deploy_vms("dep", "router", teams=["team-a"])
+        yield built
+
+
+def app(landscape: Landscape) -> App:
+    return landscape.rec_app  # type: ignore[attr-defined,no-any-return]
+
+
+def containers(landscape: Landscape) -> list[Netns]:
+    """Instance 0's and instance 1's container, one on each cell."""
+    return [next(iter(cell.containers.values())) for cell in landscape.cells]
+
+
+async def send_marked(landscape: Landscape, word: str, count: int = 10,
+                      port: int = 9999) -> None:
+    """``count`` datagrams ``<word>-<instance>`` + seq on each instance's loopback."""
+    for index, container in enumerate(containers(landscape)):
+        await send_udp(container, "127.0.0.1", port, count, marker=f"{word}-{index}".encode())
+
+
+async def ask(landscape: Landscape, token: str, request: Record | ListRecordings | RecordStop
+              | ListCaptures | GetDownload) -> Message:
+    with trio.fail_after(40):
+        async with api_link(landscape.api_port, token) as link:
+            await link.send(request)
+            return await link.receive()  # type: ignore[return-value]
+
+
+async def saved(landscape: Landscape, token: str, save: RecordSave) -> tuple[bytes, Message]:
+    """A ``record_save`` over the protocol: the pcapng and the last message (end or error)."""
+    data = bytearray()
+    with trio.fail_after(60):
+        async with api_link(landscape.api_port, token) as link:
+            await link.send(save)
+            while True:
+                msg = await link.receive()
+                if isinstance(msg, Data):
+                    data += msg.payload
+                elif isinstance(msg, End | Error):
+                    return bytes(data), msg
+
+
+def record(landscape: Landscape, trigger: Trigger | None = None, keep: float = 60) -> Record:
+    """Arm on both instances' loopback, keeping the test's datagrams (port 9999)."""
+    return Record(target=CfTarget(app=app(landscape).guid), options=CaptureOptions(
+        device="lo", filter="udp port 9999"), ring=RecordRing(keep=keep), trigger=trigger)
+
+
+async def started(landscape: Landscape, token: str, request: Record) -> str:
+    answer = await ask(landscape, token, request)
+    assert isinstance(answer, RecordingStarted), answer
+    assert sorted(s.name for s in answer.sources) == ["rec-app/0:lo", "rec-app/1:lo"]
+    return answer.recording_id
+
+
+def markers(path: Path) -> list[tuple[str, str, float]]:
+    """(interface, payload marker up to the seq, time) of each packet, in file order."""
+    rows = tshark_fields(path, "frame.interface_name", "data.data", "frame.time_epoch")
+    found = []
+    for iface, data, when in rows:
+        payload = bytes.fromhex(data) if data else b""
+        word = re.match(rb"[A-Za-z]+-[0-9]", payload)  # then a 4-byte seq, then dots
+        found.append((iface, word[0].decode() if word else "?", float(when)))
+    return found
+
+
+def api_events(landscape: Landscape, event: str) -> list[dict[str, object]]:
+    found = []
+    for line in landscape.api.lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == event:
+            found.append(entry)
+    return found
+
+
+async def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(90):
+        return await trio.run_process([PCAPD, *args], env=env, capture_stdout=True,
+                                      capture_stderr=True, check=False)
+
+
+async def test_save_last_holds_exactly_the_window_from_both_instances(
+        landscape: Landscape, tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
+    env = landscape.cf_home(token, refresh)
+    start = await cli(env, "record", "start", "cf", "rec-app", "-i", "lo", "--keep", "1m",
+                      "udp", "port", "9999")
+    assert start.returncode == 0, start.stderr.decode()
+    rid = start.stdout.decode().strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", rid), start.stdout
+    assert ": 2 instances (rec-app/0:lo, rec-app/1:lo) keep their last 1m" in \
+        start.stderr.decode()
+    await send_marked(landscape, "old")
+    await trio.sleep(10)  # the window's edge: that time passes is what is tested
+    await send_marked(landscape, "new")
+    out = tmp_path / "window.pcapng"
+    save = await cli(env, "record", "save", rid[:10], "--last", "5s", "-w", str(out), "-q")
+    assert save.returncode == 0, save.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["window.pcapng"]  # noqa: ASYNC240
+    packets = markers(out)
+    for index in (0, 1):
+        mine = [w for iface, w, _ in packets if iface == f"rec-app/{index}:lo"]
+        assert mine == [f"new-{index}"] * 10, packets
+    times = [t for *_, t in packets]
+    assert times == sorted(times)
+    assert "Number of interfaces in file: 2" in run_tool("capinfos", out)
+
+    listing = await cli({**env, "COLUMNS": "200"}, "record", "list", "--json")
+    assert listing.returncode == 0, listing.stderr.decode()
+    row, = [r for r in json.loads(listing.stdout) if r["recording_id"] == rid]
+    assert row["state"] == "armed" and row["instances"] == 2 and row["instances_lost"] == 0
+    assert row["bytes_held"] > 0
+    stop = await cli(env, "record", "stop", rid)
+    assert stop.returncode == 0, stop.stderr.decode()
+    gone = await saved(landscape, token, RecordSave(recording_id=rid))
+    assert isinstance(gone[1], Error) and "stopped" in gone[1].text
+    started_line, = [e for e in api_events(landscape, "recording_started")
+                     if e["recording_id"] == rid]
+    assert started_line["app_guid"] == app(landscape).guid
+    assert started_line["instances"] == ["rec-app/0", "rec-app/1"]
+    assert started_line["filter"] == "udp port 9999"
+
+
+async def test_a_trigger_stores_the_window_before_and_after_it(landscape: Landscape,
+                                                                tmp_path: Path) -> None:
+    token, _ = developer_tokens(landscape)
+    # the trigger: a datagram whose payload starts with "T" (the others' are lower case)
+    rid = await started(landscape, token, record(landscape, Trigger(
+        filter="udp port 9999 and udp[8] = 0x54", after=2.0, once=True), keep=30))
+    await send_marked(landscape, "before")
+    await send_udp(containers(landscape)[0], "127.0.0.1", 9999, 1, marker=b"Trigger-0")
+    await send_marked(landscape, "after")
+    await trio.sleep(3)  # past the trigger's window: later packets are outside it
+    await send_marked(landscape, "late")
+    stored = await stored_trigger(landscape, token, rid)
+    assert stored.target.startswith("cf:") and "trigger" in stored.target
+    link = await ask(landscape, token, GetDownload(capture_id=stored.capture_id))
+    assert isinstance(link, Download)
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.get(link.url)
+    assert response.status_code == 200
+    out = tmp_path / "triggered.pcapng"
+    out.write_bytes(response.content)
+    words = [w for _, w, _ in markers(out)]
+    for index in (0, 1):
+        assert words.count(f"before-{index}") == 10 and words.count(f"after-{index}") == 10
+        assert f"late-{index}" not in words
+    assert words.count("Trigger-0") == 1
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    shown, = listing.recordings
+    assert shown.triggers_saved == 1 and shown.saved == [stored.capture_id]
+    assert shown.state == "ended"  # --once: stopped after its window was saved
+    assert [e for e in api_events(landscape, "recording_triggered")
+            if e["recording_id"] == rid and e["capture_id"] == stored.capture_id]
+    async with httpx.AsyncClient(timeout=10) as http:
+        metrics = (await http.get(f"{landscape.api_url}/metrics")).text
+    assert 'pcapd_recording_triggers_total{outcome="saved"} 1.0' in metrics
+    assert "pcapd_recording_bytes_held" in metrics
+
+
+async def stored_trigger(landscape: Landscape, token: str, rid: str) -> StoredCapture:
+    """The capture the api stored for the recording's trigger, once it appears."""
+    with trio.fail_after(60):
+        while True:
+            answer = await ask(landscape, token, ListCaptures())
+            assert isinstance(answer, CaptureList)
+            found = next((c for c in answer.captures if rid[:8] in c.target), None)
+            if found is not None:
+                return found
+            await trio.sleep(0.2)  # the api saves on its own: nothing to wait on but the store
+
+
+def restart_api(landscape: Landscape) -> None:
+    landscape.api.stop()
+    landscape.api = start_process("api", [PCAPD, "api", "--config",
+                                          str(landscape.tmp / "api.json")])
+    landscape.processes.append(landscape.api)
+
+
+async def test_a_trigger_while_no_api_watched_is_saved_after_the_restart(
+        landscape: Landscape) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape, Trigger(
+        filter="udp port 9999 and udp[8] = 0x54", after=1.0), keep=30))
+    landscape.api.stop()
+    await send_marked(landscape, "unwatched")
+    await send_udp(containers(landscape)[1], "127.0.0.1", 9999, 1, marker=b"Trigger-1")
+    await trio.sleep(2)
+    await send_marked(landscape, "later")  # the trigger's window is whole on the agent
+    restart_api(landscape)
+    stored = await stored_trigger(landscape, token, rid)
+    assert stored.packets == 21  # both instances' 10 before it and the trigger; not "later"
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    assert listing.recordings[0].triggers_saved == 1
+    assert listing.recordings[0].state == "recording"  # without --once it goes on
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_an_api_restart_between_start_and_save_loses_nothing(
+        landscape: Landscape, tmp_path: Path) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape))
+    await send_marked(landscape, "kept")
+    restart_api(landscape)
+    listing = await ask(landscape, token, ListRecordings())
+    assert isinstance(listing, RecordingList)
+    assert rid in [r.recording_id for r in listing.recordings]
+    data, end = await saved(landscape, token, RecordSave(recording_id=rid))
+    assert isinstance(end, End), end
+    out = tmp_path / "after-restart.pcapng"
+    out.write_bytes(data)
+    words = [w for _, w, _ in markers(out)]
+    assert sorted(words) == sorted(["kept-0"] * 10 + ["kept-1"] * 10)
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_a_user_whose_permission_was_removed_cannot_save(landscape: Landscape) -> None:
+    dave = make_user("dave-dev")
+    landscape.cc.grant(dave, "developer", landscape.space)
+    token = landscape.uaa.issue(dave)
+    rid = await started(landscape, token, record(landscape))
+    await send_marked(landscape, "secret")
+    landscape.cc.revoke(dave, "developer", landscape.space)
+    landscape.cc.grant(dave, "auditor", landscape.space)
+    data, answer = await saved(landscape, landscape.uaa.issue(dave),
+                               RecordSave(recording_id=rid))
+    assert isinstance(answer, Error) and answer.code == "PERMISSION_DENIED", answer
+    assert b"secret" not in data
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_another_user_can_neither_see_nor_save_nor_stop(landscape: Landscape) -> None:
+    alice, _ = developer_tokens(landscape)
+    rid = await started(landscape, alice, record(landscape))
+    bob = landscape.uaa.issue(BOB)
+    listing = await ask(landscape, bob, ListRecordings())
+    assert isinstance(listing, RecordingList) and listing.recordings == []
+    unknown = "0" * 32
+    for request in (RecordStop(recording_id=rid), RecordStop(recording_id=unknown)):
+        answer = await ask(landscape, bob, request)
+        assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST"
+        assert answer.text == f"no recording {request.recording_id} of yours " \
+                              "(`pcapd record list` shows yours)"
+    _, answer = await saved(landscape, bob, RecordSave(recording_id=rid))
+    assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST"
+    assert "no recording" in answer.text
+    listing = await ask(landscape, alice, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    assert listing.recordings[0].state == "recording"  # bob's stop did nothing
+    assert isinstance(await ask(landscape, alice, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_nothing_older_than_keep_is_held_on_the_agents(landscape: Landscape) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape, keep=3))
+    await send_marked(landscape, "aging")
+    await trio.sleep(5)  # longer than --keep: that time passes is what is tested
+    await send_marked(landscape, "fresh")
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    rings = listing.recordings[0].sources
+    assert [(r.source.name, r.packets, r.aged_out_time, r.captured) for r in rings] == [
+        ("rec-app/0:lo", 10, 10, 20), ("rec-app/1:lo", 10, 10, 20)]
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_a_window_larger_than_the_api_buffer_to_a_slow_reader_is_whole_and_ordered(
+        landscape: Landscape, tmp_path: Path) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape))
+    async with trio.open_nursery() as nursery:  # both instances at once: times interleave
+        for index, container in enumerate(containers(landscape)):
+            nursery.start_soon(lambda c=container, i=index: send_udp(
+                c, "127.0.0.1", 9999, 3000, size=100, marker=f"bulk-{i}".encode()))
+    data = bytearray()
+    with trio.fail_after(120):
+        async with api_link(landscape.api_port, token) as link:
+            await link.send(RecordSave(recording_id=rid))
+            while not isinstance(msg := await link.receive(), End | Error):
+                if isinstance(msg, Data):
+                    data += msg.payload
+                    await trio.sleep(0.02)  # a slow reader: the api must not drop for it
+    assert isinstance(msg, End), msg
+    assert msg.totals.api_dropped == 0 and msg.totals.late == 0, msg.totals
+    out = tmp_path / "bulk.pcapng"
+    out.write_bytes(data)
+    packets = markers(out)
+    assert sorted(w for _, w, _ in packets) == ["bulk-0"] * 3000 + ["bulk-1"] * 3000
+    times = [t for *_, t in packets]
+    assert times == sorted(times)
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def test_bosh_vms_record_and_save_through_the_cli(landscape: Landscape,
+                                                        tmp_path: Path) -> None:
+    token, refresh = landscape.uaa.issue_pair(BOB, client_id="bosh_cli",
+                                              scopes=["openid", "bosh.teams.team-a.admin"])
+    env = landscape.bosh_env(token, refresh)
+    instances = landscape.director.deployments["dep"].instances
+    start = await cli(env, "record", "start", "bosh", "-d", "dep", "-g", "router", "-i", "eth0",
+                      "--keep", "1m", "--until", "10m", "udp", "port", "9999")
+    assert start.returncode == 0, start.stderr.decode()
+    rid = start.stdout.decode().strip()
+    for index, vm in enumerate(landscape.vms):
+        await send_udp(None, vm.ip, 9999, 5, marker=f"vm-{index}".encode())
+    out = tmp_path / "vms.pcapng"
+    save = await cli(env, "record", "save", "--bosh", rid, "-w", str(out), "-q")
+    assert save.returncode == 0, save.stderr.decode()
+    found = sorted((iface, w) for iface, w, _ in markers(out))
+    assert found == sorted([(f"router/{instances[i].id}:eth0", f"vm-{i}")
+                            for i in (0, 1) for _ in range(5)])
+    listing = await cli(env, "record", "list", "--bosh")
+    assert listing.returncode == 0 and rid in listing.stdout.decode()
+    stop = await cli(env, "record", "stop", "--bosh", rid[:6])
+    assert stop.returncode == 0, stop.stderr.decode()
+    listing = await cli(env, "record", "list", "--bosh")
+    line, = [x for x in listing.stdout.decode().splitlines() if x.startswith(rid)]
+    assert line.split("\t")[2] == "stopped"
+
+
+async def test_an_agent_restart_shows_its_ring_as_lost(landscape: Landscape) -> None:
+    token, _ = developer_tokens(landscape)
+    rid = await started(landscape, token, record(landscape))
+    await send_marked(landscape, "before-restart")
+    cell = landscape.cells[0]  # instance 0's
+    assert cell.agent is not None
+    cell.agent.stop()
+    cell.agent = landscape._start_agent(cell.host, "cell/0", cell.netns_dir, cell.store)
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList)
+    rings = listing.recordings[0].sources
+    assert [(r.source.name, r.state) for r in rings] == [("rec-app/0:lo", "lost"),
+                                                          ("rec-app/1:lo", "recording")]
+    assert "restarted" in rings[0].text and rings[1].packets == 10
+    _, end = await saved(landscape, token, RecordSave(recording_id=rid))
+    assert isinstance(end, End), end
+    assert [(a.name, "restarted" in a.reason) for a in end.absent] == [("rec-app/0", True)]
+    assert end.totals.written == 10
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
