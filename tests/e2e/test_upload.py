@@ -251,6 +251,7 @@ async def test_a_200_mb_capture_uploads_in_bounded_memory(landscape: Landscape) 
     token, refresh = developer_tokens(landscape)
     container = next(iter(landscape.cells[0].containers.values()))
     env = landscape.cf_home(token, refresh)
+    before = peak_rss_mb(landscape.api.popen.pid)
     with trio.fail_after(240):
         process, err = await start_upload(["cf", "my-app", "--instance", "0", "-i", "lo"], env)
         assert process.stderr is not None
@@ -265,8 +266,13 @@ async def test_a_200_mb_capture_uploads_in_bounded_memory(landscape: Landscape) 
     assert found, err.decode()
     record = stored_record(landscape, found[1])
     assert int(record["size"]) >= 200_000_000, record  # type: ignore[call-overload]
+    # What the upload and the capture add to the api's resident set, not the api's size at rest
+    # (imports, which grow with features): s3.py's bound, 3 parts and the pipe (~26 MB of RSS
+    # measured), plus the capture's queue and merge (~10 MB, as with the local store); ten
+    # times less than the 200 MB that went through.
     peak = peak_rss_mb(landscape.api.popen.pid)
-    assert peak < 100, f"api peak RSS {peak:.0f} MB for a {record['size']} byte upload"
+    assert peak - before < 50, (f"the api's peak RSS grew by {peak - before:.0f} MB (from "
+                                f"{before:.0f} MB) for a {record['size']} byte upload")
 
 
 async def test_an_upload_cut_short_by_a_vanished_user_is_complete_and_marked(
