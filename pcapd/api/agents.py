@@ -54,6 +54,13 @@ class AgentJob:
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @classmethod
+    def at(cls, address: str, target: AgentTarget, origin: str) -> AgentJob:
+        """The job for the agent at ``address`` (``host:port`` or ``[v6]:port``, as
+        :attr:`address` writes it)."""
+        host, _, port = address.rpartition(":")
+        return cls(host.strip("[]"), int(port), target, origin)
+
 
 @dataclass(frozen=True, slots=True)
 class AgentPayload:

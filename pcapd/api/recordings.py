@@ -24,22 +24,13 @@ process, so any api VM — and an api after a restart — lists, saves and stops
 
 Another user's recording answers exactly as one that does not exist: ids do not leak.
 
-Triggers. Each api process keeps one *watching* link (``list_recordings`` with ``watch``) to
-every agent that holds a ring of an armed recording with a trigger — the recordings it armed
-itself at once, everyone's from the store every :data:`WATCH_REFRESH` seconds (so after a
-restart, and those armed through another api VM). On ``triggered`` (or, after a link was down,
-on a complete trigger the agent lists) the api saves the window from every instance into the
-store as the owner's capture, rate-limited by :class:`~pcapd.api.recording_policy.TriggerLimiter`
-rebuilt from the record. With several api VMs every one of them watches: the stored capture's id
-is derived from the recording, the instance and the trigger's time, so the second VM to handle
-a trigger finds it saved (or writes the same object again) and the record lists it once.
-A triggered save runs under the authorization given at the start (tokens are not kept); the
-user still needs a valid token of their own to list or download it.
+Triggers are watched by :mod:`pcapd.api.trigger_watch`; what the recorder decides without
+waiting (the record, the listing, the trigger's plan, audit fields) is in the pure
+:mod:`pcapd.api.recording_books`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -53,30 +44,28 @@ from prometheus_client import Counter, Gauge
 
 from pcapd.agent.bpf import InvalidFilter
 from pcapd.agent.bpf_worker import check_filter
+from pcapd.api import recording_books as books
 from pcapd.api.agents import AgentJob, AgentRefused, open_agent_link
-from pcapd.api.capture import START_TIMEOUT, ApiCapture, NoSourceStarted
+from pcapd.api.capture import START_TIMEOUT
+from pcapd.api.recording_books import RingAnswer
 from pcapd.api.recording_policy import (
     RecordingRefused,
     RecordingRequest,
-    TriggerLimiter,
     check_room,
     effective_parameters,
 )
 from pcapd.api.resolve import Resolution, Unavailable
-from pcapd.api.upload import finish_upload, owner_key
-from pcapd.errors import PcapdError, ProtocolError
+from pcapd.api.trigger_watch import TriggerWatch, job_of
+from pcapd.api.upload import owner_key
+from pcapd.errors import PcapdError
 from pcapd.proto import (
     Absent,
     AgentTarget,
-    BoshTarget,
     CaptureOptions,
-    CfTarget,
     Data,
     Error,
     ListRecordings,
-    LocalTarget,
     Message,
-    Notice,
     Record,
     Recording,
     RecordingList,
@@ -84,35 +73,21 @@ from pcapd.proto import (
     RecordRing,
     RecordSave,
     RecordStop,
-    RingStatus,
     Source,
     Start,
-    Started,
-    Statistics,
     Trigger,
-    Triggered,
-    TriggerFired,
 )
-from pcapd.proto.messages import MAX_TRIGGERS_LISTED, RecordingEnd, RecordingState
-from pcapd.store import CaptureInfo, Store, Upload
+from pcapd.store import Store
 from pcapd.store.recording_store import RecordingStore, recordings_of
+from pcapd.store.recordings import Recording as Record_
 from pcapd.store.recordings import (
-    BoshRecordingTarget,
-    CfRecordingTarget,
-    FiredTrigger,
-    LocalRecordingTarget,
     RecordingAgent,
     RecordingRecordError,
-    RecordingTarget,
     armed_owners,
     current_state,
     expire,
     new_recording_id,
-    record_fired,
-    record_suppressed,
 )
-from pcapd.store.recordings import Recording as Record_
-from pcapd.store.recordings import Trigger as StoredTrigger
 from pcapd.store.recordings import stop as stopped_record
 from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
@@ -127,14 +102,6 @@ log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = START_TIMEOUT
 """Seconds an agent gets to answer a ``record``, ``list_recordings`` or ``record_stop``."""
-WATCH_REFRESH = 30.0
-"""Seconds between two reads of the store for recordings with triggers to watch (another api
-VM's, or all of them after a restart)."""
-WATCH_RETRY = 5.0
-"""Seconds before a lost watching link to an agent is opened again."""
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_TIMEOUT = 10.0
-_NS = 1_000_000_000
 
 
 class RecorderMetrics:
@@ -173,24 +140,6 @@ class RecorderMetrics:
         self.aged_out.set(sum(a for _, a in self._rings.values()))
 
 
-class _StoreOutput:
-    """A triggered save's output: the pcapng into the upload; messages go nowhere (no user
-    waits: the record and the audit log say what happened)."""
-
-    def __init__(self, upload: Upload) -> None:
-        self.upload = upload
-        self.bytes = 0
-        self.notices: list[str] = []
-
-    async def send_data(self, payload: bytes) -> None:
-        await self.upload.write(payload)
-        self.bytes += len(payload)
-
-    async def send_message(self, msg: Started | Notice | Statistics) -> None:
-        if isinstance(msg, Notice):
-            self.notices.append(msg.text)
-
-
 class ApiRecorder:
     """The api's side of ``pcapd record``: requests from users, and the trigger watch."""
 
@@ -198,11 +147,12 @@ class ApiRecorder:
         self.api = api
         self.config = api.config
         self.metrics = RecorderMetrics(api.metrics.registry)
-        self._watched: dict[str, dict[str, tuple[str, str]]] = {}
-        """address → {agent's recording id → (owner, recording id)}: rings with triggers."""
-        self._watchers: dict[str, trio.CancelScope] = {}
-        self._nursery: trio.Nursery | None = None
+        self.watch = TriggerWatch(self)
         self._locks: dict[str, trio.Lock] = {}
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The trigger watch (:class:`~pcapd.api.trigger_watch.TriggerWatch`), until cancelled."""
+        await self.watch.run(task_status=task_status)
 
     # --- the store ---------------------------------------------------------------------------
 
@@ -214,7 +164,7 @@ class ApiRecorder:
                           "(no storage configured)")
         return recordings_of(store)
 
-    def _store(self) -> Store:
+    def store(self) -> Store:
         assert self.api.store is not None
         return self.api.store
 
@@ -272,38 +222,29 @@ class ApiRecorder:
         except RecordingRefused as exc:
             raise Refusal(exc.code, exc.text) from None
         recording_id = new_recording_id()
-        ring = RecordRing(keep=params.keep, max_bytes=params.max_bytes, until=params.until)
-        wire_trigger = None if trigger is None else Trigger(
-            filter=trigger.filter, after=params.after, once=params.once)
+        ring = books.wire_ring(params)
         armed, absent = await self._arm(recording_id, resolution, msg.options, ring,
-                                        wire_trigger)
+                                        books.wire_trigger(trigger, params))
         if not armed:
             raise Refusal("START_CAPTURE_FAILED", "no instance could keep a ring: " + "; ".join(
                 a.reason for a in absent))
-        rec = Record_(
-            recording_id=recording_id, owner=owner, user_name=identity.user_name[:256],
-            target=_record_target(msg.target, resolution), label=resolution.target[:256],
-            device=msg.options.device, filter=msg.options.filter,
-            snaplen=msg.options.snaplen, keep=params.keep, max_bytes=params.max_bytes,
-            created_at=now, ends_at=params.ends_at(now),
-            trigger=None if trigger is None else StoredTrigger(
-                filter=trigger.filter, after=params.after or 0.0, once=params.once),
-            agents=[agent for agent, _ in armed])
+        rec = books.new_record(
+            recording_id=recording_id, owner=owner, user_name=identity.user_name,
+            target=msg.target, label=resolution.target, audit=resolution.audit,
+            app_guids=[j.target.app_guid for j in resolution.jobs], options=msg.options,
+            params=params, trigger=trigger, agents=[agent for agent, _ in armed], now=now)
         try:
             await records.put(rec)
         except PcapdError as exc:
-            await self._free(rec)
+            await self.free(rec)
             raise Refusal("START_CAPTURE_FAILED", f"cannot keep the recording's record: {exc}"
                           ) from None
         self.metrics.recordings.labels("started").inc()
-        self._audit("recording_started", rec, "started", sources=[
+        self.audit("recording_started", rec, "started", sources=[
             a.origin for a in rec.agents], absent=[a.name for a in absent], **resolution.audit)
         if rec.trigger is not None:
-            self._watch(rec)
-        return RecordingStarted(recording_id=recording_id, sources=[
-            Source(id=i, name=source.name, description=source.description)
-            for i, (_, source) in enumerate(armed)], ring=ring, ends_at=rec.ends_at,
-            absent=absent[:1024])
+            self.watch.add(rec)
+        return books.started_answer(rec, ring, armed, absent)
 
     async def _arm(self, recording_id: str, resolution: Resolution, options: CaptureOptions,
                    ring: RecordRing, trigger: Trigger | None
@@ -320,14 +261,8 @@ class ApiRecorder:
             except _NoAnswer as exc:
                 results[index] = Absent(name=job.origin, reason=str(exc), partial=True)
                 return
-            if isinstance(answer, RecordingStarted) and answer.sources:
-                results[index] = (RecordingAgent(
-                    origin=job.origin, address=job.address, namespace=job.target.namespace,
-                    recording_id=agent_rid), answer.sources[0])
-            else:
-                text = answer.text if isinstance(answer, Error) else "an unexpected answer"
-                results[index] = Absent(name=job.origin, reason=f"{job.origin}: {text}",
-                                        partial=True)
+            results[index] = books.arm_result(job.origin, job.address, job.target.namespace,
+                                              agent_rid, answer)
 
         async with open_nursery() as nursery:
             for index, job in enumerate(resolution.jobs):
@@ -353,27 +288,27 @@ class ApiRecorder:
                 if rec.state == "armed":  # expired meanwhile: write it down
                     rec = expire(rec, now)
                     await _quietly(records.put(rec))
-                    self._unwatch(rec)
+                    self.watch.remove(rec)
             else:
                 rec = await self._note_lost(rec, rings, now)
-            listed.append(self._listed(rec, rings, now))
+            listed.append(books.listed(rec, rings, now))
         return listed
 
     async def stop(self, recording_id: str, identity: Identity) -> RecordingList:
         """Stop one of the caller's recordings: every ring freed, the record marked."""
         rec = await self._owned(identity, recording_id)
         if current_state(rec, time.time()) != "armed":
-            return RecordingList(recordings=[self._listed(expire(rec, time.time()), {},
+            return RecordingList(recordings=[books.listed(expire(rec, time.time()), {},
                                                           time.time())])
-        finals = await self._free(rec)
-        async with self._lock(rec.recording_id):
+        finals = await self.free(rec)
+        async with self.lock(rec.recording_id):
             rec = await self.records.get(rec.owner, rec.recording_id) or rec
             rec = stopped_record(rec, time.time())
             await self.records.put(rec)
-        self._unwatch(rec)
+        self.watch.remove(rec)
         self.metrics.recordings.labels("stopped").inc()
-        self._audit("recording_stopped", rec, "stopped by its owner")
-        return RecordingList(recordings=[self._listed(rec, finals, time.time())])
+        self.audit("recording_stopped", rec, "stopped by its owner")
+        return RecordingList(recordings=[books.listed(rec, finals, time.time())])
 
     async def save(self, link: Link, msg: RecordSave, identity: Identity,
                    token: str | None, headers: Headers, capture_id: str) -> None:
@@ -385,10 +320,14 @@ class ApiRecorder:
             raise Refusal("INVALID_REQUEST", f"recording {rec.recording_id} has "
                           f"{current_state(rec, time.time())}: its rings are freed, there is "
                           "nothing to save")
-        start = Start(target=_target_of(rec.target), options=_options(rec), upload=msg.upload)
+        start = Start(target=books.target_of(rec.target), options=books.options_of(rec),
+                      upload=msg.upload)
         fresh = await self.api.resolver.resolve(start, token)  # the permission, asked again
         allowed = {j.origin for j in fresh.jobs} | {u.origin for u in fresh.unavailable}
-        resolution = _saved_resolution(rec, fresh, allowed)
+        agents, unavailable = books.saved_agents(rec, allowed)
+        resolution = Resolution([job_of(a) for a in agents],
+                                [Unavailable(origin, text) for origin, text in unavailable],
+                                fresh.names, fresh.identity, rec.label, fresh.audit)
         if not resolution.jobs:
             raise Refusal("START_CAPTURE_FAILED", "no instance of the recording can be saved: "
                           + "; ".join(u.text for u in resolution.unavailable))
@@ -396,7 +335,7 @@ class ApiRecorder:
         saves = {a.origin: msgspec.structs.replace(window, recording_id=a.recording_id)
                  for a in rec.agents}
         self.metrics.recordings.labels("saved").inc()
-        self._audit("recording_saved", rec, "saved by its owner", capture_id=capture_id,
+        self.audit("recording_saved", rec, "saved by its owner", capture_id=capture_id,
                     last=msg.last, upload=msg.upload,
                     sources=[j.origin for j in resolution.jobs], **fresh.audit)
         await self.api._admitted(link, start, token, headers, capture_id,
@@ -425,48 +364,42 @@ class ApiRecorder:
         raise _NoAnswer(f"{job.origin}: its agent at {job.address} did not answer within "
                         f"{ASK_TIMEOUT:g}s")
 
-    async def _rings(self, agents: list[RecordingAgent]) -> dict[str, RingStatus | str]:
+    async def _rings(self, agents: list[RecordingAgent]) -> dict[str, RingAnswer]:
         """Each ring's status by the agent's recording id: a :class:`RingStatus`, or why it
         is not known (its agent did not answer: text; no longer held: ``""``)."""
         by_address: dict[str, list[RecordingAgent]] = {}
         for agent in agents:
             by_address.setdefault(agent.address, []).append(agent)
-        rings: dict[str, RingStatus | str] = {}
+        rings: dict[str, RingAnswer] = {}
 
         async def ask(address: str, held: list[RecordingAgent]) -> None:
-            job = _job_of(held[0])
             ids = [a.recording_id for a in held]
             try:
-                answer = await self._ask(job, ListRecordings(recording_ids=ids[:1024]))
+                answer = await self._ask(job_of(held[0]),
+                                         ListRecordings(recording_ids=ids[:1024]))
             except _NoAnswer as exc:
-                for a in held:
-                    rings[a.recording_id] = str(exc)
+                rings.update(dict.fromkeys(ids, str(exc)))
                 return
-            listed = answer.recordings if isinstance(answer, RecordingList) else []
-            known = {r.recording_id: r for r in listed}
-            for a in held:
-                rings[a.recording_id] = _ring_of(known.get(a.recording_id))
+            rings.update(books.rings_answered(ids, answer))
 
         async with open_nursery() as nursery:
             for address, held in by_address.items():
                 nursery.start_soon(ask, address, held)
-        self.metrics.rings({rid: (s.bytes, s.aged_out_time + s.aged_out_size)
-                            for rid, s in rings.items() if isinstance(s, RingStatus)})
+        self.metrics.rings(books.ring_figures(rings))
         return rings
 
-    async def _free(self, rec: Record_) -> dict[str, RingStatus | str]:
+    async def free(self, rec: Record_) -> dict[str, RingAnswer]:
         """``record_stop`` to every agent of the recording; their final states."""
-        finals: dict[str, RingStatus | str] = {}
+        finals: dict[str, RingAnswer] = {}
 
         async def free(agent: RecordingAgent) -> None:
             try:
-                answer = await self._ask(_job_of(agent), RecordStop(
+                answer = await self._ask(job_of(agent), RecordStop(
                     recording_id=agent.recording_id))
             except _NoAnswer as exc:
                 finals[agent.recording_id] = str(exc)
                 return
-            listed = answer.recordings if isinstance(answer, RecordingList) else []
-            finals[agent.recording_id] = _ring_of(listed[0] if listed else None)
+            finals[agent.recording_id] = books.final_ring(answer)
 
         async with open_nursery() as nursery:
             for agent in rec.agents:
@@ -474,17 +407,15 @@ class ApiRecorder:
         self.metrics.forget([a.recording_id for a in rec.agents])
         return finals
 
-    async def _note_lost(self, rec: Record_, rings: Mapping[str, RingStatus | str],
+    async def _note_lost(self, rec: Record_, rings: Mapping[str, RingAnswer],
                          now: float) -> Record_:
         """Write down rings their agents no longer hold (a restart lost them)."""
-        lost = [a for a in rec.agents if a.lost_at is None and rings.get(a.recording_id) == ""]
+        lost = books.lost_agents(rec, rings)
         if not lost:
             return rec
-        async with self._lock(rec.recording_id):
+        async with self.lock(rec.recording_id):
             current = await self.records.get(rec.owner, rec.recording_id) or rec
-            agents = [msgspec.structs.replace(a, lost_at=now) if a in lost else a
-                      for a in current.agents]
-            current = msgspec.structs.replace(current, agents=agents)
+            current = books.note_lost(current, lost, now)
             await _quietly(self.records.put(current))
         for agent in lost:
             log.warning("recording %s: %s no longer holds its ring (its agent restarted)",
@@ -493,271 +424,17 @@ class ApiRecorder:
                             "origin": agent.origin})
         return current
 
-    def _listed(self, rec: Record_, rings: Mapping[str, RingStatus | str],
-                now: float) -> Recording:
-        """The record as ``recording_list`` shows it to its owner."""
-        state = current_state(rec, now)
-        sources: list[RingStatus] = []
-        for index, agent in enumerate(rec.agents):
-            source = Source(id=index, name=f"{agent.origin}:{rec.device}",
-                            description=agent.namespace)
-            found = rings.get(agent.recording_id)
-            if state != "armed":
-                sources.append(RingStatus(source=source, state="ended"))
-            elif isinstance(found, RingStatus):
-                sources.append(msgspec.structs.replace(found, source=source))
-            elif agent.lost_at is not None or found == "":
-                sources.append(RingStatus(source=source, state="lost", text=(
-                    "its agent no longer holds the ring (it restarted, or the instance "
-                    "moved): what it held is gone")))
-            else:
-                sources.append(RingStatus(source=source, state="lost",
-                                          text=found or "its agent was not asked"))
-        wire_state: RecordingState
-        end_reason: RecordingEnd | None = None
-        if state != "armed":
-            wire_state, end_reason = "ended", state
-        elif sources and all(s.state == "lost" for s in sources):
-            wire_state = "lost"
-        elif sources and all(s.state in ("held", "lost") for s in sources):
-            wire_state = "held"
-        else:
-            wire_state = "recording"
-        ended = rec.stopped_at if rec.stopped_at is not None else rec.ends_at
-        return Recording(
-            recording_id=rec.recording_id, target=rec.label, options=_options(rec),
-            ring=RecordRing(keep=rec.keep, max_bytes=rec.max_bytes,
-                            until=max(rec.ends_at - rec.created_at, 1e-3)),
-            trigger=None if rec.trigger is None else Trigger(
-                filter=rec.trigger.filter, after=rec.trigger.after, once=rec.trigger.once),
-            started_at=rec.created_at, ends_at=ended if state != "armed" else rec.ends_at,
-            state=wire_state, end_reason=end_reason, sources=sources[:1024],
-            triggers_saved=rec.triggers_fired, triggers_suppressed=rec.triggers_suppressed,
-            saved=[f.capture_id for f in rec.fired if f.capture_id][-MAX_TRIGGERS_LISTED:])
-
-    # --- triggers ----------------------------------------------------------------------------
-
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Watch the agents of every armed recording with a trigger, until cancelled."""
-        async with open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            while True:
-                await self._refresh()
-                await trio.sleep(WATCH_REFRESH)
-
-    async def _refresh(self) -> None:
-        """Watch what the store says is armed with a trigger; forget what ended."""
-        if self.api.store is None:
-            return
-        try:
-            records = await self.records.list_all()
-        except PcapdError as exc:
-            log.warning("recordings: cannot read the store to watch triggers: %s", exc)
-            return
-        now = time.time()
-        live = [r for r in records if r.trigger is not None and current_state(r, now) == "armed"]
-        wanted: dict[str, dict[str, tuple[str, str]]] = {}
-        for rec in live:
-            for agent in rec.agents:
-                if agent.lost_at is None:
-                    wanted.setdefault(agent.address, {})[agent.recording_id] = (
-                        rec.owner, rec.recording_id)
-        self._watched = wanted
-        for address in list(self._watchers):
-            if address not in wanted:
-                self._watchers.pop(address).cancel()
-        for address in wanted:
-            self._ensure_watcher(address)
-
-    def _watch(self, rec: Record_) -> None:
-        for agent in rec.agents:
-            self._watched.setdefault(agent.address, {})[agent.recording_id] = (
-                rec.owner, rec.recording_id)
-            self._ensure_watcher(agent.address)
-
-    def _unwatch(self, rec: Record_) -> None:
-        for agent in rec.agents:
-            held = self._watched.get(agent.address)
-            if held is not None:
-                held.pop(agent.recording_id, None)
-                if not held:
-                    del self._watched[agent.address]
-                    scope = self._watchers.pop(agent.address, None)
-                    if scope is not None:
-                        scope.cancel()
-
-    def _ensure_watcher(self, address: str) -> None:
-        if address in self._watchers or self._nursery is None:
-            return
-        scope = trio.CancelScope()
-        self._watchers[address] = scope
-        self._nursery.start_soon(self._watcher, address, scope)
-
-    async def _watcher(self, address: str, scope: trio.CancelScope) -> None:
-        """One watching link to the agent at ``address``, opened again when lost."""
-        host, port = _split_address(address)
-        job = AgentJob(host, port, AgentTarget(namespace="host", source="watch"), address)
-        with scope:
-            while address in self._watched:
-                try:
-                    await self._watch_link(job, address)
-                except (LinkClosed, ProtocolError, AgentRefused, OSError) as exc:
-                    log.info("recordings: watching %s: %s (again in %gs)", address, exc,
-                             WATCH_RETRY)
-                except Exception as exc:  # a watch must never take the api down with it
-                    log.warning("recordings: watching %s failed: %s: %s (again in %gs)",
-                                address, type(exc).__name__, exc, WATCH_RETRY)
-                await trio.sleep(WATCH_RETRY)
-        if self._watchers.get(address) is scope:
-            del self._watchers[address]
-
-    async def _watch_link(self, job: AgentJob, address: str) -> None:
-        async with open_agent_link(job, ssl_context=self.api.agent_tls,
-                                   server_name=self.config.agents.server_name,
-                                   connect_timeout=ASK_TIMEOUT) as link:
-            await link.send(ListRecordings(watch=True))
-            caught_up = False
-            async with open_nursery() as nursery:
-                nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-                while True:
-                    msg = await link.receive()
-                    if isinstance(msg, RecordingList) and not caught_up:
-                        caught_up = True
-                        self._catch_up(address, msg.recordings)
-                    elif isinstance(msg, Triggered):
-                        self._on_trigger(address, msg.recording_id, msg.trigger, live=True)
-                    elif isinstance(msg, Error):
-                        return
-
-    def _catch_up(self, address: str, listed: list[Recording]) -> None:
-        """Complete triggers an agent lists that the api may have missed (link down, restart):
-        saved unless the record already names them; the limiter decides as it would have."""
-        statuses = {}
-        for recording in listed:
-            if recording.recording_id not in self._watched.get(address, {}):
-                continue
-            for ring in recording.sources[:1]:
-                statuses[recording.recording_id] = (ring.bytes,
-                                                    ring.aged_out_time + ring.aged_out_size)
-                for fired in ring.triggers:
-                    if fired.complete:
-                        self._on_trigger(address, recording.recording_id, fired, live=False)
-        self.metrics.rings(statuses)
-
-    def _on_trigger(self, address: str, agent_rid: str, fired: TriggerFired, *,
-                    live: bool) -> None:
-        which = self._watched.get(address, {}).get(agent_rid)
-        if which is None or self._nursery is None or not fired.complete:
-            return
-        self._nursery.start_soon(self._triggered, which[0], which[1], agent_rid, fired, live)
-
-    async def _triggered(self, owner: str, recording_id: str, agent_rid: str,
-                         fired: TriggerFired, live: bool) -> None:
-        """A trigger's window is whole: save it into the store (rate-limited), note it in the
-        record; ``--once``: stop the recording."""
-        try:
-            await self._handle_trigger(owner, recording_id, agent_rid, fired, live)
-        except Exception as exc:  # (a store or agent fault) never the api's end
-            self.metrics.triggers.labels("failed").inc()
-            log.warning("recording %s: trigger not handled: %s: %s", recording_id,
-                        type(exc).__name__, exc, extra={
-                            "event": "recording_trigger_failed",
-                            "recording_id": recording_id})
-
-    async def _handle_trigger(self, owner: str, recording_id: str, agent_rid: str,
-                              fired: TriggerFired, live: bool) -> None:
-        records = self.records
-        async with self._lock(recording_id):
-            rec = await records.get(owner, recording_id)
-            if rec is None or rec.trigger is None or current_state(rec, time.time()) != "armed":
-                return
-            agent = next((a for a in rec.agents if a.recording_id == agent_rid), None)
-            if agent is None:
-                return
-            capture_id = trigger_capture_id(recording_id, agent.origin, fired.at)
-            if any(f.capture_id == capture_id for f in rec.fired):
-                return  # handled already (by this api, or another api VM)
-            at = max(fired.at / _NS, rec.created_at)
-            limiter = TriggerLimiter.resumed(
-                self.config.recorder.trigger_interval, once=rec.trigger.once,
-                fired_at=[f.at for f in rec.fired], triggers_fired=rec.triggers_fired)
-            decision = limiter.offer(at)
-            if not decision.save:
-                if live:
-                    await records.put(record_suppressed(rec))
-                    self.metrics.triggers.labels("suppressed").inc()
-                    self._audit("recording_trigger_suppressed", rec, "trigger rate-limited "
-                                "(recorder.trigger_interval)", origin=agent.origin)
-                return
-            saved = await self._save_window(rec, agent.origin, fired, capture_id)
-            rec = await records.get(owner, recording_id) or rec
-            if not any(f.capture_id == capture_id for f in rec.fired):
-                rec = record_fired(rec, msgspec.structs.replace(saved, at=at))
-            stopping = decision.stop and current_state(rec, time.time()) == "armed"
-            if stopping:
-                rec = stopped_record(rec, time.time())
-            await records.put(rec)
-        self.metrics.triggers.labels("saved" if saved.capture_id else "failed").inc()
-        self._audit("recording_triggered", rec, "trigger fired: its window was "
-                    + ("saved" if saved.capture_id else f"not saved: {saved.problem}"),
-                    origin=agent.origin, capture_id=saved.capture_id,
-                    window_start=fired.window_start, window_end=fired.window_end)
-        if stopping:
-            await self._free(rec)
-            self._unwatch(rec)
-            self._audit("recording_stopped", rec, "stopped after its trigger (--once)")
-
-    async def _save_window(self, rec: Record_, origin: str, fired: TriggerFired,
-                           capture_id: str) -> FiredTrigger:
-        """Every instance's window around the trigger, merged into the owner's store."""
-        at = max(fired.at / _NS, rec.created_at)
-        store = self._store()
-        if await store.get(rec.owner, capture_id) is not None:
-            return FiredTrigger(at=at, origin=origin, capture_id=capture_id)
-        agents = [a for a in rec.agents if a.lost_at is None]
-        saves = {a.origin: RecordSave(recording_id=a.recording_id, start=fired.window_start,
-                                      end=fired.window_end) for a in agents}
-        resolution = Resolution([_job_of(a) for a in agents], target=rec.label)
-        start = Start(target=_target_of(rec.target), options=_options(rec), upload=True)
-        now = time.time()
-        info = CaptureInfo(
-            capture_id=capture_id, user_id=rec.owner, user_name=rec.user_name,
-            target=f"{rec.label} (trigger of recording {rec.recording_id[:8]})"[:256],
-            filter=rec.filter, started_at=now, ended_at=None, packets=0, dropped=0, size=0,
-            reason="running", expires_at=now + self.config.storage.retention_days * 86400)
-        upload = await store.open_upload(info)
-        output = _StoreOutput(upload)
-        capture = ApiCapture(self.config, capture_id, start, resolution, output,
-                             self.api.agent_tls, saves=saves)
-        try:
-            end = await capture.run()
-        except NoSourceStarted as exc:
-            await upload.abort()
-            return FiredTrigger(at=at, origin=origin, problem=exc.text[:1024])
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await upload.abort()
-            raise
-        with trio.CancelScope(shield=True):
-            await finish_upload(store, upload, info, end, output.bytes, self.api._base_url())
-        return FiredTrigger(at=at, origin=origin, capture_id=capture_id)
-
     # --- helpers -----------------------------------------------------------------------------
 
-    def _lock(self, recording_id: str) -> trio.Lock:
+    def lock(self, recording_id: str) -> trio.Lock:
+        """The recording's lock: read-modify-write of its record, one at a time here."""
         return self._locks.setdefault(recording_id, trio.Lock())
 
-    def _audit(self, event: str, rec: Record_, what: str, **more: object) -> None:
-        """One audit line: who, which target (org/space or deployment), which instances, the
-        filter."""
-        where = _audit_of(rec.target)
+    def audit(self, event: str, rec: Record_, what: str, **more: object) -> None:
+        """One audit line (:func:`~pcapd.api.recording_books.audit_fields`)."""
         log.info("recording %s of %s (%s): %s: %s, filter %r", rec.recording_id, rec.user_name,
-                 rec.owner, what, rec.label, rec.filter, extra={
-                     "event": event, "recording_id": rec.recording_id, "user": rec.user_name,
-                     "owner": rec.owner, "target": rec.label, "filter": rec.filter,
-                     "trigger": rec.trigger.filter if rec.trigger else None,
-                     "instances": [a.origin for a in rec.agents], **where, **more})
+                 rec.owner, what, rec.label, rec.filter,
+                 extra=books.audit_fields(event, rec, **more))
 
 
 @contextmanager
@@ -774,96 +451,6 @@ def store_refusals() -> Iterator[None]:
 
 class _NoAnswer(Exception):
     """An agent that could not be reached or did not answer in time."""
-
-
-def trigger_capture_id(recording_id: str, origin: str, at_ns: int) -> str:
-    """The stored capture of one trigger: the same on every api VM (32 hex digits)."""
-    return hashlib.sha256(f"{recording_id}\0{origin}\0{at_ns}".encode()).hexdigest()[:32]
-
-
-def _ring_of(recording: Recording | None) -> RingStatus | str:
-    if recording is None or not recording.sources:
-        return ""
-    ring = recording.sources[0]
-    if recording.state == "ended":
-        return msgspec.structs.replace(ring, state="ended", text=recording.end_text)
-    return ring
-
-
-def _options(rec: Record_) -> CaptureOptions:
-    return CaptureOptions(device=rec.device, filter=rec.filter, snaplen=rec.snaplen)
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _job_of(agent: RecordingAgent) -> AgentJob:
-    host, port = _split_address(agent.address)
-    return AgentJob(host, port, AgentTarget(namespace=agent.namespace, source=agent.origin),
-                    agent.origin)
-
-
-def _saved_resolution(rec: Record_, fresh: Resolution, allowed: set[str]) -> Resolution:
-    """The rings to save: the recording's instances the platform still lets the user see."""
-    jobs, unavailable = [], []
-    for agent in rec.agents:
-        if agent.origin not in allowed:
-            unavailable.append(Unavailable(agent.origin, f"{agent.origin}: no longer part of "
-                                           "the target (removed, or no longer yours to see)"))
-        elif agent.lost_at is not None:
-            unavailable.append(Unavailable(agent.origin, f"{agent.origin}: its agent lost the "
-                                           "ring (it restarted)"))
-        else:
-            jobs.append(_job_of(agent))
-    return Resolution(jobs, unavailable, fresh.names, fresh.identity, rec.label, fresh.audit)
-
-
-_NAME_GUID = re.compile(r".*\(([^()]+)\)\s*\Z")
-
-
-def _guid_in(text: str | None) -> str:
-    """``org (guid)`` → ``guid`` (the audit's form); ``?`` when Cloud Controller did not say."""
-    match = _NAME_GUID.fullmatch(text or "")
-    return match[1][:256] if match else "?"
-
-
-def _record_target(target: CfTarget | BoshTarget | LocalTarget,
-                   resolution: Resolution) -> RecordingTarget:
-    if isinstance(target, CfTarget):
-        audit = resolution.audit
-        app_guid = audit.get("app_guid") or next(
-            (j.target.app_guid for j in resolution.jobs if j.target.app_guid), None)
-        return CfRecordingTarget(
-            org_guid=_guid_in(audit.get("org")), space_guid=_guid_in(audit.get("space")),
-            app_guid=app_guid or target.app, app_name=target.app,
-            process_type=target.process_type, instances=list(target.instances))
-    if isinstance(target, BoshTarget):
-        return BoshRecordingTarget(deployment=target.deployment, groups=list(target.groups),
-                                   instances=list(target.instances))
-    return LocalRecordingTarget(netns=list(target.netns))
-
-
-def _target_of(target: RecordingTarget) -> CfTarget | BoshTarget | LocalTarget:
-    """The request a recording's target is authorized as again (a CF app by its guid: the
-    same app, whatever it is called now)."""
-    if isinstance(target, CfRecordingTarget):
-        return CfTarget(app=target.app_guid, instances=list(target.instances),
-                        process_type=target.process_type)
-    if isinstance(target, BoshRecordingTarget):
-        return BoshTarget(deployment=target.deployment, groups=list(target.groups),
-                          instances=list(target.instances))
-    return LocalTarget(netns=list(target.netns))
-
-
-def _audit_of(target: RecordingTarget) -> dict[str, str]:
-    if isinstance(target, CfRecordingTarget):
-        return {"org_guid": target.org_guid, "space_guid": target.space_guid,
-                "app_guid": target.app_guid, "process_type": target.process_type}
-    if isinstance(target, BoshRecordingTarget):
-        return {"deployment": target.deployment, "groups": ",".join(target.groups)}
-    return {}
 
 
 async def _quietly(write: object) -> None:

@@ -217,15 +217,12 @@ class Api:
                 elif isinstance(msg, ListDevices):
                     if not await self._devices(link, msg, authorization, intake):
                         return
-                elif isinstance(msg, Start):
+                elif isinstance(msg, Start | RecordSave):
                     await self._capture(link, msg, authorization, headers, intake)
                     return
                 elif isinstance(msg, Record | ListRecordings | RecordStop):
                     if not await self._recording(link, msg, authorization, intake):
                         return
-                elif isinstance(msg, RecordSave):
-                    await self._record_save(link, msg, authorization, headers, intake)
-                    return
                 elif isinstance(msg, Error):
                     return
         except LinkClosed as exc:
@@ -280,26 +277,6 @@ class Api:
         except Refusal as refusal:
             await self._refuse(link, refusal)
             return False
-
-    async def _record_save(self, link: Link, msg: RecordSave, authorization: str | None,
-                           headers: Headers, intake: _Intake) -> None:
-        """``pcapd record save``: a capture slot, then the recording's windows merged as a
-        capture (:meth:`ApiRecorder.save` re-checks the permission)."""
-        capture_id = uuid.uuid4().hex
-        try:
-            token = _bearer(authorization)
-            identity = await self.resolver.identify(token)
-            intake.authenticated()
-            self._reserve(capture_id, identity)
-        except Refusal as refusal:
-            await self._refuse(link, refusal)
-            return
-        try:
-            await self.recorder.save(link, msg, identity, token, headers, capture_id)
-        except Refusal as refusal:
-            await self._refuse(link, refusal)
-        finally:
-            self.slots.release(capture_id)
 
     def _check_requests(self, identity: Identity) -> None:
         """``limits.requests_per_minute`` for a request that is not a capture."""
@@ -356,10 +333,11 @@ class Api:
         host = f"[{listen.address}]" if ":" in listen.address else listen.address
         return f"{scheme}://{host}:{listen.port}"
 
-    async def _capture(self, link: Link, start: Start, authorization: str | None,
+    async def _capture(self, link: Link, msg: Start | RecordSave, authorization: str | None,
                        headers: Headers, intake: _Intake) -> None:
-        """Verify the token, take a capture slot, then admit and run the capture; the slot is
-        given back however this ends."""
+        """Verify the token, take a capture slot, then admit and run the capture, or merge a
+        recording's windows as one (``pcapd record save``: :meth:`ApiRecorder.save` re-checks
+        the permission); the slot is given back however this ends."""
         capture_id = uuid.uuid4().hex
         try:
             token = _bearer(authorization)
@@ -370,7 +348,12 @@ class Api:
             await self._refuse(link, refusal)
             return
         try:
-            await self._admitted(link, start, token, headers, capture_id)
+            if isinstance(msg, Start):
+                await self._admitted(link, msg, token, headers, capture_id)
+            else:
+                await self.recorder.save(link, msg, identity, token, headers, capture_id)
+        except Refusal as refusal:  # (a save's: a capture's are answered by _admitted)
+            await self._refuse(link, refusal)
         finally:
             self.slots.release(capture_id)
 

@@ -78,19 +78,26 @@ def captures_plan(args: argparse.Namespace) -> Iterator[CapturesPlan]:
                                              origin=api_origin(args)), credentials)
 
 
-async def _ask(plan: CapturesPlan, request: ListCaptures | GetDownload) -> Message:
-    authorization = plan.credentials.tokens.authorization.encode()
+async def ask_api(api: ApiAddress, credentials: Credentials, request: Message,
+                  error: type[CapturesError] = CapturesError) -> Message:
+    """One request on its own link to the api, its answer; a refusal, a lost link or data
+    instead of an answer raise ``error`` (``pcapd captures`` and ``pcapd record`` alike)."""
+    authorization = credentials.tokens.authorization.encode()
     try:
-        async with open_api_link(plan.api, [(b"authorization", authorization)]) as link:
+        async with open_api_link(api, [(b"authorization", authorization)]) as link:
             await link.send(request)
             answer = await link.receive()
     except LinkClosed as exc:
-        raise CapturesError(f"lost the connection to the api: {exc}") from exc
+        raise error(f"lost the connection to the api: {exc}") from exc
     if isinstance(answer, Error):
-        raise CapturesError(refusal_text(answer))
+        raise error(refusal_text(answer))
     if isinstance(answer, Data):
-        raise CapturesError("the api answered with data instead of an answer")
+        raise error("the api answered with data instead of an answer")
     return answer
+
+
+async def _ask(plan: CapturesPlan, request: ListCaptures | GetDownload) -> Message:
+    return await ask_api(plan.api, plan.credentials, request)
 
 
 def _when(ts: float | None) -> str:

@@ -26,9 +26,8 @@ from pcapd.client.capture import (
     _stream,
     interruptible,
     open_api_link,
-    refusal_text,
 )
-from pcapd.client.captures import CapturesError
+from pcapd.client.captures import CapturesError, ask_api
 from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, load_cf_config
 from pcapd.client.credentials import Credentials
 from pcapd.client.output import PcapngOutput
@@ -45,9 +44,7 @@ from pcapd.client.remote import api_address, api_origin, choose_api_url, login_a
 from pcapd.errors import UsageError
 from pcapd.proto import (
     CaptureOptions,
-    Data,
     End,
-    Error,
     ListRecordings,
     Message,
     Record,
@@ -134,18 +131,7 @@ async def run_record_command(plan: RecordPlan) -> int:
 
 
 async def _ask(plan: RecordPlan, request: Record | ListRecordings | RecordStop) -> Message:
-    authorization = plan.credentials.tokens.authorization.encode()
-    try:
-        async with open_api_link(plan.api, [(b"authorization", authorization)]) as link:
-            await link.send(request)
-            answer = await link.receive()
-    except LinkClosed as exc:
-        raise RecordError(f"lost the connection to the api: {exc}") from exc
-    if isinstance(answer, Error):
-        raise RecordError(refusal_text(answer))
-    if isinstance(answer, Data):
-        raise RecordError("the api answered with data instead of an answer")
-    return answer
+    return await ask_api(plan.api, plan.credentials, request, RecordError)
 
 
 def _say(text: str) -> None:

@@ -3,7 +3,7 @@ the record's target and back, and what ``record list`` shows of the api's answer
 
 from __future__ import annotations
 
-from pcapd.api.recordings import _guid_in, _record_target, _target_of, trigger_capture_id
+from pcapd.api.recording_books import guid_in, record_target, target_of, trigger_capture_id
 from pcapd.api.resolve import Resolution
 from pcapd.client.record import row_of
 from pcapd.proto import (
@@ -31,11 +31,11 @@ def test_every_api_vm_names_a_triggers_capture_alike() -> None:
 def test_a_cf_target_is_kept_by_guid_and_asked_again_by_guid() -> None:
     resolution = Resolution([], audit={"org": "my-org (o-guid)", "space": "dev (s-guid)",
                                        "app_guid": "a-guid", "process_type": "web"})
-    kept = _record_target(CfTarget(app="my-app", instances=[0, 2]), resolution)
+    kept = record_target(CfTarget(app="my-app", instances=[0, 2]), resolution.audit)
     assert kept == CfRecordingTarget(org_guid="o-guid", space_guid="s-guid", app_guid="a-guid",
                                      app_name="my-app", instances=[0, 2])
-    assert _target_of(kept) == CfTarget(app="a-guid", instances=[0, 2])
-    assert _guid_in("?") == "?" and _guid_in("a (b) (c-1)") == "c-1"
+    assert target_of(kept) == CfTarget(app="a-guid", instances=[0, 2])
+    assert guid_in("?") == "?" and guid_in("a (b) (c-1)") == "c-1"
 
 
 def test_the_listing_row_holds_the_least_window_and_counts_lost_rings() -> None:
