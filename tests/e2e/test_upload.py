@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from fakes import ALICE, BOB
-from netns import send_udp
-from platform_landscape import Landscape, developer_tokens
-from procs import PCAPD
-from readers import run_tool, tshark_fields
-from s3_server import new_bucket, running_moto
+
+from tests.e2e.platform_landscape import Landscape, developer_tokens
+from tests.e2e.procs import PCAPD
+from tests.fakes import ALICE, BOB
+from tests.netns import send_udp
+from tests.readers import run_tool, tshark_fields
+from tests.s3_server import new_bucket, running_moto
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

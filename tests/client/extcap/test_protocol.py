@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 import trio
-from netns import Netns, netns, send_udp
 
 from pcapd import __version__
 from pcapd.cli import build_parser
 from pcapd.client.extcap import protocol
 from pcapd.errors import UsageError
+from tests.netns import Netns, netns, send_udp
 
 PCAPD = Path(sys.executable).with_name("pcapd")
-WRAPPER = Path(__file__).resolve().parents[1] / "roles" / "wireshark" / "pcapd-extcap"
+WRAPPER = Path(__file__).resolve().parents[3] / "roles" / "wireshark" / "pcapd-extcap"
 SENTENCE = re.compile(r"(extcap|interface|dlt|arg|value) ((?:\{[a-z]+=[^{}]*\})+)")
 FIELD = re.compile(r"\{([a-z]+)=([^{}]*)\}")
 EXPECTED_CALLS = {

@@ -13,20 +13,20 @@ import jwt
 import pytest
 import trio
 import trustme
-from cli_logins import (
+
+from pcapd.client.arguments import parse_duration, parse_size
+from pcapd.client.captures import unique_id
+from pcapd.errors import UsageError
+from pcapd.proto import BoshTarget, CaptureLimits, CaptureOptions, CfTarget, StoredCapture
+from tests.client.cli_logins import (
     SPACE_GUID,
     RecordingUAA,
     cf_document,
     write_bosh_config,
     write_cf_config,
 )
-from fakes.director import FakeDirector
-from test_remote import child_env, refuse, run_pcapd, serve_fake_api
-
-from pcapd.client.arguments import parse_duration, parse_size
-from pcapd.client.captures import unique_id
-from pcapd.errors import UsageError
-from pcapd.proto import BoshTarget, CaptureLimits, CaptureOptions, CfTarget, StoredCapture
+from tests.client.test_remote import child_env, refuse, run_pcapd, serve_fake_api
+from tests.fakes.director import FakeDirector
 
 PCAPD = str(Path(sys.executable).with_name("pcapd"))
 

@@ -32,7 +32,7 @@ from pcapd.config import (
 from pcapd.config.parse import _translate
 from pcapd.errors import ConfigError
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "config"
+EXAMPLES = Path(__file__).resolve().parents[2] / "config"
 JOB_CERTS = ("/var/vcap/jobs/pcapd-agent/config/certs", "/var/vcap/jobs/pcapd-api/config/certs")
 
 AGENT = """
