@@ -54,12 +54,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from netns import ip  # noqa: E402  (the tests' iproute2 runner)
+sys.path.insert(0, str(HERE.parent))  # the checkout: tests/ is a package
 
 from pcapd.client.output import partial_path  # noqa: E402
 from pcapd.pcapng import IDB, PcapDecoder, PcapngDecoder, sniff_format  # noqa: E402
+from tests.netns import ip  # noqa: E402  (the tests' iproute2 runner)
 
 PCAPD = Path(sys.executable).parent / "pcapd"
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")

@@ -55,13 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests"), str(HERE.parent / "tests" / "e2e")]
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the checkout: tests/ is a package
 
 import capture_bench as cb  # noqa: E402
 import trio  # noqa: E402
-from fakes import BOB  # noqa: E402
-from platform_landscape import Landscape, agents, all_idle  # noqa: E402
-from procs import Figures, wait_until  # noqa: E402
 
 from pcapd.proto import (  # noqa: E402
     BoshTarget,
@@ -77,6 +74,9 @@ from pcapd.proto import (  # noqa: E402
 )
 from pcapd.transport.link import Link  # noqa: E402
 from pcapd.transport.ws import open_websocket  # noqa: E402
+from tests.e2e.platform_landscape import Landscape, agents, all_idle  # noqa: E402
+from tests.e2e.procs import Figures, wait_until  # noqa: E402
+from tests.fakes import BOB  # noqa: E402
 
 DEPLOYMENT, GROUP, DEVICE = "bench", "router", "eth0"
 DEFAULT_RATES = "50k,100k,200k,300k,400k,500k,600k"

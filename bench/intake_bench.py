@@ -41,10 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests"), str(HERE.parent / "tests" / "e2e")]
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the checkout: tests/ is a package
 
 import trio  # noqa: E402
-from attackers import (  # noqa: E402
+from capture_bench import cpu_seconds  # noqa: E402
+
+from pcapd.pcapng import EPB, PcapngDecoder  # noqa: E402
+from pcapd.proto import MAX_FILTER, BoshTarget, Data, End, Error, Started, Stop  # noqa: E402
+from pcapd.transport.link import LinkClosed  # noqa: E402
+from tests.e2e.attackers import (  # noqa: E402
     RawWebSocket,
     StatusLatency,
     bosh_start,
@@ -52,14 +57,9 @@ from attackers import (  # noqa: E402
     link_to_api,
     unfinished_message,
 )
-from capture_bench import cpu_seconds  # noqa: E402
-from fakes import BOB  # noqa: E402
-from platform_landscape import Landscape  # noqa: E402
-from procs import Figures  # noqa: E402
-
-from pcapd.pcapng import EPB, PcapngDecoder  # noqa: E402
-from pcapd.proto import MAX_FILTER, BoshTarget, Data, End, Error, Started, Stop  # noqa: E402
-from pcapd.transport.link import LinkClosed  # noqa: E402
+from tests.e2e.platform_landscape import Landscape  # noqa: E402
+from tests.e2e.procs import Figures  # noqa: E402
+from tests.fakes import BOB  # noqa: E402
 
 PORT = 40111
 WORST_FILTER = ""

@@ -44,12 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests" / "e2e")]
+sys.path[:0] = [str(HERE.parent)]  # the checkout: tests/ is a package
 
 import trio  # noqa: E402
-from fakes import ALICE, BOB  # noqa: E402
-from platform_landscape import Landscape, agents, all_idle  # noqa: E402
-from procs import Figures, wait_until  # noqa: E402
 
 from pcapd.proto import (  # noqa: E402
     BoshTarget,
@@ -66,6 +63,9 @@ from pcapd.proto import (  # noqa: E402
 )
 from pcapd.transport.link import Link  # noqa: E402
 from pcapd.transport.ws import open_websocket  # noqa: E402
+from tests.e2e.platform_landscape import Landscape, agents, all_idle  # noqa: E402
+from tests.e2e.procs import Figures, wait_until  # noqa: E402
+from tests.fakes import ALICE, BOB  # noqa: E402
 
 SENDER = """
 import socket, time

@@ -8,7 +8,7 @@ independent. The server listens on 127.0.0.1 only and is killed by its pid on ex
 What moto does not do (so tests assert it differently): it checks neither presigned URLs'
 signatures nor their expiry, and it never runs lifecycle rules.
 
-(Not named ``moto.py``: ``tests/`` is on ``sys.path`` and that would shadow the moto package.)
+(Not named ``moto.py``: a name a reader would take for the moto package itself.)
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from fakes.cloud_controller import App, FakeCloudController, Instance, Space
-from fakes.director import FakeDirector
-from fakes.director import Instance as BoshInstance
-from fakes.uaa import ALICE, BOB, CAROL, FakeUAA
+
+from tests.fakes.cloud_controller import App, FakeCloudController, Instance, Space
+from tests.fakes.director import FakeDirector
+from tests.fakes.director import Instance as BoshInstance
+from tests.fakes.uaa import ALICE, BOB, CAROL, FakeUAA
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 /* pcapd._pcapngwalk: the pcapng walker's hot loops in C (the pure-Python twin is
- * pcapd/pcapng/packets.py; tests/pcapng/test_walk_differential.py feeds both the same bytes),
+ * pcapd/pcapng/packets.py; tests/pcapng/test_packets_walk_differential.py feeds both the same bytes),
  * and FileMerge, pcapd merge's engine (twin: pcapd.merge.engine.PureFileMerge;
  * tests/merge/test_engine_differential.py merges the same files with both).
  *

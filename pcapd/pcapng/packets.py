@@ -277,7 +277,7 @@ def epb_run(
 ) -> EpbRun:
     """:func:`epb_run_pure`, by the compiled walker where it is built and on (``pcapd._accel``).
 
-    The same answer for the same bytes (tests/pcapng/test_walk_differential.py), in a single
+    The same answer for the same bytes (tests/pcapng/test_packets_walk_differential.py), in a single
     C pass instead of the Python walk, checks and cuts (docs/performance.md, "Merge").
     """
     if _compiled is None or most < 1:

@@ -16,17 +16,6 @@ from pathlib import Path
 import cypcap
 import pytest
 import trio
-from netns import (
-    Netns,
-    VethPair,
-    leftover_namespaces,
-    netns,
-    payload,
-    send_udp,
-    socket_in_netns,
-    tcp_exchange,
-    veth_pair,
-)
 
 from pcapd.agent import pcap as capture_module
 from pcapd.agent import pkthdr
@@ -53,6 +42,17 @@ from pcapd.pcapng import (
     encode_interface_description,
     encode_section_header,
     split_packets,
+)
+from tests.netns import (
+    Netns,
+    VethPair,
+    leftover_namespaces,
+    netns,
+    payload,
+    send_udp,
+    socket_in_netns,
+    tcp_exchange,
+    veth_pair,
 )
 
 root = pytest.mark.root

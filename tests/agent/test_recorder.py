@@ -15,7 +15,6 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
-from netns import Netns, netns, netns_dir, send_udp
 
 from pcapd.agent.ring import Ring
 from pcapd.agent.server import Agent, serve_agent
@@ -52,6 +51,7 @@ from pcapd.proto import (
 from pcapd.transport.link import Link
 from pcapd.transport.tls import client_context
 from pcapd.transport.ws import open_websocket
+from tests.netns import Netns, netns, netns_dir, send_udp
 
 pytestmark = pytest.mark.root
 S = 1_000_000_000

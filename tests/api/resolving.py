@@ -1,4 +1,4 @@
-"""Helpers of the resolver tests (``test_cf_resolver.py``, ``test_bosh_resolver.py``).
+"""Helpers of the resolver tests (``test_cf.py``, ``test_bosh.py``).
 
 Real sockets do not mix with Trio's autojump clock, so resolving runs on the real clock with a
 ``fail_after`` guard; :func:`refused` returns the :class:`Refusal` a user would see.

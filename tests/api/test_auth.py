@@ -16,11 +16,11 @@ import jwt
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fakes.http import Response
-from fakes.uaa import ALICE, BOB, FakeUAA
 
 from pcapd.api.auth import IdentityProviderUnavailable, TokenVerifier, authorization_from_headers
 from pcapd.tokens import Unauthenticated, UnknownSigningKey
+from tests.fakes.http import Response
+from tests.fakes.uaa import ALICE, BOB, FakeUAA
 
 STRANGER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

@@ -12,8 +12,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import yaml
-from fakes.http import Request, Response
-from fakes.uaa import FakeUAA
+
+from tests.fakes.http import Request, Response
+from tests.fakes.uaa import FakeUAA
 
 SPACE_GUID = "5a3c8ad0-8d5e-4a3a-9a55-0d7a6f0e8c11"
 ORG_GUID = "1f0e1c2d-3b4a-4c5d-8e9f-a0b1c2d3e4f5"

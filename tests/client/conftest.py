@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import trustme
-from cli_logins import RecordingUAA
+
+from tests.client.cli_logins import RecordingUAA
 
 
 @pytest.fixture(scope="session")

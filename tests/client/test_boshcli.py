@@ -14,10 +14,6 @@ from typing import Any
 import pytest
 import trustme
 import yaml
-from cli_logins import RecordingUAA, write_bosh_config
-from fakes.director import FakeDirector
-from fakes.http import json_response
-from fakes.uaa import ALICE
 
 from pcapd.client.boshcli import (
     BoshCredentials,
@@ -27,6 +23,10 @@ from pcapd.client.boshcli import (
 )
 from pcapd.client.credentials import RefreshFailed
 from pcapd.errors import UsageError
+from tests.client.cli_logins import RecordingUAA, write_bosh_config
+from tests.fakes.director import FakeDirector
+from tests.fakes.http import json_response
+from tests.fakes.uaa import ALICE
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_logins import SPACE_GUID, RecordingUAA, cf_document, write_cf_config
-from fakes.uaa import ALICE
 
 from pcapd.client.cfcli import (
     CfCredentials,
@@ -22,6 +20,8 @@ from pcapd.client.cfcli import (
 )
 from pcapd.client.credentials import RefreshFailed
 from pcapd.errors import UsageError
+from tests.client.cli_logins import SPACE_GUID, RecordingUAA, cf_document, write_cf_config
+from tests.fakes.uaa import ALICE
 
 APP_GUID = "2b4c6d8e-0a1b-4c3d-9e5f-6a7b8c9d0e1f"
 

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_logins import SPACE_GUID, RecordingUAA, cf_document, write_bosh_config, write_cf_config
-from fakes.uaa import ALICE
 from rich.console import Console
 from trio_websocket import WebSocketConnection
 
@@ -41,6 +39,14 @@ from pcapd.proto import (
 )
 from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.ws import Headers, serve_websocket
+from tests.client.cli_logins import (
+    SPACE_GUID,
+    RecordingUAA,
+    cf_document,
+    write_bosh_config,
+    write_cf_config,
+)
+from tests.fakes.uaa import ALICE
 
 PCAPD = str(Path(sys.executable).with_name("pcapd"))
 

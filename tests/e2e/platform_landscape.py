@@ -25,13 +25,13 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
-from fakes import ALICE, FakeCloudController, FakeDirector, FakeUAA
-from fakes.cloud_controller import App, Instance, Space
-from fakes.director import Instance as VmInstance
-from netns import Host, Netns, named_netns, netns_dir, vm
-from procs import AGENT_PORT, PCAPD, agent_status
 
 from pcapd.certs import CertPaths, init_certs
+from tests.e2e.procs import AGENT_PORT, PCAPD, agent_status
+from tests.fakes import ALICE, FakeCloudController, FakeDirector, FakeUAA
+from tests.fakes.cloud_controller import App, Instance, Space
+from tests.fakes.director import Instance as VmInstance
+from tests.netns import Host, Netns, named_netns, netns_dir, vm
 
 
 @dataclass

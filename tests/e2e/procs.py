@@ -20,12 +20,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import links
 import trio
 
 from pcapd.certs import CertPaths
 from pcapd.pcapng import IDB, PcapngDecoder
 from pcapd.proto import StatusReply
+from tests import links
 
 PCAPD = os.environ.get("PCAPD_EXE") or str(Path(sys.executable).with_name("pcapd"))
 AGENT_PORT = 9494

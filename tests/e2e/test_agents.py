@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from netns import netns, send_udp
-from procs import PCAPD, Proc, agent_status, json_event, running, streamed_capture
-from readers import run_tool, tshark_fields
 
 from pcapd.certs import CertPaths, init_certs
+from tests.e2e.procs import PCAPD, Proc, agent_status, json_event, running, streamed_capture
+from tests.netns import netns, send_udp
+from tests.readers import run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

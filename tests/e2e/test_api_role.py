@@ -7,8 +7,6 @@ import signal
 from pathlib import Path
 
 import trio
-from procs import json_event, running
-from test_agents import free_port
 
 from pcapd.certs import init_certs
 from pcapd.proto import (
@@ -23,6 +21,8 @@ from pcapd.proto import (
 )
 from pcapd.transport.link import Link
 from pcapd.transport.ws import open_websocket
+from tests.e2e.procs import json_event, running
+from tests.e2e.test_agents import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,11 +15,6 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from fakes import ALICE, BOB, FakeUAA
-from fakes.cloud_controller import App
-from fakes.uaa import make_user
-from links import api_link
-from platform_landscape import Landscape
 
 from pcapd.proto import (
     BoshTarget,
@@ -41,6 +36,11 @@ from pcapd.proto import (
     Welcome,
 )
 from pcapd.transport.link import Link
+from tests.e2e.platform_landscape import Landscape
+from tests.fakes import ALICE, BOB, FakeUAA
+from tests.fakes.cloud_controller import App
+from tests.fakes.uaa import make_user
+from tests.links import api_link
 
 pytestmark = [pytest.mark.root]
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from netns import Netns, leftover_namespaces, netns, send_udp, tcp_exchange
-from procs import streamed_capture
-from readers import run_tool, tshark_fields
+
+from tests.e2e.procs import streamed_capture
+from tests.netns import Netns, leftover_namespaces, netns, send_udp, tcp_exchange
+from tests.readers import run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 
@@ -175,7 +176,7 @@ async def test_unknown_namespace_is_a_one_line_error() -> None:
 
 
 def _pcapd() -> str:
-    from procs import PCAPD
+    from tests.e2e.procs import PCAPD
 
     return PCAPD
 

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from netns import ip
-from platform_landscape import Landscape, developer_tokens
-from procs import streamed_capture
 
 from pcapd.client.progress import ROUTE_HINT_AFTER
+from tests.e2e.platform_landscape import Landscape, developer_tokens
+from tests.e2e.procs import streamed_capture
+from tests.netns import ip
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

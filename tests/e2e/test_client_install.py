@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from distbuild import SERVER_ONLY, build_pcapd, client_venv
-from netns import send_udp
-from platform_landscape import Landscape, developer_tokens
-from procs import streamed_capture
-from readers import run_tool, tshark_fields
+
+from tests.distbuild import SERVER_ONLY, build_pcapd, client_venv
+from tests.e2e.platform_landscape import Landscape, developer_tokens
+from tests.e2e.procs import streamed_capture
+from tests.netns import send_udp
+from tests.readers import run_tool, tshark_fields
 
 SERVER_EXTRA = "needs the server extra: pip install 'pcapd[server]'"
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from fakes import ALICE, BOB
-from platform_landscape import Landscape, developer_tokens
-from procs import PCAPD
+
+from tests.e2e.platform_landscape import Landscape, developer_tokens
+from tests.e2e.procs import PCAPD
+from tests.fakes import ALICE, BOB
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

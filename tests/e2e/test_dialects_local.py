@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from netns import netns, send_udp, tcp_exchange, veth_pair
-from procs import PCAPD, streamed_capture
-from readers import tshark_fields
+
+from tests.e2e.procs import PCAPD, streamed_capture
+from tests.netns import netns, send_udp, tcp_exchange, veth_pair
+from tests.readers import tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

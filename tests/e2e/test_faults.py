@@ -27,20 +27,6 @@ from pathlib import Path
 import pytest
 import trio
 import wsproto
-from fakes import ALICE, BOB
-from netns import Host, ip, send_udp
-from platform_landscape import (
-    Landscape,
-    Process,
-    agent_captures,
-    agents,
-    all_idle,
-    api_captures,
-    developer_tokens,
-    start_process,
-)
-from procs import PCAPD, Figures, StreamedCapture, streamed_capture, wait_until
-from readers import run_tool, tshark_fields
 from wsproto.events import AcceptConnection, Ping, Request, TextMessage
 
 from pcapd.pcapng import EPB, PcapngDecoder
@@ -60,6 +46,20 @@ from pcapd.proto import (
 )
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link
 from pcapd.transport.ws import open_websocket
+from tests.e2e.platform_landscape import (
+    Landscape,
+    Process,
+    agent_captures,
+    agents,
+    all_idle,
+    api_captures,
+    developer_tokens,
+    start_process,
+)
+from tests.e2e.procs import PCAPD, Figures, StreamedCapture, streamed_capture, wait_until
+from tests.fakes import ALICE, BOB
+from tests.netns import Host, ip, send_udp
+from tests.readers import run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

@@ -21,10 +21,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import trio
-from fakes import BOB
-from netns import send_udp
-from platform_landscape import Landscape, agents, all_idle
-from procs import AGENT_PORT, Figures, wait_until
 
 from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
 from pcapd.proto import (
@@ -41,6 +37,10 @@ from pcapd.proto import (
 )
 from pcapd.transport.link import Link
 from pcapd.transport.ws import HANDSHAKE_TIMEOUT, open_websocket
+from tests.e2e.platform_landscape import Landscape, agents, all_idle
+from tests.e2e.procs import AGENT_PORT, Figures, wait_until
+from tests.fakes import BOB
+from tests.netns import send_udp
 
 pytestmark = [pytest.mark.root]
 

@@ -20,22 +20,6 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from attackers import (
-    COSTLY_FILTER,
-    RawWebSocket,
-    bosh_start,
-    close_code,
-    close_reason,
-    hello_over,
-    link_to_api,
-    sampling_status,
-    unfinished_message,
-)
-from fakes import ALICE, BOB, CAROL
-from fakes.cloud_controller import Instance
-from fakes.uaa import User
-from platform_landscape import Landscape, all_idle
-from procs import AGENT_PORT, Figures, wait_until
 
 from pcapd.agent.bpf import CPU_SECONDS
 from pcapd.agent.bpf_worker import WALL_SECONDS
@@ -58,6 +42,22 @@ from pcapd.proto import (
 from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.tls import client_context
 from pcapd.transport.ws import open_websocket
+from tests.e2e.attackers import (
+    COSTLY_FILTER,
+    RawWebSocket,
+    bosh_start,
+    close_code,
+    close_reason,
+    hello_over,
+    link_to_api,
+    sampling_status,
+    unfinished_message,
+)
+from tests.e2e.platform_landscape import Landscape, all_idle
+from tests.e2e.procs import AGENT_PORT, Figures, wait_until
+from tests.fakes import ALICE, BOB, CAROL
+from tests.fakes.cloud_controller import Instance
+from tests.fakes.uaa import User
 
 pytestmark = [pytest.mark.root]
 

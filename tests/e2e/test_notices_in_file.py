@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from netns import netns, send_udp
-from procs import streamed_capture
-from readers import tshark_fields
-from test_agents import agent, certs
+
+from tests.e2e.procs import streamed_capture
+from tests.e2e.test_agents import agent, certs
+from tests.netns import netns, send_udp
+from tests.readers import tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 __all__ = ["certs"]  # the fixture, used by name

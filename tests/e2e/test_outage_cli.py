@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from netns import netns, send_udp
-from platform_landscape import Landscape, developer_tokens
-from procs import PCAPD, Lines, _pump_lines, wait_until
-from readers import run_tool, tshark_fields
+
+from tests.e2e.platform_landscape import Landscape, developer_tokens
+from tests.e2e.procs import PCAPD, Lines, _pump_lines, wait_until
+from tests.netns import netns, send_udp
+from tests.readers import run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

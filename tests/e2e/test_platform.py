@@ -16,11 +16,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from fakes import ALICE, BOB
-from netns import send_udp
-from platform_landscape import Landscape, developer_tokens
-from procs import streamed_capture
-from readers import run_tool, tshark_fields
 
 from pcapd.pcapng import NRB, PcapngDecoder, parse
 from pcapd.proto import (
@@ -38,6 +33,11 @@ from pcapd.proto import (
 )
 from pcapd.transport.link import Link
 from pcapd.transport.ws import open_websocket
+from tests.e2e.platform_landscape import Landscape, developer_tokens
+from tests.e2e.procs import streamed_capture
+from tests.fakes import ALICE, BOB
+from tests.netns import send_udp
+from tests.readers import run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

@@ -15,14 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from fakes import BOB
-from fakes.cloud_controller import App
-from fakes.uaa import make_user
-from links import api_link
-from netns import Netns, send_udp
-from platform_landscape import Landscape, developer_tokens, start_process
-from procs import PCAPD
-from readers import run_tool, tshark_fields
 
 from pcapd.proto import (
     CaptureList,
@@ -45,6 +37,14 @@ from pcapd.proto import (
     StoredCapture,
     Trigger,
 )
+from tests.e2e.platform_landscape import Landscape, developer_tokens, start_process
+from tests.e2e.procs import PCAPD
+from tests.fakes import BOB
+from tests.fakes.cloud_controller import App
+from tests.fakes.uaa import make_user
+from tests.links import api_link
+from tests.netns import Netns, send_udp
+from tests.readers import run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from fakes import ALICE, BOB
-from netns import send_udp
-from platform_landscape import Landscape, developer_tokens
-from procs import PCAPD
-from readers import run_tool, tshark_fields
-from s3_server import new_bucket, running_moto
+
+from tests.e2e.platform_landscape import Landscape, developer_tokens
+from tests.e2e.procs import PCAPD
+from tests.fakes import ALICE, BOB, CAROL
+from tests.netns import send_udp
+from tests.readers import run_tool, tshark_fields
+from tests.s3_server import new_bucket, running_moto
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 
@@ -183,8 +184,7 @@ async def test_other_users_can_neither_list_nor_download(landscape: Landscape,
     capture_id, url, _ = await upload(["cf", "my-app", "--instance", "0", "-i", "lo"],
                                       landscape.cf_home(token, refresh),
                                       [(container, "127.0.0.1", b"mine")])
-    carol = landscape.uaa.issue_pair(landscape.uaa.claims.__self__ and
-                                     __import__("fakes").CAROL)
+    carol = landscape.uaa.issue_pair(CAROL)
     env = landscape.cf_home(*carol)
     listed = await trio.run_process([PCAPD, "captures", "list"], env=env, capture_stdout=True,
                                     capture_stderr=True, check=False)

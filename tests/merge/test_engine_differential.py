@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from interop import corpus_files
 
 from pcapd import _accel
 from pcapd.merge.engine import CompiledFileMerge, FileMerge, PureFileMerge
@@ -32,6 +31,7 @@ from pcapd.pcapng import (
     encode_name_resolution,
     encode_section_header,
 )
+from tests.interop import corpus_files
 
 FUZZ = settings(
     deadline=None,

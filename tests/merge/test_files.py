@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from readers import run_tool, tshark_fields
 
 from pcapd import _accel
 from pcapd.errors import PcapdError
@@ -41,6 +40,7 @@ from pcapd.pcapng import (
     encode_name_resolution,
     encode_section_header,
 )
+from tests.readers import run_tool, tshark_fields
 
 NS = 10**9
 BASE = 1_700_000_000 * NS

@@ -13,8 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from interop import corpus, needs_corpus
-from readers import run_tool
+
+from tests.interop import corpus, needs_corpus
+from tests.readers import run_tool
 
 PCAPD = Path(os.environ.get("PCAPD", Path(__file__).parents[2] / ".venv" / "bin" / "pcapd"))
 EXIT_DAMAGED_INPUT = 4

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import struct
 
-from pcapng_samples import be_block, be_options, big_endian_section, raw_all
-
 from pcapd.pcapng import (
     EPB,
     IDB,
@@ -32,6 +30,7 @@ from pcapd.pcapng import (
 )
 from pcapd.pcapng import options as o
 from pcapd.pcapng.blocks import CUSTOM_COPYABLE, DSB
+from tests.pcapng.pcapng_samples import be_block, be_options, big_endian_section, raw_all
 
 
 def reread(*blocks: bytes, interfaces: int = 3) -> list[object]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_tools import pcapd_command
+
+from tests.release.release_tools import pcapd_command
 
 
 @pytest.fixture(scope="session")

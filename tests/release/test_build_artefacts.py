@@ -13,9 +13,9 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 import pytest
-from distbuild import Dists, build_pcapd
 
 import pcapd
+from tests.distbuild import Dists, build_pcapd
 
 
 @pytest.fixture(scope="module")

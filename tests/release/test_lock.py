@@ -8,9 +8,10 @@ import configparser
 import subprocess
 import sys
 
-from distbuild import LOCKS, REPO, read_lock
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.distbuild import LOCKS, REPO, read_lock
 
 
 def setup_cfg_requirements() -> dict[str, set[str]]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from release_tools import localize, needs_ruby, pcapd_command, render_job
+
+from tests.release.release_tools import localize, needs_ruby, pcapd_command, render_job
 
 pytestmark = needs_ruby
 

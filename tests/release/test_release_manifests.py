@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from release_tools import (
+
+from tests.release.release_tools import (
     MANIFESTS,
     apply_ops,
     check_config,

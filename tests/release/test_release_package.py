@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from distbuild import LOCKS, QUIET_PIP_ENV, read_lock, wheel_pin, wheelhouse
-from release_tools import RELEASE, needs_ruby, render_job
 
 import pcapd
+from tests.distbuild import LOCKS, QUIET_PIP_ENV, read_lock, wheel_pin, wheelhouse
+from tests.release.release_tools import RELEASE, needs_ruby, render_job
 
 
 @pytest.fixture(scope="session")

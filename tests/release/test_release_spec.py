@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
-from release_tools import JOBS, RELEASE, config_keys
 
 from pcapd.config import AgentConfig, ApiConfig
+from tests.release.release_tools import JOBS, RELEASE, config_keys
 
 MODELS = {"pcapd-agent": ("pcapd.agent.", AgentConfig), "pcapd-api": ("pcapd.api.", ApiConfig)}
 

@@ -9,7 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
-from release_tools import (
+
+from pcapd.config import AgentConfig, ApiConfig
+from pcapd.config.model import BoshTokensConfig, CfTokensConfig
+from tests.release.release_tools import (
     CONFIG_FILE,
     RenderError,
     check_config,
@@ -19,9 +22,6 @@ from release_tools import (
     render_job,
     rendered_config,
 )
-
-from pcapd.config import AgentConfig, ApiConfig
-from pcapd.config.model import BoshTokensConfig, CfTokensConfig
 
 pytestmark = needs_ruby
 

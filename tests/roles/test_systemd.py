@@ -31,12 +31,12 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
-from netns import Netns, netns, send_udp
-from readers import tshark_fields
-from unitexec import NOBODY, service_settings
 
 from pcapd.certs import init_certs
 from pcapd.config.model import AgentConfig, ApiConfig
+from tests.netns import Netns, netns, send_udp
+from tests.readers import tshark_fields
+from tests.roles.unitexec import NOBODY, service_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "roles" / "systemd"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from s3_server import S3Server, running_moto
+
+from tests.s3_server import S3Server, running_moto
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from s3_server import S3Server, new_bucket
 
 from pcapd.config import parse_api_config
 from pcapd.errors import PcapdError
@@ -51,6 +50,7 @@ from pcapd.store.recordings import (
     recording_key,
     stop,
 )
+from tests.s3_server import S3Server, new_bucket
 
 NOW = 1_800_000_000.0
 ALICE = "0123456789ab.user.alice-guid"

@@ -18,7 +18,6 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from distbuild import LOCKS, read_lock
 
 from pcapd.errors import PcapdError
 from pcapd.transport import _compat
@@ -30,6 +29,7 @@ from pcapd.transport._compat import (
     patch_trio_websocket,
     ssl_object,
 )
+from tests.distbuild import LOCKS, read_lock
 
 
 class CompleteConnection:

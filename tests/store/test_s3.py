@@ -20,11 +20,11 @@ import trio
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
-from s3_server import S3Server, new_bucket
 
 from pcapd.config import S3StorageConfig, parse_api_config
 from pcapd.store import CaptureInfo, StoreError, open_store
 from pcapd.store.s3 import CONTENT_TYPE, RULE_ID, S3Store, make_client
+from tests.s3_server import S3Server, new_bucket
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

@@ -14,7 +14,6 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
-from netns import netns, send_udp
 
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.api.agents import AgentJob
@@ -35,6 +34,7 @@ from pcapd.proto import (
     Statistics,
 )
 from pcapd.transport.tls import client_context
+from tests.netns import netns, send_udp
 
 pytestmark = pytest.mark.root
 

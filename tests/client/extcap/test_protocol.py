@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 import trio
-from netns import Netns, netns, send_udp
 
 from pcapd import __version__
 from pcapd.cli import build_parser
 from pcapd.client.extcap import protocol
 from pcapd.errors import UsageError
+from tests.netns import Netns, netns, send_udp
 
 PCAPD = Path(sys.executable).with_name("pcapd")
-WRAPPER = Path(__file__).resolve().parents[1] / "roles" / "wireshark" / "pcapd-extcap"
+WRAPPER = Path(__file__).resolve().parents[3] / "roles" / "wireshark" / "pcapd-extcap"
 SENTENCE = re.compile(r"(extcap|interface|dlt|arg|value) ((?:\{[a-z]+=[^{}]*\})+)")
 FIELD = re.compile(r"\{([a-z]+)=([^{}]*)\}")
 EXPECTED_CALLS = {
@@ -444,3 +444,10 @@ def test_apps_instances_and_devices_are_reloadable_selectors() -> None:
     assert protocol.reloadable(protocol.CF, "--instances") is protocol.CF.arg("instances")
     with pytest.raises(UsageError, match="reloads --app, --instances, --device"):
         protocol.reloadable(protocol.CF, "--process-type")
+
+
+def test_the_extcap_protocol_imports_without_trio() -> None:
+    """Pure, as docs/architecture.md says: Wireshark's sentences and argv in words."""
+    code = "import sys; sys.modules['trio'] = None; import pcapd.client.extcap.protocol"
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=Path(__file__).resolve().parents[3])

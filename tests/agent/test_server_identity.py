@@ -14,13 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from inprocess import in_process_configs
-from links import agent_status
 
 from pcapd import certs
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.proto import StatusReply
 from pcapd.transport.link import LinkClosed
+from tests.api.inprocess import in_process_configs
+from tests.links import agent_status
 
 
 def leaf(pki: Path, out: Path, name: str, usage: x509.ObjectIdentifier | None,

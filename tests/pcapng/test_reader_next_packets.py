@@ -11,15 +11,6 @@ import random
 import struct
 
 import pytest
-from pcapng_samples import (
-    RECORDS,
-    big_endian_section,
-    chunked,
-    legacy_file,
-    raw_all,
-    sample_capture,
-)
-from test_pcapng_reader import MALFORMED
 
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng import (
@@ -34,6 +25,15 @@ from pcapd.pcapng import (
     epb_timestamp,
     with_interface_id,
 )
+from tests.pcapng.pcapng_samples import (
+    RECORDS,
+    big_endian_section,
+    chunked,
+    legacy_file,
+    raw_all,
+    sample_capture,
+)
+from tests.pcapng.test_reader import MALFORMED
 
 
 def alternate(

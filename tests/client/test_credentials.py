@@ -10,8 +10,6 @@ from pathlib import Path
 
 import jwt
 import pytest
-from cli_logins import RecordingUAA
-from fakes.uaa import ALICE
 
 from pcapd.client.credentials import (
     RefreshFailed,
@@ -24,6 +22,8 @@ from pcapd.client.credentials import (
     token_expiry,
     write_atomically,
 )
+from tests.client.cli_logins import RecordingUAA
+from tests.fakes.uaa import ALICE
 
 
 def unsigned(claims: dict[str, object]) -> str:
@@ -149,7 +149,7 @@ def test_other_refusals_name_the_status_but_never_echo_uaa(uaa: RecordingUAA) ->
 
 
 def test_a_uaa_outage_is_transient_and_a_bad_certificate_is_not(uaa: RecordingUAA) -> None:
-    from fakes.http import json_response
+    from tests.fakes.http import json_response
 
     refresh = uaa.issue_refresh(ALICE, client_id="cf")
     uaa.inject("/oauth/token", json_response(503, {"error": "unavailable"}))

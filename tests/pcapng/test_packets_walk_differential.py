@@ -12,12 +12,18 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from interop import corpus_files
-from test_pcapng_fuzz import FUZZ, VALID_BATCH, VALID_PCAPNG, mutated, structured_stream
 
 from pcapd import _accel
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng import packets
+from tests.interop import corpus_files
+from tests.pcapng.test_reader_fuzz import (
+    FUZZ,
+    VALID_BATCH,
+    VALID_PCAPNG,
+    mutated,
+    structured_stream,
+)
 
 pytestmark = pytest.mark.skipif(
     _accel.walk is None, reason=f"the compiled walker is off ({_accel.DISABLE_ENV}) or not built"

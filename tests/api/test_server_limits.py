@@ -11,8 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from inprocess import in_process_configs
-from netns import netns
 
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.api.resolve import LocalResolver
@@ -30,6 +28,8 @@ from pcapd.proto import (
 )
 from pcapd.transport.link import Link
 from pcapd.transport.ws import open_websocket
+from tests.api.inprocess import in_process_configs
+from tests.netns import netns
 
 pytestmark = pytest.mark.root
 

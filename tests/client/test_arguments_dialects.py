@@ -13,20 +13,20 @@ import jwt
 import pytest
 import trio
 import trustme
-from cli_logins import (
+
+from pcapd.client.arguments import parse_duration, parse_size
+from pcapd.client.captures import unique_id
+from pcapd.errors import UsageError
+from pcapd.proto import BoshTarget, CaptureLimits, CaptureOptions, CfTarget, StoredCapture
+from tests.client.cli_logins import (
     SPACE_GUID,
     RecordingUAA,
     cf_document,
     write_bosh_config,
     write_cf_config,
 )
-from fakes.director import FakeDirector
-from test_remote import child_env, refuse, run_pcapd, serve_fake_api
-
-from pcapd.client.arguments import parse_duration, parse_size
-from pcapd.client.captures import unique_id
-from pcapd.errors import UsageError
-from pcapd.proto import BoshTarget, CaptureLimits, CaptureOptions, CfTarget, StoredCapture
+from tests.client.test_remote import child_env, refuse, run_pcapd, serve_fake_api
+from tests.fakes.director import FakeDirector
 
 PCAPD = str(Path(sys.executable).with_name("pcapd"))
 
@@ -188,3 +188,10 @@ def test_capture_ids_by_unique_prefix_as_git_takes_them() -> None:
     with pytest.raises(UsageError, match="3f2 is ambiguous; it starts 2 captures: "
                                          "3f2a0001, 3f2b0002"):
         unique_id("3f2", captures)
+
+
+def test_the_arguments_imports_without_trio() -> None:
+    """Pure, as docs/architecture.md says: the spellings are read without I/O."""
+    code = "import sys; sys.modules['trio'] = None; import pcapd.client.arguments"
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=Path(__file__).resolve().parents[2])

@@ -4,7 +4,6 @@ split_source_blocks (one source's payload: IDBs, EPBs, ISBs)."""
 from __future__ import annotations
 
 import pytest
-from pcapng_samples import decode_all
 
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng import (
@@ -19,6 +18,7 @@ from pcapd.pcapng import (
     with_interface_id,
 )
 from pcapd.pcapng.packets import SourceBlocks, check_epbs, split_source_blocks
+from tests.pcapng.pcapng_samples import decode_all
 
 TS = 0x1234_5678_9ABC_DEF0
 

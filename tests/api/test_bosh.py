@@ -16,10 +16,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import trio
-from fakes.director import Deployment, FakeDirector, Instance
-from fakes.http import Response, json_response, text_response
-from fakes.uaa import BOB, FakeUAA
-from resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
 
 from pcapd.api.agents import AgentJob
 from pcapd.api.bosh import BoshResolver
@@ -27,6 +23,10 @@ from pcapd.api.resolve import Unavailable
 from pcapd.config import BoshConfig
 from pcapd.proto import AgentTarget, BoshTarget, CaptureOptions, Start
 from pcapd.transport.service import Refusal
+from tests.api.resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
+from tests.fakes.director import Deployment, FakeDirector, Instance
+from tests.fakes.http import Response, json_response, text_response
+from tests.fakes.uaa import BOB, FakeUAA
 
 
 @dataclass

@@ -6,16 +6,6 @@ import random
 import struct
 
 import pytest
-from pcapng_samples import (
-    BASE_NS,
-    INTERFACES,
-    SNAPLEN,
-    big_endian_section,
-    chunked,
-    decode_all,
-    raw_all,
-    sample_capture,
-)
 
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng import (
@@ -39,6 +29,16 @@ from pcapd.pcapng import (
     encode_section_header,
     parse,
     ticks_to_ns,
+)
+from tests.pcapng.pcapng_samples import (
+    BASE_NS,
+    INTERFACES,
+    SNAPLEN,
+    big_endian_section,
+    chunked,
+    decode_all,
+    raw_all,
+    sample_capture,
 )
 
 SHB_LE = encode_section_header()

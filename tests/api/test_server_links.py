@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from inprocess import in_process_configs
-from netns import Netns, netns, send_udp
 
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.api.resolve import LocalResolver
@@ -36,6 +34,8 @@ from pcapd.proto import (
 )
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link
 from pcapd.transport.ws import open_websocket
+from tests.api.inprocess import in_process_configs
+from tests.netns import Netns, netns, send_udp
 
 pytestmark = pytest.mark.root
 

@@ -7,7 +7,6 @@ import struct
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pcapng_samples import RECORDS, big_endian_section, chunked, legacy_file, sample_capture
 
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng import (
@@ -28,6 +27,13 @@ from pcapd.pcapng import (
     sniff_format,
     split_packets,
     with_interface_id,
+)
+from tests.pcapng.pcapng_samples import (
+    RECORDS,
+    big_endian_section,
+    chunked,
+    legacy_file,
+    sample_capture,
 )
 
 # PCAPD_FUZZ_EXAMPLES raises the effort for a long hunt (it ran clean with 15000).

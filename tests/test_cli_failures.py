@@ -22,8 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cli_logins import cf_document, write_cf_config
-from fakes import ALICE, FakeUAA
+
+from tests.client.cli_logins import cf_document, write_cf_config
+from tests.fakes import ALICE, FakeUAA
 
 PCAPD = os.environ.get("PCAPD_EXE") or str(Path(sys.executable).with_name("pcapd"))
 SIGNAL_PROMPTNESS = 3.0

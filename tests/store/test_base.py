@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import trio
-from s3_server import S3Server, new_bucket
 
 from pcapd.config import parse_api_config
 from pcapd.store import CaptureInfo, DownloadRefused, Store, open_store
 from pcapd.store.base import encode_record, listed_record
+from tests.s3_server import S3Server, new_bucket
 
 NOW = 1_800_000_000.0
 ALICE = "alice"

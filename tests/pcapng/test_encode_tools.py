@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pcapng_samples import INTERFACES, Packet, decode_all, sample_capture
-from readers import run_tool
 
 from pcapd.pcapng import (
     EnhancedPacket,
@@ -19,6 +17,8 @@ from pcapd.pcapng import (
     PcapRecord,
     sniff_format,
 )
+from tests.pcapng.pcapng_samples import INTERFACES, Packet, decode_all, sample_capture
+from tests.readers import run_tool
 
 pytestmark = pytest.mark.tools
 

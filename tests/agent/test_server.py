@@ -12,7 +12,6 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
-from netns import netns, netns_dir
 
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.certs import CertPaths, init_certs
@@ -31,6 +30,7 @@ from pcapd.proto import (
 from pcapd.transport.link import Link
 from pcapd.transport.tls import client_context
 from pcapd.transport.ws import open_websocket
+from tests.netns import netns, netns_dir
 
 pytestmark = pytest.mark.root
 

@@ -6,10 +6,10 @@ import random
 import struct
 
 import pytest
-from pcapng_samples import RECORDS, chunked, legacy_file, sample_capture
 
 from pcapd.errors import PcapngFormatError
 from pcapd.pcapng import PcapDecoder, PcapHeader, PcapRecord, sniff_format
+from tests.pcapng.pcapng_samples import RECORDS, chunked, legacy_file, sample_capture
 
 
 def read_all(chunks: object, **kwargs: int) -> list[PcapHeader | PcapRecord]:

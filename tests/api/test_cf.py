@@ -16,10 +16,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import trio
-from fakes.cloud_controller import FakeCloudController, Instance, Org, Space
-from fakes.http import Response, json_response
-from fakes.uaa import ALICE, FakeUAA, User, make_user
-from resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
 
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import IdentityProviderUnavailable
@@ -28,6 +24,10 @@ from pcapd.api.resolve import Unavailable
 from pcapd.config import CfConfig
 from pcapd.proto import AgentTarget, CaptureOptions, CfTarget, Start
 from pcapd.transport.service import Refusal
+from tests.api.resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
+from tests.fakes.cloud_controller import FakeCloudController, Instance, Org, Space
+from tests.fakes.http import Response, json_response
+from tests.fakes.uaa import ALICE, FakeUAA, User, make_user
 
 SENSITIVE = "capturing needs the right to read its sensitive data (Space Developer of its " \
             "space, or admin)"
