@@ -380,7 +380,7 @@ def test_a_ring_directory_refuses_unsafe_names_and_symlinks(tmp_path: Path) -> N
         DirectoryStore(tmp_path, "r-2", 4096)
     link = tmp_path / "rings"
     link.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(NotADirectoryError, match="recorder.directory"):
+    with pytest.raises(NotADirectoryError, match=r"recorder\.directory"):
         prepare_directory(link)
 
 
