@@ -347,7 +347,7 @@ class Recorder:
         recording.end(reason, text)
         if recording.files is not None:
             if self._nursery is not None:
-                self._nursery.start_soon(recording.discard)
+                self._nursery.start_soon(self._discard, recording)
             else:  # the recorder has stopped: no thread of this recording runs any more
                 recording.discard_sync()
         if self.recordings.pop(recording.id, None) is None:
@@ -362,6 +362,10 @@ class Recorder:
                  recording.id, recording.end_reason, f": {text}" if text else "", stats.captured,
                  stats.aged_out_time + stats.aged_out_size, stats.kernel_dropped,
                  extra={"event": "recording_ended", "recording_id": recording.id})
+
+    async def _discard(self, recording: ActiveRecording) -> None:
+        await recording.discard()
+        self._change()
 
     async def _run(self, recording: ActiveRecording, netns: Path | None, kernel_filter: str,
                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
