@@ -19,6 +19,9 @@ after a call; pieces are cut to at most a sixteenth of ``max_bytes`` (and 1 MiB)
 over-dropping costs little. Every packet added is either held or counted aged out, by time or
 by size: ``captured == packets + aged_out_time + aged_out_size``.
 
+Where the pieces' bytes are is a :class:`PieceStore`'s business: memory here, or segment files
+(``pcapd.agent.ring_files``, called off the Trio thread); the size rule is the store's ``held``.
+
 The :class:`Budget` is shared by all recordings of an agent: each reserves its ``max_bytes``
 when it starts, and a recording that does not fit is refused. Running recordings are never
 squeezed to make room: what an operator armed keeps what it was promised.
@@ -65,8 +68,9 @@ class RingStatistics:
     bytes: int
     """Bytes of the EPBs held now."""
     memory: int
-    """Bytes of the buffers held (≥ ``bytes``: a piece partly aged out by time stays whole
-    until its last packet has aged out). Never above ``max_bytes``."""
+    """Bytes the store holds (≥ ``bytes``: a piece partly aged out by time stays whole until
+    its last packet has aged out; on disk, a segment until its last piece has). Never above
+    ``max_bytes`` after a call."""
     first_timestamp: int | None
     """ns since the epoch of the oldest packet held; None when empty."""
     last_timestamp: int | None
