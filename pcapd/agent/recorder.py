@@ -17,10 +17,18 @@ Stopping frees the ring at once, synchronously, before the capture task has even
 recording's final state (not its packets) is remembered for a while so the api learns how it
 ended. Saving reads a window out of the ring (views of its buffers: the ring may move on
 meanwhile) and streams it as a capture: ``started``, the IDB and EPBs, the ISB, ``end``.
+
+With ``recorder.storage: directory`` a ring keeps its bytes in files (:mod:`.ring_files`):
+every ring call that may touch them (add, window, clear) runs in a worker thread under the
+recording's lock, and the Trio thread reads a snapshot of the ring's statistics. Stopping
+deletes the files in a shielded task as soon as an in-flight write is done. A write error
+(a full disk) ends that recording alone. Arming checks the filesystem's free space first.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import logging
 import time
 from collections import OrderedDict
@@ -33,7 +41,16 @@ import trio
 from pcapd.agent.bpf_worker import filter_program
 from pcapd.agent.matcher import Matcher
 from pcapd.agent.pcap import Capture, CaptureError, open_capture
-from pcapd.agent.ring import Budget, BudgetRefused, Ring, Window
+from pcapd.agent.ring import (
+    MIN_PIECE,
+    Budget,
+    BudgetRefused,
+    Ring,
+    RingStatistics,
+    Window,
+    size_text,
+)
+from pcapd.agent.ring_files import DirectoryStore, free_space, prepare_directory
 from pcapd.agent.triggers import Fired, Triggers
 from pcapd.config import AgentConfig
 from pcapd.pcapng import encode_interface_description, encode_interface_statistics
@@ -74,7 +91,8 @@ _NS = 1_000_000_000
 class ActiveRecording:
     """One recording on this agent: its ring, its trigger rule, its life."""
 
-    def __init__(self, record: Record, source: Source, started_at: float) -> None:
+    def __init__(self, record: Record, source: Source, started_at: float,
+                 files: DirectoryStore | None = None) -> None:
         ring = record.ring
         assert record.recording_id is not None and ring.max_bytes is not None  # the session
         assert ring.until is not None
@@ -83,7 +101,12 @@ class ActiveRecording:
         self.source = source
         self.started_at = started_at
         self.ends_at = started_at + ring.until
-        self.ring = Ring(keep_ns=max(1, round(ring.keep * _NS)), max_bytes=ring.max_bytes)
+        self.ring = Ring(keep_ns=max(1, round(ring.keep * _NS)), max_bytes=ring.max_bytes,
+                         store=files)
+        self.files = files
+        """The ring's files (None: in memory); touched only in a thread, under ``lock``."""
+        self.lock = trio.Lock()
+        self._stats = self.ring.statistics()
         trigger = record.trigger
         self.triggers = None if trigger is None else Triggers(
             keep_ns=self.ring.keep_ns, after_ns=round((trigger.after or 0.0) * _NS),
@@ -101,11 +124,52 @@ class ActiveRecording:
         if self.end_reason is None:
             self.end_reason, self.end_text = reason, text
         self.state = "ended"
-        self.ring.clear()
+        if self.files is None:
+            self.ring.clear()
+        else:  # the files go in a thread (Recorder._finish); the snapshot says they are gone
+            self._stats = dataclasses.replace(self._stats, packets=0, bytes=0, memory=0,
+                                              first_timestamp=None, last_timestamp=None)
         self.scope.cancel()
 
+    def statistics(self) -> RingStatistics:
+        """The ring's statistics, safe to read on the Trio thread whatever the storage."""
+        return self.ring.statistics() if self.files is None else self._stats
+
+    async def add(self, blocks: bytes, now_ns: int) -> None:
+        if self.files is None:
+            self.ring.add(blocks, now_ns)
+            return
+        async with self.lock:
+            self._stats = await trio.to_thread.run_sync(self._add_sync, blocks, now_ns)
+
+    def _add_sync(self, blocks: bytes, now_ns: int) -> RingStatistics:
+        self.ring.add(blocks, now_ns)
+        return self.ring.statistics()
+
+    def note_kernel(self, kernel_dropped: int, interface_dropped: int) -> None:
+        self.ring.note_kernel(kernel_dropped, interface_dropped)
+        self._stats = dataclasses.replace(self._stats, kernel_dropped=kernel_dropped,
+                                          interface_dropped=interface_dropped)
+
+    async def window(self, t_from: int, t_to: int) -> Window:
+        if self.files is None:
+            return self.ring.window(t_from, t_to)
+        async with self.lock:
+            return await trio.to_thread.run_sync(self.ring.window, t_from, t_to)
+
+    async def discard(self) -> None:
+        """Delete the ring's files once an in-flight call is done, even if cancelled."""
+        with trio.CancelScope(shield=True):
+            async with self.lock:
+                await trio.to_thread.run_sync(self.discard_sync)
+
+    def discard_sync(self) -> None:
+        if self.files is not None and not self.files.closed:
+            self.ring.clear()
+            self.files.close()
+
     def status(self) -> Recording:
-        stats = self.ring.statistics()
+        stats = self.statistics()
         triggers = self.triggers
         fired = [] if triggers is None else [_fired(f) for f in triggers.fired]
         ring = RingStatus(
@@ -155,6 +219,11 @@ class Recorder:
         """Own the recordings until cancelled (they end as ``drained``)."""
         try:
             async with trio.open_nursery() as nursery:
+                rc = self.config.recorder
+                if rc.storage == "directory":
+                    assert rc.directory is not None  # the config's rule
+                    # an agent restart loses its rings: leftovers of the previous run go
+                    await trio.to_thread.run_sync(prepare_directory, Path(rc.directory))
                 self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
@@ -180,7 +249,14 @@ class Recorder:
             self.budget.reserve(record.recording_id, record.ring.max_bytes)
         except BudgetRefused as exc:
             raise Refusal("LIMIT_REACHED", f"agent {agent}: {exc}") from None
-        recording = ActiveRecording(record, source, time.time())
+        files = None
+        if self.config.recorder.storage == "directory":
+            try:
+                files = await self._open_files(record.recording_id, record.ring.max_bytes)
+            except BaseException:
+                self.budget.release(record.recording_id)
+                raise
+        recording = ActiveRecording(record, source, time.time(), files)
         self.recordings[recording.id] = recording
         self.ended.pop(recording.id, None)
         try:
@@ -195,6 +271,33 @@ class Recorder:
                  extra={"event": "recording_started", "recording_id": recording.id})
         return RecordingStarted(recording_id=recording.id, sources=[source], ring=record.ring,
                                 ends_at=recording.ends_at)
+
+    async def _open_files(self, recording_id: str, max_bytes: int) -> DirectoryStore:
+        """The recording's directory, if the filesystem can hold its ``max_bytes`` on top of
+        what the running recordings may still grow into; else :class:`Refusal`."""
+        agent, rc = self.config.id, self.config.recorder
+        assert rc.directory is not None
+        root = Path(rc.directory)
+        try:
+            free = await trio.to_thread.run_sync(free_space, root)
+        except OSError as exc:
+            raise Refusal("START_CAPTURE_FAILED", f"agent {agent}: recorder.directory {root}: "
+                          f"{exc.strerror or exc}") from None
+        growth = max(0, sum(r.record.ring.max_bytes or 0 for r in self.recordings.values())
+                     - sum(r.statistics().memory for r in self.recordings.values()))
+        if free - growth < max_bytes:
+            raise Refusal("LIMIT_REACHED", (
+                f"agent {agent}: recorder.directory {root} has {size_text(free)} free, "
+                f"{size_text(growth)} of it promised to running recordings, and cannot hold "
+                f"this recording's {size_text(max_bytes)} (its max_bytes, within "
+                "recorder.max_bytes): ask for less (--max-bytes), or ask the operator to free "
+                "the disk or lower recorder.max_bytes"))
+        try:
+            return await trio.to_thread.run_sync(
+                DirectoryStore, root, recording_id, max(MIN_PIECE, max_bytes // 8))
+        except (OSError, ValueError) as exc:
+            raise Refusal("START_CAPTURE_FAILED", f"agent {agent}: recorder.directory {root}: "
+                          f"cannot hold recording {recording_id}: {exc}") from None
 
     def stop(self, recording_id: str) -> list[Recording]:
         """Stop a recording and free its ring at once; its final state (none if unknown)."""
@@ -227,7 +330,7 @@ class Recorder:
             self._watchers.discard(send)
             send.close()
 
-    def window(self, save: RecordSave) -> tuple[ActiveRecording, Window] | None:
+    async def window(self, save: RecordSave) -> tuple[ActiveRecording, Window] | None:
         """The recording and the window ``save`` asks for (None: no such recording held)."""
         recording = self.recordings.get(save.recording_id)
         if recording is None:
@@ -236,12 +339,17 @@ class Recorder:
             t_from, t_to = time.time_ns() - round(save.last * _NS), 2**64
         else:
             t_from, t_to = save.start or 0, 2**64 if save.end is None else save.end
-        return recording, recording.ring.window(t_from, t_to)
+        return recording, await recording.window(t_from, t_to)
 
     # --- the recording's task ----------------------------------------------------------------
 
     def _finish(self, recording: ActiveRecording, reason: RecordingEnd, text: str) -> None:
         recording.end(reason, text)
+        if recording.files is not None:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._discard, recording)
+            else:  # the recorder has stopped: no thread of this recording runs any more
+                recording.discard_sync()
         if self.recordings.pop(recording.id, None) is None:
             return
         self.budget.release(recording.id)
@@ -249,11 +357,15 @@ class Recorder:
         self.ended[recording.id] = recording.status()
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
-        stats = recording.ring.statistics()
+        stats = recording.statistics()
         log.info("recording %s ended (%s%s): %d packets captured, %d aged out, kernel dropped %d",
                  recording.id, recording.end_reason, f": {text}" if text else "", stats.captured,
                  stats.aged_out_time + stats.aged_out_size, stats.kernel_dropped,
                  extra={"event": "recording_ended", "recording_id": recording.id})
+
+    async def _discard(self, recording: ActiveRecording) -> None:
+        await recording.discard()
+        self._change()
 
     async def _run(self, recording: ActiveRecording, netns: Path | None, kernel_filter: str,
                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -278,9 +390,15 @@ class Recorder:
         except Exception as exc:  # a recording that fails must not take the agent with it
             if not started:
                 raise  # the request is refused with it
-            failure = str(exc) if isinstance(exc, CaptureError) else f"internal error: {exc!r}"
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                failure = (f"disk full: recorder.directory {self.config.recorder.directory} "
+                           "could not take more packets; this recording ended, the others run "
+                           "on — free the disk or lower recorder.max_bytes")
+            else:
+                failure = (str(exc) if isinstance(exc, CaptureError)
+                           else f"internal error: {exc!r}")
             log.warning("recording %s failed: %s", recording.id, failure,
-                        exc_info=not isinstance(exc, CaptureError))
+                        exc_info=not isinstance(exc, (CaptureError, OSError)))
         finally:
             if started and recording.id in self.recordings:
                 if failure:
@@ -294,7 +412,7 @@ class Recorder:
     async def _record(self, recording: ActiveRecording, capture: Capture,
                       matcher: Matcher | None) -> None:
         """Read into the ring until cancelled, or until a ``once`` trigger's window is whole."""
-        ring, triggers = recording.ring, recording.triggers
+        triggers = recording.triggers
         next_stats = trio.current_time()
         while True:
             batch = await capture.read_batch(max_packets=MAX_READ, max_wait=READ_WAIT)
@@ -304,18 +422,18 @@ class Recorder:
                     log.info("recording %s: trigger %d fired at %d", recording.id,
                              fired.number, fired.at, extra={"event": "recording_triggered",
                                                             "recording_id": recording.id})
-            ring.add(batch.blocks, time.time_ns())
+            await recording.add(batch.blocks, time.time_ns())
             self._change()
             if trio.current_time() >= next_stats:
                 stats = capture.stats()
-                ring.note_kernel(stats.kernel_dropped, stats.interface_dropped)
+                recording.note_kernel(stats.kernel_dropped, stats.interface_dropped)
                 recording.kernel_received = stats.received
                 next_stats = trio.current_time() + STATS_PERIOD
             if triggers is not None and (done := triggers.complete(batch.watermark)):
                 self._notify(recording, done, stopping=triggers.done)
                 if triggers.done:
                     stats = capture.stats()
-                    ring.note_kernel(stats.kernel_dropped, stats.interface_dropped)
+                    recording.note_kernel(stats.kernel_dropped, stats.interface_dropped)
                     return
 
     def _notify(self, recording: ActiveRecording, fired: Fired, *, stopping: bool) -> None:
@@ -354,7 +472,7 @@ def save_messages(recording: ActiveRecording, window: Window) -> Iterator[
         size += len(chunk)
     if pending:
         yield _data(pending)
-    stats = recording.ring.statistics()
+    stats = recording.statistics()
     now = time.time_ns()
     aged = stats.aged_out_time + stats.aged_out_size
     yield Data(watermark=0, payload=encode_interface_statistics(

@@ -19,6 +19,9 @@ after a call; pieces are cut to at most a sixteenth of ``max_bytes`` (and 1 MiB)
 over-dropping costs little. Every packet added is either held or counted aged out, by time or
 by size: ``captured == packets + aged_out_time + aged_out_size``.
 
+Where the pieces' bytes are is a :class:`PieceStore`'s business: memory here, or segment files
+(``pcapd.agent.ring_files``, called off the Trio thread); the size rule is the store's ``held``.
+
 The :class:`Budget` is shared by all recordings of an agent: each reserves its ``max_bytes``
 when it starts, and a recording that does not fit is refused. Running recordings are never
 squeezed to make room: what an operator armed keeps what it was promised.
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, islice, repeat
 from operator import le, lshift, or_
+from typing import Protocol
 
 from pcapd import _accel
 from pcapd.pcapng.packets import epb_run
@@ -64,8 +68,9 @@ class RingStatistics:
     bytes: int
     """Bytes of the EPBs held now."""
     memory: int
-    """Bytes of the buffers held (≥ ``bytes``: a piece partly aged out by time stays whole
-    until its last packet has aged out). Never above ``max_bytes``."""
+    """Bytes the store holds (≥ ``bytes``: a piece partly aged out by time stays whole until
+    its last packet has aged out; on disk, a segment until its last piece has). Never above
+    ``max_bytes`` after a call."""
     first_timestamp: int | None
     """ns since the epoch of the oldest packet held; None when empty."""
     last_timestamp: int | None
@@ -94,9 +99,58 @@ class Window:
     last_timestamp: int | None
 
 
+class PieceStore(Protocol):
+    """Where a ring keeps its pieces' bytes: in memory (:class:`MemoryStore`), or in files
+    (``pcapd.agent.ring_files``, an I/O edge its caller runs off the Trio thread). The ring
+    decides what to keep; the store only holds bytes and says how many it holds."""
+
+    @property
+    def held(self) -> int:
+        """Bytes the store holds now (memory, or disk): what ``max_bytes`` bounds."""
+        ...
+
+    def put(self, blocks: bytes) -> object:
+        """Keep ``blocks``; a reference to them."""
+        ...
+
+    def get(self, ref: object) -> bytes:
+        """The bytes kept under ``ref`` (they stay valid after :meth:`free`)."""
+        ...
+
+    def free(self, ref: object) -> None: ...
+
+    def clear(self) -> None:
+        """Free everything at once."""
+        ...
+
+
+class MemoryStore:
+    """Pieces as the bytes objects they came in: the reference is the buffer itself."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def put(self, blocks: bytes) -> object:
+        self.held += len(blocks)
+        return blocks
+
+    def get(self, ref: object) -> bytes:
+        assert isinstance(ref, bytes)
+        return ref
+
+    def free(self, ref: object) -> None:
+        assert isinstance(ref, bytes)
+        self.held -= len(ref)
+
+    def clear(self) -> None:
+        self.held = 0
+
+
 @dataclass(slots=True)
 class _Piece:
-    blocks: bytes
+    ref: object
+    """The store's reference to the piece's bytes."""
+    size: int
     start: int
     """Offset of the first packet held (the ones before it aged out)."""
     packets: int
@@ -152,16 +206,17 @@ def _sorted(blocks: bytes, stamps: Seq, ends: Seq, in_order: bool) -> _Indexed:
 class Ring:
     """One recording's packets: the last ``keep_ns`` of them, at most ``max_bytes``."""
 
-    def __init__(self, keep_ns: int, max_bytes: int) -> None:
+    def __init__(self, keep_ns: int, max_bytes: int, store: PieceStore | None = None) -> None:
         if keep_ns <= 0 or max_bytes <= 0:
             raise ValueError("keep_ns and max_bytes must be positive")
         self.keep_ns = keep_ns
         self.max_bytes = max_bytes
+        self.store: PieceStore = MemoryStore() if store is None else store
         self._piece_limit = min(MAX_PIECE, max(MIN_PIECE, max_bytes // 16))
         self._pieces: deque[_Piece] = deque()
         self._head_index: tuple[Seq, Seq] | None = None
         """``index()`` of the oldest piece's whole buffer, kept while it is being cut."""
-        self._packets = self._bytes = self._memory = 0
+        self._packets = self._bytes = 0
         self._captured = self._aged_time = self._aged_size = 0
         self._kernel_dropped = self._interface_dropped = 0
 
@@ -190,14 +245,15 @@ class Ring:
             self._aged_time += self._pop_head().packets
         if pieces and pieces[0].first < cutoff:
             self._cut_head(cutoff)
-        while self._memory > self.max_bytes:
+        while pieces and self.store.held > self.max_bytes:
             self._aged_size += self._pop_head().packets
 
     def clear(self) -> None:
         """Free every buffer at once (the counters stay)."""
         self._pieces.clear()
         self._head_index = None
-        self._packets = self._bytes = self._memory = 0
+        self.store.clear()
+        self._packets = self._bytes = 0
 
     # --- output ------------------------------------------------------------------------------
 
@@ -211,12 +267,13 @@ class Ring:
                 continue
             if piece.first > t_to:
                 break
+            blocks = self.store.get(piece.ref)
             if t_from <= piece.first and piece.last <= t_to:
-                lo_off, hi_off, count = piece.start, len(piece.blocks), piece.packets
+                lo_off, hi_off, count = piece.start, piece.size, piece.packets
                 lo_ts, hi_ts = piece.first, piece.last
             else:
                 stamps, ends = self._head_index if i == 0 and self._head_index else index(
-                    piece.blocks)
+                    blocks)
                 skip = bisect_right(ends, piece.start)  # packets before the first held
                 lo = max(skip, bisect_left(stamps, t_from))
                 hi = bisect_right(stamps, t_to)
@@ -225,7 +282,7 @@ class Ring:
                 lo_off = ends[lo - 1] if lo else 0
                 hi_off, count = ends[hi - 1], hi - lo
                 lo_ts, hi_ts = stamps[lo], stamps[hi - 1]
-            chunks.append(memoryview(piece.blocks)[lo_off:hi_off])
+            chunks.append(memoryview(blocks)[lo_off:hi_off])
             packets += count
             nbytes += hi_off - lo_off
             first = lo_ts if first is None else first
@@ -235,7 +292,7 @@ class Ring:
     def statistics(self) -> RingStatistics:
         pieces = self._pieces
         return RingStatistics(
-            packets=self._packets, bytes=self._bytes, memory=self._memory,
+            packets=self._packets, bytes=self._bytes, memory=self.store.held,
             first_timestamp=pieces[0].first if pieces else None,
             last_timestamp=pieces[-1].last if pieces else None,
             captured=self._captured, aged_out_time=self._aged_time,
@@ -248,27 +305,26 @@ class Ring:
         """Append sorted EPBs (no older than the newest held) as pieces of at most the limit."""
         limit = self._piece_limit
         if len(blocks) <= limit:
-            self._push(_Piece(blocks, 0, len(stamps), stamps[0], stamps[-1]))
+            self._push(blocks, len(stamps), stamps[0], stamps[-1])
             return
         lo = 0
         while lo < len(stamps):
             start = ends[lo - 1] if lo else 0
             hi = max(lo + 1, bisect_right(ends, start + limit))
-            self._push(_Piece(blocks[start:ends[hi - 1]], 0, hi - lo, stamps[lo], stamps[hi - 1]))
+            self._push(blocks[start:ends[hi - 1]], hi - lo, stamps[lo], stamps[hi - 1])
             lo = hi
 
-    def _push(self, piece: _Piece) -> None:
-        self._pieces.append(piece)
-        self._packets += piece.packets
-        self._bytes += len(piece.blocks)
-        self._memory += len(piece.blocks)
+    def _push(self, blocks: bytes, packets: int, first: int, last: int) -> None:
+        self._pieces.append(_Piece(self.store.put(blocks), len(blocks), 0, packets, first, last))
+        self._packets += packets
+        self._bytes += len(blocks)
 
     def _pop_head(self) -> _Piece:
         piece = self._pieces.popleft()
         self._head_index = None
         self._packets -= piece.packets
-        self._bytes -= len(piece.blocks) - piece.start
-        self._memory -= len(piece.blocks)
+        self._bytes -= piece.size - piece.start
+        self.store.free(piece.ref)
         return piece
 
     def _pop_tail(self) -> _Piece:
@@ -276,15 +332,15 @@ class Ring:
             return self._pop_head()
         piece = self._pieces.pop()
         self._packets -= piece.packets
-        self._bytes -= len(piece.blocks)
-        self._memory -= len(piece.blocks)
+        self._bytes -= piece.size
+        self.store.free(piece.ref)
         return piece
 
     def _cut_head(self, cutoff: int) -> None:
         """Age out the oldest piece's packets before ``cutoff`` (its newest is not)."""
         head = self._pieces[0]
         if self._head_index is None:
-            self._head_index = index(head.blocks)
+            self._head_index = index(self.store.get(head.ref))
         stamps, ends = self._head_index
         keep_from = bisect_left(stamps, cutoff)
         offset = ends[keep_from - 1] if keep_from else 0
@@ -301,8 +357,9 @@ class Ring:
         kernel delivered out of order across batches): rare, and bounded by the skew."""
         taken: list[bytes | memoryview] = []
         while self._pieces and self._pieces[-1].last > oldest:
-            piece = self._pop_tail()
-            taken.insert(0, memoryview(piece.blocks)[piece.start:])
+            piece = self._pieces[-1]
+            taken.insert(0, memoryview(self.store.get(piece.ref))[piece.start:])
+            self._pop_tail()
         joined = b"".join([*taken, blocks])
         return _sorted(joined, *_index(joined))
 
@@ -339,8 +396,8 @@ class Budget:
         free = self.max_bytes - sum(self._reserved.values())
         if nbytes > free:
             raise BudgetRefused(
-                f"{_size(nbytes)} does not fit: {_size(free)} of this agent's "
-                f"{_size(self.max_bytes)} (recorder.max_bytes) is free, the rest is held by "
+                f"{size_text(nbytes)} does not fit: {size_text(free)} of this agent's "
+                f"{size_text(self.max_bytes)} (recorder.max_bytes) is free, the rest is held by "
                 f"{len(self._reserved)} running recordings; ask for less (--max-bytes), stop "
                 "one, or ask the operator to raise it")
         self._reserved[key] = nbytes
@@ -353,7 +410,7 @@ class Budget:
                                 self.max_bytes, self.max_recordings)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"

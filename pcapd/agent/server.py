@@ -198,7 +198,7 @@ class Agent:
 
     async def _save(self, link: Link, save: RecordSave) -> None:
         """A window of a recording's ring, streamed as a capture."""
-        found = self.recorder.window(save)
+        found = await self.recorder.window(save)
         if found is None:
             await link.send(Error(code="INSTANCE_UNAVAILABLE", origin=self.config.id, text=(
                 f"agent {self.config.id} holds no recording {save.recording_id} (it ended, "

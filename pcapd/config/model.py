@@ -211,21 +211,26 @@ class AgentRecorderConfig(_Section, frozen=True):
     recordings are never squeezed, so the VM's workload never feels more than ``max_bytes``."""
 
     # where rings live: memory (the agent's own memory, counted against max_bytes);
-    # directory (files on the ephemeral disk) is not supported yet and is refused
+    # directory (segment files under recorder.directory, counted on disk against max_bytes)
     storage: Literal["memory", "directory"] = "memory"
-    # the directory of rings for storage: directory (on the ephemeral disk)
+    # the directory of rings for storage: directory (on the ephemeral disk; emptied when the
+    # agent starts: a restart loses its rings)
     directory: Annotated[str, Meta(min_length=1, extra={"what": "a directory path"})] | None = None
-    # bytes all recordings on this VM may hold together (each reserves its max_bytes)
+    # bytes all recordings on this VM may hold together (each reserves its max_bytes), in
+    # memory or on disk; with storage: directory a recording is also refused when the
+    # filesystem's free space cannot hold its max_bytes
     max_bytes: Count = 256 << 20
     max_recordings: Count = 8  # recordings this agent keeps at once; more: LIMIT_REACHED
 
     def _rules(self) -> Iterator[Rule]:
         if self.storage == "directory":
-            yield (
-                "storage",
-                "directory is not supported yet: rings live in memory — set it to memory "
-                "and size recorder.max_bytes to the memory this VM can spare",
-            )
+            if self.directory is None:
+                yield "directory", "storage: directory needs it: a directory on the ephemeral disk"
+            elif not self.directory.startswith("/"):
+                yield "directory", f"{self.directory!r} must be an absolute path"
+            elif self.directory.rstrip("/") in ("", "/tmp", "/var", "/var/vcap", "/var/vcap/data"):
+                yield "directory", (f"{self.directory!r} is emptied when the agent starts: "
+                                    "give it a directory of its own")
         elif self.directory is not None:
             yield "directory", "only used with recorder.storage: directory — remove it"
 

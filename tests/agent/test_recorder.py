@@ -5,7 +5,10 @@ packet's time, stop frees at once, and the budget refuses rather than squeezes."
 
 from __future__ import annotations
 
+import errno
+import os
 import secrets
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -16,7 +19,8 @@ import msgspec
 import pytest
 import trio
 
-from pcapd.agent.ring import Ring
+from pcapd.agent.recorder import MAX_READ
+from pcapd.agent.ring import Ring, RingStatistics, Window
 from pcapd.agent.server import Agent, serve_agent
 from pcapd.certs import CertPaths, init_certs
 from pcapd.config import AgentConfig, parse_agent_config
@@ -75,6 +79,13 @@ class Cell:
         """The agent's own ring (what it holds, not what a file says)."""
         return self.agent.recorder.recordings[recording_id].ring
 
+    def stats(self, recording_id: str) -> RingStatistics:
+        """The agent's own ring's statistics, whatever the storage."""
+        return self.agent.recorder.recordings[recording_id].statistics()
+
+    async def held(self, recording_id: str) -> Window:
+        return await self.agent.recorder.recordings[recording_id].window(0, 2**64)
+
     @asynccontextmanager
     async def link(self) -> AsyncIterator[Link]:
         ctx = client_context(ca=self.pki.ca_cert, certificate=self.pki.api_client_cert,
@@ -121,7 +132,7 @@ class Cell:
 
     async def wait_captured(self, recording_id: str, packets: int) -> None:
         """Until the agent's ring has taken ``packets`` in all."""
-        await self.until(lambda: self.ring(recording_id).statistics().captured >= packets)
+        await self.until(lambda: self.stats(recording_id).captured >= packets)
 
 
 class SaveRefused(Exception):
@@ -191,10 +202,24 @@ async def cell(pki: CertPaths, tmp_path: Path, **recorder: object) -> AsyncItera
             nursery.cancel_scope.cancel()
 
 
+STORAGES = pytest.mark.parametrize("storage", ["memory", "directory"])
+
+
+def storage_config(storage: str, tmp_path: Path) -> dict[str, object]:
+    if storage == "memory":
+        return {}
+    return {"storage": "directory", "directory": str(tmp_path / "rings")}
+
+
+def on_disk(rings: Path) -> int:
+    return sum(p.stat().st_size for p in rings.rglob("*") if p.is_file())
+
+
+@STORAGES
 async def test_a_window_holds_exactly_its_packets_in_order_and_old_ones_age_out(
-        pki: CertPaths, tmp_path: Path) -> None:
+        pki: CertPaths, tmp_path: Path, storage: str) -> None:
     with trio.fail_after(60):
-        async with cell(pki, tmp_path) as c:
+        async with cell(pki, tmp_path, **storage_config(storage, tmp_path)) as c:
             started = await c.record(keep=2.0)
             assert isinstance(started, RecordingStarted)
             rid = started.recording_id
@@ -224,11 +249,10 @@ async def test_a_window_holds_exactly_its_packets_in_order_and_old_ones_age_out(
                                             + [udp_marker(b"aft", i) for i in range(10)])
 
             # keep (2 s) passes for the "old" packets: the agent's ring lets them go
-            await c.until(lambda: c.ring(rid).statistics().aged_out_time >= 20)
-            ring = c.ring(rid)
+            await c.until(lambda: c.stats(rid).aged_out_time >= 20)
             now = time.time_ns()
-            held = ring.window(0, 2**64)
-            first = ring.statistics().first_timestamp
+            held = await c.held(rid)
+            first = c.stats(rid).first_timestamp
             assert first is None or first >= now - 2 * S - S // 10
             assert all(ts >= now - 2 * S - S // 10 for ts in _stamps(held.chunks))
             later = await c.save(RecordSave(recording_id=rid, last=60.0))
@@ -249,11 +273,13 @@ def _stamps(chunks: list[memoryview]) -> list[int]:
     return split_packets(b"".join(bytes(c) for c in chunks)).timestamps
 
 
+@STORAGES
 async def test_ten_times_max_bytes_of_traffic_stays_within_budget(
-        pki: CertPaths, tmp_path: Path) -> None:
+        pki: CertPaths, tmp_path: Path, storage: str) -> None:
     max_bytes = 64 << 10
+    rings = tmp_path / "rings"
     with trio.fail_after(60):
-        async with cell(pki, tmp_path) as c:
+        async with cell(pki, tmp_path, **storage_config(storage, tmp_path)) as c:
             started = await c.record(max_bytes=max_bytes)
             assert isinstance(started, RecordingStarted)
             rid = started.recording_id
@@ -261,16 +287,20 @@ async def test_ten_times_max_bytes_of_traffic_stays_within_budget(
             count = 10 * max_bytes // size  # ten times the ring in UDP payload alone
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(c.send, count, b"big", PORT, size)
-                while (stats := c.ring(rid).statistics()).captured < count:
+                while (stats := c.stats(rid)).captured < count:
                     assert stats.memory <= max_bytes and stats.bytes <= max_bytes
+                    if storage == "directory":  # the disk, not just the count
+                        assert on_disk(rings) <= max_bytes + MAX_READ * 1100  # + a batch
                     await c.agent.recorder.wait_changed()
-            stats = c.ring(rid).statistics()
+            stats = c.stats(rid)
             assert stats.memory <= max_bytes and stats.aged_out_size > 0
             assert stats.captured == stats.packets + stats.aged_out_size == count
             saved = await c.save(RecordSave(recording_id=rid))
             seqs = [int.from_bytes(m[3:], "big") for m in saved.markers()]
             assert seqs == list(range(count - len(seqs), count))  # the newest, none missing
             assert sum(len(p.raw) for p in saved.packets) <= max_bytes
+            if storage == "directory":
+                assert on_disk(rings) == c.stats(rid).memory <= max_bytes
 
 
 async def test_a_trigger_is_reported_with_its_packets_time_and_once_holds_the_ring(
@@ -378,3 +408,88 @@ async def test_bad_requests_are_refused_and_reserve_nothing(
             assert "banana" in bad_trigger.text
             assert c.agent.recorder.budget.statistics().reserved == 0
             assert c.agent.recorder.recordings == {}
+
+
+# --- recorder.storage: directory ---------------------------------------------------------------
+
+
+async def test_in_a_directory_aged_out_segments_and_stopped_rings_are_deleted(
+        pki: CertPaths, tmp_path: Path) -> None:
+    rings = tmp_path / "rings"
+    rings.mkdir()
+    (rings / "r-previous-run").mkdir()  # an agent restart loses its rings
+    (rings / "r-previous-run" / "segment-00000000.epb").write_bytes(b"x" * 100)
+    with trio.fail_after(60):
+        async with cell(pki, tmp_path, storage="directory", directory=str(rings)) as c:
+            assert list(rings.iterdir()) == [] and (rings.stat().st_mode & 0o777) == 0o700
+            started = await c.record(keep=1.0, max_bytes=64 << 10)
+            assert isinstance(started, RecordingStarted)
+            rid = started.recording_id
+            ring_dir = rings / rid
+            await c.send(100, b"seg", size=200)  # ~25 KiB in 8 KiB segments
+            await c.wait_captured(rid, 100)
+            assert len(list(ring_dir.iterdir())) >= 3
+            assert all((p.stat().st_mode & 0o777) == 0o600 for p in ring_dir.iterdir())
+            await c.until(lambda: c.stats(rid).aged_out_time == 100)
+            assert list(ring_dir.iterdir()) == []  # each segment went with its last packet
+
+            await c.send(20, b"stp")
+            await c.wait_captured(rid, 120)
+            assert on_disk(ring_dir) > 0
+            answer = await c.ask(RecordStop(recording_id=rid))
+            assert isinstance(answer, RecordingList)
+            (final,) = answer.recordings
+            assert final.end_reason == "stopped" and final.sources[0].packets == 0
+            await c.until(lambda: not ring_dir.exists())
+            assert list(rings.iterdir()) == []
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+async def test_a_small_disk_refuses_the_arm_and_a_full_one_ends_only_that_recording(
+        pki: CertPaths, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "small", "1m") as small, trio.fail_after(60):
+        rings = small / "rings"
+        async with cell(pki, tmp_path, storage="directory", directory=str(rings)) as c:
+            refused = await c.record(max_bytes=2 << 20)
+            assert isinstance(refused, Error) and refused.code == "LIMIT_REACHED"
+            assert "recorder.directory" in refused.text and str(rings) in refused.text
+            assert "cell/0" in refused.text and c.agent.recorder.budget.statistics().reserved == 0
+
+            started = await c.record(max_bytes=600 << 10)
+            assert isinstance(started, RecordingStarted)
+            disk_bound = await c.record(max_bytes=600 << 10)  # the first may still take 600 KiB
+            assert isinstance(disk_bound, Error) and "promised to running" in disk_bound.text
+            rid = started.recording_id
+            # someone else fills the disk: the recording's next write fails
+            filler = small / "filler"
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                while os.write(fd, bytes(4096)):
+                    pass
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+            finally:
+                os.close(fd)
+            await c.send(50, b"ful", size=1000)
+            await c.until(lambda: rid not in c.agent.recorder.recordings)
+            listed = await c.ask(ListRecordings(recording_ids=[rid]))
+            assert isinstance(listed, RecordingList)
+            (status,) = listed.recordings
+            assert status.end_reason == "failed" and status.end_text.startswith("disk full")
+            assert "recorder.directory" in status.end_text
+            await c.until(lambda: not (rings / rid).exists())
+            filler.unlink()
+            again = await c.record(max_bytes=256 << 10)  # the agent runs on
+            assert isinstance(again, RecordingStarted)
+            await c.send(5, b"ok!")
+            await c.wait_captured(again.recording_id, 5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from pcapd.agent.ring import (
     _index,
     index,
 )
+from pcapd.agent.ring_files import DirectoryStore, prepare_directory
 from pcapd.agent.triggers import MIN_INTERVAL_NS, Triggers
 from pcapd.pcapng import encode_enhanced_packet, split_packets
 
@@ -312,3 +314,82 @@ def test_the_pure_modules_import_no_trio() -> None:
     code = ("import pcapd.agent.ring, pcapd.agent.triggers, sys; "
             "assert 'trio' not in sys.modules, 'trio imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+# --- the same ring in files (recorder.storage: directory) --------------------------------------
+
+
+def _segments(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+@settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(operations, st.integers(1, 5 * S), st.integers(PACKET, 40 * PACKET), st.data())
+def test_a_ring_in_files_holds_what_the_memory_ring_holds_within_max_bytes_on_disk(
+    ops: list[tuple[int, list[int]]], keep: int, max_bytes: int, data: st.DataObject
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        files = DirectoryStore(Path(tmp), "r-1", max(1, max_bytes // 8))
+        on_disk, in_memory = Ring(keep, max_bytes, files), Ring(keep, max_bytes)
+        now = T0
+        for step, offsets in ops:
+            now += step
+            blocks = b"".join(epb(now + o, i) for i, o in enumerate(offsets))
+            on_disk.add(blocks, now)
+            in_memory.add(blocks, now)
+            disk = sum(p.stat().st_size for p in files.path.iterdir())
+            assert disk == files.held == on_disk.statistics().memory <= max_bytes
+        assert held(on_disk) == held(in_memory)
+        t_from = data.draw(st.integers(T0 - 2 * S, now + S), label="from")
+        t_to = data.draw(st.integers(t_from, now + 2 * S), label="to")
+        window = on_disk.window(t_from, t_to)
+        assert packets(window) == packets(in_memory.window(t_from, t_to))
+        on_disk_stats, in_memory_stats = on_disk.statistics(), in_memory.statistics()
+        assert (on_disk_stats.packets, on_disk_stats.bytes, on_disk_stats.captured) == (
+            in_memory_stats.packets, in_memory_stats.bytes, in_memory_stats.captured)
+        files.close()
+        assert not files.path.exists()
+        packets(window)  # a window read before the files went stays whole
+
+
+def test_a_segment_is_deleted_when_its_last_packet_ages_out(tmp_path: Path) -> None:
+    files = DirectoryStore(tmp_path, "r-1", segment_bytes=2 * PACKET)
+    ring = Ring(keep_ns=10 * S, max_bytes=1 << 20, store=files)
+    for i in range(6):  # two packets a segment: three segments
+        ring.add(batch(T0 + i * S), now_ns=T0 + i * S)
+    assert len(_segments(files.path)) == 3
+    assert (files.path.stat().st_mode & 0o777) == 0o700
+    assert all((p.stat().st_mode & 0o777) == 0o600 for p in files.path.iterdir())
+    ring.age(T0 + 10 * S + S // 2)  # T0 goes: its segment still holds T0 + 1 s
+    assert len(_segments(files.path)) == 3
+    ring.age(T0 + 11 * S + S // 2)  # T0 + 1 s goes: the first segment is deleted
+    assert len(_segments(files.path)) == 2 and files.held == 4 * PACKET
+    ring.clear()
+    assert _segments(files.path) == [] and files.held == 0
+    files.close()
+    assert not files.path.exists()
+
+
+def test_a_ring_directory_refuses_unsafe_names_and_symlinks(tmp_path: Path) -> None:
+    for name in ("../x", "a/b", "", ".hidden"):
+        with pytest.raises(ValueError, match="not a safe directory name"):
+            DirectoryStore(tmp_path, name, 4096)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "r-2").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):
+        DirectoryStore(tmp_path, "r-2", 4096)
+    link = tmp_path / "rings"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(NotADirectoryError, match=r"recorder\.directory"):
+        prepare_directory(link)
+
+
+def test_prepare_directory_removes_a_previous_runs_rings(tmp_path: Path) -> None:
+    rings = tmp_path / "rings"
+    prepare_directory(rings)
+    assert (rings.stat().st_mode & 0o777) == 0o700
+    old = DirectoryStore(rings, "r-old", 4096)
+    old.put(epb(T0))
+    (rings / "stray").write_bytes(b"x")
+    prepare_directory(rings)
+    assert list(rings.iterdir()) == []

@@ -230,8 +230,11 @@ def test_buffer_rules(buffer: str, problem: str) -> None:
 @pytest.mark.parametrize(
     ("recorder", "problem"),
     [
-        ("{storage: directory, directory: /var/vcap/data/rings}",
-         "recorder.storage: directory is not supported yet: rings live in memory"),
+        ("{storage: directory}", "recorder.directory: storage: directory needs it"),
+        ("{storage: directory, directory: rings}",
+         "recorder.directory: 'rings' must be an absolute path"),
+        ("{storage: directory, directory: /var/vcap/data}",
+         "recorder.directory: '/var/vcap/data' is emptied when the agent starts"),
         ("{storage: disk}", "recorder.storage: expected one of"),
         ("{directory: /var/vcap/data/rings}",
          "recorder.directory: only used with recorder.storage: directory"),
