@@ -75,8 +75,9 @@ TESTED_THROUGH = {
                       "tests/client/test_arguments_dialects.py",
     "client/recordings.py": "`pcapd record`; tests/client/test_record_arguments.py",
     "client/record.py": "`pcapd record` against the real api and agents; tests/e2e/test_record.py",
-    "agent/ring_files.py": "the ring's segment files; tests/agent/test_ring.py drives a file-backed "
-                           "and a memory ring alike, tests/agent/test_recorder.py on a tmpfs",
+    "agent/ring_files.py": "the ring's segment files; tests/agent/test_ring.py drives a "
+                           "file-backed and a memory ring alike, tests/agent/test_recorder.py "
+                           "on a tmpfs",
     "api/recordings.py": "`pcapd record`'s endpoints, end to end; tests/e2e/test_record.py",
     "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
                             "tests/e2e/test_record.py",
