@@ -400,3 +400,50 @@ async def test_an_agent_restart_shows_its_ring_as_lost(landscape: Landscape) -> 
     assert [(a.name, "restarted" in a.reason) for a in end.absent] == [("rec-app/0", True)]
     assert end.totals.written == 10
     assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+# --- attackers and unlucky users ---------------------------------------------------------------
+
+
+async def test_no_recording_is_armed_nor_listed_without_a_valid_token(
+        landscape: Landscape) -> None:
+    for token in ("not-a-jwt", landscape.uaa.expired(BOB)):
+        for request in (record(landscape), ListRecordings(), RecordStop(recording_id="0" * 32)):
+            answer = await ask(landscape, token, request)
+            assert isinstance(answer, Error) and answer.code == "UNAUTHENTICATED", answer
+    alice, _ = developer_tokens(landscape)
+    listing = await ask(landscape, alice, ListRecordings())
+    assert isinstance(listing, RecordingList)
+    assert not [r for r in listing.recordings if r.state == "recording"], listing
+    assert not [line for line in landscape.all_log_lines() if "Traceback" in line]
+
+
+# The protocol's schema already refuses "/", "%" and a leading dot (a link sending one is answered
+# as malformed); these pass it and reach the store's key, where they must be unknown ids.
+@pytest.mark.parametrize("forged", ["a..b", "x.json", "0" * 33, "A" * 32, "x_y-z.."])
+async def test_a_forged_recording_id_is_an_unknown_one(landscape: Landscape,
+                                                       forged: str) -> None:
+    alice, _ = developer_tokens(landscape)
+    answer = await ask(landscape, alice, RecordStop(recording_id=forged))
+    assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST", answer
+    _, answer = await saved(landscape, alice, RecordSave(recording_id=forged))
+    assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST", answer
+    assert not [line for line in landscape.all_log_lines() if "Traceback" in line]
+
+
+async def test_a_save_never_overwrites_a_file_without_force(landscape: Landscape,
+                                                            tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
+    env = landscape.cf_home(token, refresh)
+    rid = await started(landscape, token, record(landscape))
+    kept = tmp_path / "yesterday.pcapng"
+    kept.write_bytes(b"yesterday's capture")
+    save = await cli(env, "record", "save", rid, "-w", str(kept), "-q")
+    err = save.stderr.decode()
+    assert save.returncode != 0 and "-F" in err and "Traceback" not in err, err
+    assert kept.read_bytes() == b"yesterday's capture"
+    assert sorted(p.name for p in await trio.Path(tmp_path).iterdir()) == ["yesterday.pcapng"]
+    unknown = await cli(env, "record", "stop", "f" * 32)
+    err = unknown.stderr.decode()
+    assert unknown.returncode != 0 and "no recording" in err and "Traceback" not in err, err
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
