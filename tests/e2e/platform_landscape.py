@@ -255,6 +255,18 @@ class Landscape:
     def all_log_lines(self) -> list[str]:
         return [line for process in self.processes for line in process.lines]
 
+    def api_events(self, event: str) -> list[dict[str, object]]:
+        """The api's JSON log entries whose ``event`` is ``event`` (audit lines and others)."""
+        found = []
+        for line in self.api.lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == event:
+                found.append(entry)
+        return found
+
 
 def _merged(config: dict[str, object], settings: dict[str, object]) -> dict[str, object]:
     """``config`` with ``settings``: a section given as a dict is merged key by key."""

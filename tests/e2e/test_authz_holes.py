@@ -84,17 +84,6 @@ def cf_start(app: str, process_type: str = "web") -> Start:
                  options=CaptureOptions(device="lo"))
 
 
-def api_events(landscape: Landscape, event: str) -> list[dict[str, object]]:
-    found = []
-    for line in landscape.api.lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == event:
-            found.append(entry)
-    return found
-
 
 # --- hole 2: another app's instances through process_type --------------------------------
 
@@ -107,7 +96,7 @@ async def test_process_type_cannot_reach_another_app(landscape: Landscape, shape
     answer = await first_answer(landscape, token, cf_start(app_a.guid, shape.format(b=app_b.guid)))
     assert isinstance(answer, Error), f"the api started a capture: {answer}"
     assert answer.code == "INVALID_REQUEST" and "app-a has no process of type" in answer.text
-    assert app_b.guid not in json.dumps([e for e in api_events(landscape, "capture_started")])
+    assert app_b.guid not in json.dumps([e for e in landscape.api_events("capture_started")])
 
 
 async def test_the_audit_line_names_org_space_app_guid_and_process_type(
@@ -116,13 +105,13 @@ async def test_the_audit_line_names_org_space_app_guid_and_process_type(
     answer = await first_answer(landscape, landscape.uaa.issue(ALICE), cf_start(app_a.guid))
     assert isinstance(answer, Started)
     with trio.fail_after(10):
-        while not [e for e in api_events(landscape, "capture_ended")  # noqa: ASYNC110
+        while not [e for e in landscape.api_events("capture_ended")  # noqa: ASYNC110
                    if e["capture_id"] == answer.capture_id]:
             # the api writes its line after the link closed, to a pipe a thread reads: no
             # event to wait for across the process boundary
             await trio.sleep(0.05)
     for event in ("capture_started", "capture_ended"):
-        entry, = [e for e in api_events(landscape, event) if e["capture_id"] == answer.capture_id]
+        entry, = [e for e in landscape.api_events(event) if e["capture_id"] == answer.capture_id]
         assert entry["org"] == f"org ({landscape.org.guid})"
         assert entry["space"] == f"dev ({landscape.space.guid})"
         assert entry["app_guid"] == app_a.guid and entry["process_type"] == "web"

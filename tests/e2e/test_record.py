@@ -122,17 +122,6 @@ def markers(path: Path) -> list[tuple[str, str, float]]:
     return found
 
 
-def api_events(landscape: Landscape, event: str) -> list[dict[str, object]]:
-    found = []
-    for line in landscape.api.lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == event:
-            found.append(entry)
-    return found
-
 
 async def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(90):
@@ -175,7 +164,7 @@ async def test_save_last_holds_exactly_the_window_from_both_instances(
     assert stop.returncode == 0, stop.stderr.decode()
     gone = await saved(landscape, token, RecordSave(recording_id=rid))
     assert isinstance(gone[1], Error) and "stopped" in gone[1].text
-    started_line, = [e for e in api_events(landscape, "recording_started")
+    started_line, = [e for e in landscape.api_events("recording_started")
                      if e["recording_id"] == rid]
     assert started_line["app_guid"] == app(landscape).guid
     assert started_line["instances"] == ["rec-app/0", "rec-app/1"]
@@ -212,7 +201,7 @@ async def test_a_trigger_stores_the_window_before_and_after_it(landscape: Landsc
     shown, = listing.recordings
     assert shown.triggers_saved == 1 and shown.saved == [stored.capture_id]
     assert shown.state == "ended"  # --once: stopped after its window was saved
-    assert [e for e in api_events(landscape, "recording_triggered")
+    assert [e for e in landscape.api_events("recording_triggered")
             if e["recording_id"] == rid and e["capture_id"] == stored.capture_id]
     async with httpx.AsyncClient(timeout=10) as http:
         metrics = (await http.get(f"{landscape.api_url}/metrics")).text
