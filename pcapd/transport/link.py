@@ -26,6 +26,9 @@ KEEPALIVE_INTERVAL: Final = 5.0
 """Seconds between pings on every pcapd link (:meth:`Link.keepalive`)."""
 KEEPALIVE_TIMEOUT: Final = 10.0
 """Seconds a peer may neither answer a ping nor take data before its link is given up."""
+OWN_STALL: Final = 0.5
+"""Seconds the keepalive may wake late before it takes the delay as its own process having
+been stalled, and does not count that time against the peer."""
 
 
 class LinkClosed(PcapdError):
@@ -102,8 +105,10 @@ class Link:
         ``pong_within``. So while a pong is due the kernel is asked whether the peer still
         takes our data (:mod:`pcapd.transport.peer_progress`): the TCP bytes it acknowledged
         grow while data waits for it (for a Unix socket: the queue toward it changes). Only a
-        peer that neither answers nor takes anything for ``pong_within`` is given up. Runs
-        until cancelled or the link closes.
+        peer that neither answers nor takes anything for ``pong_within`` is given up. Time
+        this process was not running (a wake-up later than :data:`OWN_STALL`) does not count:
+        the pong may be sitting unread in our own socket. Runs until cancelled or the link
+        closes.
         """
         sock = _SOCKETS.get(self.ws)
         while True:
@@ -117,10 +122,17 @@ class Link:
                 poll = min(1.0, pong_within / 4)
                 while not answered.is_set():
                     left = moved + pong_within - trio.current_time()
-                    with trio.move_on_after(max(0.0, min(poll, left))):
+                    wake = trio.current_time() + max(0.0, min(poll, left))
+                    with trio.move_on_at(wake):
                         await answered.wait()
                     if answered.is_set():
                         break
+                    late = trio.current_time() - wake
+                    if late > OWN_STALL:
+                        # We were not running (a blocked event loop, a starved or suspended
+                        # process): the pong may be waiting unread in our own socket. The
+                        # time we were away is not the peer's silence.
+                        moved += late
                     now = sample(sock)
                     if progressed(flow, now):
                         moved = trio.current_time()

@@ -68,6 +68,37 @@ async def test_keepalive_closes_a_link_whose_peer_went_silent(
             nursery.cancel_scope.cancel()
 
 
+async def test_our_own_stall_is_not_taken_for_the_peers_silence(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The peer answers each ping 3 s late. While a pong is due our own process stops for
+    12 s (a blocked event loop, a starved or suspended process): the pong then sits unread
+    in our socket, and the link must not be given up for a silence that was ours."""
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            client_stream, server_stream = trio.testing.memory_stream_pair()
+            peer = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+
+            async def late_answers() -> None:
+                while data := await server_stream.receive_some(65536):
+                    peer.receive_data(data)
+                    for event in peer.events():
+                        if isinstance(event, Request):
+                            await server_stream.send_all(peer.send(AcceptConnection()))
+                        elif isinstance(event, Ping):
+                            await trio.sleep(3)
+                            await server_stream.send_all(peer.send(event.response()))
+
+            nursery.start_soon(late_answers)
+            ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "agent", "/")
+            link = Link(ws, InitiatorSession("api"), "agent")
+            nursery.start_soon(link.keepalive, 5, 10)
+            await trio.sleep(6)  # the first ping went out at 5 s; its pong is due
+            autojump_clock.jump(12)  # nothing of ours runs for 12 s
+            await trio.sleep(30)  # five more pings, each answered
+            assert link.gave_up is None and ws.closed is None
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_ping_after_our_close_frame_is_left_unanswered(
         autojump_clock: trio.testing.MockClock) -> None:
     """Unpatched, trio-websocket's reader task would try to pong in the closing state and fail
