@@ -77,7 +77,7 @@ from pcapd.proto import (
     Start,
     Trigger,
 )
-from pcapd.store import Store
+from pcapd.store import CaptureInfo, Store
 from pcapd.store.recording_store import RecordingStore, recordings_of
 from pcapd.store.recordings import Recording as Record_
 from pcapd.store.recordings import (
@@ -340,6 +340,22 @@ class ApiRecorder:
                     sources=[j.origin for j in resolution.jobs], **fresh.audit)
         await self.api._admitted(link, start, token, headers, capture_id,
                                  resolution=resolution, saves=saves)
+
+    async def reauthorize(self, info: CaptureInfo, token: str | None) -> None:
+        """A capture a trigger stored is handed out only to an owner who may still capture
+        its target, asked anew as ``save`` asks (:class:`Refusal` if not): the token that
+        armed the recording was checked then, and the traffic may be from after its owner
+        lost access."""
+        if info.reauthorize is None:
+            return
+        start = Start(target=books.target_of(info.reauthorize), options=CaptureOptions(
+            device="any"))
+        try:
+            await self.api.resolver.resolve(start, token)
+        except Refusal as refusal:
+            raise Refusal(refusal.code, f"capture {info.capture_id} was stored by a trigger of "
+                          "your recording; pcapd asked again whether you may see its target's "
+                          f"traffic, and you may not: {refusal.text}") from None
 
     # --- agents ------------------------------------------------------------------------------
 

@@ -240,7 +240,8 @@ class Api:
                      authorization: str | None, headers: Headers, intake: _Intake) -> bool:
         """Answer a question about stored captures; False when refused (link ends)."""
         try:
-            identity = await self.resolver.identify(_bearer(authorization))
+            token = _bearer(authorization)
+            identity = await self.resolver.identify(token)
             intake.authenticated()
             store = self._store()
             if isinstance(msg, ListCaptures):
@@ -254,6 +255,7 @@ class Api:
             if info is None:  # missing and someone else's look the same: no probing
                 raise Refusal("INVALID_REQUEST", f"no capture {msg.capture_id} of yours "
                               "(`pcapd captures list` shows yours)")
+            await self.recorder.reauthorize(info, token)
             url, expires = await store.download_url(info, self._base_url(), time.time())
             await link.send(Download(capture=stored_capture(info), url=url,
                                      url_expires_at=expires))

@@ -247,7 +247,8 @@ class TriggerWatch:
             capture_id=capture_id, user_id=rec.owner, user_name=rec.user_name,
             target=f"{rec.label} (trigger of recording {rec.recording_id[:8]})"[:256],
             filter=rec.filter, started_at=now, ended_at=None, packets=0, dropped=0, size=0,
-            reason="running", expires_at=now + self.config.storage.retention_days * 86400)
+            reason="running", expires_at=now + self.config.storage.retention_days * 86400,
+            reauthorize=rec.target)
         upload = await store.open_upload(info)
         output = _StoreOutput(upload)
         capture = ApiCapture(self.config, capture_id, start, resolution, output,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from pcapd.errors import PcapdError
+from pcapd.store.recordings import RecordingTarget
 
 if TYPE_CHECKING:
     from trio import TaskStatus
@@ -46,6 +47,11 @@ class CaptureInfo:
     size: int
     reason: str  # completed|stopped|limit|drained|failed|aborted|running
     expires_at: float  # started_at + retention
+    reauthorize: RecordingTarget | None = None
+    """For a capture pcapd stored on its own (a recording's trigger), the target whose
+    permission every download asks the owner's token for again: nobody asked for this
+    capture with a token checked at the time, and an owner who lost access since must not
+    get traffic captured after. None: the owner asked for it, and was checked then."""
 
 
 class StoreError(PcapdError):

@@ -281,6 +281,35 @@ async def test_a_user_whose_permission_was_removed_cannot_save(landscape: Landsc
     assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
 
 
+async def test_a_trigger_after_the_permission_was_removed_is_not_handed_out(
+        landscape: Landscape, tmp_path: Path) -> None:
+    """The api saves a trigger's window on its own, with no token of the owner's: the
+    permission is asked again when its download link is asked for. Erin armed a trigger,
+    lost the developer role, and the trigger fired: no link (and the store's capture stays
+    where it is, for an operator); restored, she gets it."""
+    erin = make_user("erin-dev")
+    landscape.cc.grant(erin, "developer", landscape.space)
+    rid = await started(landscape, landscape.uaa.issue(erin), record(landscape, Trigger(
+        filter="udp port 9999 and udp[8] = 0x54", after=0.5, once=True), keep=30))
+    landscape.cc.revoke(erin, "developer", landscape.space)
+    landscape.cc.grant(erin, "auditor", landscape.space)
+    await send_marked(landscape, "secret")
+    await send_udp(containers(landscape)[0], "127.0.0.1", 9999, 1, marker=b"Trigger-0")
+    token, refresh = landscape.uaa.issue_pair(erin)
+    stored = await stored_trigger(landscape, token, rid)
+    answer = await ask(landscape, token, GetDownload(capture_id=stored.capture_id))
+    assert isinstance(answer, Error) and answer.code == "PERMISSION_DENIED", answer
+    assert "stored by a trigger of your recording" in answer.text, answer.text
+    out = tmp_path / "refused.pcapng"
+    denied = await cli(landscape.cf_home(token, refresh), "captures", "download", stored.capture_id,
+                       "-w", str(out))
+    assert denied.returncode != 0 and not out.exists(), denied
+    assert b"Traceback" not in denied.stderr and b"you may not" in denied.stderr, denied.stderr
+    landscape.cc.grant(erin, "developer", landscape.space)
+    answer = await ask(landscape, token, GetDownload(capture_id=stored.capture_id))
+    assert isinstance(answer, Download), answer
+
+
 async def test_another_user_can_neither_see_nor_save_nor_stop(landscape: Landscape) -> None:
     alice, _ = developer_tokens(landscape)
     rid = await started(landscape, alice, record(landscape))

@@ -5,6 +5,7 @@ whichever backend holds it. Also the one interface: both stores answer ``open_do
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import trio
 from pcapd.config import parse_api_config
 from pcapd.store import CaptureInfo, DownloadRefused, Store, open_store
 from pcapd.store.base import encode_record, listed_record
+from pcapd.store.recordings import CfRecordingTarget
 from tests.s3_server import S3Server, new_bucket
 
 NOW = 1_800_000_000.0
@@ -44,6 +46,18 @@ def test_a_record_under_its_own_key_is_listed_until_it_expires() -> None:
     info = record(cid(1))
     assert listed_record(encode_record(info), ALICE, cid(1), NOW) == info
     assert listed_record(encode_record(info), ALICE, cid(1), info.expires_at) is None
+
+
+def test_a_triggered_capture_keeps_the_target_to_check_and_older_records_still_read() -> None:
+    """A trigger's capture carries its recording's target (a download asks for it again);
+    a record written before that field existed reads as one the owner asked for."""
+    target = CfRecordingTarget(org_guid="o", space_guid="s", app_guid="a", app_name="my-app")
+    triggered = record(cid(1), reauthorize=target)
+    assert listed_record(encode_record(triggered), ALICE, cid(1), NOW) == triggered
+    older = json.loads(encode_record(record(cid(1))))
+    del older["reauthorize"]
+    info = listed_record(json.dumps(older).encode(), ALICE, cid(1), NOW)
+    assert info is not None and info.reauthorize is None
 
 
 @pytest.mark.parametrize(
