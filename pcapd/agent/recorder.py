@@ -45,6 +45,7 @@ from pcapd.agent.ring import (
     MIN_PIECE,
     Budget,
     BudgetRefused,
+    Chunk,
     Ring,
     RingStatistics,
     Window,
@@ -71,6 +72,7 @@ from pcapd.proto import (
     TriggerFired,
 )
 from pcapd.proto.messages import MAX_TRIGGERS_LISTED, RecordingEnd, RecordingState
+from pcapd.transport.link import Link
 from pcapd.transport.service import Refusal
 
 log = logging.getLogger(__name__)
@@ -451,27 +453,45 @@ class Recorder:
 # --- saving a window ----------------------------------------------------------------------------
 
 
-def save_messages(recording: ActiveRecording, window: Window) -> Iterator[
-        Started | Data | Statistics | End]:
-    """What answers a ``record_save``: the same stream as a capture's, from ``started`` to
-    ``end``. Each data message's watermark is its last packet's time (the window is sorted)."""
+async def send_save(link: Link, recording: ActiveRecording, window: Window) -> None:
+    """Answer a ``record_save``: the same stream as a capture's, from ``started`` to ``end``.
+    Each data message's watermark is its last packet's time (the window is sorted). Parts of
+    a disk ring are read a message at a time, in a worker thread: the window is never whole
+    in memory."""
     rid = recording.id
-    yield Started(capture_id=rid, sources=[Source(id=0, name=recording.source.name,
-                                                  description=recording.source.description)])
-    yield Data(watermark=0, payload=encode_interface_description(
+    await link.send(Started(capture_id=rid, sources=[Source(
+        id=0, name=recording.source.name, description=recording.source.description)]))
+    await link.send(Data(watermark=0, payload=encode_interface_description(
         link_type=recording.link_type, snaplen=recording.snaplen, name=recording.source.name,
         description=recording.source.description, tsresol=9,
-        filter=recording.record.options.filter or None))
-    pending: list[memoryview] = []
+        filter=recording.record.options.filter or None)))
+    for group in message_groups(window.chunks):
+        if all(isinstance(chunk, memoryview) for chunk in group):
+            payload = _joined(group)
+        else:
+            payload = await trio.to_thread.run_sync(_joined, group)
+        await link.send(_data(payload))
+    for msg in save_end(recording, window):
+        await link.send(msg)
+
+
+def message_groups(chunks: list[Chunk]) -> Iterator[list[Chunk]]:
+    """``chunks`` in runs of at most :data:`MAX_CHUNK` bytes (or one larger chunk)."""
+    pending: list[Chunk] = []
     size = 0
-    for chunk in window.chunks:
+    for chunk in chunks:
         if pending and size + len(chunk) > MAX_CHUNK:
-            yield _data(pending)
+            yield pending
             pending, size = [], 0
         pending.append(chunk)
         size += len(chunk)
     if pending:
-        yield _data(pending)
+        yield pending
+
+
+def save_end(recording: ActiveRecording, window: Window) -> Iterator[Data | Statistics | End]:
+    """The statistics block, final statistics and ``end`` of a save."""
+    rid = recording.id
     stats = recording.statistics()
     now = time.time_ns()
     aged = stats.aged_out_time + stats.aged_out_size
@@ -493,14 +513,20 @@ def save_messages(recording: ActiveRecording, window: Window) -> Iterator[
               text=f"{window.packets} packets saved from recording {rid} ({aged} aged out)")
 
 
-def _data(chunks: list[memoryview]) -> Data:
-    last = chunks[-1]
-    tail = int.from_bytes(last[-4:], "little")
-    block = last[len(last) - tail:]
+def _joined(chunks: list[Chunk]) -> bytes | memoryview:
+    """One message's bytes (a disk ring's parts are read here: blocking)."""
+    if len(chunks) == 1:
+        chunk = chunks[0]
+        return chunk if isinstance(chunk, memoryview) else bytes(chunk)
+    return b"".join(c if isinstance(c, memoryview) else bytes(c) for c in chunks)
+
+
+def _data(payload: bytes | memoryview) -> Data:
+    tail = int.from_bytes(payload[-4:], "little")
+    block = payload[len(payload) - tail:]
     watermark = int.from_bytes(block[12:16], "little") << 32 | int.from_bytes(block[16:20],
                                                                                "little")
-    payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return Data(watermark=watermark, payload=payload)
 
 
-__all__ = ["ActiveRecording", "Recorder", "save_messages"]
+__all__ = ["ActiveRecording", "Recorder", "send_save"]

@@ -84,15 +84,30 @@ class RingStatistics:
     interface_dropped: int
 
 
+class Deferred(Protocol):
+    """Bytes a store reads only when asked: a piece's part in a file. ``bytes(part)`` is
+    blocking I/O (off the Trio thread); it stays readable whatever the ring does next."""
+
+    def __len__(self) -> int: ...
+
+    def __bytes__(self) -> bytes: ...
+
+
+Chunk = memoryview | Deferred
+"""A part of a window: in memory, or still in the store's file."""
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """The packets of a window: ``chunks`` of whole EPBs, in timestamp order.
 
-    Each chunk is a view of the ring's buffers at the time of the call (they stay valid
-    whatever the ring does next) and at most :data:`MAX_PIECE` bytes long.
+    Each chunk stays valid whatever the ring does next and is at most :data:`MAX_PIECE` bytes
+    long. In memory it is a view of the ring's buffers; in files, the two pieces at the
+    window's ends are read (to cut them) and the ones between are :class:`Deferred`: a window
+    of a disk ring costs the agent two pieces of memory, not the window, until it is read.
     """
 
-    chunks: list[memoryview]
+    chunks: list[Chunk]
     packets: int
     bytes: int
     first_timestamp: int | None
@@ -117,6 +132,11 @@ class PieceStore(Protocol):
         """The bytes kept under ``ref`` (they stay valid after :meth:`free`)."""
         ...
 
+    def part(self, ref: object, start: int, end: int) -> Chunk:
+        """Bytes ``start:end`` of those kept under ``ref``, read now or when asked (they stay
+        valid after :meth:`free`)."""
+        ...
+
     def free(self, ref: object) -> None: ...
 
     def clear(self) -> None:
@@ -137,6 +157,10 @@ class MemoryStore:
     def get(self, ref: object) -> bytes:
         assert isinstance(ref, bytes)
         return ref
+
+    def part(self, ref: object, start: int, end: int) -> Chunk:
+        assert isinstance(ref, bytes)
+        return memoryview(ref)[start:end]
 
     def free(self, ref: object) -> None:
         assert isinstance(ref, bytes)
@@ -259,7 +283,7 @@ class Ring:
 
     def window(self, t_from: int, t_to: int) -> Window:
         """The packets with ``t_from <= timestamp <= t_to``, in order."""
-        chunks: list[memoryview] = []
+        chunks: list[Chunk] = []
         packets = nbytes = 0
         first = last = None
         for i, piece in enumerate(self._pieces):
@@ -267,21 +291,23 @@ class Ring:
                 continue
             if piece.first > t_to:
                 break
-            blocks = self.store.get(piece.ref)
-            if t_from <= piece.first and piece.last <= t_to:
-                lo_off, hi_off, count = piece.start, piece.size, piece.packets
-                lo_ts, hi_ts = piece.first, piece.last
-            else:
-                stamps, ends = self._head_index if i == 0 and self._head_index else index(
-                    blocks)
-                skip = bisect_right(ends, piece.start)  # packets before the first held
-                lo = max(skip, bisect_left(stamps, t_from))
-                hi = bisect_right(stamps, t_to)
-                if hi <= lo:
-                    continue
-                lo_off = ends[lo - 1] if lo else 0
-                hi_off, count = ends[hi - 1], hi - lo
-                lo_ts, hi_ts = stamps[lo], stamps[hi - 1]
+            if t_from <= piece.first and piece.last <= t_to:  # whole: not read here
+                chunks.append(self.store.part(piece.ref, piece.start, piece.size))
+                packets += piece.packets
+                nbytes += piece.size - piece.start
+                first = piece.first if first is None else first
+                last = piece.last
+                continue
+            blocks = self.store.get(piece.ref)  # a piece at an end of the window: cut it
+            stamps, ends = self._head_index if i == 0 and self._head_index else index(blocks)
+            skip = bisect_right(ends, piece.start)  # packets before the first held
+            lo = max(skip, bisect_left(stamps, t_from))
+            hi = bisect_right(stamps, t_to)
+            if hi <= lo:
+                continue
+            lo_off = ends[lo - 1] if lo else 0
+            hi_off, count = ends[hi - 1], hi - lo
+            lo_ts, hi_ts = stamps[lo], stamps[hi - 1]
             chunks.append(memoryview(blocks)[lo_off:hi_off])
             packets += count
             nbytes += hi_off - lo_off

@@ -8,6 +8,11 @@ next piece would take it past ``segment_bytes`` and deleted as soon as its last 
 (``held <= max_bytes``) bounds the disk, not just the packets. The index (timestamps of each
 piece) stays in the ring's memory; only packet bytes are here.
 
+A window hands out the pieces between its ends as :class:`FileSlice` objects, read when the
+save sends them: each holds a duplicate of its segment's descriptor (one per segment,
+shared), so a segment deleted meanwhile stays readable, and its disk space is returned when
+the last slice of it is gone.
+
 Everything here is blocking file I/O: the recorder calls it from worker threads
 (``trio.to_thread``), one call at a time per recording, never on the Trio thread. A write error
 (``ENOSPC``) propagates: it ends that recording, not the agent nor the other recordings.
@@ -19,6 +24,7 @@ import os
 import re
 import shutil
 import stat
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,30 @@ class _Segment:
     size: int = 0
     live: int = 0
     """Pieces of this segment not yet freed."""
+
+
+class _Pin:
+    """A duplicate of a segment's descriptor, closed when the last slice of it is gone."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = os.dup(fd)
+        self.name = name
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+
+class FileSlice:
+    """Bytes of a segment file, read on ``bytes(slice)`` (blocking: off the Trio thread)."""
+
+    __slots__ = ("_length", "_offset", "_pin")
+
+    def __init__(self, pin: _Pin, offset: int, length: int) -> None:
+        self._pin, self._offset, self._length = pin, offset, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __bytes__(self) -> bytes:
+        return _read(self._pin.fd, self._offset, self._length, self._pin.name)
 
 
 def prepare_directory(path: Path) -> None:
@@ -72,6 +102,8 @@ class DirectoryStore:
         os.mkdir(self.path, 0o700)
         self._dir = os.open(self.path, _DIR_FLAGS)
         self._segments: dict[int, _Segment] = {}
+        self._pins: weakref.WeakValueDictionary[int, _Pin] = weakref.WeakValueDictionary()
+        """Each segment's descriptor duplicate while a window's slices hold it."""
         self._current: int | None = None
         self._next = 0
         self.held = 0
@@ -99,16 +131,14 @@ class DirectoryStore:
 
     def get(self, ref: object) -> bytes:
         n, offset, length = _ref(ref)
-        fd = self._segments[n].fd
-        parts = []
-        while length:
-            part = os.pread(fd, length, offset)
-            if not part:
-                raise OSError(f"segment {_name(n)} in {self.path} is shorter than written")
-            parts.append(part)
-            offset += len(part)
-            length -= len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return _read(self._segments[n].fd, offset, length, f"{self.path}/{_name(n)}")
+
+    def part(self, ref: object, start: int, end: int) -> FileSlice:
+        n, offset, _ = _ref(ref)
+        pin = self._pins.get(n)
+        if pin is None:
+            pin = self._pins[n] = _Pin(self._segments[n].fd, f"{self.path}/{_name(n)}")
+        return FileSlice(pin, offset + start, end - start)
 
     def free(self, ref: object) -> None:
         n = _ref(ref)[0]
@@ -137,6 +167,18 @@ class DirectoryStore:
         self.held -= seg.size
         if self._current == n:
             self._current = None
+
+
+def _read(fd: int, offset: int, length: int, name: str) -> bytes:
+    parts = []
+    while length:
+        part = os.pread(fd, length, offset)
+        if not part:
+            raise OSError(f"segment {name} is shorter than written")
+        parts.append(part)
+        offset += len(part)
+        length -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _name(n: int) -> str:

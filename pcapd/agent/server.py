@@ -31,7 +31,7 @@ from pcapd.agent.pcap import (
 from pcapd.agent.pcap import (
     Link as TcpLink,
 )
-from pcapd.agent.recorder import Recorder, save_messages
+from pcapd.agent.recorder import Recorder, send_save
 from pcapd.config import AgentConfig
 from pcapd.flow import DropGate
 from pcapd.metrics import Metrics
@@ -207,8 +207,7 @@ class Agent:
         recording, window = found
         log.info("recording %s: saving %d packets for %s", recording.id, window.packets,
                  link.peer, extra={"event": "recording_saved", "recording_id": recording.id})
-        for msg in save_messages(recording, window):
-            await link.send(msg)
+        await send_save(link, recording, window)
 
     async def _capture(self, link: Link, start: Start) -> None:
         target = start.target

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -393,3 +395,34 @@ def test_prepare_directory_removes_a_previous_runs_rings(tmp_path: Path) -> None
     (rings / "stray").write_bytes(b"x")
     prepare_directory(rings)
     assert list(rings.iterdir()) == []
+
+
+def test_a_window_of_a_ring_in_files_is_read_as_it_is_sent(tmp_path: Path) -> None:
+    """A 16 MiB window of a disk ring holds in memory only the two pieces at its ends (cut
+    by time); the rest is read when sent, and stays readable after its segments aged out
+    and were deleted, until the window is gone."""
+    files = DirectoryStore(tmp_path, "r-1", segment_bytes=4 << 20)
+    ring = Ring(keep_ns=60 * S, max_bytes=32 << 20, store=files)
+    per_batch = (1 << 20) // 1044  # 1 KiB packets: a piece (1 MiB) a batch
+    for i in range(16):
+        ring.add(b"".join(epb(T0 + (i * per_batch + j) * 1000, j, size=1000)
+                          for j in range(per_batch)), now_ns=T0 + i * S // 10)
+    window = ring.window(T0 + 500, 2**64)  # cuts the first piece
+    in_memory = sum(len(c) for c in window.chunks if isinstance(c, memoryview))
+    assert window.bytes > 15 << 20 and in_memory <= 2 * MAX_PIECE, in_memory
+    expected = packets(window)
+    ring.age(T0 + 3600 * S)  # everything aged out: the segments are deleted
+    assert _segments(files.path) == [] and files.held == 0
+    assert packets(window) == expected
+    del window, expected  # its segments' descriptors go with it
+
+    def open_segments(mine: str = f"{files.path}/segment-") -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # (listdir's own descriptor)
+                if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith(mine):
+                    found.append(target)
+        return found
+
+    assert open_segments() == []
+    files.close()
