@@ -80,13 +80,23 @@ class Interrupted(Exception):
 
 
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The only leaf of ``group`` if it has exactly one, else None."""
-    while len(group.exceptions) == 1:
-        inner = group.exceptions[0]
-        if not isinstance(inner, BaseExceptionGroup):
-            return inner
-        group = inner
-    return None
+    """The one failure ``group`` stands for: its only leaf; or, when every leaf is the same
+    failure (same type and message: one link's close seen by each task that used it), the
+    first of them. None when it holds different failures."""
+    leaves = list(_leaves(group))
+    first = leaves[0] if leaves else None
+    if first is None or any(type(leaf) is not type(first) or str(leaf) != str(first)
+                            for leaf in leaves[1:]):
+        return None
+    return first
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for inner in group.exceptions:
+        if isinstance(inner, BaseExceptionGroup):
+            yield from _leaves(inner)
+        else:
+            yield inner
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import pytest
 from pcapd.api.agents import AgentRefused
 from pcapd.api.capture import NoSourceStarted
 from pcapd.errors import CodedError, PcapdError, UsageError, collapse, sole_exception
+from pcapd.transport.link import LinkClosed
 from pcapd.transport.service import Refusal
 
 
@@ -30,6 +31,18 @@ def test_the_sole_leaf_is_found_at_any_depth() -> None:
     assert sole_exception(nested(leaf, depth=4)) is leaf
     assert sole_exception(nested(leaf, KeyError("k"))) is None
     assert sole_exception(BaseExceptionGroup("two", [nested(leaf), ValueError()])) is None
+
+
+def test_one_failure_seen_by_several_tasks_is_one_failure() -> None:
+    """A link that breaks fails its sender and its receiver at once: one LinkClosed each, of
+    the same text. Whoever catches LinkClosed must see it (it once escaped as a group and
+    was logged as an agent's internal error)."""
+    first, second = (LinkClosed("api: connection closed (ABNORMAL_CLOSURE)") for _ in range(2))
+    assert sole_exception(nested(first, nested(second, depth=2))) is first
+    with pytest.raises(LinkClosed), collapse():
+        raise nested(first, second)
+    assert sole_exception(nested(first, LinkClosed("agent: connection closed"))) is None
+    assert sole_exception(nested(first, PcapdError(str(first)))) is None
 
 
 def test_collapse_raises_one_failure_as_itself_with_its_cause() -> None:

@@ -125,6 +125,10 @@ class Landscape:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stack.close()
+        if kind is None:
+            faults = [line for line in self.all_log_lines() if _internal_error(line)]
+            assert not faults, ("an api or agent logged an internal error (a bug: it cost a "
+                                "connection and must be fixed):\n" + "\n".join(faults[:3]))
 
     def _build(self) -> None:
         stack = self.stack
@@ -266,6 +270,15 @@ class Landscape:
             if isinstance(entry, dict) and entry.get("event") == event:
                 found.append(entry)
         return found
+
+
+def _internal_error(line: str) -> bool:
+    """Whether a JSON log line reports an exception nothing expected (``log.exception``)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "exception" in entry
 
 
 def _merged(config: dict[str, object], settings: dict[str, object]) -> dict[str, object]:
