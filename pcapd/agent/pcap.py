@@ -17,10 +17,10 @@ Where it is off or not built (``pcapd._accel``), cypcap's handle and a Python ca
 packet do the same (nanoseconds then come through :mod:`.pkthdr`'s probe).
 
 Because a block is only handed over when it is retired, packets may wait in the ring up to
-about twice the buffer timeout. That bounds two promises: a batch's ``watermark`` (no later
-packet is older) and :meth:`Capture.drain`, which waits that long so the tail of a capture is
-read before the final statistics. The handle is activated in a worker thread inside the target
-network namespace (:mod:`.netns`) and stays bound there.
+about twice the buffer timeout. That bounds a batch's ``watermark`` (no later packet is
+older); :meth:`Capture.drain` waits longer (:data:`DRAIN_GRACE`) so that the tail of a
+capture is read before the final statistics even on a loaded host. The handle is activated
+in a worker thread inside the target network namespace (:mod:`.netns`) and stays bound there.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ DISPATCH_CAP = 1024
 """Packets per ``dispatch`` call (~0.6 ms): the longest the Trio thread is held by one call."""
 DELIVERY_SLACK_NS = 20_000_000
 """Added to twice the buffer timeout for the kernel's own latency (softirq backlog, timers)."""
+DRAIN_GRACE = 0.25
+"""Seconds :meth:`Capture.drain` waits at most for the last packets of an idle interface. The
+delivery bound holds for the watermark, where a late packet is only out of order; at a stop
+a late packet is lost, and on a loaded host the kernel's block-retire timer and softirqs run
+late (packets sent just before the stop were seen missing after 30 ms). A stop is rare and a
+quarter of a second is not felt; a busy interface ends sooner (a packet newer than the stop)."""
 _PACKERS_MAX = 4096
 """Precompiled EPB structs kept per captured length (most captures see a handful)."""
 
@@ -358,14 +364,14 @@ class Capture:
     async def drain(self) -> Batch:
         """Everything still in the ring when called: the tail, read before :meth:`stats`.
 
-        Waits at most the delivery bound (about twice the buffer timeout) for the kernel to
-        hand over its last partly filled block, and stops early once it reads a packet newer
-        than the call (everything before it has then been read). The batch holds at most about
+        Waits at most :data:`DRAIN_GRACE` for the kernel to hand over its last partly filled
+        block, and stops early once it reads a packet newer than the call (everything before
+        it has then been read). The batch holds at most about
         a ring's worth. Shielded from cancellation: it is short and bounded, and a cancelled
         drain would lose the tail it exists to save; it checkpoints between chunks.
         """
         start_ns = time.time_ns()
-        deadline = trio.current_time() + self._delivery_ns / 1e9
+        deadline = trio.current_time() + max(self._delivery_ns / 1e9, DRAIN_GRACE)
         engine = self._engine
         with trio.CancelScope(shield=True):
             while True:

@@ -430,6 +430,7 @@ async def someone_else_captures(landscape: Landscape, tmp_path: Path) -> None:
                                     env=landscape.cf_home(token, refresh)) as capture:
             await capture.wait_started(interfaces=1)
             await send_udp(container, "127.0.0.1", 9999, 20, marker=b"other")
+            await capture.wait_for_bytes(b"other", 20)  # live, while the api is flooded
             capture.interrupt()
             assert await capture.wait_exit() == 0, capture.stderr.text
     out = tmp_path / "other.pcapng"
