@@ -366,9 +366,9 @@ class Capture:
 
         Waits at most :data:`DRAIN_GRACE` for the kernel to hand over its last partly filled
         block, and stops early once it reads a packet newer than the call (everything before
-        it has then been read). The batch holds at most about
-        a ring's worth. Shielded from cancellation: it is short and bounded, and a cancelled
-        drain would lose the tail it exists to save; it checkpoints between chunks.
+        it has then been read). The batch holds at most about a ring's worth. Shielded from
+        cancellation: it is short and bounded, and a cancelled drain would lose the tail it
+        exists to save; it checkpoints between chunks.
         """
         start_ns = time.time_ns()
         deadline = trio.current_time() + max(self._delivery_ns / 1e9, DRAIN_GRACE)
