@@ -24,7 +24,7 @@ from pcapd.agent.pcap import Batch, Capture, CaptureStats
 from pcapd.flow import DropGate
 from pcapd.pcapng import encode_interface_description, encode_interface_statistics
 from pcapd.proto import Counters, Data, End, Notice, SourceStatistics, Start, Statistics, Stop
-from pcapd.proto.messages import EndReason, SourceState
+from pcapd.proto.messages import EndReason, SourceState, StopReason
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.queue import PacketQueue
@@ -74,6 +74,8 @@ class CaptureRun:
     end_reason: EndReason = "stopped"
     end_text: str = ""
     stop_requested: trio.Event = field(default_factory=trio.Event)
+    api_stop_reason: StopReason | None = None
+    """Why the api said ``stop`` (``limit``: its cut is reached), if it did."""
     farewell_sent: bool = False
 
     def request_stop(self, reason: EndReason, text: str = "") -> None:
@@ -99,7 +101,9 @@ class CaptureRun:
             with trio.CancelScope() as reading:
                 nursery.start_soon(self._wait_stop, reading)
                 await self._read(capture, queue)
-            tail = await capture.drain()
+            # past a limit the tail is not written: no need to wait for late packets
+            tail = await capture.drain(late=self.end_reason != "limit"
+                                       and self.api_stop_reason != "limit")
             self._offer(queue, tail)
             self.counters.kernel = capture.stats()
             isb = self._statistics_block(gate)
@@ -164,6 +168,7 @@ class CaptureRun:
                     return
                 raise
             if isinstance(msg, Stop):
+                self.api_stop_reason = self.api_stop_reason or msg.reason
                 reason: EndReason = "drained" if msg.reason == "drained" else "stopped"
                 self.request_stop(reason, f"stopped by the api ({msg.reason})")
 

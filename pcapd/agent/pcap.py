@@ -361,17 +361,19 @@ class Capture:
         with trio.move_on_at(min(deadline, trio.current_time() + self._poll_timeout)):
             await trio.lowlevel.wait_readable(self._fd)
 
-    async def drain(self) -> Batch:
+    async def drain(self, late: bool = True) -> Batch:
         """Everything still in the ring when called: the tail, read before :meth:`stats`.
 
-        Waits at most :data:`DRAIN_GRACE` for the kernel to hand over its last partly filled
-        block, and stops early once it reads a packet newer than the call (everything before
-        it has then been read). The batch holds at most about a ring's worth. Shielded from
+        Waits at most :data:`DRAIN_GRACE` (``late`` False: the delivery bound, for a tail
+        nobody will write, as after a limit) for the kernel to hand over its last partly
+        filled block, and stops early once it reads a packet newer than the call (everything
+        before it has then been read). The batch holds at most about a ring's worth. Shielded from
         cancellation: it is short and bounded, and a cancelled drain would lose the tail it
         exists to save; it checkpoints between chunks.
         """
         start_ns = time.time_ns()
-        deadline = trio.current_time() + max(self._delivery_ns / 1e9, DRAIN_GRACE)
+        deadline = trio.current_time() + max(self._delivery_ns / 1e9,
+                                             DRAIN_GRACE if late else 0.0)
         engine = self._engine
         with trio.CancelScope(shield=True):
             while True:
