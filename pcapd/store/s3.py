@@ -475,7 +475,7 @@ class S3Upload:
         record_key = capture_key(info.user_id, info.capture_id, ".json")
         record = encode_record(final)
         try:
-            await store._call(
+            await in_thread(
                 f"writing {record_key}",
                 lambda: store.client.put_object(
                     bucket, record_key, io.BytesIO(record), len(record),
@@ -494,7 +494,7 @@ class S3Upload:
                 f"storage: uploading {self._key} failed ({_describe(self._error)})"
             ) from self._error
         try:
-            await store._call(
+            await in_thread(
                 f"tagging {self._key}",
                 lambda: store.client.set_object_tags(bucket, self._key, tags_of(final)),
             )
@@ -512,7 +512,7 @@ class S3Upload:
 
     async def _forget(self, key: str) -> None:
         try:
-            await self._store._call(
+            await in_thread(
                 f"removing {key}", lambda: self._store.client.remove_object(self._store.bucket, key)
             )
         except StoreError as exc:
