@@ -49,6 +49,7 @@ from pcapd.api.agents import AgentJob, AgentRefused, open_agent_link
 from pcapd.api.capture import START_TIMEOUT
 from pcapd.api.recording_books import RingAnswer
 from pcapd.api.recording_policy import (
+    RecordingParameters,
     RecordingRefused,
     RecordingRequest,
     check_room,
@@ -149,6 +150,10 @@ class ApiRecorder:
         self.metrics = RecorderMetrics(api.metrics.registry)
         self.watch = TriggerWatch(self)
         self._locks: dict[str, trio.Lock] = {}
+        self._arming: list[str] = []
+        """Owners of the recordings this api is arming: not in the store yet, but counted
+        toward ``recorder.per_user`` and ``total`` from the check on (check and reserve in one
+        step, as for captures: the agents are asked in between)."""
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The trigger watch (:class:`~pcapd.api.trigger_watch.TriggerWatch`), until cancelled."""
@@ -217,10 +222,23 @@ class ApiRecorder:
                 raise Refusal("INVALID_REQUEST", f"--trigger: {exc}") from None
         owner = owner_key(identity)
         now = time.time()
+        armed_now = armed_owners(await records.list_all(), now)
         try:
-            check_room(owner, armed_owners(await records.list_all(), now), self.config.recorder)
+            check_room(owner, [*armed_now, *self._arming], self.config.recorder)
         except RecordingRefused as exc:
             raise Refusal(exc.code, exc.text) from None
+        self._arming.append(owner)  # (no await since the check)
+        try:
+            return await self._start(msg, identity, owner, resolution, params, now)
+        finally:
+            self._arming.remove(owner)
+
+    async def _start(self, msg: Record, identity: Identity, owner: str,
+                     resolution: Resolution, params: RecordingParameters, now: float
+                     ) -> RecordingStarted:
+        """Arm the rings and keep the record: ``start`` once its room is reserved."""
+        assert not isinstance(msg.target, AgentTarget)  # start refused it
+        records, trigger = self.records, msg.trigger
         recording_id = new_recording_id()
         ring = books.wire_ring(params)
         armed, absent = await self._arm(recording_id, resolution, msg.options, ring,

@@ -27,12 +27,18 @@ from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
 from pcapd.proto import (
     MAX_TEXT,
     AgentTarget,
+    BoshTarget,
     CaptureOptions,
     CfTarget,
     End,
     Error,
     InitiatorSession,
     LocalTarget,
+    Record,
+    RecordingList,
+    RecordingStarted,
+    RecordRing,
+    RecordStop,
     Start,
     Started,
     Status,
@@ -74,7 +80,8 @@ def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
             "concurrent_captures": 3, "concurrent_captures_per_user": 2,
             "requests_per_minute": 600, "authentication_timeout": AUTH_TIMEOUT,
             "unauthenticated_connections": TOTAL,
-            "unauthenticated_connections_per_peer": PER_PEER}}) as built:
+            "unauthenticated_connections_per_peer": PER_PEER},
+            "recorder": {"per_user": 2, "total": 3}}) as built:
         built.deploy_vms("cf", "router", teams=["team-a"])
         yield built
 
@@ -358,6 +365,39 @@ async def test_concurrent_starts_never_pass_the_limits(landscape: Landscape) -> 
     texts = " ".join(e.text for e in refused(every, "LIMIT_REACHED"))
     assert "limits.concurrent_captures" in texts
     await wait_until(lambda: all_idle(landscape), 10, "idle after")
+
+
+async def test_concurrent_recordings_never_pass_the_limits(landscape: Landscape) -> None:
+    """``record start`` checks ``recorder.per_user`` (2) and ``total`` (3) against the
+    recordings armed, then asks the agents: eight starts at once must not all pass the check
+    before any of them is kept."""
+    answers: dict[str, list[object]] = {"bob": [], "alice": []}
+    record = Record(target=BoshTarget(deployment="cf", groups=["router"]),
+                    options=CaptureOptions(device="lo", filter="udp port 9999"),
+                    ring=RecordRing(keep=60))
+
+    async def arm(name: str, token: str) -> None:
+        answers[name].append(await first_answer(landscape, token, record))
+
+    tokens = {"bob": admin(landscape), "alice": admin(landscape, ALICE)}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for name, token in tokens.items():
+                for _ in range(4):
+                    nursery.start_soon(arm, name, token)
+        armed = {name: [a for a in got if isinstance(a, RecordingStarted)]
+                 for name, got in answers.items()}
+        for name, started in armed.items():  # leave nothing armed for the next tests
+            for one in started:
+                stopped = await first_answer(landscape, tokens[name],
+                                             RecordStop(recording_id=one.recording_id))
+                assert isinstance(stopped, RecordingList), stopped
+    assert all(len(started) <= 2 for started in armed.values()), answers
+    assert sum(len(started) for started in armed.values()) == 3, answers
+    every = answers["bob"] + answers["alice"]
+    texts = " ".join(e.text for e in refused(every, "LIMIT_REACHED"))
+    assert len(refused(every, "LIMIT_REACHED")) == 8 - 3, every
+    assert "recorder.total" in texts, texts
 
 
 async def test_a_failed_start_gives_its_slot_back(landscape: Landscape) -> None:
