@@ -371,9 +371,11 @@ class ApiRecorder:
         try:
             await self.api.resolver.resolve(start, token)
         except Refusal as refusal:
+            answer = ("you may not" if refusal.code == "PERMISSION_DENIED"
+                      else "it could not tell")
             raise Refusal(refusal.code, f"capture {info.capture_id} was stored by a trigger of "
                           "your recording; pcapd asked again whether you may see its target's "
-                          f"traffic, and you may not: {refusal.text}") from None
+                          f"traffic, and {answer}: {refusal.text}") from None
 
     # --- agents ------------------------------------------------------------------------------
 
