@@ -54,8 +54,9 @@ async def agent(cfg: AgentConfig) -> AsyncIterator[int]:
         nursery.cancel_scope.cancel()
 
 
-async def start(pki: CertPaths, port: int, namespace: str, app_guid: str | None) -> Message:
-    """Ask the agent for a capture; its first answer (then stop it politely)."""
+@asynccontextmanager
+async def agent_link(pki: CertPaths, port: int) -> AsyncIterator[Link]:
+    """A link to the agent as the api opens it (mutual TLS), past ``hello``."""
     ctx = client_context(ca=pki.ca_cert, certificate=pki.api_client_cert,
                          private_key=pki.api_client_key)
     async with open_websocket("127.0.0.1", port, ssl_context=ctx,
@@ -63,6 +64,12 @@ async def start(pki: CertPaths, port: int, namespace: str, app_guid: str | None)
         link = Link(ws, InitiatorSession("api"), "agent")
         await link.send(link.session.make_hello())  # type: ignore[union-attr]
         await link.receive()
+        yield link
+
+
+async def start(pki: CertPaths, port: int, namespace: str, app_guid: str | None) -> Message:
+    """Ask the agent for a capture; its first answer (then stop it politely)."""
+    async with agent_link(pki, port) as link:
         await link.send(Start(capture_id=uuid.uuid4().hex, target=AgentTarget(
             namespace=namespace, app_guid=app_guid, source="app/0"),
             options=CaptureOptions(device="lo")))
@@ -103,18 +110,11 @@ async def test_container_of_the_named_app_is_captured_others_refused(
 async def test_concurrency_limit_is_reported(pki: CertPaths, tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with agent(config(pki, tmp_path, None, concurrent_captures=1,
-                                max_snaplen=100)) as port:
-            ctx = client_context(ca=pki.ca_cert, certificate=pki.api_client_cert,
-                                 private_key=pki.api_client_key)
-            async with open_websocket("127.0.0.1", port, ssl_context=ctx,
-                                      server_hostname="pcap-agent.service.cf.internal") as ws:
-                link = Link(ws, InitiatorSession("api"), "agent")
-                await link.send(link.session.make_hello())  # type: ignore[union-attr]
-                await link.receive()
-                await link.send(Start(capture_id="first", target=AgentTarget(
-                    namespace="host", source="vm/0"), options=CaptureOptions(
-                        device="lo", snaplen=100)))
-                assert isinstance(await link.receive(), Started)
-                second = await start(pki, port, "host", None)
-                assert isinstance(second, Error) and second.code == "LIMIT_REACHED"
-                assert "limits.concurrent_captures" in second.text
+                                max_snaplen=100)) as port, agent_link(pki, port) as link:
+            await link.send(Start(capture_id="first", target=AgentTarget(
+                namespace="host", source="vm/0"), options=CaptureOptions(
+                    device="lo", snaplen=100)))
+            assert isinstance(await link.receive(), Started)
+            second = await start(pki, port, "host", None)
+            assert isinstance(second, Error) and second.code == "LIMIT_REACHED"
+            assert "limits.concurrent_captures" in second.text
