@@ -197,7 +197,18 @@ class Agent:
                     return
 
     async def _save(self, link: Link, save: RecordSave) -> None:
-        """A window of a recording's ring, streamed as a capture."""
+        """A window of a recording's ring, streamed as a capture. A ring in files that cannot
+        be read (a disk error, a segment cut short) ends the save with ``error``, not the
+        link with an internal error."""
+        try:
+            await self._send_window(link, save)
+        except OSError as exc:
+            log.warning("recording %s: cannot read its ring: %s", save.recording_id, exc)
+            await link.send(Error(code="INSTANCE_UNAVAILABLE", origin=self.config.id, text=(
+                f"agent {self.config.id}: cannot read recording {save.recording_id}'s ring "
+                f"({exc}): the save ends here")))
+
+    async def _send_window(self, link: Link, save: RecordSave) -> None:
         found = await self.recorder.window(save)
         if found is None:
             await link.send(Error(code="INSTANCE_UNAVAILABLE", origin=self.config.id, text=(

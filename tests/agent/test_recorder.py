@@ -444,6 +444,30 @@ async def test_in_a_directory_aged_out_segments_and_stopped_rings_are_deleted(
             assert list(rings.iterdir()) == []
 
 
+async def test_a_ring_file_cut_short_ends_the_save_with_an_error_not_the_agent(
+        pki: CertPaths, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Someone (or a disk error) cuts a ring's segment files short: the save is answered with
+    an error naming the recording, nothing is logged as an internal error, and the agent
+    goes on serving."""
+    rings = tmp_path / "rings"
+    with trio.fail_after(60):
+        async with cell(pki, tmp_path, storage="directory", directory=str(rings)) as c:
+            started = await c.record(max_bytes=64 << 10)
+            assert isinstance(started, RecordingStarted)
+            rid = started.recording_id
+            await c.send(100, b"cut", size=200)
+            await c.wait_captured(rid, 100)
+            for segment in (rings / rid).iterdir():
+                os.truncate(segment, 0)
+            with pytest.raises(SaveRefused) as refused:
+                await c.save(RecordSave(recording_id=rid))
+            error = refused.value.error
+            assert error.code == "INSTANCE_UNAVAILABLE", error
+            assert f"cannot read recording {rid}'s ring" in error.text, error.text
+            assert isinstance(await c.ask(RecordStop(recording_id=rid)), RecordingList)
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+
+
 @contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir()
