@@ -18,14 +18,20 @@ from pcapd.errors import PcapdError, RemoteProtocolError
 from pcapd.proto import Data, Message
 from pcapd.proto.session import InitiatorSession, ResponderSession
 from pcapd.transport import _compat  # (also: the ping patch, for every link's connection)
-from pcapd.transport.peer_progress import progressed, sample
+from pcapd.transport.peer_progress import Sample, progressed, sample
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL: Final = 5.0
 """Seconds between pings on every pcapd link (:meth:`Link.keepalive`)."""
 KEEPALIVE_TIMEOUT: Final = 10.0
-"""Seconds a peer may neither answer a ping nor take data before its link is given up."""
+"""Seconds a peer whose host has stopped answering (a power cut, a dropped route, a laptop
+asleep) may leave a ping unanswered before its link is given up."""
+KEEPALIVE_STALL: Final = 30.0
+"""Seconds a peer whose host still answers may neither answer a ping nor take data before its
+link is given up: a reader that stopped reading. Longer than :data:`KEEPALIVE_TIMEOUT` because
+a slow reader shows its progress only in steps (:mod:`pcapd.transport.peer_progress`): a
+reader at 100 kB/s behind a 32 MB receive buffer, every 5-15 s."""
 OWN_STALL: Final = 0.5
 """Seconds the keepalive may wake late before it takes the delay as its own process having
 been stalled, and does not count that time against the peer."""
@@ -94,9 +100,11 @@ class Link:
                 await self.ws.aclose(code=1008, reason="protocol error")
             raise LinkClosed(f"{self.peer}: {exc}") from exc
 
-    async def keepalive(self, interval: float, pong_within: float) -> None:
+    async def keepalive(self, interval: float, pong_within: float,
+                        stall_within: float = KEEPALIVE_STALL) -> None:
         """Ping the peer every ``interval``; close the link once the peer has neither answered
-        a ping nor made progress for ``pong_within`` seconds.
+        a ping nor made progress for ``pong_within`` seconds while its host does not answer
+        either, or for ``stall_within`` seconds while it does.
 
         This is what notices a peer that vanished without a FIN (power cut, dropped route):
         TCP alone would wait for minutes. A slow reader is not such a peer: our ping queues
@@ -104,11 +112,13 @@ class Link:
         all of it, which at 100 kB/s behind a few MB of socket buffers takes far longer than
         ``pong_within``. So while a pong is due the kernel is asked whether the peer still
         takes our data (:mod:`pcapd.transport.peer_progress`): the TCP bytes it acknowledged
-        grow while data waits for it (for a Unix socket: the queue toward it changes). Only a
-        peer that neither answers nor takes anything for ``pong_within`` is given up. Time
-        this process was not running (a wake-up later than :data:`OWN_STALL`) does not count:
-        the pong may be sitting unread in our own socket. Runs until cancelled or the link
-        closes.
+        grow while data waits for it (for a Unix socket: the queue toward it changes). They
+        grow in steps, seconds apart; while the peer's host answers our retransmissions and
+        window probes it is given the longer ``stall_within`` to show the next one, so only
+        a reader that stopped reading is given up, and a vanished host still within
+        ``pong_within``. Time this process was not running (a wake-up later than
+        :data:`OWN_STALL`) does not count: the pong may be sitting unread in our own socket.
+        Runs until cancelled or the link closes.
         """
         sock = _SOCKETS.get(self.ws)
         while True:
@@ -121,7 +131,7 @@ class Link:
                 moved = trio.current_time()  # when the peer last answered or took data
                 poll = min(1.0, pong_within / 4)
                 while not answered.is_set():
-                    left = moved + pong_within - trio.current_time()
+                    left = moved + _allowed(flow, pong_within, stall_within) - trio.current_time()
                     wake = trio.current_time() + max(0.0, min(poll, left))
                     with trio.move_on_at(wake):
                         await answered.wait()
@@ -137,16 +147,21 @@ class Link:
                     if progressed(flow, now):
                         moved = trio.current_time()
                     flow = now
-                    if trio.current_time() - moved >= pong_within:
+                    if trio.current_time() - moved >= _allowed(flow, pong_within, stall_within):
                         dead = True
                         break
                 nursery.cancel_scope.cancel()
             if self.ws.closed is not None:
                 return
             if dead:
-                log.warning("%s: no pong and no data taken for %ss: closing the link",
-                            self.peer, pong_within)
-                self.gave_up = f"no answer to pings for {pong_within:g}s"
+                if flow is not None and flow.answering:
+                    log.warning("%s: no pong and no data taken for %gs though its host answers "
+                                "(it stopped reading): closing the link", self.peer, stall_within)
+                    self.gave_up = f"took no data for {stall_within:g}s"
+                else:
+                    log.warning("%s: no pong and no data taken for %gs: closing the link",
+                                self.peer, pong_within)
+                    self.gave_up = f"no answer to pings for {pong_within:g}s"
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     await self.ws.aclose(code=1001, reason="ping timeout")
@@ -164,6 +179,11 @@ class Link:
         with trio.move_on_after(1) as cleanup:
             cleanup.shield = True
             await self.ws.aclose(code=code, reason=reason)
+
+
+def _allowed(flow: Sample | None, pong_within: float, stall_within: float) -> float:
+    """How long a peer may stay silent: longer while its host still answers."""
+    return stall_within if flow is not None and flow.answering else pong_within
 
 
 def _reason(exc: ConnectionClosed) -> str:
