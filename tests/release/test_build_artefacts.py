@@ -41,6 +41,10 @@ def test_build_makes_one_sdist_and_one_pure_wheel(dists: Dists) -> None:
     for needed in ("README.md", "setup.cfg", "setup.py", "pyproject.toml", "pcapd/cli.py",
                    "pcapd/proto/codec.py", "pcapd/_ext/capture.c", "pcapd/_ext/pcapngwalk.c"):
         assert f"{root}/{needed}" in names, needed
+    with zipfile.ZipFile(dists.wheel) as wheel:
+        shipped = wheel.namelist()
+    assert "pcapd/cli.py" in shipped
+    assert not [name for name in shipped if name.endswith((".c", ".h"))], shipped
 
 
 def test_twine_finds_the_metadata_and_readme_valid(dists: Dists) -> None:
