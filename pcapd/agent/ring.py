@@ -291,26 +291,24 @@ class Ring:
                 continue
             if piece.first > t_to:
                 break
+            chunk: Chunk
             if t_from <= piece.first and piece.last <= t_to:  # whole: not read here
-                chunks.append(self.store.part(piece.ref, piece.start, piece.size))
-                packets += piece.packets
-                nbytes += piece.size - piece.start
-                first = piece.first if first is None else first
-                last = piece.last
-                continue
-            blocks = self.store.get(piece.ref)  # a piece at an end of the window: cut it
-            stamps, ends = self._head_index if i == 0 and self._head_index else index(blocks)
-            skip = bisect_right(ends, piece.start)  # packets before the first held
-            lo = max(skip, bisect_left(stamps, t_from))
-            hi = bisect_right(stamps, t_to)
-            if hi <= lo:
-                continue
-            lo_off = ends[lo - 1] if lo else 0
-            hi_off, count = ends[hi - 1], hi - lo
-            lo_ts, hi_ts = stamps[lo], stamps[hi - 1]
-            chunks.append(memoryview(blocks)[lo_off:hi_off])
+                chunk = self.store.part(piece.ref, piece.start, piece.size)
+                count, lo_ts, hi_ts = piece.packets, piece.first, piece.last
+            else:  # a piece at an end of the window: read it to cut it
+                blocks = self.store.get(piece.ref)
+                stamps, ends = (self._head_index if i == 0 and self._head_index
+                                else index(blocks))
+                skip = bisect_right(ends, piece.start)  # packets before the first held
+                lo = max(skip, bisect_left(stamps, t_from))
+                hi = bisect_right(stamps, t_to)
+                if hi <= lo:
+                    continue
+                chunk = memoryview(blocks)[ends[lo - 1] if lo else 0:ends[hi - 1]]
+                count, lo_ts, hi_ts = hi - lo, stamps[lo], stamps[hi - 1]
+            chunks.append(chunk)
             packets += count
-            nbytes += hi_off - lo_off
+            nbytes += len(chunk)
             first = lo_ts if first is None else first
             last = hi_ts
         return Window(chunks, packets, nbytes, first, last)
