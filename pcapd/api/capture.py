@@ -72,8 +72,8 @@ STATS_PERIOD = 1.0
 MAX_PAYLOAD = 256 * 1024
 """Largest ``data`` message to the user. A user's WebSocket takes in a whole message before
 reading on, so a slow reader empties its socket one message at a time: at 256 KiB one taking
-100 kB/s shows progress every ~2.6 s, well within the keepalive's pong timeout (with 1 MiB it
-was ~10 s, and it was given up as dead)."""
+100 kB/s frees room every ~2.6 s (with 1 MiB it was ~10 s). Its kernel shows the api that
+progress in larger steps still (:data:`pcapd.transport.link.KEEPALIVE_STALL`)."""
 SEND_LINGER = 0.01
 """Seconds the sender may wait to fill a whole ``MAX_PAYLOAD`` message under load, rather than
 send many small ones (each costs framing, and a write on the user's side, whatever its size)."""
