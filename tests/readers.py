@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 
 ROOT_WARNING = 'Running as user "root" and group "root". This could be dangerous.'
@@ -27,3 +29,14 @@ def tshark_fields(path: Path, *fields: str, display_filter: str | None = None) -
     for field in fields:
         args += ["-e", field]
     return [line.split("\t") for line in run_tool(*args).splitlines()]
+
+
+def inversions(stamps: Iterable[int | Decimal]) -> int:
+    """Packets written below the greatest timestamp written before them: what pcapd's merge
+    counts as ``reordered`` (late, out of order) and its summary as "written out of order"."""
+    count, top = 0, None
+    for ts in stamps:
+        if top is not None and ts < top:
+            count += 1
+        top = ts if top is None else max(top, ts)
+    return count

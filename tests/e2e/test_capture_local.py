@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import trio
 
 from tests.e2e.procs import streamed_capture
-from tests.netns import Netns, leftover_namespaces, netns, send_udp, tcp_exchange
-from tests.readers import run_tool, tshark_fields
+from tests.netns import Netns, netns, send_udp, tcp_exchange
+from tests.readers import inversions, run_tool, tshark_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 
@@ -77,15 +79,17 @@ async def test_two_namespaces_are_merged_into_one_ordered_pcapng(tmp_path: Path)
         udp, _ = markers(ns)
         assert udp_sequences(rows, f"{ns.name}:lo", udp) == list(range(UDP_COUNT))
         assert tcp_payload_bytes(rows, f"{ns.name}:lo") == 2 * TCP_ROUNDS * TCP_SIZE
-    times = [float(row[1]) for row in rows]  # ns precision survives: compare as strings too
-    assert times == sorted(times)
+    # In time order, but for packets the merge let through late (a source silent longer than
+    # merge.lateness: on a loaded machine); those are counted, and the summary says how many.
+    late = re.search(r"(\d+) written out of order", capture.stderr.text)
+    assert inversions(Decimal(row[1]) for row in rows) == (int(late[1]) if late else 0), (
+        capture.stderr.text)
     udp_rows = [row for row in rows if row[4] == "17"]
     assert all((row[2], row[3]) == ("242", "64") for row in udp_rows)  # -s 64, original kept
     info = run_tool("capinfos", out)
     assert info.count("Number of stat entries = 1") == 2  # one statistics block per interface
     assert "Number of interfaces in file: 2" in info
     assert "packets written" in capture.stderr.text
-    assert leftover_namespaces() == [] or True  # namespaces of other tests may still live
 
 
 async def test_a_direction_filter_keeps_the_first_packets_and_the_users_words(

@@ -23,6 +23,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from pcapd.merge import Merge
+from tests.readers import inversions
 
 NEVER = -(1 << 64)
 TICKS = (0.0, 0.125, 0.25, 0.5, 1.0, 1.5)
@@ -185,16 +186,6 @@ class Run:
         self.record(self.merge.flush())
         self.check_accounts()
         assert self.merge.statistics().buffered == 0
-
-
-def inversions(stamps: list[int]) -> int:
-    """Packets written below the greatest timestamp written before them."""
-    count, top = 0, NEVER
-    for ts in stamps:
-        if ts < top:
-            count += 1
-        top = max(top, ts)
-    return count
 
 
 def run_schedule(data: st.DataObject, conduct: str, lateness: float, max_buffered: int) -> Run:
