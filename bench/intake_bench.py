@@ -19,7 +19,7 @@ packets arriving at the capture's client (the sender's own interval included) an
 every datagram arrived; the api's RSS; what the attackers got. Targets: p99 ``/status`` under
 100 ms, no gap over 250 ms. A plain script, not a timed test::
 
-    sudo .venv/bin/python bench/intake_bench.py [--seconds 10] [--attackers 20] [--rate 200]
+    sudo .venv/bin/python bench/intake_bench.py [--seconds 15] [--attackers 20] [--rate 200]
 
 Everything made (namespaces, processes, files) is removed on exit. Takes about a minute.
 """
@@ -263,7 +263,9 @@ async def run(landscape: Landscape, args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="per phase (longer than the api's 10 s authentication deadline, "
+                             "so the silent links' closing is counted)")
     parser.add_argument("--attackers", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0, help="datagrams/s captured")
     parser.add_argument("--attack", type=int, help=argparse.SUPPRESS)  # the child: api port
