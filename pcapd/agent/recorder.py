@@ -54,6 +54,7 @@ from pcapd.agent.ring import (
 from pcapd.agent.ring_files import DirectoryStore, free_space, prepare_directory
 from pcapd.agent.triggers import Fired, Triggers
 from pcapd.config import AgentConfig
+from pcapd.errors import Refusal
 from pcapd.pcapng import encode_interface_description, encode_interface_statistics
 from pcapd.proto import (
     Counters,
@@ -73,7 +74,6 @@ from pcapd.proto import (
 )
 from pcapd.proto.messages import MAX_TRIGGERS_LISTED, RecordingEnd, RecordingState
 from pcapd.transport.link import Link
-from pcapd.transport.service import Refusal
 
 log = logging.getLogger(__name__)
 

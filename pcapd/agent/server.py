@@ -33,6 +33,7 @@ from pcapd.agent.pcap import (
 )
 from pcapd.agent.recorder import Recorder, send_save
 from pcapd.config import AgentConfig
+from pcapd.errors import Refusal
 from pcapd.flow import DropGate
 from pcapd.metrics import Metrics
 from pcapd.proto import (
@@ -59,7 +60,7 @@ from pcapd.proto import (
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import HttpRouter, metrics_route, status_route
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link, LinkClosed
-from pcapd.transport.service import Refusal, status_reply
+from pcapd.transport.service import status_reply
 from pcapd.transport.tls import client_identity_problem, server_context
 from pcapd.transport.ws import Headers, link_endpoints, serve_websocket
 

@@ -46,7 +46,7 @@ from pcapd.api.upload import (
     stored_capture,
 )
 from pcapd.config import ApiConfig
-from pcapd.errors import PcapdError
+from pcapd.errors import PcapdError, Refusal
 from pcapd.flow import RateLimiter
 from pcapd.metrics import Metrics
 from pcapd.proto import (
@@ -91,7 +91,7 @@ from pcapd.transport.http import (
     status_route,
 )
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link, LinkClosed
-from pcapd.transport.service import Refusal, status_reply
+from pcapd.transport.service import status_reply
 from pcapd.transport.tls import client_context, server_context
 from pcapd.transport.ws import Headers, serve_websocket
 

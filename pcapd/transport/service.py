@@ -15,15 +15,10 @@ from typing import Protocol
 
 import trio
 
-from pcapd.errors import CodedError
 from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION, SOFTWARE, StatusReply
 from pcapd.transport.groups import open_nursery
 
 Serve = Callable[..., Awaitable[None]]
-
-
-class Refusal(CodedError):
-    """A request a service will not run; the handler answers it with an ``error`` message."""
 
 
 class Service(Protocol):
