@@ -55,12 +55,11 @@ from pcapd.proto import (
     Start,
     Started,
     Status,
-    StatusReply,
 )
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import HttpRouter, metrics_route, status_route
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link, LinkClosed
-from pcapd.transport.service import status_reply
+from pcapd.transport.service import RoleService
 from pcapd.transport.tls import client_identity_problem, server_context
 from pcapd.transport.ws import Headers, link_endpoints, serve_websocket
 
@@ -71,29 +70,15 @@ log = logging.getLogger(__name__)
 
 
 
-class Agent:
+class Agent(RoleService[CaptureRun]):
     """The captures of one agent process, and the rules for starting more."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.runs: dict[str, CaptureRun] = {}
-        self.draining = False
-        self._runs_changed = trio.Event()
+        super().__init__(config.id, self.runs)
         self.metrics = Metrics("agent", lambda: len(self.runs))
         self.recorder = Recorder(config)
-
-    async def wait_idle(self) -> None:
-        """Until no capture runs (drain)."""
-        while self.runs:
-            await self._runs_changed.wait()
-
-    @property
-    def running(self) -> list[str]:
-        """Ids of the captures running now."""
-        return list(self.runs)
-
-    def status(self) -> StatusReply:
-        return status_reply(self.config.id, self)
 
     @cached_property
     def http(self) -> HttpRouter:
@@ -271,9 +256,7 @@ class Agent:
             run.end_reason, run.end_text = "failed", "the api went away"
             raise
         finally:
-            del self.runs[start.capture_id]
-            self._runs_changed.set()
-            self._runs_changed = trio.Event()
+            self._ended(start.capture_id)
             c = run.counters
             self.metrics.ended(run.end_reason, Counters(
                 packets=c.packets, bytes=c.bytes, kernel_received=c.kernel.received,
