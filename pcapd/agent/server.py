@@ -21,12 +21,12 @@ from trio_websocket import Endpoint, WebSocketConnection
 from pcapd.agent.capture import CaptureRun
 from pcapd.agent.netns import NamespaceError, open_in_netns, resolve_container_netns
 from pcapd.agent.pcap import (
-    CaptureError,
-    CaptureFailed,
+    HandleError,
+    HandleFailed,
     InvalidDevice,
     InvalidFilter,
     InvalidSnaplen,
-    open_capture,
+    open_handle,
 )
 from pcapd.agent.pcap import (
     Link as TcpLink,
@@ -168,7 +168,7 @@ class Agent(RoleService[CaptureRun]):
         except (InvalidFilter, InvalidSnaplen) as exc:
             return Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
                          origin=self.config.id)
-        except (CaptureError, NamespaceError) as exc:
+        except (HandleError, NamespaceError) as exc:
             self.metrics.refused("START_CAPTURE_FAILED")
             return Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
                          origin=self.config.id)
@@ -225,10 +225,10 @@ class Agent(RoleService[CaptureRun]):
         gate: DropGate | None = None
         try:
             try:
-                capture_cm = open_capture(device, filter=start.options.filter,
-                                          snaplen=start.options.snaplen, netns=netns,
-                                          exclude=exclude)
-                async with capture_cm as capture:
+                opening = open_handle(device, filter=start.options.filter,
+                                      snaplen=start.options.snaplen, netns=netns,
+                                      exclude=exclude)
+                async with opening as handle:
                     log.info("capture %s started: %s filter=%r for %s", start.capture_id, name,
                              start.options.filter, link.peer)
                     await link.send(Started(capture_id=start.capture_id, sources=[
@@ -237,7 +237,7 @@ class Agent(RoleService[CaptureRun]):
                     gate = DropGate(buf.size, buf.upper_limit, buf.lower_limit)
                     async with open_nursery() as nursery:
                         nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-                        await run.run(link, capture, gate)
+                        await run.run(link, handle, gate)
                         nursery.cancel_scope.cancel()
             except InvalidDevice:
                 await link.send(Error(code="INVALID_REQUEST", text=await self._no_such_device(
@@ -247,7 +247,7 @@ class Agent(RoleService[CaptureRun]):
                 await link.send(Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))
                 return
-            except (CaptureFailed, CaptureError, NamespaceError) as exc:
+            except (HandleFailed, HandleError, NamespaceError) as exc:
                 self.metrics.refused("START_CAPTURE_FAILED")
                 await link.send(Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))

@@ -21,8 +21,9 @@ from tests.api.resolving import closed_port_url
 GUARD = 10.0
 
 
-class Capture:
-    """What a source feeds, keeping what it is told."""
+class Owner:
+    """The capture a source feeds (a :class:`~pcapd.api.source.SourceOwner`), keeping what it
+    is told."""
 
     def __init__(self) -> None:
         self.merge = Merge()
@@ -47,7 +48,7 @@ class Capture:
         pass
 
 
-def source(capture: Capture, *, saves: dict[str, RecordSave] | None = None) -> SourceRun:
+def source(capture: Owner, *, saves: dict[str, RecordSave] | None = None) -> SourceRun:
     port = int(closed_port_url().rpartition(":")[2])  # nothing listens there
     job = AgentJob("127.0.0.1", port, AgentTarget(namespace="host", source="router/0"),
                    origin="router/0")
@@ -58,7 +59,7 @@ def source(capture: Capture, *, saves: dict[str, RecordSave] | None = None) -> S
 
 
 async def test_an_agent_that_cannot_be_reached_leaves_its_source_unavailable() -> None:
-    capture = Capture()
+    capture = Owner()
     run = source(capture)
     with trio.fail_after(GUARD):
         await run.run()
@@ -74,7 +75,7 @@ async def test_an_agent_that_cannot_be_reached_leaves_its_source_unavailable() -
 
 async def test_a_save_of_an_instance_that_recorded_nothing_is_refused_without_a_connection(
         ) -> None:
-    capture = Capture()
+    capture = Owner()
     run = source(capture, saves={"router/1": RecordSave(recording_id="r1", last=60)})
     with trio.fail_after(GUARD):
         await run.run()
@@ -84,7 +85,7 @@ async def test_a_save_of_an_instance_that_recorded_nothing_is_refused_without_a_
 
 
 async def test_a_source_without_an_agent_stops_quietly_and_leaves_the_merge_once() -> None:
-    capture = Capture()
+    capture = Owner()
     run = source(capture)
     await run.stop("requested")  # no agent link: nothing to ask
     run.merge_id = capture.merge.add_source(trio.current_time())
