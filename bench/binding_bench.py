@@ -110,10 +110,10 @@ def run_cypcap(kind: str, count: int) -> float:
 def run_engine(count: int) -> float:
     import trio
 
-    from pcapd.agent.pcap import open_capture
+    from pcapd.agent.pcap import open_handle
 
     async def main() -> float:
-        async with open_capture("lo", filter=BPF, buffer_size=BUFFER) as cap:
+        async with open_handle("lo", filter=BPF, buffer_size=BUFFER) as cap:
             await trio.to_thread.run_sync(fill, count)
             start = time.perf_counter()
             batch = await cap.read_batch(max_packets=count, max_wait=0)

@@ -75,6 +75,10 @@ class CodedError(Exception):
         self.text = text
 
 
+class Refusal(CodedError):
+    """A request a service will not run; the handler answers it with an ``error`` message."""
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM before the capture started: nothing was captured (exit 130)."""
 

@@ -9,11 +9,14 @@ a file never goes into a URL path as it is: :func:`segment` refuses what cannot 
 included, so the server sees exactly one segment holding exactly that value. :func:`join` builds
 a URL from a trusted base (a configured or discovered endpoint) and such segments; it is the one
 way pcapd builds a URL path from input (Cloud Controller, the director, the store's links).
+
+:func:`split_url` reads an address a person typed (``--api``, a director in the bosh CLI's
+config) the one way: a bare host means ``https://``; :func:`origin` writes one back.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import SplitResult, quote, urlsplit
 
 from pcapd.errors import PcapdError
 
@@ -44,3 +47,21 @@ def join(base: str, *parts: tuple[str, str] | str) -> str:
     :func:`segment`."""
     path = [part if isinstance(part, str) else segment(*part) for part in parts]
     return "/".join([base.rstrip("/"), *path])
+
+
+def split_url(text: str) -> SplitResult:
+    """``text`` (spaces around it ignored) as a URL, ``https://`` when it names no scheme (a
+    bare host, as the cf and bosh CLIs take one). ValueError when it cannot be one: its port
+    (out of range, not a number) is read here, so the caller meets every such fault at once."""
+    text = text.strip()
+    if "://" not in text:
+        text = f"https://{text}"
+    parts = urlsplit(text)
+    _ = parts.port  # raises ValueError for a port that is not one
+    return parts
+
+
+def origin(scheme: str, host: str, port: int) -> str:
+    """``scheme://host:port``, an IPv6 host in brackets."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"

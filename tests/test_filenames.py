@@ -59,10 +59,6 @@ TESTED_THROUGH = {
     "api/agents.py": "one agent link; tests/api/test_capture.py and test_server_links.py",
     "api/intake.py": "the api's intake limits; tests/e2e/test_intake.py",
     "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
-    "api/resolve.py": "the resolvers' common shape and the local resolver; tests/api/test_cf.py, "
-                      "test_bosh.py, test_server_limits.py",
-    "api/source.py": "one source's connect / resume / receive; tests/api/test_server_links.py "
-                     "and tests/e2e/test_faults.py",
     "client/capture.py": "one capture from the CLI; tests/e2e/test_capture_local.py and "
                          "tests/client/test_remote.py",
     "client/captures.py": "stored captures; tests/client/test_arguments_dialects.py and "
@@ -86,13 +82,11 @@ TESTED_THROUGH = {
     "config/model.py": "the config structs; tests/config/test_config.py and tests/docs",
     "config/parse.py": "parsing, errors by key; tests/config/test_config.py",
     "config/reference.py": "renders docs/config-reference.md; tests/docs/test_docs.py",
-    "merge/output.py": "the atomic output file; tests/merge/test_files.py",
     "pcapng/blocks.py": "block structs; tests/pcapng/test_encode.py and test_reader.py",
     "pcapng/buffer.py": "the decoders' buffer; tests/pcapng/test_reader.py (byte by byte)",
     "pcapng/options.py": "option codes and values; tests/pcapng/test_encode.py and test_rewrite.py",
     "pcapng/parse.py": "block parsing; tests/pcapng/test_reader.py and test_reader_fuzz.py",
     "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
-    "transport/link.py": "Link and its keepalive; tests/transport/test_ws.py",
     "transport/listen.py": "accept that waits out EMFILE; tests/transport/test_service.py",
     "transport/streams.py": "the client's stream; tests/transport/test_ws_tls_reads.py",
 }

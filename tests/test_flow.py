@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -49,11 +46,6 @@ def test_accounting_holds_and_queue_never_passes_upper(steps: list[tuple[int, in
         assert kept == 0 or depth + kept <= 100
     stats = gate.statistics()
     assert stats.admitted + stats.dropped == offered
-
-
-def test_is_pure() -> None:
-    code = "import pcapd.flow, sys; assert 'trio' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_rate_limiter_allows_a_burst_then_one_per_interval() -> None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
 
-from pcapd.urls import InvalidSegment, join, segment
+from pcapd.urls import InvalidSegment, join, origin, segment, split_url
 
 GUID = "5f0f3a0e-4a43-4b8e-9d2c-1b2f0c1d2e3f"
 
@@ -30,8 +26,23 @@ def test_the_server_sees_one_segment_with_exactly_the_value(value: str) -> None:
     assert httpx.URL("https://x/" + parts[5]).path == "/" + value  # decodes to the value
 
 
-def test_the_url_paths_import_without_trio() -> None:
-    """Pure, as docs/architecture.md says: segments in, a path out."""
-    code = "import sys; sys.modules['trio'] = None; import pcapd.urls"
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   cwd=Path(__file__).resolve().parents[1])
+@pytest.mark.parametrize(("typed", "parts"), [
+    ("pcap.example.com", ("https", "pcap.example.com", None, "")),
+    ("  http://10.0.0.6:8080/x  ", ("http", "10.0.0.6", 8080, "/x")),
+    ("[fd00::6]:25555", ("https", "fd00::6", 25555, "")),
+])
+def test_a_typed_address_is_read_as_https_unless_it_names_a_scheme(
+        typed: str, parts: tuple[str, str, int | None, str]) -> None:
+    url = split_url(typed)
+    assert (url.scheme, url.hostname, url.port, url.path) == parts
+
+
+@pytest.mark.parametrize("typed", ["host:99999", "host:port", "http://[fd00::6"])
+def test_an_address_that_cannot_be_a_url_raises_value_error(typed: str) -> None:
+    with pytest.raises(ValueError):
+        split_url(typed)
+
+
+def test_an_origin_puts_an_ipv6_host_in_brackets() -> None:
+    assert origin("wss", "fd00::6", 443) == "wss://[fd00::6]:443"
+    assert origin("https", "pcap.example.com", 25555) == "https://pcap.example.com:25555"

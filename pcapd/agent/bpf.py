@@ -31,11 +31,12 @@ Link = tuple[str, int, str, int]
 """A TCP connection to leave out: ``(local_ip, local_port, remote_ip, remote_port)``."""
 
 
-class CaptureError(PcapdError):
-    """A capture could not be started or continued; the message carries libpcap's words."""
+class HandleError(PcapdError):
+    """A libpcap handle could not be opened (its filter compiled) or read; the message carries
+    libpcap's words."""
 
 
-class InvalidFilter(CaptureError):
+class InvalidFilter(HandleError):
     """The BPF filter does not compile."""
 
 
@@ -101,16 +102,16 @@ def program_bytes(program: str) -> bytes:
     our own compile child; it is still checked, as anything crossing a process boundary."""
     count, *rows = program.split(",")
     if not count.isdigit() or int(count) != len(rows) or not 0 < len(rows) <= MAX_INSTRUCTIONS:
-        raise CaptureError("the filter compiler's answer is not a BPF program")
+        raise HandleError("the filter compiler's answer is not a BPF program")
     out = bytearray()
     for row in rows:
         fields = row.split()
         if len(fields) != 4 or not all(f.isdigit() for f in fields):
-            raise CaptureError("the filter compiler's answer is not a BPF program")
+            raise HandleError("the filter compiler's answer is not a BPF program")
         try:
             out += _INSN.pack(*map(int, fields))
         except struct.error:
-            raise CaptureError("the filter compiler's answer is not a BPF program") from None
+            raise HandleError("the filter compiler's answer is not a BPF program") from None
     return bytes(out)
 
 

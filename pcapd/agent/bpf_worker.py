@@ -25,9 +25,9 @@ import trio
 from pcapd.agent.bpf import (
     CPU_SECONDS,
     DLT_EN10MB,
-    CaptureError,
     CompileRequest,
     CompileResult,
+    HandleError,
     InvalidFilter,
     Link,
     quoted,
@@ -98,7 +98,7 @@ async def _run(request: CompileRequest) -> CompileResult:
         result = msgspec.json.decode(done.stdout, type=CompileResult)
     except msgspec.DecodeError:
         why = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise CaptureError(f"the filter compiler failed (exit status {done.returncode}): "
+        raise HandleError(f"the filter compiler failed (exit status {done.returncode}): "
                            f"{why[0][:200]}") from None
     if result.error is not None:
         raise InvalidFilter(result.error)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
-from pcapd.agent.pcap import Batch, Capture, CaptureStats
+from pcapd.agent.pcap import Batch, HandleStats, PcapHandle
 from pcapd.flow import DropGate
 from pcapd.pcapng import encode_interface_description, encode_interface_statistics
 from pcapd.proto import Counters, Data, End, Notice, SourceStatistics, Start, Statistics, Stop
@@ -39,7 +39,7 @@ MAX_READ = 4096
 MIN_READ = 64
 """A read smaller than this is not worth a wake-up: wait for the sender instead."""
 READ_LINGER = 0.05
-"""Seconds a read that has packets waits for more (``Capture.read_batch``): the cost of an
+"""Seconds a read that has packets waits for more (``PcapHandle.read_batch``): the cost of an
 agent is per wake-up and message rather than per packet, so under load it takes the ring's
 packets in batches of this many ms instead of one ring block (5 ms) at a time. At most this
 much added latency; the api's send linger is 10 ms, the latency target 250 ms at p99.
@@ -60,7 +60,7 @@ class RunCounters:
     packets: int = 0
     bytes: int = 0
     sent: int = 0
-    kernel: CaptureStats = field(default_factory=lambda: CaptureStats(0, 0, 0))
+    kernel: HandleStats = field(default_factory=lambda: HandleStats(0, 0, 0))
 
 
 @dataclass
@@ -86,28 +86,28 @@ class CaptureRun:
             self.end_reason, self.end_text = reason, text
             self.stop_requested.set()
 
-    async def run(self, link: Link, capture: Capture, gate: DropGate) -> None:
+    async def run(self, link: Link, handle: PcapHandle, gate: DropGate) -> None:
         """Stream until stopped; then the farewell. Returns when ``end`` was sent."""
         queue = PacketQueue(gate)
         idb = encode_interface_description(
-            link_type=capture.link_type, snaplen=capture.snaplen, name=self.name,
+            link_type=handle.link_type, snaplen=handle.snaplen, name=self.name,
             description=self.description, tsresol=9, filter=self.start.options.filter or None)
         queue.put_unbounded(idb)
         limits = self.start.limits
         async with open_nursery() as nursery:
             nursery.start_soon(self._send, link, queue)
-            nursery.start_soon(self._report, link, capture, gate)
+            nursery.start_soon(self._report, link, handle, gate)
             nursery.start_soon(self._listen, link)
             if limits.max_duration is not None:
                 nursery.start_soon(self._stop_after, limits.max_duration)
             with trio.CancelScope() as reading:
                 nursery.start_soon(self._wait_stop, reading)
-                await self._read(capture, queue)
+                await self._read(handle, queue)
             # past a limit the tail is not written: no need to wait for late packets
-            tail = await capture.drain(late=self.end_reason != "limit"
+            tail = await handle.drain(late=self.end_reason != "limit"
                                        and self.api_stop_reason != "limit")
             self._offer(queue, tail)
-            self.counters.kernel = capture.stats()
+            self.counters.kernel = handle.stats()
             isb = self._statistics_block(gate)
             queue.put_unbounded(isb)
             queue.close()
@@ -127,7 +127,7 @@ class CaptureRun:
         await trio.sleep(seconds)
         self.request_stop("limit", f"max_duration of {seconds:g}s reached")
 
-    async def _read(self, capture: Capture, queue: PacketQueue) -> None:
+    async def _read(self, handle: PcapHandle, queue: PacketQueue) -> None:
         """Read no more than the queue has room for: the kernel's ring (tens of MB) is the
         buffer for bursts, and the agent only drops — counting — when the api stays behind
         for longer than ``BACKPRESSURE_WAIT``."""
@@ -141,7 +141,7 @@ class CaptureRun:
                     await queue.wait_depth_below(gate.upper_limit - min_read)
                 room = gate.upper_limit - queue.depth
             limit = min(MAX_READ, room) if room >= min_read else MAX_READ
-            batch = await capture.read_batch(max_packets=limit, max_wait=READ_WAIT,
+            batch = await handle.read_batch(max_packets=limit, max_wait=READ_WAIT,
                                              linger=READ_LINGER)
             self._offer(queue, batch)
             c = self.counters
@@ -174,11 +174,11 @@ class CaptureRun:
                 reason: EndReason = "drained" if msg.reason == "drained" else "stopped"
                 self.request_stop(reason, f"stopped by the api ({msg.reason})")
 
-    async def _report(self, link: Link, capture: Capture, gate: DropGate) -> None:
+    async def _report(self, link: Link, handle: PcapHandle, gate: DropGate) -> None:
         episodes = 0
         while True:
             await trio.sleep(STATS_PERIOD)
-            self.counters.kernel = capture.stats()
+            self.counters.kernel = handle.stats()
             stats = gate.statistics()
             if stats.episodes > episodes:
                 episodes = stats.episodes

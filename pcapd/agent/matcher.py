@@ -15,7 +15,7 @@ from typing import Any
 import cypcap
 
 from pcapd import _accel
-from pcapd.agent.bpf import CaptureError, program_bytes
+from pcapd.agent.bpf import HandleError, program_bytes
 from pcapd.agent.ring import MAX_EPB
 from pcapd.pcapng.packets import epb_run
 
@@ -25,7 +25,7 @@ _EPB_LENGTHS = struct.Struct("<II")
 
 
 def check_program(insns: bytes) -> None:
-    """Raise :class:`CaptureError` unless ``insns`` passes libpcap's ``bpf_validate`` rules."""
+    """Raise :class:`HandleError` unless ``insns`` passes libpcap's ``bpf_validate`` rules."""
     rows = [_INSN.unpack_from(insns, i) for i in range(0, len(insns), _INSN.size)]
     n = len(rows)
     for i, (code, jt, jf, k) in enumerate(rows):
@@ -40,9 +40,9 @@ def check_program(insns: bytes) -> None:
         else:
             bad = False
         if bad:
-            raise CaptureError(f"the trigger's BPF program is not valid (instruction {i})")
+            raise HandleError(f"the trigger's BPF program is not valid (instruction {i})")
     if not n or rows[-1][0] & 0x07 != 0x06:  # must end with BPF_RET
-        raise CaptureError("the trigger's BPF program does not end with a return")
+        raise HandleError("the trigger's BPF program does not end with a return")
 
 
 class Matcher:
@@ -60,11 +60,11 @@ class Matcher:
             try:
                 return list(_accel.recorder.match_epbs(self._insns, blocks))
             except ValueError as exc:
-                raise CaptureError(f"trigger filter: {exc}") from None
+                raise HandleError(f"trigger filter: {exc}") from None
         run = epb_run(blocks, 0, most=len(blocks) // 32 + 1, max_block_size=MAX_EPB,
                       interfaces=1)
         if run.end != len(blocks):
-            raise CaptureError(f"trigger filter: not a whole EPB at byte {run.end}")
+            raise HandleError(f"trigger filter: not a whole EPB at byte {run.end}")
         found = []
         offline_filter = self._program.offline_filter
         for block, high, low in zip(run.blocks, run.high, run.low, strict=True):

@@ -1,4 +1,4 @@
-"""The capture engine: libpcap driven from Trio, packets out as pcapng EPBs.
+"""The libpcap engine: a handle driven from Trio, packets out as pcapng EPBs.
 
 Theory of operation. libpcap on Linux fills a TPACKET_V3 ring shared with the kernel in blocks;
 the kernel hands a block to us when it is full or when the buffer timeout (a few ms) expires.
@@ -18,7 +18,7 @@ packet do the same (nanoseconds then come through :mod:`.pkthdr`'s probe).
 
 Because a block is only handed over when it is retired, packets may wait in the ring up to
 about twice the buffer timeout. That bounds a batch's ``watermark`` (no later packet is
-older); :meth:`Capture.drain` waits longer (:data:`DRAIN_GRACE`) so that the tail of a
+older); :meth:`PcapHandle.drain` waits longer (:data:`DRAIN_GRACE`) so that the tail of a
 capture is read before the final statistics even on a loaded host. The handle is activated
 in a worker thread inside the target network namespace (:mod:`.netns`) and stays bound there.
 """
@@ -41,7 +41,7 @@ import trio
 from pcapd import _accel
 from pcapd.agent.bpf import (
     DLT_EN10MB,
-    CaptureError,
+    HandleError,
     InvalidFilter,
     Link,
     _libpcap_words,
@@ -68,7 +68,7 @@ DISPATCH_CAP = 1024
 DELIVERY_SLACK_NS = 20_000_000
 """Added to twice the buffer timeout for the kernel's own latency (softirq backlog, timers)."""
 DRAIN_GRACE = 0.25
-"""Seconds :meth:`Capture.drain` waits at most for the last packets of an idle interface. The
+"""Seconds :meth:`PcapHandle.drain` waits at most for the last packets of an idle interface. The
 delivery bound holds for the watermark, where a late packet is only out of order; at a stop
 a late packet is lost, and on a loaded host the kernel's block-retire timer and softirqs run
 late (packets sent just before the stop were seen missing after 30 ms). A stop is rare and a
@@ -78,15 +78,15 @@ _PACKERS_MAX = 4096
 
 
 
-class InvalidDevice(CaptureError):
+class InvalidDevice(HandleError):
     """No such network device (in the target namespace)."""
 
 
-class InvalidSnaplen(CaptureError):
+class InvalidSnaplen(HandleError):
     """The snapshot length is out of range."""
 
 
-class CaptureFailed(CaptureError):
+class HandleFailed(HandleError):
     """libpcap failed for another reason (permissions, interface went down, ...)."""
 
 
@@ -106,7 +106,7 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class CaptureStats:
+class HandleStats:
     """libpcap's counters (``pcap_stats``), cumulative since the handle was activated."""
 
     received: int
@@ -204,7 +204,7 @@ class _CypcapEngine:
             try:
                 self._pcap.dispatch(min(limit - done, DISPATCH_CAP), self._on_packet)
             except cypcap.Error as exc:
-                raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
+                raise HandleFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
             if len(blocks) - start == done:
                 return True
         return False
@@ -224,12 +224,12 @@ class _CypcapEngine:
         pending.clear()
         return blocks, count, captured, first, last
 
-    def stats(self) -> CaptureStats:
+    def stats(self) -> HandleStats:
         try:
             stat = self._pcap.stats()
         except cypcap.Error as exc:
-            raise CaptureFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
-        return CaptureStats(int(stat.recv), int(stat.drop), int(stat.ifdrop))
+            raise HandleFailed(f"{self.device}: {_libpcap_words(exc)}") from exc
+        return HandleStats(int(stat.recv), int(stat.drop), int(stat.ifdrop))
 
     def close(self) -> None:
         self._pcap.close()
@@ -252,7 +252,7 @@ class _CompiledEngine:
         try:
             return bool(self._handle.dispatch(limit))
         except _PcapError as exc:
-            raise CaptureFailed(f"{self.device}: {_pcap_words(exc)}") from exc
+            raise HandleFailed(f"{self.device}: {_pcap_words(exc)}") from exc
 
     def newest(self) -> int:
         return int(self._handle.newest())
@@ -261,12 +261,12 @@ class _CompiledEngine:
         blocks, count, captured, first, last = self._handle.take()
         return blocks, count, captured, first, last
 
-    def stats(self) -> CaptureStats:
+    def stats(self) -> HandleStats:
         try:
             received, dropped, if_dropped = self._handle.stats()
         except _PcapError as exc:
-            raise CaptureFailed(f"{self.device}: {_pcap_words(exc)}") from exc
-        return CaptureStats(received, dropped, if_dropped)
+            raise HandleFailed(f"{self.device}: {_pcap_words(exc)}") from exc
+        return HandleStats(received, dropped, if_dropped)
 
     def close(self) -> None:
         self._handle.close()
@@ -291,8 +291,8 @@ def _pcap_words(exc: BaseException) -> str:
     return str(text or f"{call} failed ({code})")
 
 
-class Capture:
-    """An activated, non-blocking libpcap handle. Made by :func:`open_capture`."""
+class PcapHandle:
+    """An activated, non-blocking libpcap handle. Made by :func:`open_handle`."""
 
     def __init__(
         self, engine: _CypcapEngine | _CompiledEngine, buffer_timeout: float
@@ -389,7 +389,7 @@ class Capture:
                     await trio.lowlevel.checkpoint()
         return self._take(ring_empty, now_ns)
 
-    def stats(self) -> CaptureStats:
+    def stats(self) -> HandleStats:
         """libpcap's counters; call after :meth:`drain`, or the tail is counted but not read."""
         return self._engine.stats()
 
@@ -433,7 +433,7 @@ def _engine(handle: Any, device: str, direction: cypcap.Direction | None,
             handle.setfilter(program_bytes(program))
         handle.setnonblock()
     except _PcapError as exc:
-        raise CaptureFailed(f"{device}: {_pcap_words(exc)}") from None
+        raise HandleFailed(f"{device}: {_pcap_words(exc)}") from None
     return _CompiledEngine(handle, device)
 
 
@@ -448,7 +448,7 @@ def _set_filter(pcap: Any, device: str, direction: cypcap.Direction | None,
         pcap.setnonblock(True)
         return bool(pcap.get_tstamp_precision() == cypcap.TstampPrecision.NANO)
     except cypcap.Error as exc:
-        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
+        raise HandleFailed(f"{device}: {_libpcap_words(exc)}") from None
 
 
 _DIRECTION_CODES = {cypcap.Direction.IN: 1, cypcap.Direction.OUT: 2}  # PCAP_D_IN, PCAP_D_OUT
@@ -463,7 +463,7 @@ def _activate_compiled(
     try:
         handle = _accel.capture.Handle(device)
     except _PcapError as exc:
-        raise CaptureFailed(f"{device}: {_pcap_words(exc)}") from None
+        raise HandleFailed(f"{device}: {_pcap_words(exc)}") from None
     try:
         handle.set_snaplen(snaplen)
         handle.set_promisc(0)
@@ -479,7 +479,7 @@ def _activate_compiled(
         words = _pcap_words(exc)
         if exc.args[0] == _accel.capture.ERROR_NO_SUCH_DEVICE:
             raise InvalidDevice(f"{device}: {words}") from None
-        raise CaptureFailed(f"{device}: {words}") from None
+        raise HandleFailed(f"{device}: {words}") from None
     except BaseException:
         handle.close()
         raise
@@ -496,7 +496,7 @@ def _activate(device: str, snaplen: int, buffer_size: int, buffer_timeout: float
     try:
         pcap = cypcap.create(device)
     except cypcap.Error as exc:
-        raise CaptureFailed(f"{device}: {_libpcap_words(exc)}") from None
+        raise HandleFailed(f"{device}: {_libpcap_words(exc)}") from None
     try:
         pcap.set_snaplen(snaplen)
         pcap.set_promisc(False)
@@ -511,7 +511,7 @@ def _activate(device: str, snaplen: int, buffer_size: int, buffer_timeout: float
         words = _libpcap_words(exc)
         if exc.code == cypcap.ErrorCode.NO_SUCH_DEVICE:
             raise InvalidDevice(f"{device}: {words}") from None
-        raise CaptureFailed(f"{device}: {words}") from None
+        raise HandleFailed(f"{device}: {words}") from None
     except BaseException:
         pcap.close()
         raise
@@ -519,7 +519,7 @@ def _activate(device: str, snaplen: int, buffer_size: int, buffer_timeout: float
 
 
 @asynccontextmanager
-async def open_capture(
+async def open_handle(
     device: str,
     *,
     filter: str = "",
@@ -528,12 +528,13 @@ async def open_capture(
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     buffer_timeout: float = DEFAULT_BUFFER_TIMEOUT,
     exclude: Iterable[Link] = (),
-) -> AsyncIterator[Capture]:
-    """A capture on ``device`` in ``netns`` (a namespace file; None: the agent's own).
+) -> AsyncIterator[PcapHandle]:
+    """A libpcap handle on ``device`` in ``netns`` (a namespace file; None: the agent's own),
+    activated and non-blocking.
 
     ``filter`` is the user's BPF expression; TCP connections in ``exclude`` (the agent's own
     link to the api) are left out of it. Raises :class:`InvalidFilter`,
-    :class:`InvalidDevice`, :class:`InvalidSnaplen` or :class:`CaptureFailed` before yielding.
+    :class:`InvalidDevice`, :class:`InvalidSnaplen` or :class:`HandleFailed` before yielding.
     The handle is closed on exit, also on cancellation.
     """
     if not device or "\0" in device or "/" in device:
@@ -548,28 +549,28 @@ async def open_capture(
         # compiled once, for this handle's link type, in a child process (see .bpf_worker):
         # names resolve in the agent's own namespace, which a container's may not reach
         direction, program = await capture_program(filter, list(exclude), *_link_of(handle))
-        capture = Capture(_engine(handle, device, direction, program), buffer_timeout)
+        opened = PcapHandle(_engine(handle, device, direction, program), buffer_timeout)
     except BaseException:
         handle.close()
         raise
     try:
-        yield capture
+        yield opened
     finally:
-        capture._close()
+        opened._close()
 
 
 __all__ = [
     "DLT_EN10MB",
     "Batch",
-    "Capture",
-    "CaptureError",
-    "CaptureFailed",
-    "CaptureStats",
+    "HandleError",
+    "HandleFailed",
+    "HandleStats",
     "InvalidDevice",
     "InvalidFilter",
     "InvalidSnaplen",
     "Link",
+    "PcapHandle",
     "compile_filter",
     "exclusion_filter",
-    "open_capture",
+    "open_handle",
 ]

@@ -40,7 +40,7 @@ import trio
 
 from pcapd.agent.bpf_worker import filter_program
 from pcapd.agent.matcher import Matcher
-from pcapd.agent.pcap import Capture, CaptureError, open_capture
+from pcapd.agent.pcap import HandleError, PcapHandle, open_handle
 from pcapd.agent.ring import (
     MIN_PIECE,
     Budget,
@@ -54,6 +54,7 @@ from pcapd.agent.ring import (
 from pcapd.agent.ring_files import DirectoryStore, free_space, prepare_directory
 from pcapd.agent.triggers import Fired, Triggers
 from pcapd.config import AgentConfig
+from pcapd.errors import Refusal
 from pcapd.pcapng import encode_interface_description, encode_interface_statistics
 from pcapd.proto import (
     Counters,
@@ -73,7 +74,6 @@ from pcapd.proto import (
 )
 from pcapd.proto.messages import MAX_TRIGGERS_LISTED, RecordingEnd, RecordingState
 from pcapd.transport.link import Link
-from pcapd.transport.service import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class Recorder:
 
     async def start(self, record: Record, source: Source, netns: Path | None,
                     kernel_filter: str) -> RecordingStarted:
-        """Arm a recording; raises :class:`Refusal` or :class:`CaptureError` if it cannot.
+        """Arm a recording; raises :class:`Refusal` or :class:`HandleError` if it cannot.
         ``kernel_filter`` is the record's filter with what the agent leaves out (its port)."""
         agent = self.config.id
         assert record.recording_id is not None and record.ring.max_bytes is not None
@@ -376,17 +376,17 @@ class Recorder:
         failure = ""
         try:
             with recording.scope:
-                async with open_capture(options.device, filter=kernel_filter,
-                                        snaplen=options.snaplen, netns=netns) as capture:
-                    recording.link_type, recording.snaplen = capture.link_type, capture.snaplen
+                async with open_handle(options.device, filter=kernel_filter,
+                                       snaplen=options.snaplen, netns=netns) as handle:
+                    recording.link_type, recording.snaplen = handle.link_type, handle.snaplen
                     matcher = None
                     if recording.record.trigger is not None:
                         matcher = Matcher(await filter_program(
-                            recording.record.trigger.filter, capture.link_type,
-                            capture.snaplen))
+                            recording.record.trigger.filter, handle.link_type,
+                            handle.snaplen))
                     task_status.started()
                     started = True
-                    await self._record(recording, capture, matcher)
+                    await self._record(recording, handle, matcher)
                 recording.state = "held"  # a `once` trigger: keep the ring for the save
                 await trio.sleep_forever()
         except Exception as exc:  # a recording that fails must not take the agent with it
@@ -397,10 +397,10 @@ class Recorder:
                            "could not take more packets; this recording ended, the others run "
                            "on — free the disk or lower recorder.max_bytes")
             else:
-                failure = (str(exc) if isinstance(exc, CaptureError)
+                failure = (str(exc) if isinstance(exc, HandleError)
                            else f"internal error: {exc!r}")
             log.warning("recording %s failed: %s", recording.id, failure,
-                        exc_info=not isinstance(exc, (CaptureError, OSError)))
+                        exc_info=not isinstance(exc, (HandleError, OSError)))
         finally:
             if started and recording.id in self.recordings:
                 if failure:
@@ -411,13 +411,13 @@ class Recorder:
                 else:
                     self._finish(recording, "drained", f"agent {self.config.id} stopped")
 
-    async def _record(self, recording: ActiveRecording, capture: Capture,
+    async def _record(self, recording: ActiveRecording, handle: PcapHandle,
                       matcher: Matcher | None) -> None:
         """Read into the ring until cancelled, or until a ``once`` trigger's window is whole."""
         triggers = recording.triggers
         next_stats = trio.current_time()
         while True:
-            batch = await capture.read_batch(max_packets=MAX_READ, max_wait=READ_WAIT)
+            batch = await handle.read_batch(max_packets=MAX_READ, max_wait=READ_WAIT)
             if matcher is not None and triggers is not None and batch.blocks:
                 fired = triggers.matched(matcher.matches(batch.blocks))
                 if fired is not None:
@@ -427,14 +427,14 @@ class Recorder:
             await recording.add(batch.blocks, time.time_ns())
             self._change()
             if trio.current_time() >= next_stats:
-                stats = capture.stats()
+                stats = handle.stats()
                 recording.note_kernel(stats.kernel_dropped, stats.interface_dropped)
                 recording.kernel_received = stats.received
                 next_stats = trio.current_time() + STATS_PERIOD
             if triggers is not None and (done := triggers.complete(batch.watermark)):
                 self._notify(recording, done, stopping=triggers.done)
                 if triggers.done:
-                    stats = capture.stats()
+                    stats = handle.stats()
                     recording.note_kernel(stats.kernel_dropped, stats.interface_dropped)
                     return
 

@@ -21,18 +21,19 @@ from trio_websocket import Endpoint, WebSocketConnection
 from pcapd.agent.capture import CaptureRun
 from pcapd.agent.netns import NamespaceError, open_in_netns, resolve_container_netns
 from pcapd.agent.pcap import (
-    CaptureError,
-    CaptureFailed,
+    HandleError,
+    HandleFailed,
     InvalidDevice,
     InvalidFilter,
     InvalidSnaplen,
-    open_capture,
+    open_handle,
 )
 from pcapd.agent.pcap import (
     Link as TcpLink,
 )
 from pcapd.agent.recorder import Recorder, send_save
 from pcapd.config import AgentConfig
+from pcapd.errors import Refusal
 from pcapd.flow import DropGate
 from pcapd.metrics import Metrics
 from pcapd.proto import (
@@ -54,12 +55,11 @@ from pcapd.proto import (
     Start,
     Started,
     Status,
-    StatusReply,
 )
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.http import HttpRouter, metrics_route, status_route
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link, LinkClosed
-from pcapd.transport.service import Refusal, status_reply
+from pcapd.transport.service import RoleService
 from pcapd.transport.tls import client_identity_problem, server_context
 from pcapd.transport.ws import Headers, link_endpoints, serve_websocket
 
@@ -70,29 +70,15 @@ log = logging.getLogger(__name__)
 
 
 
-class Agent:
+class Agent(RoleService[CaptureRun]):
     """The captures of one agent process, and the rules for starting more."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.runs: dict[str, CaptureRun] = {}
-        self.draining = False
-        self._runs_changed = trio.Event()
+        super().__init__(config.id, self.runs)
         self.metrics = Metrics("agent", lambda: len(self.runs))
         self.recorder = Recorder(config)
-
-    async def wait_idle(self) -> None:
-        """Until no capture runs (drain)."""
-        while self.runs:
-            await self._runs_changed.wait()
-
-    @property
-    def running(self) -> list[str]:
-        """Ids of the captures running now."""
-        return list(self.runs)
-
-    def status(self) -> StatusReply:
-        return status_reply(self.config.id, self)
 
     @cached_property
     def http(self) -> HttpRouter:
@@ -182,7 +168,7 @@ class Agent:
         except (InvalidFilter, InvalidSnaplen) as exc:
             return Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
                          origin=self.config.id)
-        except (CaptureError, NamespaceError) as exc:
+        except (HandleError, NamespaceError) as exc:
             self.metrics.refused("START_CAPTURE_FAILED")
             return Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
                          origin=self.config.id)
@@ -239,10 +225,10 @@ class Agent:
         gate: DropGate | None = None
         try:
             try:
-                capture_cm = open_capture(device, filter=start.options.filter,
-                                          snaplen=start.options.snaplen, netns=netns,
-                                          exclude=exclude)
-                async with capture_cm as capture:
+                opening = open_handle(device, filter=start.options.filter,
+                                      snaplen=start.options.snaplen, netns=netns,
+                                      exclude=exclude)
+                async with opening as handle:
                     log.info("capture %s started: %s filter=%r for %s", start.capture_id, name,
                              start.options.filter, link.peer)
                     await link.send(Started(capture_id=start.capture_id, sources=[
@@ -251,7 +237,7 @@ class Agent:
                     gate = DropGate(buf.size, buf.upper_limit, buf.lower_limit)
                     async with open_nursery() as nursery:
                         nursery.start_soon(link.keepalive, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-                        await run.run(link, capture, gate)
+                        await run.run(link, handle, gate)
                         nursery.cancel_scope.cancel()
             except InvalidDevice:
                 await link.send(Error(code="INVALID_REQUEST", text=await self._no_such_device(
@@ -261,7 +247,7 @@ class Agent:
                 await link.send(Error(code="INVALID_REQUEST", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))
                 return
-            except (CaptureFailed, CaptureError, NamespaceError) as exc:
+            except (HandleFailed, HandleError, NamespaceError) as exc:
                 self.metrics.refused("START_CAPTURE_FAILED")
                 await link.send(Error(code="START_CAPTURE_FAILED", text=f"{self.config.id}: {exc}",
                                       origin=self.config.id))
@@ -270,9 +256,7 @@ class Agent:
             run.end_reason, run.end_text = "failed", "the api went away"
             raise
         finally:
-            del self.runs[start.capture_id]
-            self._runs_changed.set()
-            self._runs_changed = trio.Event()
+            self._ended(start.capture_id)
             c = run.counters
             self.metrics.ended(run.end_reason, Counters(
                 packets=c.packets, bytes=c.bytes, kernel_received=c.kernel.received,

@@ -30,7 +30,7 @@ import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from pcapd.errors import PcapdError
+from pcapd.errors import PcapdError, Refusal
 from pcapd.tokens import (
     DEFAULT_LEEWAY,
     Acceptance,
@@ -40,7 +40,6 @@ from pcapd.tokens import (
     unverified_header,
     verify,
 )
-from pcapd.transport.service import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class IdentityProviderUnavailable(Refusal, PcapdError):
     Not the user's fault and not a verdict on the token, so not UNAUTHENTICATED: the capture
     cannot start (``START_CAPTURE_FAILED``, as when Cloud Controller or the director cannot be
     reached) and trying again later may work. The message names the UAA, never the token.
-    A :class:`~pcapd.transport.service.Refusal` too, so a handler that answers refusals
+    A :class:`~pcapd.errors.Refusal` too, so a handler that answers refusals
     answers this one without knowing it.
     """
 

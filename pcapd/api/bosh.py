@@ -17,9 +17,9 @@ from pcapd.api.agents import AgentJob
 from pcapd.api.resolve import Resolution, UaaPlatform, Unavailable, get_json
 from pcapd.authz import bosh_may_capture
 from pcapd.config import BoshConfig
+from pcapd.errors import Refusal
 from pcapd.proto import AgentTarget, BoshTarget, Start
 from pcapd.tokens import Identity
-from pcapd.transport.service import Refusal
 from pcapd.urls import InvalidSegment, join
 
 

@@ -35,17 +35,9 @@ from pcapd.config import ApiConfig
 from pcapd.errors import CodedError
 from pcapd.flow import DropGate
 from pcapd.merge import Merge
-from pcapd.pcapng import (
-    EPB,
-    EnhancedPacket,
-    RawBlock,
-    encode_enhanced_packet,
-    encode_name_resolution,
-    encode_section_header,
-    parse,
-    split_packets,
-)
+from pcapd.pcapng import encode_name_resolution, encode_section_header, split_packets
 from pcapd.pcapng.packets import check_epbs
+from pcapd.pcapng.rewrite import commented_packet
 from pcapd.proto import (
     Code,
     Counters,
@@ -309,7 +301,7 @@ class ApiCapture:
             batch = split_packets(_with_source_id(source.account.id, payload), payload.offset)
             blocks = batch.blocks
             if source.gap_note is not None:
-                blocks = [_with_comment(blocks[0], source.gap_note), *blocks[1:]]
+                blocks = [commented_packet(blocks[0], [source.gap_note]), *blocks[1:]]
                 source.gap_note = None
             self.merge.push(source.merge_id, batch.timestamps, blocks, now)
         if payload.watermark:
@@ -425,14 +417,3 @@ def _with_source_id(source_id: int, payload: AgentPayload) -> bytes:
     rewritten = bytearray(payload.packets)
     check_epbs(rewritten, new_id=source_id, offset=payload.offset)
     return bytes(rewritten)
-
-
-def _with_comment(block: bytes, comment: str) -> bytes:
-    """The EPB ``block`` with an ``opt_comment`` (re-encoded: it is one packet per gap)."""
-    packet = parse(RawBlock(EPB, block, 0, False))
-    assert isinstance(packet, EnhancedPacket)
-    return encode_enhanced_packet(interface_id=packet.interface_id,
-                                  timestamp=packet.timestamp, data=packet.data,
-                                  original_length=packet.original_length,
-                                  comment="; ".join([*packet.comments, comment]),
-                                  flags=packet.flags)

@@ -26,9 +26,9 @@ from pcapd.api.agents import AgentJob
 from pcapd.api.resolve import Resolution, UaaPlatform, Unavailable, get_json
 from pcapd.authz import cf_may_capture
 from pcapd.config import CfConfig
+from pcapd.errors import Refusal
 from pcapd.proto import AgentTarget, CfTarget, Start
 from pcapd.tokens import Identity
-from pcapd.transport.service import Refusal
 from pcapd.urls import InvalidSegment, join
 
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pcapd.transport.service import Refusal
+from pcapd.errors import Refusal
 
 
 class PendingConnections:

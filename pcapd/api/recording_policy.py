@@ -21,23 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from pcapd.config.model import ApiRecorderConfig
-from pcapd.errors import PcapdError
+from pcapd.errors import Refusal
 from pcapd.units import format_duration, format_size
 
-RefusalCode = Literal["INVALID_REQUEST", "LIMIT_REACHED"]
 
-
-class RecordingRefused(PcapdError):
-    """A recording the api will not start; ``code`` is the message code to answer with
-    (the api raises its :class:`~pcapd.transport.service.Refusal` from it)."""
-
-    def __init__(self, code: RefusalCode, text: str) -> None:
-        super().__init__(text)
-        self.code: RefusalCode = code
-        self.text = text
+class RecordingRefused(Refusal):
+    """A recording the api will not start: a :class:`~pcapd.errors.Refusal` (``code`` is
+    INVALID_REQUEST or LIMIT_REACHED), so the api answers it as it answers any other."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,6 @@ from pcapd.api.capture import START_TIMEOUT
 from pcapd.api.recording_books import RingAnswer
 from pcapd.api.recording_policy import (
     RecordingParameters,
-    RecordingRefused,
     RecordingRequest,
     check_room,
     effective_parameters,
@@ -58,7 +57,7 @@ from pcapd.api.recording_policy import (
 from pcapd.api.resolve import Resolution, Unavailable
 from pcapd.api.trigger_watch import TriggerWatch, job_of
 from pcapd.api.upload import owner_key
-from pcapd.errors import PcapdError
+from pcapd.errors import PcapdError, Refusal
 from pcapd.proto import (
     Absent,
     AgentTarget,
@@ -93,7 +92,6 @@ from pcapd.store.recordings import stop as stopped_record
 from pcapd.tokens import Identity
 from pcapd.transport.groups import open_nursery
 from pcapd.transport.link import Link, LinkClosed
-from pcapd.transport.service import Refusal
 from pcapd.transport.ws import Headers
 
 if TYPE_CHECKING:
@@ -204,13 +202,10 @@ class ApiRecorder:
         """Arm a recording on every instance of the target (see the module's docstring)."""
         records = self.records
         trigger = msg.trigger
-        try:
-            params = effective_parameters(RecordingRequest(
-                keep=msg.ring.keep, until=msg.ring.until, max_bytes=msg.ring.max_bytes,
-                trigger=trigger is not None, after=trigger.after if trigger else None,
-                once=trigger.once if trigger else False), self.config.recorder)
-        except RecordingRefused as exc:
-            raise Refusal(exc.code, exc.text) from None
+        params = effective_parameters(RecordingRequest(
+            keep=msg.ring.keep, until=msg.ring.until, max_bytes=msg.ring.max_bytes,
+            trigger=trigger is not None, after=trigger.after if trigger else None,
+            once=trigger.once if trigger else False), self.config.recorder)
         if isinstance(msg.target, AgentTarget):
             raise Refusal("INVALID_REQUEST", "target kind `agent` is for the api's own links")
         start = Start(target=msg.target, options=msg.options)
@@ -223,10 +218,7 @@ class ApiRecorder:
         owner = owner_key(identity)
         now = time.time()
         armed_now = armed_owners(await records.list_all(), now)
-        try:
-            check_room(owner, [*armed_now, *self._arming], self.config.recorder)
-        except RecordingRefused as exc:
-            raise Refusal(exc.code, exc.text) from None
+        check_room(owner, [*armed_now, *self._arming], self.config.recorder)
         self._arming.append(owner)  # (no await since the check)
         try:
             return await self._start(msg, identity, owner, resolution, params, now)

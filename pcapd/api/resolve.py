@@ -23,9 +23,9 @@ import trio
 from pcapd.api.agents import AgentJob
 from pcapd.api.auth import TokenVerifier
 from pcapd.config.model import BoshTokensConfig, CfTokensConfig
+from pcapd.errors import Refusal
 from pcapd.proto import AgentTarget, BoshTarget, CfTarget, Code, LocalTarget, Start
 from pcapd.tokens import Acceptance, Identity, Unauthenticated
-from pcapd.transport.service import Refusal
 
 if TYPE_CHECKING:  # they build on this module
     from pcapd.api.bosh import BoshResolver

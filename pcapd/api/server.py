@@ -46,7 +46,7 @@ from pcapd.api.upload import (
     stored_capture,
 )
 from pcapd.config import ApiConfig
-from pcapd.errors import PcapdError
+from pcapd.errors import PcapdError, Refusal
 from pcapd.flow import RateLimiter
 from pcapd.metrics import Metrics
 from pcapd.proto import (
@@ -75,7 +75,6 @@ from pcapd.proto import (
     Started,
     Statistics,
     Status,
-    StatusReply,
     Stop,
     Token,
 )
@@ -91,7 +90,7 @@ from pcapd.transport.http import (
     status_route,
 )
 from pcapd.transport.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link, LinkClosed
-from pcapd.transport.service import Refusal, status_reply
+from pcapd.transport.service import RoleService
 from pcapd.transport.tls import client_context, server_context
 from pcapd.transport.ws import Headers, serve_websocket
 
@@ -116,7 +115,7 @@ class ClientOutput:
         await self.link.send(msg)
 
 
-class Api:
+class Api(RoleService[ApiCapture]):
     """The captures of one api process, and the checks before starting one."""
 
     def __init__(self, config: ApiConfig, resolver: Resolver,
@@ -129,8 +128,7 @@ class Api:
             ca=tls.ca, certificate=tls.certificate, private_key=tls.private_key,
             what="agents.tls")
         self.captures: dict[str, ApiCapture] = {}
-        self.draining = False
-        self._captures_changed = trio.Event()
+        super().__init__(config.id, self.captures)
         self.metrics = Metrics("api", lambda: len(self.captures))
         self.requests = RateLimiter(config.limits.requests_per_minute)
         limits = config.limits
@@ -140,19 +138,6 @@ class Api:
         self.recorder = ApiRecorder(self)
         """``pcapd record`` (:mod:`pcapd.api.recordings`); its trigger watch runs in
         :meth:`ApiRecorder.run`, started beside the server."""
-
-    async def wait_idle(self) -> None:
-        """Until no capture runs (drain)."""
-        while self.captures:
-            await self._captures_changed.wait()
-
-    @property
-    def running(self) -> list[str]:
-        """Ids of the captures running now."""
-        return list(self.captures)
-
-    def status(self) -> StatusReply:
-        return status_reply(self.config.id, self)
 
     @cached_property
     def http(self) -> HttpRouter:
@@ -420,9 +405,7 @@ class Api:
                     await link.send(end)
                 nursery.cancel_scope.cancel()
         finally:
-            del self.captures[capture_id]
-            self._captures_changed.set()
-            self._captures_changed = trio.Event()
+            self._ended(capture_id)
             # an aborted capture (client gone, failure, drain timeout) has no end: its
             # counts so far still go into the audit line and the metrics
             totals = end.totals if end is not None else capture.totals()

@@ -44,8 +44,9 @@ RECONNECT_INTERVAL = 1.0
 """Seconds between attempts to reach a lost agent again (within agents.reconnect_grace)."""
 
 
-class Capture(Protocol):
-    """What a source needs of the capture it feeds (:class:`~pcapd.api.capture.ApiCapture`)."""
+class SourceOwner(Protocol):
+    """What a source needs of the capture that owns it, and that it feeds
+    (:class:`~pcapd.api.capture.ApiCapture`)."""
 
     merge: Merge
     stop_requested: trio.Event
@@ -89,7 +90,7 @@ class SourceRun:
 
     job: AgentJob
     account: Account
-    capture: Capture
+    capture: SourceOwner
     dial: Dial
     agent: AgentLink | None = None
     merge_id: int | None = None

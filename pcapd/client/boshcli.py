@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -43,6 +42,7 @@ from pcapd.client.credentials import (
     write_atomically,
 )
 from pcapd.errors import UsageError
+from pcapd.urls import origin, split_url
 
 DEFAULT_PORT = 25555
 CLIENT = "bosh_cli"
@@ -60,24 +60,16 @@ def bosh_config_path(environ: Mapping[str, str] | None = None) -> Path:
 
 def director_url(url_or_host: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of a director as the bosh CLI reads it: https and 25555 by default."""
-    text = url_or_host.strip()
-    if not text:
+    if not url_or_host.strip():
         return None
-    if "://" not in text:
-        text = f"https://{text}"
     try:
-        parts = urlsplit(text)
-        port = parts.port
+        parts = split_url(url_or_host)
     except ValueError:
         return None
+    port = parts.port
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
     return parts.scheme, parts.hostname.lower(), DEFAULT_PORT if port is None else port
-
-
-def _url_text(scheme: str, host: str, port: int) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{port}"
 
 
 def _matches(entry: Mapping[str, Any], name: str) -> bool:
@@ -160,7 +152,7 @@ def load_bosh_environment(path: Path, name: str | None) -> BoshEnvironment:
     return BoshEnvironment(
         path=path,
         name=name,
-        url=_url_text(*parsed),
+        url=origin(*parsed),
         alias=entry["alias"] if isinstance(entry.get("alias"), str) else None,
         ca_cert=ca if isinstance(ca, str) and ca.strip() else None,
         tokens=Tokens(access.strip(),
@@ -338,6 +330,6 @@ def bosh_credentials(path: Path, name: str | None,
                          "(e.g. https://10.0.0.6:25555)")
     if ca_cert is None and entry is not None and isinstance(entry.get("ca_cert"), str):
         ca_cert = entry["ca_cert"].strip() or None
-    environment = BoshEnvironment(path=path, name=name, url=_url_text(*parsed), alias=None,
+    environment = BoshEnvironment(path=path, name=name, url=origin(*parsed), alias=None,
                                   ca_cert=ca_cert, tokens=Tokens(""))
     return BoshClientCredentials(environment, client, secret)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import struct
 
-from pcapd.pcapng import EPB, EnhancedPacket, RawBlock, encode_enhanced_packet, parse
+from pcapd.pcapng import EPB
+from pcapd.pcapng.rewrite import commented_packet
 from pcapd.proto import Notice
 
 NOTED = frozenset({"INSTANCE_UNAVAILABLE", "CONGESTED", "CAPTURE_STOPPED", "CAPTURE_RESUMED",
@@ -36,14 +37,7 @@ def with_comments(payload: bytes, comments: list[str]) -> bytes | None:
         if length < 12 or length % 4 or pos + length > len(payload):
             return None  # not whole little-endian blocks: leave it alone
         if block_type == EPB:
-            block = payload[pos:pos + length]
-            packet = parse(RawBlock(EPB, block, 0, False))
-            if not isinstance(packet, EnhancedPacket):
-                return None
-            commented = encode_enhanced_packet(
-                interface_id=packet.interface_id, timestamp=packet.timestamp, data=packet.data,
-                original_length=packet.original_length,
-                comment="; ".join([*packet.comments, *comments]), flags=packet.flags)
+            commented = commented_packet(payload[pos:pos + length], comments)
             return payload[:pos] + commented + payload[pos + length:]
         pos += length
     return None

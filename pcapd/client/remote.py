@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import jwt
 
@@ -50,6 +49,7 @@ from pcapd.errors import UsageError
 from pcapd.proto import BoshTarget, CfTarget, End, Start
 from pcapd.proto.messages import Target
 from pcapd.transport.tls import TlsSetupError, client_context
+from pcapd.urls import origin, split_url
 
 API_ENV = "PCAPD_API"
 _SCHEMES = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
@@ -61,16 +61,12 @@ def websocket_url(url: str) -> str:
     ``ws://…`` or a bare host (https): ``https://pcap.sys.example.com`` →
     ``wss://pcap.sys.example.com:443/``."""
     scheme, host, port, resource = _parse_api_url(url)
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{port}{resource}"
+    return origin(scheme, host, port) + resource
 
 
 def _parse_api_url(url: str) -> tuple[str, str, int, str]:
-    text = url.strip()
-    if "://" not in text:
-        text = f"https://{text}"
     try:
-        parts = urlsplit(text)
+        parts = split_url(url)
         port = parts.port
     except ValueError:
         raise UsageError(f"--api {url}: not a URL (e.g. https://pcap.sys.example.com)") from None

@@ -10,6 +10,9 @@ here: the decoder rewrites their interface ids in place (``next_packet_columns``
 Big-endian options are swapped where their layout is known (the ``*_LAYOUTS`` below) and
 dropped where not: custom options, and an ``if_filter`` of BPF bytecode, whose byte order is the
 section's. A little-endian block keeps every option as it is.
+
+:func:`commented_packet` is the one rewrite outside the merge: a packet given a comment (the
+api's note of a gap, the client's notices), for both of which it is written.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pcapd.pcapng import options as o
 from pcapd.pcapng.blocks import (
     CUSTOM_COPYABLE,
     DSB,
+    EPB,
     NRB,
     EnhancedPacket,
     InterfaceDescription,
@@ -30,6 +34,7 @@ from pcapd.pcapng.blocks import (
 )
 from pcapd.pcapng.encode import (
     encode_block,
+    encode_enhanced_packet,
     encode_interface_fields,
     encode_name_resolution,
     encode_packet_fields,
@@ -146,6 +151,18 @@ def enhanced_packet(raw: RawBlock, interface_map: Sequence[int]) -> tuple[bytes,
         return block, local, ticks
     local = _U32.unpack_from(raw.data, 8)[0]
     return with_interface_id(raw.data, interface_map[local]), local, epb_timestamp(raw.data)
+
+
+def commented_packet(block: bytes, comments: Sequence[str]) -> bytes:
+    """The little-endian EPB ``block`` with ``comments`` after its own, as one ``opt_comment``
+    joined by "; ", re-encoded whole (its flags kept, other options dropped). Rare by design:
+    one packet per gap or notice, so the hot path never re-encodes."""
+    packet = parse(RawBlock(EPB, block, 0, False))
+    assert isinstance(packet, EnhancedPacket)
+    return encode_enhanced_packet(interface_id=packet.interface_id, timestamp=packet.timestamp,
+                                  data=packet.data, original_length=packet.original_length,
+                                  comment="; ".join([*packet.comments, *comments]),
+                                  flags=packet.flags)
 
 
 def packet_block(raw: RawBlock, interface_map: Sequence[int]) -> tuple[bytes, int, int]:

@@ -23,6 +23,7 @@ import builtins
 import contextlib
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from pcapd.store.base import (
     listed_record,
     newest_first,
 )
+from pcapd.store.recordings import MAX_RECORD_BYTES
 from pcapd.urls import join
 
 log = logging.getLogger("pcapd.store")
@@ -154,19 +156,11 @@ class LocalStore:
         return await trio.to_thread.run_sync(self._list, folder, user_id, now)
 
     def _list(self, folder: Path, user_id: str, now: float) -> builtins.list[CaptureInfo]:
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StoreError(f"cannot list {folder} ({exc.strerror})") from exc
         found = []
-        for name in names:
-            capture_id, _, ext = name.partition(".")
-            if ext == "json" and CAPTURE_ID.fullmatch(capture_id):
-                info = self._read_capture(folder, user_id, capture_id, now)
-                if info is not None:
-                    found.append(info)
+        for capture_id in record_ids(folder, CAPTURE_ID):
+            info = self._read_capture(folder, user_id, capture_id, now)
+            if info is not None:
+                found.append(info)
         return newest_first(found)
 
     def _read_capture(
@@ -174,13 +168,12 @@ class LocalStore:
     ) -> CaptureInfo | None:
         """The record of a complete, unexpired capture of ``user_id``, else None."""
         try:
-            info = listed_record(
-                (folder / f"{capture_id}.json").read_bytes(), user_id, capture_id, now
-            )
+            data = read_record(folder / f"{capture_id}.json")
+            if data is None:
+                return None
+            info = listed_record(data, user_id, capture_id, now)
             complete = (folder / f"{capture_id}.pcapng").is_file()
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
+        except (OSError, StoreError, ValueError) as exc:
             log.warning("skipping the damaged record %s/%s.json: %s", folder, capture_id, exc)
             return None
         return info if complete else None
@@ -399,6 +392,41 @@ class LocalUpload:
         self._pending.clear()
         if fd is not None:
             await trio.to_thread.run_sync(_discard, fd, self._partial)
+
+
+def record_ids(folder: Path, pattern: re.Pattern[str]) -> list[str]:
+    """The ids of the records ``<id>.json`` in ``folder`` (a capture's or a recording's, as
+    ``pattern`` says ids look), sorted; none when the folder does not exist."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StoreError(f"cannot list {folder} ({exc.strerror})") from exc
+    ids = []
+    for name in sorted(names):
+        record_id, _, ext = name.partition(".")
+        if ext == "json" and pattern.fullmatch(record_id):
+            ids.append(record_id)
+    return ids
+
+
+def read_record(path: Path) -> bytes | None:
+    """The record file ``path``, None when there is none. Never through a link (a record put
+    there by hand, or by someone else, must not make the api read another file), and at most
+    one byte past :data:`~pcapd.store.recordings.MAX_RECORD_BYTES`, so an oversized file is
+    seen as one instead of read whole."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path} ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as file:
+        try:
+            return file.read(MAX_RECORD_BYTES + 1)
+        except OSError as exc:
+            raise StoreError(f"cannot read {path} ({exc.strerror})") from exc
 
 
 def _write_all(fd: int, data: bytes, path: Path) -> None:

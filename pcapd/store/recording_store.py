@@ -13,26 +13,32 @@ user's other recordings.
 
 These classes sit beside :class:`~pcapd.store.local.LocalStore` and
 :class:`~pcapd.store.s3.S3Store` instead of inside them: :func:`recordings_of` gives the one
-that shares a store's directory or bucket.
+that shares a store's directory or bucket. The bucket's, :class:`~pcapd.store.s3.S3Recordings`,
+lives in :mod:`pcapd.store.s3` beside the captures' (the SDK calls they share; minio is
+imported only when a bucket is used).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import io
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol
 
 import trio
 
 from pcapd.store.base import Store, StoreError
-from pcapd.store.local import LocalStore, _fsync_dir, _make_dirs, _write_all
+from pcapd.store.local import (
+    LocalStore,
+    _fsync_dir,
+    _make_dirs,
+    _write_all,
+    read_record,
+    record_ids,
+)
 from pcapd.store.recordings import (
-    MAX_RECORD_BYTES,
     RECORDING_ID,
     RECORDINGS_PREFIX,
     Recording,
@@ -40,21 +46,14 @@ from pcapd.store.recordings import (
     check_owner,
     encode_recording,
     owner_prefix,
-    parse_key,
     read_recording,
     recording_key,
 )
 
-if TYPE_CHECKING:
-    from minio import Minio
-
 log = logging.getLogger("pcapd.store")
-
-T = TypeVar("T")
 
 _FILE_MODE = 0o600
 _TMP = ".tmp"
-_MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 
 
 class RecordingStore(Protocol):
@@ -89,7 +88,7 @@ def recordings_of(store: Store) -> RecordingStore:
     """The recording records kept beside ``store``'s captures (same directory or bucket)."""
     if isinstance(store, LocalStore):
         return LocalRecordings(store.root)
-    from pcapd.store.s3 import S3Store  # noqa: PLC0415  # minio only when used
+    from pcapd.store.s3 import S3Recordings, S3Store  # noqa: PLC0415  # minio only when used
 
     if isinstance(store, S3Store):
         return S3Recordings(store.client, store.bucket)
@@ -116,10 +115,10 @@ class LocalRecordings:
 
     async def get(self, owner: str, recording_id: str) -> Recording | None:
         path = self.root / recording_key(owner, recording_id)
-        data = await trio.to_thread.run_sync(_read_file, path)
+        data = await trio.to_thread.run_sync(read_record, path)
         if data is None:
             return None
-        return _checked(data, owner, recording_id, str(path))
+        return checked_recording(data, owner, recording_id, str(path))
 
     async def list_owned(self, owner: str) -> list[Recording]:
         folder = self.root / owner_prefix(owner)
@@ -162,42 +161,19 @@ class LocalRecordings:
         return found
 
     def _list_folder(self, folder: Path, owner: str) -> builtins.list[Recording]:
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StoreError(f"cannot list {folder} ({exc.strerror})") from exc
         found = []
-        for name in sorted(names):
-            recording_id, _, ext = name.partition(".")
-            if ext != "json" or not RECORDING_ID.fullmatch(recording_id):
-                continue
-            path = folder / name
+        for recording_id in record_ids(folder, RECORDING_ID):
+            path = folder / f"{recording_id}.json"
             try:
-                data = _read_file(path)
-                rec = None if data is None else _checked(data, owner, recording_id, str(path))
+                data = read_record(path)
+                rec = None if data is None else checked_recording(data, owner, recording_id,
+                                                                  str(path))
             except (RecordingRecordError, StoreError) as exc:
                 log.warning("skipping recording record %s: %s", path, exc)
                 continue
             if rec is not None:
                 found.append(rec)
         return found
-
-
-def _read_file(path: Path) -> bytes | None:
-    """At most one byte past the record limit (so an oversized file is seen as one)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StoreError(f"cannot read {path} ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb") as file:
-        try:
-            return file.read(MAX_RECORD_BYTES + 1)
-        except OSError as exc:
-            raise StoreError(f"cannot read {path} ({exc.strerror})") from exc
 
 
 def _replace_file(path: Path, data: bytes) -> None:
@@ -224,99 +200,13 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 
 
-# -- the bucket ----------------------------------------------------------------------------------
-
-
-class S3Recordings:
-    """Records as objects ``recordings/<owner>/<id>.json`` of the captures' bucket (outside the
-    ``captures/`` lifecycle rule: a record goes when the api forgets the recording)."""
-
-    def __init__(self, client: Minio, bucket: str) -> None:
-        self.client = client
-        self.bucket = bucket
-
-    def __repr__(self) -> str:
-        return f"S3Recordings(bucket={self.bucket!r})"
-
-    async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        from pcapd.store.s3 import in_thread  # noqa: PLC0415  # minio only when used
-
-        return await in_thread(what, fn)
-
-    async def put(self, rec: Recording) -> None:
-        data = encode_recording(rec)
-        key = recording_key(rec.owner, rec.recording_id)
-        await self._call(f"writing {key}", lambda: self.client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), content_type="application/json"))
-
-    async def get(self, owner: str, recording_id: str) -> Recording | None:
-        key = recording_key(owner, recording_id)
-        data = await self._call(f"reading {key}", lambda: self._read(key))
-        return None if data is None else _checked(data, owner, recording_id, key)
-
-    async def list_owned(self, owner: str) -> list[Recording]:
-        prefix = owner_prefix(owner)
-        return newest_first(await self._call(f"listing {prefix}", lambda: self._list(prefix)))
-
-    async def list_all(self) -> list[Recording]:
-        prefix = f"{RECORDINGS_PREFIX}/"
-        return newest_first(await self._call(f"listing {prefix}", lambda: self._list(prefix)))
-
-    async def delete(self, owner: str, recording_id: str) -> bool:
-        key = recording_key(owner, recording_id)
-
-        def remove() -> bool:
-            from minio.error import S3Error  # noqa: PLC0415
-
-            try:
-                self.client.stat_object(self.bucket, key)
-            except S3Error as exc:
-                if exc.code in _MISSING:
-                    return False
-                raise
-            self.client.remove_object(self.bucket, key)
-            return True
-
-        return await self._call(f"removing {key}", remove)
-
-    def _read(self, key: str) -> bytes | None:
-        from minio.error import S3Error  # noqa: PLC0415
-
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return None
-            raise
-        try:
-            data: bytes = response.read(MAX_RECORD_BYTES + 1)
-            return data
-        finally:
-            response.close()
-            response.release_conn()
-
-    def _list(self, prefix: str) -> builtins.list[Recording]:
-        found = []
-        objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
-        for name in sorted(o.object_name for o in objects if o.object_name):
-            parsed = parse_key(name)
-            if parsed is None:
-                continue
-            data = self._read(name)
-            if data is None:
-                continue  # removed since the listing
-            try:
-                found.append(_checked(data, *parsed, name))
-            except RecordingRecordError as exc:
-                log.warning("skipping recording record %s: %s", name, exc)
-        return found
-
-
-def _checked(data: bytes, owner: str, recording_id: str, where: str) -> Recording:
+def checked_recording(data: bytes, owner: str, recording_id: str, where: str) -> Recording:
+    """The record ``data`` read from ``where`` (a path or a key, named in the error)."""
     try:
         return read_recording(data, owner, recording_id)
     except RecordingRecordError as exc:
         raise RecordingRecordError(f"{where}: {exc}") from None
 
 
-__all__ = ["LocalRecordings", "RecordingStore", "S3Recordings", "newest_first", "recordings_of"]
+__all__ = ["LocalRecordings", "RecordingStore", "checked_recording", "newest_first",
+           "recordings_of"]

@@ -68,6 +68,18 @@ from pcapd.store.base import (
     newest_first,
     user_prefix,
 )
+from pcapd.store.recording_store import checked_recording
+from pcapd.store.recording_store import newest_first as recordings_newest_first
+from pcapd.store.recordings import (
+    MAX_RECORD_BYTES,
+    RECORDINGS_PREFIX,
+    Recording,
+    RecordingRecordError,
+    encode_recording,
+    owner_prefix,
+    parse_key,
+    recording_key,
+)
 
 log = logging.getLogger("pcapd.store")
 
@@ -77,6 +89,8 @@ DEFAULT_PART_SIZE = 5 << 20  # S3's minimum: the least memory per upload
 _PIPE_LIMIT = 2 << 20
 _TAG_VALUE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")  # what S3 and MinIO accept in a tag value
 _MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket", "NotFound"})
+_NO_RECORD = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
+"""What S3 answers for an absent recording record (there, a missing bucket stays an error)."""
 
 T = TypeVar("T")
 
@@ -112,7 +126,38 @@ def _describe(exc: BaseException | str) -> str:
     return str(exc) or type(exc).__name__
 
 
-class S3Store:
+class Bucket:
+    """One bucket through the SDK: what the captures (:class:`S3Store`) and the recording
+    records (:class:`S3Recordings`) kept in it share."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(bucket={self.bucket!r})"
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return await in_thread(what, fn)
+
+    def _read_record(self, key: str, missing: frozenset[str]) -> bytes | None:
+        """The record object ``key``, at most one byte past ``MAX_RECORD_BYTES`` (an oversized
+        one is seen as one); None when S3 answers one of the ``missing`` codes."""
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in missing:
+                return None
+            raise
+        try:
+            data: bytes = response.read(MAX_RECORD_BYTES + 1)
+            return data
+        finally:
+            response.close()
+            response.release_conn()
+
+
+class S3Store(Bucket):
     """Captures in ``bucket``; see the module's theory of operation."""
 
     def __init__(
@@ -125,18 +170,11 @@ class S3Store:
         part_size: int = DEFAULT_PART_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
-        self.bucket = bucket
+        super().__init__(client, bucket)
         self.retention_days = retention_days
         self.url_expiry = url_expiry
         self.part_size = part_size
         self.clock = clock
-
-    def __repr__(self) -> str:
-        return f"S3Store(bucket={self.bucket!r})"
-
-    async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        return await in_thread(what, fn)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -210,17 +248,9 @@ class S3Store:
 
     def _record(self, user_id: str, capture_id: str, now: float) -> CaptureInfo | None:
         key = capture_key(user_id, capture_id, ".json")
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return None
-            raise
-        try:
-            data = response.read(1 << 20)
-        finally:
-            response.close()
-            response.release_conn()
+        data = self._read_record(key, _MISSING)
+        if data is None:
+            return None
         try:
             return listed_record(data, user_id, capture_id, now)
         except ValueError as exc:
@@ -518,3 +548,63 @@ class S3Upload:
         except StoreError as exc:
             log.warning("%s", exc)
 
+
+# -- recording records ---------------------------------------------------------------------------
+
+
+class S3Recordings(Bucket):
+    """Records as objects ``recordings/<owner>/<id>.json`` of the captures' bucket (outside the
+    ``captures/`` lifecycle rule: a record goes when the api forgets the recording); see
+    :mod:`pcapd.store.recording_store`."""
+
+    async def put(self, rec: Recording) -> None:
+        data = encode_recording(rec)
+        key = recording_key(rec.owner, rec.recording_id)
+        await self._call(f"writing {key}", lambda: self.client.put_object(
+            self.bucket, key, io.BytesIO(data), len(data), content_type="application/json"))
+
+    async def get(self, owner: str, recording_id: str) -> Recording | None:
+        key = recording_key(owner, recording_id)
+        data = await self._call(f"reading {key}", lambda: self._read_record(key, _NO_RECORD))
+        return None if data is None else checked_recording(data, owner, recording_id, key)
+
+    async def list_owned(self, owner: str) -> list[Recording]:
+        prefix = owner_prefix(owner)
+        return recordings_newest_first(
+            await self._call(f"listing {prefix}", lambda: self._list(prefix)))
+
+    async def list_all(self) -> list[Recording]:
+        prefix = f"{RECORDINGS_PREFIX}/"
+        return recordings_newest_first(
+            await self._call(f"listing {prefix}", lambda: self._list(prefix)))
+
+    async def delete(self, owner: str, recording_id: str) -> bool:
+        key = recording_key(owner, recording_id)
+
+        def remove() -> bool:
+            try:
+                self.client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in _NO_RECORD:
+                    return False
+                raise
+            self.client.remove_object(self.bucket, key)
+            return True
+
+        return await self._call(f"removing {key}", remove)
+
+    def _list(self, prefix: str) -> builtins.list[Recording]:
+        found = []
+        objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        for name in sorted(o.object_name for o in objects if o.object_name):
+            parsed = parse_key(name)
+            if parsed is None:
+                continue
+            data = self._read_record(name, _NO_RECORD)
+            if data is None:
+                continue  # removed since the listing
+            try:
+                found.append(checked_recording(data, *parsed, name))
+            except RecordingRecordError as exc:
+                log.warning("skipping recording record %s: %s", name, exc)
+        return found

@@ -1,4 +1,5 @@
-"""What the agent and api services share: status answers, refusals, serving until a signal.
+"""What the agent and api services share: their running captures and status answers, serving
+until a signal.
 
 Both roles run the same way under monit or systemd: serve, and on the first SIGTERM/SIGINT
 *drain* — take no new captures, stop the running ones gracefully so every user gets a complete
@@ -11,19 +12,15 @@ import logging
 import resource
 import signal
 from collections.abc import Awaitable, Callable, Collection
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
-from pcapd.errors import CodedError
 from pcapd.proto import MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION, SOFTWARE, StatusReply
 from pcapd.transport.groups import open_nursery
 
 Serve = Callable[..., Awaitable[None]]
-
-
-class Refusal(CodedError):
-    """A request a service will not run; the handler answers it with an ``error`` message."""
+T = TypeVar("T")
 
 
 class Service(Protocol):
@@ -39,11 +36,42 @@ class Service(Protocol):
     async def wait_idle(self) -> None: ...
 
 
-def status_reply(server_id: str, service: Service) -> StatusReply:
-    running = sorted(service.running)
-    return StatusReply(healthy=True, draining=service.draining, software=SOFTWARE,
-                       protocol=PROTOCOL_VERSION, min_protocol=MIN_COMPATIBLE_VERSION,
-                       server_id=server_id, captures=len(running), capture_ids=running[:1024])
+class RoleService(Generic[T]):
+    """What the agent and the api share as a :class:`Service`: the captures running now, by
+    id, waited out by a drain and listed by ``/status``.
+
+    ``live`` is the role's own dict of its captures; the role adds to it and calls
+    :meth:`_ended` (not ``del``) when one ends, which wakes :meth:`wait_idle`.
+    """
+
+    def __init__(self, server_id: str, live: dict[str, T]) -> None:
+        self.draining = False
+        self._server_id = server_id
+        self._live = live
+        self._changed = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Until no capture runs (drain)."""
+        while self._live:
+            await self._changed.wait()
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the captures running now."""
+        return list(self._live)
+
+    def status(self) -> StatusReply:
+        """The answer to a ``status`` request and to ``GET /status``."""
+        running = sorted(self._live)
+        return StatusReply(healthy=True, draining=self.draining, software=SOFTWARE,
+                           protocol=PROTOCOL_VERSION, min_protocol=MIN_COMPATIBLE_VERSION,
+                           server_id=self._server_id, captures=len(running),
+                           capture_ids=running[:1024])
+
+    def _ended(self, capture_id: str) -> None:
+        del self._live[capture_id]
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 def raise_open_files_limit() -> int:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pcapd import _accel
-from pcapd.agent.bpf import DLT_EN10MB, CaptureError, compile_program
+from pcapd.agent.bpf import DLT_EN10MB, HandleError, compile_program
 from pcapd.agent.matcher import Matcher
 from pcapd.pcapng import encode_enhanced_packet
 
@@ -60,7 +60,7 @@ def test_the_matching_packets_timestamps(engine: str) -> None:
 @pytest.mark.parametrize("bad", [BATCH[:-4], BATCH + b"\x00" * 4,
                                  b"\x05\x00\x00\x00" + BATCH[4:]])
 def test_malformed_blocks_are_refused(engine: str, bad: bytes) -> None:
-    with pytest.raises(CaptureError, match="trigger filter"):
+    with pytest.raises(HandleError, match="trigger filter"):
         Matcher(program("udp")).matches(bad)
 
 
@@ -72,7 +72,7 @@ def test_malformed_blocks_are_refused(engine: str, bad: bytes) -> None:
 ])
 def test_hostile_programs_are_refused_before_they_run(engine: str, text: str,
                                                       words: str) -> None:
-    with pytest.raises(CaptureError, match=words):
+    with pytest.raises(HandleError, match=words):
         Matcher(text)
 
 

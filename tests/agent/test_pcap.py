@@ -29,14 +29,14 @@ from pcapd.agent.netns import (
 )
 from pcapd.agent.pcap import (
     Batch,
-    Capture,
-    CaptureFailed,
+    HandleFailed,
     InvalidDevice,
     InvalidFilter,
     InvalidSnaplen,
+    PcapHandle,
     compile_filter,
     exclusion_filter,
-    open_capture,
+    open_handle,
 )
 from pcapd.pcapng import (
     encode_interface_description,
@@ -116,7 +116,7 @@ def tcp_ports(frame: bytes) -> tuple[int, int] | None:
     return src, dst
 
 
-async def collect(cap: Capture, count: int) -> list[Batch]:
+async def collect(cap: PcapHandle, count: int) -> list[Batch]:
     """Batches until ``count`` packets have been read (the caller's fail_after bounds it)."""
     batches: list[Batch] = []
     while sum(batch.packets for batch in batches) < count:
@@ -277,7 +277,7 @@ async def test_udp_packets_exact_in_order_with_original_length_and_ns_timestamps
 ) -> None:
     count = 200
     with trio.fail_after(20):
-        async with open_capture(
+        async with open_handle(
             veth.a_dev, filter=f"udp port {UDP_PORT}", snaplen=64, netns=ns_a.path
         ) as cap:
             assert (cap.device, cap.snaplen, cap.link_type) == (veth.a_dev, 64, 1)
@@ -327,8 +327,8 @@ async def test_each_capture_sees_its_own_namespace(ns_a: Netns) -> None:
     bpf = f"udp port {port}"
     with trio.fail_after(20):
         async with (
-            open_capture("lo", filter=bpf, netns=ns_a.path) as inside,
-            open_capture("lo", filter=bpf, netns=None) as host,
+            open_handle("lo", filter=bpf, netns=ns_a.path) as inside,
+            open_handle("lo", filter=bpf, netns=None) as host,
         ):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(partial(send_udp, None, "127.0.0.1", port, 50, marker=b"host"))
@@ -348,20 +348,20 @@ async def test_each_capture_sees_its_own_namespace(ns_a: Netns) -> None:
 async def test_bad_filter_and_unknown_device_and_snaplen(ns_a: Netns) -> None:
     with trio.fail_after(10):
         with pytest.raises(InvalidFilter, match=r'^invalid BPF filter "tcp port x": \S'):
-            async with open_capture("lo", filter="tcp port x", netns=ns_a.path):
+            async with open_handle("lo", filter="tcp port x", netns=ns_a.path):
                 pass  # pragma: no cover
         with pytest.raises(InvalidDevice, match=r"^eth9: \S"):
-            async with open_capture("eth9", netns=ns_a.path):
+            async with open_handle("eth9", netns=ns_a.path):
                 pass  # pragma: no cover
         with pytest.raises(InvalidSnaplen):
-            async with open_capture("lo", snaplen=0, netns=ns_a.path):
+            async with open_handle("lo", snaplen=0, netns=ns_a.path):
                 pass  # pragma: no cover
 
 
 @root
 async def test_cancelling_read_batch_on_a_silent_interface_is_prompt(ns_a: Netns) -> None:
     with trio.fail_after(10):
-        async with open_capture("lo", filter=f"udp port {UDP_PORT}", netns=ns_a.path) as cap:
+        async with open_handle("lo", filter=f"udp port {UDP_PORT}", netns=ns_a.path) as cap:
             start = trio.current_time()
             with trio.move_on_after(0.2) as scope:
                 await cap.read_batch(max_wait=60)
@@ -380,7 +380,7 @@ async def test_cancelling_read_batch_on_a_silent_interface_is_prompt(ns_a: Netns
 async def test_drain_reads_the_tail_before_the_statistics(ns_a: Netns, veth: VethPair) -> None:
     count = 500
     with trio.fail_after(20):
-        async with open_capture(veth.a_dev, filter=f"udp port {UDP_PORT}", netns=ns_a.path) as cap:
+        async with open_handle(veth.a_dev, filter=f"udp port {UDP_PORT}", netns=ns_a.path) as cap:
             await send_udp(veth.b, veth.a_ip, UDP_PORT, count, size=300)
             tail = await cap.drain()  # nothing read before: the whole capture is the tail
             stats = cap.stats()
@@ -407,7 +407,7 @@ async def test_the_excluded_tcp_link_is_not_captured(
             local, remote = client.getsockname(), client.getpeername()
             link = (local[0], local[1], remote[0], remote[1])
             with trio.fail_after(20):
-                async with open_capture(
+                async with open_handle(
                     "lo", filter=user_filter, netns=ns_a.path, exclude=[link]
                 ) as cap:
                     await trio.to_thread.run_sync(client.sendall, b"excluded" * 100)
@@ -434,7 +434,7 @@ async def test_fallback_to_microseconds_when_the_probe_fails(
     monkeypatch.setattr(pkthdr, "header_offset", lambda: None)
     monkeypatch.setattr(capture_module, "header_offset", lambda: None)
     with trio.fail_after(10):
-        async with open_capture("lo", filter=f"udp port {UDP_PORT}", netns=ns_a.path) as cap:
+        async with open_handle("lo", filter=f"udp port {UDP_PORT}", netns=ns_a.path) as cap:
             assert not cap.exact_timestamps and "microsecond" in cap.timestamp_note
             before = time.time_ns() // 1000 * 1000
             await send_udp(ns_a, "127.0.0.1", UDP_PORT, 3)
@@ -457,7 +457,7 @@ async def test_direction_filters_keep_the_first_packets(
     to_b = (ns_a, veth.b_ip)
     wanted, other = (to_a, to_b) if direction == "inbound" else (to_b, to_a)
     with trio.fail_after(10):
-        async with open_capture(
+        async with open_handle(
             veth.a_dev, filter=f"{direction} and udp port {UDP_PORT}", netns=ns_a.path
         ) as cap:
             await send_udp(*wanted, UDP_PORT, 20, marker=b"want_")
@@ -473,9 +473,9 @@ async def test_direction_filters_keep_the_first_packets(
 @root
 async def test_a_vanished_interface_fails_the_read_promptly(ns_a: Netns, veth: VethPair) -> None:
     with trio.fail_after(10):
-        async with open_capture(veth.a_dev, filter="udp", netns=ns_a.path) as cap:
+        async with open_handle(veth.a_dev, filter="udp", netns=ns_a.path) as cap:
             await trio.run_process(["ip", "-n", ns_a.name, "link", "del", veth.a_dev])
             start = trio.current_time()
-            with pytest.raises(CaptureFailed, match=f"^{veth.a_dev}: \\S"):
+            with pytest.raises(HandleFailed, match=f"^{veth.a_dev}: \\S"):
                 await cap.read_batch(max_wait=5)
             assert trio.current_time() - start < 1

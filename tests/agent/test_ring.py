@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -310,12 +308,6 @@ def test_once_fires_one_trigger_and_is_done_when_its_window_is_whole() -> None:
     assert triggers.matched([T0 + 3 * S]) is None  # after the window: not a second trigger
     assert triggers.complete(T0 + 2 * S + 1) is not None and triggers.done
     assert triggers.matched([T0 + 100 * S]) is None and triggers.total == 1
-
-
-def test_the_pure_modules_import_no_trio() -> None:
-    code = ("import pcapd.agent.ring, pcapd.agent.triggers, sys; "
-            "assert 'trio' not in sys.modules, 'trio imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 # --- the same ring in files (recorder.storage: directory) --------------------------------------

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from pcapd.api.resolve import Resolution, Resolver
+from pcapd.errors import Refusal
 from pcapd.proto import Start
-from pcapd.transport.service import Refusal
 
 PORT = 9494
 """The agents' port the resolvers are configured with."""

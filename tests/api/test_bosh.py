@@ -21,8 +21,8 @@ from pcapd.api.agents import AgentJob
 from pcapd.api.bosh import BoshResolver
 from pcapd.api.resolve import Unavailable
 from pcapd.config import BoshConfig
+from pcapd.errors import Refusal
 from pcapd.proto import AgentTarget, BoshTarget, CaptureOptions, Start
-from pcapd.transport.service import Refusal
 from tests.api.resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
 from tests.fakes.director import Deployment, FakeDirector, Instance
 from tests.fakes.http import Response, json_response, text_response

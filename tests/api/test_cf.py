@@ -22,8 +22,8 @@ from pcapd.api.auth import IdentityProviderUnavailable
 from pcapd.api.cf import CfResolver
 from pcapd.api.resolve import Unavailable
 from pcapd.config import CfConfig
+from pcapd.errors import Refusal
 from pcapd.proto import AgentTarget, CaptureOptions, CfTarget, Start
-from pcapd.transport.service import Refusal
 from tests.api.resolving import GUARD, PORT, closed_port_url, refused, resolve, unique
 from tests.fakes.cloud_controller import FakeCloudController, Instance, Org, Space
 from tests.fakes.http import Response, json_response

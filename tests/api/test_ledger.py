@@ -5,11 +5,6 @@ Blocks are real EPBs (36 bytes each: 4 bytes of data), so the byte limits below 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from pcapd.api.ledger import Account, Ledger, Limit, Verdict, effective_limits
@@ -52,13 +47,6 @@ def capturing(book: Ledger, *which: int) -> list[Account]:
 
 def identity_holds(c: Counters) -> bool:
     return c.packets == c.written + c.agent_dropped + c.api_dropped + c.discarded
-
-
-def test_importing_the_ledger_does_not_import_trio() -> None:
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    code = "import pcapd.api.ledger, sys; assert 'trio' not in sys.modules, 'trio was imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})
 
 
 def test_an_epb_here_is_36_bytes() -> None:

@@ -4,11 +4,6 @@ trigger's save does (rate limit, ``--once``, handled once across api VMs)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from pcapd.api import recording_books as books
 from pcapd.api.recording_policy import RecordingParameters
 from pcapd.proto import (
@@ -60,14 +55,6 @@ def ring(index: int, **fields: object) -> RingStatus:
 def fired(at: float, *, complete: bool = True) -> TriggerFired:
     return TriggerFired(number=1, at=int(at * NS), window_start=int((at - 10) * NS),
                         window_end=int((at + 10) * NS), complete=complete)
-
-
-def test_importing_the_books_does_not_import_trio() -> None:
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    code = ("import pcapd.api.recording_books, sys; "
-            "assert 'trio' not in sys.modules, 'trio was imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})
 
 
 def test_a_start_keeps_the_policys_figures_and_the_armed_rings() -> None:

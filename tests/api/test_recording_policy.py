@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from pcapd.api.recording_policy import (
@@ -191,9 +188,3 @@ def test_durations_are_said_as_typed(seconds: float, text: str) -> None:
 def test_sizes_are_said_as_typed(size: int, text: str) -> None:
     assert format_size(size) == text
     assert parse_size(text) == size
-
-
-def test_the_policy_is_pure() -> None:
-    code = ("import sys, pcapd.api.recording_policy, pcapd.units; "
-            "assert 'trio' not in sys.modules, sorted(sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True)

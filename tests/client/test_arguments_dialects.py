@@ -188,10 +188,3 @@ def test_capture_ids_by_unique_prefix_as_git_takes_them() -> None:
     with pytest.raises(UsageError, match="3f2 is ambiguous; it starts 2 captures: "
                                          "3f2a0001, 3f2b0002"):
         unique_id("3f2", captures)
-
-
-def test_the_arguments_imports_without_trio() -> None:
-    """Pure, as docs/architecture.md says: the spellings are read without I/O."""
-    code = "import sys; sys.modules['trio'] = None; import pcapd.client.arguments"
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   cwd=Path(__file__).resolve().parents[2])

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 from pcapd.client.notes import Notes, with_comments
 from pcapd.pcapng import (
     EnhancedPacket,
@@ -56,10 +52,3 @@ def test_notices_wait_for_a_packet() -> None:
     assert packet.comments == ("pcapd INSTANCE_UNAVAILABLE my-app/1: cannot connect to its agent",)
     assert notes.annotate(EPB2) == EPB2  # said once
     assert with_comments(b"\x06\x00\x00\x00\x0d\x00\x00\x00", ["x"]) is None  # not whole
-
-
-def test_the_notes_imports_without_trio() -> None:
-    """Pure, as docs/architecture.md says: blocks in, blocks out."""
-    code = "import sys; sys.modules['trio'] = None; import pcapd.client.notes"
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   cwd=Path(__file__).resolve().parents[2])

@@ -27,8 +27,8 @@ def test_importing_the_merge_does_not_import_trio() -> None:
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     code = (
-        "import pcapd.merge, pcapd.merge.engine, pcapd.pcapng.rewrite, sys;"
-        " assert 'trio' not in sys.modules, 'trio was imported';"
+        "import sys; sys.modules['trio'] = None;"  # any import of trio fails
+        " import pcapd.merge, pcapd.merge.engine, pcapd.pcapng.rewrite;"
         " assert 'pcapd.merge.files' not in sys.modules, 'the file driver was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})

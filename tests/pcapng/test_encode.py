@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from pcapd.pcapng import (
@@ -167,15 +163,3 @@ def test_refuses_values_that_do_not_fit(call: object) -> None:
 def test_option_of_exactly_65535_bytes_is_accepted() -> None:
     block = encode_section_header(comment="x" * 65535)
     assert len(block) == 28 + 4 + 65536 + 4
-
-
-def test_importing_pcapng_does_not_import_trio() -> None:
-    code = ("import sys; sys.modules['trio'] = None\n"  # any import of trio fails
-            "import pcapd.pcapng, pcapd.pcapng.blocks, pcapd.pcapng.buffer, pcapd.pcapng.encode\n"
-            "import pcapd.pcapng.legacy, pcapd.pcapng.options, pcapd.pcapng.packets\n"
-            "import pcapd.pcapng.parse, pcapd.pcapng.reader, pcapd.pcapng.rewrite")
-    root = Path(__file__).resolve().parents[2]
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False
-    )
-    assert result.returncode == 0, result.stderr

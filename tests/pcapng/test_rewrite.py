@@ -110,6 +110,18 @@ def test_little_endian_packets_keep_their_bytes_but_the_interface_id() -> None:
     assert block == epb[:8] + struct.pack("<I", 0) + epb[12:]
 
 
+def test_a_commented_packet_adds_its_comments_after_its_own_and_keeps_its_fields() -> None:
+    epb = encode_enhanced_packet(interface_id=2, timestamp=7 << 32 | 5, data=b"abcde",
+                                 original_length=9, comment="first", flags=1)
+    (out,) = reread(rewrite.commented_packet(epb, ["gap", "notice"]))
+    assert out == EnhancedPacket(interface_id=2, timestamp=7 << 32 | 5, captured_length=5,
+                                 original_length=9, data=b"abcde", flags=1,
+                                 comments=("first; gap; notice",))
+    plain = encode_enhanced_packet(interface_id=0, timestamp=1, data=b"x")
+    assert rewrite.commented_packet(plain, ["only"]) == encode_enhanced_packet(
+        interface_id=0, timestamp=1, data=b"x", comment="only")
+
+
 def reread_head(interfaces: int) -> bytes:
     return b"".join(
         encode_interface_description(link_type=1, snaplen=0) for _ in range(interfaces)

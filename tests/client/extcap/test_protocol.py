@@ -444,10 +444,3 @@ def test_apps_instances_and_devices_are_reloadable_selectors() -> None:
     assert protocol.reloadable(protocol.CF, "--instances") is protocol.CF.arg("instances")
     with pytest.raises(UsageError, match="reloads --app, --instances, --device"):
         protocol.reloadable(protocol.CF, "--process-type")
-
-
-def test_the_extcap_protocol_imports_without_trio() -> None:
-    """Pure, as docs/architecture.md says: Wireshark's sentences and argv in words."""
-    code = "import sys; sys.modules['trio'] = None; import pcapd.client.extcap.protocol"
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   cwd=Path(__file__).resolve().parents[3])
