@@ -8,11 +8,20 @@ Conventions (docs/README.md explains them to writers):
 - ``<!-- output -->`` before the fenced block that follows a tested one: what that run printed
   (stdout and stderr together). Each non-empty line must appear, in order, as a whole line of
   the output; ``...`` inside a line stands for any text.
-- ``<!-- example: WHY -->``: shown, not run (it needs a real Cloud Foundry, BOSH or a display).
+- ``<!-- platform -->``: a Cloud Foundry or BOSH block; it runs against the test landscape
+  (fake UAA, Cloud Controller and BOSH director, the real api and agents), with the
+  substitutions ``tests/docs/test_platform_blocks.py`` states (the api URL, the login, the
+  id a reader copies). Options as for ``test``.
+- ``<!-- example: WHY -->``: shown, not run: it installs on a laptop, deploys with BOSH, or
+  needs a display. Each one is in ``tests/docs/test_examples.py``'s list with the reason, and
+  its command lines are checked there (pcapd's own parser accepts them; other programs and
+  their flags exist).
 - ``<!-- setup -->``: the install commands, which CI itself runs first (``.ci/run`` runs
   ``dev/test``, which runs ``dev/setup``); checked to be nothing else.
 
 Every ``sh``/``bash``/``console``/``shell`` block in the guides carries one of these markers.
+The exit-status table of the user guide lists exactly the ``EXIT_*`` statuses of
+``pcapd/cli.py``, and the README names them all.
 
 How a block runs: as root, with ``bash -euo pipefail``, from a scratch directory that looks
 like a fresh clone (the repository's tracked top-level entries and ``.venv`` linked in), with
@@ -42,14 +51,16 @@ from pcapd.proto import CODES
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 GUIDES = ("README.md", "architecture.md", "user-guide.md", "operator-guide.md", "security.md",
-          "troubleshooting.md", "3am-checklist.md")
+          "troubleshooting.md", "3am-checklist.md", "maintaining.md")
 """The documents whose shell blocks must all be marked (the older design notes are free)."""
 SHELLS = {"sh", "bash", "console", "shell"}
 DEFAULT_TIMEOUT = 120.0
 BLOCK_TOOLS = ("unshare", "setpriv", "ip", "curl", "tshark", "capinfos")
 """What the tested blocks run besides pcapd and bash."""
 
-_MARKER = re.compile(r"<!--\s*(test|output|example|setup)\s*(?::\s*(.*?))?\s*-->")
+_MARKER = re.compile(r"<!--\s*(test|platform|output|example|setup)\s*(?::\s*(.*?))?\s*-->")
+RUN = ("test", "platform")
+"""The markers of blocks that run (here, or against the landscape)."""
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
 
 
@@ -107,7 +118,7 @@ def fenced_blocks(doc: Path) -> list[Block]:
         blocks.append(block)
         i = j + 1
     for previous, block in itertools.pairwise(blocks):
-        if block.marker == "output" and previous.marker == "test":
+        if block.marker == "output" and previous.marker in RUN:
             previous.output = block
     return blocks
 
@@ -132,6 +143,20 @@ def guides() -> list[Path]:
 def runnable_blocks() -> list[Block]:
     return [b for doc in guides() if doc.exists() for b in fenced_blocks(doc)
             if b.marker == "test"]
+
+
+def simple_commands(line: str) -> list[list[str]]:
+    """The words of each simple command of a shell line (split at ``|``, ``&&``, ``||``,
+    ``;``, quotes respected, comments dropped): what the parts of a pipeline run."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    found: list[list[str]] = [[]]
+    for word in lexer:
+        if word in ("|", "||", "&&", ";", "&"):
+            found.append([])
+        else:
+            found[-1].append(word)
+    return [words for words in found if words]
 
 
 # -- running blocks --------------------------------------------------------------------------
@@ -304,9 +329,9 @@ def test_first_capture_opens_in_tshark(doc_runs: DocRuns) -> None:
 
 def test_every_shell_block_is_marked() -> None:
     unmarked = [b.where for doc in guides() for b in fenced_blocks(doc)
-                if b.info in SHELLS and b.marker not in ("test", "example", "setup")]
-    assert not unmarked, ("shell blocks without <!-- test -->, <!-- example: WHY --> or "
-                          f"<!-- setup -->: {unmarked}")
+                if b.info in SHELLS and b.marker not in ("test", "platform", "example", "setup")]
+    assert not unmarked, ("shell blocks without <!-- test -->, <!-- platform -->, "
+                          f"<!-- example: WHY --> or <!-- setup -->: {unmarked}")
 
 
 def test_markers_are_well_formed() -> None:
@@ -318,7 +343,7 @@ def test_markers_are_well_formed() -> None:
                 problems.append(f"{block.where}: say why it is not run: <!-- example: WHY -->")
             if block.marker == "output" and not any(b.output is block for b in blocks):
                 problems.append(f"{block.where}: <!-- output --> must follow a tested block")
-            if block.marker == "test" and block.info not in SHELLS:
+            if block.marker in RUN and block.info not in SHELLS:
                 problems.append(f"{block.where}: only shell blocks run (info string sh)")
     assert not problems
 
