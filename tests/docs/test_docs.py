@@ -145,6 +145,20 @@ def runnable_blocks() -> list[Block]:
             if b.marker == "test"]
 
 
+def commands(text: str) -> list[str]:
+    """The block's command lines: continuations joined; blank and comment lines left out."""
+    joined: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            continue
+        line, pending = pending + raw, ""
+        if line.strip() and not line.lstrip().startswith("#"):
+            joined.append(line.strip())
+    return joined
+
+
 def simple_commands(line: str) -> list[list[str]]:
     """The words of each simple command of a shell line (split at ``|``, ``&&``, ``||``,
     ``;``, quotes respected, comments dropped): what the parts of a pipeline run."""

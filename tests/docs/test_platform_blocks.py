@@ -49,7 +49,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.test_docs import ROOT, Block, fenced_blocks, guides, missing_output, simple_commands
+from tests.docs.test_docs import (
+    ROOT,
+    Block,
+    commands,
+    fenced_blocks,
+    guides,
+    missing_output,
+    simple_commands,
+)
 from tests.e2e.platform_landscape import Landscape, developer_tokens
 from tests.fakes import BOB
 from tests.netns import ip
@@ -183,20 +191,6 @@ class DocSession:
         with (self.scratch / ".transcript").open("a", encoding="utf-8") as transcript:
             transcript.write(f"--- {block.where}\n{done.shown()}\n")  # to read after a failure
         return done
-
-
-def commands(text: str) -> list[str]:
-    """The block's command lines: continuations joined; blank and comment lines left out."""
-    joined: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        if raw.rstrip().endswith("\\"):
-            pending += raw.rstrip()[:-1] + " "
-            continue
-        line, pending = pending + raw, ""
-        if line.strip() and not line.lstrip().startswith("#"):
-            joined.append(line.strip())
-    return joined
 
 
 class DocSessions:
