@@ -510,3 +510,57 @@ def test_output_matching() -> None:
     assert missing_output("done\ncapturing ...\n", actual) == "capturing ..."
     assert missing_output("UDP\n", actual) == "UDP"  # whole lines only
     assert missing_output("a ... b\n", "a\t\tb\n") is None  # blanks are blanks
+
+
+# -- the exit statuses -------------------------------------------------------------------------
+
+EXIT_MEANINGS = {
+    "EXIT_OK": ("complete",),
+    "EXIT_FAILED": ("could not start",),
+    "EXIT_USAGE": ("usage error",),
+    "EXIT_PARTIAL": ("partial",),
+    "EXIT_DAMAGED_INPUT": ("merge", "damage"),
+    "EXIT_INTERRUPTED": ("SIGINT", "before the capture had started"),
+}
+"""Words the user guide's row for each ``EXIT_*`` status of pcapd/cli.py must hold."""
+
+
+def exit_statuses() -> dict[int, str]:
+    """pcapd/cli.py's ``EXIT_*`` constants: status → name."""
+    from pcapd import cli
+
+    return {value: name for name, value in vars(cli).items()
+            if name.startswith("EXIT_") and isinstance(value, int)}
+
+
+def exit_status_table() -> dict[int, str]:
+    """The user guide's "Exit status" table: status → the row's text."""
+    text = (DOCS / "user-guide.md").read_text(encoding="utf-8")
+    section = text.split("\n## Exit status\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\|\s*(\d+)\s*\|(.*)\|\s*$", section, flags=re.MULTILINE)
+    table: dict[int, str] = {}
+    for status, meaning in rows:
+        assert int(status) not in table, f"the exit-status table has {status} twice"
+        table[int(status)] = meaning
+    return table
+
+
+def test_exit_status_table_lists_exactly_the_clis_statuses() -> None:
+    statuses, table = exit_statuses(), exit_status_table()
+    assert sorted(table) == sorted(statuses), (
+        f"docs/user-guide.md#exit-status lists {sorted(table)}, pcapd/cli.py defines "
+        f"{ {v: k for k, v in sorted(statuses.items())} }")
+    for status, name in statuses.items():
+        words = EXIT_MEANINGS.get(name)
+        assert words is not None, f"{name}: add the words its row must say to EXIT_MEANINGS"
+        missing = [w for w in words if w not in table[status]]
+        assert not missing, f"the user guide's row for exit status {status} ({name}) " \
+                            f"does not say {missing}: {table[status]}"
+
+
+def test_readme_names_every_exit_status() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = " ".join(readme.split("\nExit status: ", 1)[1].split("\n\n", 1)[0].split())
+    named = {int(n) for n in re.findall(r"(?:^|[;:] )(\d+) ", paragraph)}
+    assert named == set(exit_statuses()), \
+        f"README's exit statuses {sorted(named)}, pcapd/cli.py's {sorted(exit_statuses())}"
