@@ -3,7 +3,9 @@
 This is the only place that turns errors into exit codes and one-line messages: every
 :class:`~pcapd.errors.PcapdError` becomes ``pcapd: error: …`` on stderr and exit status 1;
 usage errors and roles that are not built yet exit 2; a capture that misses sources exits 3
-(unless ``--allow-partial``); SIGINT or SIGTERM before a capture started exits 130. Nothing
+(unless ``--allow-partial``); ``merge`` of a damaged input exits 4; SIGINT or SIGTERM before a
+capture started exits 130 (docs/user-guide.md#exit-status lists them, held to these by
+tests/docs). Nothing
 else (a traceback, an ExceptionGroup) ever reaches a person: an error nobody foresaw is one
 line too, saying it is a bug.
 """

@@ -8,11 +8,20 @@ Conventions (docs/README.md explains them to writers):
 - ``<!-- output -->`` before the fenced block that follows a tested one: what that run printed
   (stdout and stderr together). Each non-empty line must appear, in order, as a whole line of
   the output; ``...`` inside a line stands for any text.
-- ``<!-- example: WHY -->``: shown, not run (it needs a real Cloud Foundry, BOSH or a display).
+- ``<!-- platform -->``: a Cloud Foundry or BOSH block; it runs against the test landscape
+  (fake UAA, Cloud Controller and BOSH director, the real api and agents), with the
+  substitutions ``tests/docs/test_platform_blocks.py`` states (the api URL, the login, the
+  id a reader copies). Options as for ``test``.
+- ``<!-- example: WHY -->``: shown, not run: it installs on a laptop, deploys with BOSH, or
+  needs a display. Each one is in ``tests/docs/test_examples.py``'s list with the reason, and
+  its command lines are checked there (pcapd's own parser accepts them; other programs and
+  their flags exist).
 - ``<!-- setup -->``: the install commands, which CI itself runs first (``.ci/run`` runs
   ``dev/test``, which runs ``dev/setup``); checked to be nothing else.
 
 Every ``sh``/``bash``/``console``/``shell`` block in the guides carries one of these markers.
+The exit-status table of the user guide lists exactly the ``EXIT_*`` statuses of
+``pcapd/cli.py``, and the README names them all.
 
 How a block runs: as root, with ``bash -euo pipefail``, from a scratch directory that looks
 like a fresh clone (the repository's tracked top-level entries and ``.venv`` linked in), with
@@ -42,14 +51,16 @@ from pcapd.proto import CODES
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 GUIDES = ("README.md", "architecture.md", "user-guide.md", "operator-guide.md", "security.md",
-          "troubleshooting.md", "3am-checklist.md")
+          "troubleshooting.md", "3am-checklist.md", "maintaining.md")
 """The documents whose shell blocks must all be marked (the older design notes are free)."""
 SHELLS = {"sh", "bash", "console", "shell"}
 DEFAULT_TIMEOUT = 120.0
 BLOCK_TOOLS = ("unshare", "setpriv", "ip", "curl", "tshark", "capinfos")
 """What the tested blocks run besides pcapd and bash."""
 
-_MARKER = re.compile(r"<!--\s*(test|output|example|setup)\s*(?::\s*(.*?))?\s*-->")
+_MARKER = re.compile(r"<!--\s*(test|platform|output|example|setup)\s*(?::\s*(.*?))?\s*-->")
+RUN = ("test", "platform")
+"""The markers of blocks that run (here, or against the landscape)."""
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
 
 
@@ -107,7 +118,7 @@ def fenced_blocks(doc: Path) -> list[Block]:
         blocks.append(block)
         i = j + 1
     for previous, block in itertools.pairwise(blocks):
-        if block.marker == "output" and previous.marker == "test":
+        if block.marker == "output" and previous.marker in RUN:
             previous.output = block
     return blocks
 
@@ -132,6 +143,34 @@ def guides() -> list[Path]:
 def runnable_blocks() -> list[Block]:
     return [b for doc in guides() if doc.exists() for b in fenced_blocks(doc)
             if b.marker == "test"]
+
+
+def commands(text: str) -> list[str]:
+    """The block's command lines: continuations joined; blank and comment lines left out."""
+    joined: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            continue
+        line, pending = pending + raw, ""
+        if line.strip() and not line.lstrip().startswith("#"):
+            joined.append(line.strip())
+    return joined
+
+
+def simple_commands(line: str) -> list[list[str]]:
+    """The words of each simple command of a shell line (split at ``|``, ``&&``, ``||``,
+    ``;``, quotes respected, comments dropped): what the parts of a pipeline run."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    found: list[list[str]] = [[]]
+    for word in lexer:
+        if word in ("|", "||", "&&", ";", "&"):
+            found.append([])
+        else:
+            found[-1].append(word)
+    return [words for words in found if words]
 
 
 # -- running blocks --------------------------------------------------------------------------
@@ -304,9 +343,9 @@ def test_first_capture_opens_in_tshark(doc_runs: DocRuns) -> None:
 
 def test_every_shell_block_is_marked() -> None:
     unmarked = [b.where for doc in guides() for b in fenced_blocks(doc)
-                if b.info in SHELLS and b.marker not in ("test", "example", "setup")]
-    assert not unmarked, ("shell blocks without <!-- test -->, <!-- example: WHY --> or "
-                          f"<!-- setup -->: {unmarked}")
+                if b.info in SHELLS and b.marker not in ("test", "platform", "example", "setup")]
+    assert not unmarked, ("shell blocks without <!-- test -->, <!-- platform -->, "
+                          f"<!-- example: WHY --> or <!-- setup -->: {unmarked}")
 
 
 def test_markers_are_well_formed() -> None:
@@ -318,7 +357,7 @@ def test_markers_are_well_formed() -> None:
                 problems.append(f"{block.where}: say why it is not run: <!-- example: WHY -->")
             if block.marker == "output" and not any(b.output is block for b in blocks):
                 problems.append(f"{block.where}: <!-- output --> must follow a tested block")
-            if block.marker == "test" and block.info not in SHELLS:
+            if block.marker in RUN and block.info not in SHELLS:
                 problems.append(f"{block.where}: only shell blocks run (info string sh)")
     assert not problems
 
@@ -471,3 +510,57 @@ def test_output_matching() -> None:
     assert missing_output("done\ncapturing ...\n", actual) == "capturing ..."
     assert missing_output("UDP\n", actual) == "UDP"  # whole lines only
     assert missing_output("a ... b\n", "a\t\tb\n") is None  # blanks are blanks
+
+
+# -- the exit statuses -------------------------------------------------------------------------
+
+EXIT_MEANINGS = {
+    "EXIT_OK": ("complete",),
+    "EXIT_FAILED": ("could not start",),
+    "EXIT_USAGE": ("usage error",),
+    "EXIT_PARTIAL": ("partial",),
+    "EXIT_DAMAGED_INPUT": ("merge", "damage"),
+    "EXIT_INTERRUPTED": ("SIGINT", "before the capture had started"),
+}
+"""Words the user guide's row for each ``EXIT_*`` status of pcapd/cli.py must hold."""
+
+
+def exit_statuses() -> dict[int, str]:
+    """pcapd/cli.py's ``EXIT_*`` constants: status → name."""
+    from pcapd import cli
+
+    return {value: name for name, value in vars(cli).items()
+            if name.startswith("EXIT_") and isinstance(value, int)}
+
+
+def exit_status_table() -> dict[int, str]:
+    """The user guide's "Exit status" table: status → the row's text."""
+    text = (DOCS / "user-guide.md").read_text(encoding="utf-8")
+    section = text.split("\n## Exit status\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\|\s*(\d+)\s*\|(.*)\|\s*$", section, flags=re.MULTILINE)
+    table: dict[int, str] = {}
+    for status, meaning in rows:
+        assert int(status) not in table, f"the exit-status table has {status} twice"
+        table[int(status)] = meaning
+    return table
+
+
+def test_exit_status_table_lists_exactly_the_clis_statuses() -> None:
+    statuses, table = exit_statuses(), exit_status_table()
+    assert sorted(table) == sorted(statuses), (
+        f"docs/user-guide.md#exit-status lists {sorted(table)}, pcapd/cli.py defines "
+        f"{ {v: k for k, v in sorted(statuses.items())} }")
+    for status, name in statuses.items():
+        words = EXIT_MEANINGS.get(name)
+        assert words is not None, f"{name}: add the words its row must say to EXIT_MEANINGS"
+        missing = [w for w in words if w not in table[status]]
+        assert not missing, f"the user guide's row for exit status {status} ({name}) " \
+                            f"does not say {missing}: {table[status]}"
+
+
+def test_readme_names_every_exit_status() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = " ".join(readme.split("\nExit status: ", 1)[1].split("\n\n", 1)[0].split())
+    named = {int(n) for n in re.findall(r"(?:^|[;:] )(\d+) ", paragraph)}
+    assert named == set(exit_statuses()), \
+        f"README's exit statuses {sorted(named)}, pcapd/cli.py's {sorted(exit_statuses())}"

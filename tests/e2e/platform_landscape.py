@@ -160,8 +160,21 @@ class Landscape:
 
     # --- apps and deployments ----------------------------------------------------------
 
-    def deploy_app(self, name: str, instances: int, space: Space | None = None) -> App:
-        """An app whose instances run in container namespaces, spread over the cells."""
+    def deploy_app(self, name: str, instances: int, space: Space | None = None,
+                   processes: dict[str, int] | None = None) -> App:
+        """An app whose instances run in container namespaces, spread over the cells;
+        ``processes``: further process types and their instance counts (``{"worker": 3}``),
+        deployed with the ``web`` one (agents see only namespaces made before they start)."""
+        app = self.cc.add_app(space or self.space, name, instances=self._place(instances))
+        for process_type, count in (processes or {}).items():
+            self.cc.add_process(app, process_type, self._place(count))
+        for cell in self.cells:
+            self._refresh_cell(cell, app)
+        return app
+
+    def _place(self, instances: int) -> list[Instance]:
+        """``instances`` app instances, each in a container namespace of its own, spread over
+        the cells."""
         placed: list[Instance] = []
         for index in range(instances):
             cell = self.cells[index % len(self.cells)]
@@ -169,10 +182,7 @@ class Landscape:
             container = self.stack.enter_context(named_netns(instance.instance_guid))
             cell.containers[instance.instance_guid] = container
             placed.append(instance)
-        app = self.cc.add_app(space or self.space, name, instances=placed)
-        for cell in self.cells:
-            self._refresh_cell(cell, app)
-        return app
+        return placed
 
     def _refresh_cell(self, cell: Cell, app: App) -> None:
         store = json.loads(cell.store.read_text()) if cell.store.exists() else {}
@@ -186,6 +196,21 @@ class Landscape:
         if cell.agent is None:
             cell.agent = self._start_agent(cell.host, f"cell/{self.cells.index(cell)}",
                                            cell.netns_dir, cell.store)
+
+    def deploy_groups(self, deployment: str, ids: dict[str, list[str]],
+                      teams: list[str]) -> list[VmInstance]:
+        """Instance groups of one deployment with chosen instance ids (``{"router": [ID, …]}``),
+        one VM each, in the order of ``self.vms`` (there must be enough)."""
+        placed = [(group, index, instance_id) for group, group_ids in ids.items()
+                  for index, instance_id in enumerate(group_ids)]
+        assert len(placed) <= len(self.vms), f"{len(placed)} instances, {len(self.vms)} VMs"
+        hosts = self.vms[:len(placed)]
+        instances = [VmInstance(job=group, index=index, id=instance_id, ips=[host.ip])
+                     for (group, index, instance_id), host in zip(placed, hosts, strict=True)]
+        self.director.add_deployment(deployment, teams=teams, instances=instances)
+        for instance, host in zip(instances, hosts, strict=True):
+            self._start_agent(host, f"{instance.job}/{instance.id}", None, None)
+        return instances
 
     def deploy_vms(self, deployment: str, group: str, teams: list[str]) -> list[VmInstance]:
         instances = [VmInstance(job=group, index=i, ips=[host.ip])
