@@ -111,3 +111,23 @@ def client_venv(where: Path, pcapd_wheel: Path) -> Path:
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(pcapd_wheel)],
                    check=True, timeout=300, env=QUIET_PIP_ENV)
     return where / "bin"
+
+
+def install_locked(python: Path, *names: str) -> None:
+    """Install ``names`` (test tools) into the venv of ``python`` at the lock's versions: every
+    pin of requirements/dev.txt as a constraint, the files from the hash-checked wheelhouse."""
+    constraints = python.parent.parent / "lock-constraints.txt"
+    constraints.write_text("".join(f"{p.name}=={p.version}\n"
+                                   for p in read_lock(LOCKS / "dev.txt").values() if p.applies()))
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--only-binary=:all:",
+                    "--find-links", str(wheelhouse()), "-c", str(constraints), *names],
+                   check=True, timeout=300, env=QUIET_PIP_ENV)
+
+
+def importable(python: Path, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` the venv of ``python`` can import."""
+    found = subprocess.run(
+        [str(python), "-c", "import importlib.util, sys; "
+         f"print(*[m for m in {modules!r} if importlib.util.find_spec(m)])"],
+        capture_output=True, text=True, check=True, timeout=60)
+    return found.stdout.split()

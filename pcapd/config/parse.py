@@ -129,22 +129,31 @@ class _Loader(yaml.SafeLoader):
 def _load_yaml(data: ConfigSource, problems: list[str]) -> object:
     if isinstance(data, Mapping):
         return data
+    if isinstance(data, bytes):
+        # Decoded here, not by PyYAML's reader: its refusal is the stdlib codec's wording, and
+        # it would also take UTF-16 for a byte-order mark. A UTF-8 BOM stays for YAML to skip.
+        raw = data
+        try:
+            data = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(_not_utf8(raw, exc.start))
+            return None
     try:
-        loader = _Loader(data)  # the reader decodes (and may refuse) the bytes right here
+        loader = _Loader(data)  # the reader checks the characters right here
     except yaml.YAMLError as exc:
-        problems.append(_yaml_problem(exc))
+        problems.append(_yaml_problem(exc, data))
         return None
     try:
         return loader.get_single_data()
     except yaml.YAMLError as exc:
-        problems.append(_yaml_problem(exc))
+        problems.append(_yaml_problem(exc, data))
         return None
     finally:
         problems.extend(loader.duplicates)
         loader.dispose()
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
     # Built from the parts, never str(exc): that quotes the offending line, which may hold a
     # secret.
     if isinstance(exc, yaml.MarkedYAMLError):
@@ -152,9 +161,24 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = exc.problem or exc.context or "invalid YAML"
         return f"{_TOP}: YAML syntax error {where}{what} — fix the YAML"
-    if isinstance(exc, yaml.reader.ReaderError):
-        return f"{_TOP}: not YAML text ({exc.reason} at byte {exc.position}) — save it as UTF-8"
-    return f"{_TOP}: not YAML text ({type(exc).__name__}) — save it as UTF-8"
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        # The text is decoded already: the reader refuses a character YAML does not allow
+        # (controls but tab and newlines, U+FFFE, U+FFFF); pcapd says where, in its words.
+        return (f"{_TOP}: not YAML text (character U+{exc.character:04X} at "
+                f"{_line_column(text, exc.position)}) — remove it")
+    return f"{_TOP}: not YAML text ({type(exc).__name__}) — fix the YAML"
+
+
+def _not_utf8(data: bytes, start: int) -> str:
+    line = data.count(b"\n", 0, start) + 1
+    return (f"{_TOP}: not UTF-8 text (byte 0x{data[start]:02X} at byte {start}, line {line}) "
+            "— save it as UTF-8")
+
+
+def _line_column(text: str, index: int) -> str:
+    line = text.count("\n", 0, index) + 1
+    column = index - text.rfind("\n", 0, index)  # rfind is -1 on the first line: 1-based
+    return f"line {line}, column {column}"
 
 
 # -- the walk ------------------------------------------------------------------------------------

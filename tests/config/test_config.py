@@ -285,13 +285,20 @@ def test_missing_section_says_what_to_add() -> None:
         ("id: [a\n", "config: YAML syntax error at line 2, column 1"),
         ("1: x\n" + AGENT, "config: key 1 is not a string — quote it or remove it"),
         (AGENT + "id: again\n", "id: duplicate key (lines 2 and 4)"),
-        (b"id: \xff\n", "config: not YAML text (invalid start byte at byte 4)"),
-        ("id: \x00\n", "config: not YAML text ("),
+        (b"id: \xff\n", "config: not UTF-8 text (byte 0xFF at byte 4, line 1) — save it as "),
+        (b"a: 1\nid: \xed\xa0\x80\n", "config: not UTF-8 text (byte 0xED at byte 9, line 2) — "),
+        (b"\xff\xfei\x00d\x00", "config: not UTF-8 text (byte 0xFF at byte 0, line 1) — "),
+        ("id: \x00\n", "config: not YAML text (character U+0000 at line 1, column 5) — remove it"),
+        ("a: 1\nid: x\x07\n", "config: not YAML text (character U+0007 at line 2, column 6) — "),
     ],
 )
 def test_document_problems(text: str, problem: str) -> None:
     problems = problems_of(parse_agent_config, text)
     assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_a_utf8_byte_order_mark_is_fine() -> None:
+    assert parse_agent_config(b"\xef\xbb\xbf" + AGENT.encode()).id == "router/0"
 
 
 def test_listen_address_must_be_an_address_or_host_name() -> None:

@@ -47,10 +47,12 @@ def landscape(request: pytest.FixtureRequest,
         yield built
 
 
-async def start_upload(args: list[str], env: dict[str, str]) -> tuple[trio.Process, bytes]:
-    """``pcapd capture ARGS --upload``, once it reports that it is capturing; and its stderr."""
+async def start_upload(args: list[str], env: dict[str, str], *, pcapd: str = PCAPD
+                       ) -> tuple[trio.Process, bytes]:
+    """``pcapd capture ARGS --upload``, once it reports that it is capturing; and its stderr
+    (``pcapd``: another install's executable, e.g. a client-only venv's)."""
     process = await trio.lowlevel.open_process(
-        [PCAPD, "capture", *args, "-f", "udp and not icmp", "--upload"],
+        [pcapd, "capture", *args, "-f", "udp and not icmp", "--upload"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert process.stderr is not None
     err = b""
@@ -62,10 +64,11 @@ async def start_upload(args: list[str], env: dict[str, str]) -> tuple[trio.Proce
 
 
 async def upload(args: list[str], env: dict[str, str],
-                 traffic: list[tuple[object, str, bytes]]) -> tuple[str, str, str]:
+                 traffic: list[tuple[object, str, bytes]], *, pcapd: str = PCAPD
+                 ) -> tuple[str, str, str]:
     """``pcapd capture ARGS --upload``; traffic once it runs; stop; (capture id, url, stderr)."""
     with trio.fail_after(90):
-        process, err = await start_upload(args, env)
+        process, err = await start_upload(args, env, pcapd=pcapd)
         for ns, destination, marker in traffic:
             await send_udp(ns, destination, 9999, 20, marker=marker)  # type: ignore[arg-type]
         process.send_signal(2)
@@ -80,13 +83,13 @@ async def upload(args: list[str], env: dict[str, str],
     return found[1], found[2], text
 
 
-async def download(capture_id: str, env: dict[str, str], path: Path
+async def download(capture_id: str, env: dict[str, str], path: Path, *, pcapd: str = PCAPD
                    ) -> subprocess.CompletedProcess[bytes]:
     """``pcapd captures download``, logged in as ``env`` says (cf, or bosh when it names a
     bosh environment)."""
     login = ["--bosh"] if "BOSH_CONFIG" in env else []
     return await trio.run_process(
-        [PCAPD, "captures", "download", capture_id, "-w", str(path), *login],
+        [pcapd, "captures", "download", capture_id, "-w", str(path), *login],
         env=env, capture_stdout=True, capture_stderr=True, check=False)
 
 
