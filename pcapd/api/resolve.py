@@ -165,12 +165,15 @@ class UaaPlatform:
     platform: str = "the platform"
     """Its name, for messages (``Cloud Foundry``)."""
 
+    setting: str = "tokens"
+    """The config section of its acceptance rule, for messages (``cf.tokens``)."""
+
     def __init__(self, http: httpx.AsyncClient, tokens: CfTokensConfig | BoshTokensConfig
                  ) -> None:
         self.http = http
         self.accept = Acceptance(platform=self.platform, login=self.login,
                                  audiences=frozenset(tokens.audiences), scopes=tokens.scopes,
-                                 clients=frozenset(tokens.clients))
+                                 clients=frozenset(tokens.clients), setting=self.setting)
         """The one acceptance rule for this platform's tokens, on every request."""
         self._found: tuple[str, TokenVerifier] | None = None
         self._finding = trio.Lock()
