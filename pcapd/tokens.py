@@ -19,10 +19,13 @@ Then the **acceptance rule** of the platform (:class:`Acceptance`), the same for
 other than JWT, is refused outright), its ``aud`` must name the platform's resource
 (``cloud_controller`` / ``bosh``, what the ``cf`` and ``bosh_cli`` clients' tokens carry), its
 scopes must include one the platform itself would honour (``cloud_controller.read`` /
-``bosh.*``), and, where the operator lists them, its client must be one of those. A token UAA
-signed for another OAuth client (``aud: [some-dashboard]``, ``scope: [openid]``) is a valid
-signature on the wrong thing. Operators with other client ids configure the rule
-(``cf.tokens``, ``bosh.tokens``).
+``bosh.*``), and its client (``client_id``/``cid``/``azp``) must be one the operator lists —
+by default the CLIs' own, ``cf`` and ``bosh_cli``. A token UAA signed for another OAuth client
+(``aud: [some-dashboard]``, ``scope: [openid]``) is a valid signature on the wrong thing; so
+is one of a dashboard that was granted ``cloud_controller.read``: it acts for the user in
+ways the user never asked pcapd for. Operators with other client ids (client-credentials
+logins, renamed CLI clients) configure the rule (``cf.tokens``, ``bosh.tokens``); ``*`` in
+``clients`` accepts any client, and must be written out.
 
 PyJWT reads the wall clock itself and cannot be handed a ``now``, so it checks only the
 signature and the claims' types here; the lifetime is compared to the ``now`` the caller passes,
@@ -53,6 +56,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
+from pcapd.config.model import ANY_CLIENT
 from pcapd.errors import PcapdError
 from pcapd.proto.messages import Code
 
@@ -98,8 +102,13 @@ class Acceptance:
     """One of these must be in the token's ``aud``."""
     scopes: tuple[str, ...]
     """One of the token's scopes must match one of these (``*`` matches within a scope)."""
-    clients: frozenset[str] = frozenset()
-    """Not empty: the token's client (``client_id``/``cid``/``azp``) must be one of these."""
+    clients: frozenset[str]
+    """The token's client (``client_id``/``cid``/``azp``) must be one of these; ``*``
+    (``ANY_CLIENT``, never the default: an operator writes it out) accepts any client, the
+    audience and scopes still applying. Empty accepts none: a rule fails closed."""
+    setting: str = "tokens"
+    """The config section that sets this rule, for messages: ``cf.tokens``."""
+
 
 
 ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
@@ -248,11 +257,14 @@ def check_acceptance(claims: Mapping[str, Any], identity: Identity, rule: Accept
             f"the token was issued for {_printable(', '.join(audiences)) or 'no audience'}, "
             f"not for {rule.platform} ({', '.join(sorted(rule.audiences))}): log in with "
             f"`{rule.login}` and try again")
-    if rule.clients and identity.client_id not in rule.clients:
+    if ANY_CLIENT not in rule.clients and identity.client_id not in rule.clients:
+        accepted = ", ".join(sorted(rule.clients)) or "none"
+        client = (f"the OAuth client {_shown(identity.client_id)}" if identity.client_id
+                  else "no named OAuth client")
         raise Unauthenticated(
-            f"the token belongs to the OAuth client {_shown(identity.client_id)}, which this "
-            f"api does not accept for {rule.platform} (it accepts "
-            f"{', '.join(sorted(rule.clients))}): log in with `{rule.login}`")
+            f"the token belongs to {client}, which this api does not accept for "
+            f"{rule.platform} (it accepts {accepted}): log in with `{rule.login}`, or ask "
+            f"the api's operator to add the client to {rule.setting}.clients")
     if not any(fnmatch.fnmatchcase(scope, pattern) for scope in identity.scopes
                for pattern in rule.scopes):
         raise Unauthenticated(

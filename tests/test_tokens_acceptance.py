@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pcapd.api.bosh import BoshResolver
 from pcapd.api.cf import CfResolver
-from pcapd.config.model import BoshConfig, CfConfig, CfTokensConfig
+from pcapd.config.model import BoshConfig, BoshTokensConfig, CfConfig, CfTokensConfig
 from pcapd.tokens import Acceptance, Unauthenticated, verify
 
 ISSUER = "https://uaa.sys.example.com/oauth/token"
@@ -43,7 +43,6 @@ def test_the_cli_tokens_pass_their_platform_and_only_theirs() -> None:
     cf, bosh = rule("cf"), rule("bosh")
     check(token(), cf)
     check(token("bosh_cli", ("openid", "bosh.teams.team-a.admin")), bosh)
-    check(token("ci", ("bosh.admin",)), bosh)  # a client-credentials login with BOSH scopes
     with pytest.raises(Unauthenticated, match="not for BOSH"):
         check(token(), bosh)
     with pytest.raises(Unauthenticated, match="not for Cloud Foundry"):
@@ -64,11 +63,39 @@ def test_tokens_for_something_else_are_refused(raw: str, words: str) -> None:
     assert raw.split(".")[1] not in str(info.value) and "`cf login`" in str(info.value)
 
 
+@pytest.mark.parametrize(("kind", "raw", "accepted"), [
+    ("cf", token("some-dashboard"), "cf"),  # the audience and a scope cf's tokens carry
+    ("cf", token("stratos", ("openid", "cloud_controller.admin")), "cf"),
+    ("bosh", token("ci", ("bosh.admin",)), "bosh_cli"),  # a client-credentials login
+    ("bosh", token("ci", ("bosh.admin",), client_id=None, cid=None, azp=None), "bosh_cli"),
+])
+def test_by_default_only_the_cli_clients_tokens_pass(kind: str, raw: str,
+                                                     accepted: str) -> None:
+    with pytest.raises(Unauthenticated) as info:
+        check(raw, rule(kind))
+    text = str(info.value)
+    assert "which this api does not accept" in text and f"(it accepts {accepted})" in text
+    assert f"add the client to {kind}.tokens.clients" in text
+    assert raw.split(".")[1] not in text
+
+
+def test_the_client_is_read_from_client_id_cid_or_azp() -> None:
+    for claim in ("client_id", "cid", "azp"):
+        only = {name: ("cf" if name == claim else None) for name in ("client_id", "cid", "azp")}
+        check(token("x", **only), rule("cf"))
+
+
 def test_operators_can_name_their_clients_audiences_and_scopes() -> None:
+    check(token("ci", ("bosh.admin",)), rule("bosh", tokens=BoshTokensConfig(
+        clients=("bosh_cli", "ci"))))
     narrow = rule("cf", tokens=CfTokensConfig(clients=("cf",)))
     check(token(), narrow)
     with pytest.raises(Unauthenticated, match="OAuth client 'stratos'"):
         check(token("stratos"), narrow)
+    anyone = rule("cf", tokens=CfTokensConfig(clients=("*",)))
+    check(token("stratos"), anyone)
+    with pytest.raises(Unauthenticated, match="issued for openid, stratos"):  # aud still holds
+        check(token("stratos", ("openid",)), anyone)
     other = rule("cf", tokens=CfTokensConfig(audiences=("cc",), scopes=("cc.*",)))
     check(token(scopes=("cc.read",)), other)
     with pytest.raises(Unauthenticated):

@@ -200,11 +200,15 @@ class CompileResult(msgspec.Struct, frozen=True):
 
 
 def _limit_self() -> None:
-    """CPU and memory limits on this process. A sandbox that forbids even lowering them (a
-    seccomp filter without ``setrlimit``; the shipped systemd units allow it) leaves the
-    parent's wall-clock deadline as the bound. Not niced: on a saturated machine a niced
-    child may starve past that deadline, and the CPU limit already bounds what it takes."""
-    for limit, value in ((resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1)),
+    """CPU and memory limits on this process, and no core file: the CPU limit ends a costly
+    compile with SIGXCPU, whose default action dumps core — up to :data:`MEMORY` of a
+    user's filter written to disk (or to the system's crash reporter) per attempt. A sandbox
+    that forbids even lowering them (a seccomp filter without ``setrlimit``; the shipped
+    systemd units allow it) leaves the parent's wall-clock deadline as the bound. Not niced:
+    on a saturated machine a niced child may starve past that deadline, and the CPU limit
+    already bounds what it takes."""
+    for limit, value in ((resource.RLIMIT_CORE, (0, 0)),
+                         (resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1)),
                          (resource.RLIMIT_AS, (MEMORY, MEMORY))):
         with contextlib.suppress(OSError):
             resource.setrlimit(limit, value)

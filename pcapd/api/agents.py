@@ -36,6 +36,7 @@ from pcapd.proto import (
     Started,
     Welcome,
 )
+from pcapd.proto.messages import MAX_NAME, fit_text, source_problem
 from pcapd.transport.link import Link, LinkClosed
 from pcapd.transport.ws import open_websocket
 
@@ -169,7 +170,8 @@ async def ask_agent_devices(job: AgentJob, *, ssl_context: ssl.SSLContext | None
                 await link.send(ListDevices(target=job.target))
                 answer = await link.receive()
                 if isinstance(answer, DeviceList) and answer.sources:
-                    return msgspec.structs.replace(answer.sources[0], origin=job.origin)
+                    return msgspec.structs.replace(answer.sources[0],
+                                                   origin=fit_text(job.origin, MAX_NAME))
                 problem = answer.text if isinstance(answer, Error) else "no answer"
         except AgentRefused as exc:
             problem = exc.text
@@ -177,7 +179,7 @@ async def ask_agent_devices(job: AgentJob, *, ssl_context: ssl.SSLContext | None
             problem = f"cannot reach its agent at {job.address}: {exc}"
     if scope.cancelled_caught:
         problem = f"its agent at {job.address} did not answer within {within:g} s"
-    return SourceDevices(origin=job.origin, problem=problem)
+    return source_problem(job.origin, problem)
 
 
 __all__ = ["AgentJob", "AgentLink", "AgentPayload", "AgentRefused", "LinkClosed",

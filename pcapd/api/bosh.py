@@ -28,6 +28,7 @@ class BoshResolver(UaaPlatform):
 
     login = "bosh log-in"
     platform = "BOSH"
+    setting = "bosh.tokens"
 
     def __init__(self, config: BoshConfig, http: httpx.AsyncClient, agents_port: int) -> None:
         super().__init__(http, config.tokens)

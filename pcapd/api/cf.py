@@ -40,6 +40,7 @@ class CfResolver(UaaPlatform):
 
     login = "cf login"
     platform = "Cloud Foundry"
+    setting = "cf.tokens"
 
     def __init__(self, config: CfConfig, http: httpx.AsyncClient, agents_port: int) -> None:
         super().__init__(http, config.tokens)

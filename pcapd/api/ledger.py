@@ -52,7 +52,8 @@ from pcapd.proto import (
     SourceStatistics,
     Statistics,
 )
-from pcapd.proto.messages import MAX_LIST, MAX_NAME, MAX_TEXT, EndReason, SourceState, StopReason
+from pcapd.proto.messages import MAX_LIST, EndReason, SourceState, StopReason
+from pcapd.proto.messages import absent as fitted_absent
 
 __all__ = ["Account", "Ledger", "Limit", "LimitName", "Verdict", "effective_limits"]
 
@@ -441,9 +442,9 @@ class Ledger:
 
     def absent(self) -> list[Absent]:
         """Every source or instance the capture does not hold (or lost), and why."""
-        absent = [Absent(name=a.origin[:MAX_NAME], partial=True, reason=a.reason[:MAX_TEXT])
+        absent = [fitted_absent(a.origin, a.reason, partial=True)
                   for a in self.accounts if a.id < 0 or a.state == "unavailable"]
-        return absent + [Absent(name=origin[:MAX_NAME], reason=text[:MAX_TEXT])
+        return absent + [fitted_absent(origin, text)
                          for origin, text in self.unavailable][:MAX_LIST - len(absent)]
 
     def totals(self, late: int = 0) -> Counters:

@@ -21,8 +21,10 @@ def platform_resolver(config: ApiConfig) -> PlatformResolver:
     """Resolvers for the configured platforms; built before the event loop (reads CA files)."""
     port = config.agents.port
     return PlatformResolver(
-        CfResolver(config.cf, http_client(config.cf.ca), port) if config.cf else None,
-        BoshResolver(config.bosh, http_client(config.bosh.ca), port) if config.bosh else None)
+        CfResolver(config.cf, http_client(config.cf.ca, what="cf.ca"), port)
+        if config.cf else None,
+        BoshResolver(config.bosh, http_client(config.bosh.ca, what="bosh.ca"), port)
+        if config.bosh else None)
 
 
 async def run_api(config: ApiConfig, resolver: PlatformResolver, store: Store) -> None:

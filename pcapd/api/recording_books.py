@@ -40,6 +40,7 @@ from pcapd.proto import (
     TriggerFired,
 )
 from pcapd.proto.messages import MAX_TRIGGERS_LISTED, RecordingEnd, RecordingState
+from pcapd.proto.messages import absent as fitted_absent
 from pcapd.store.recordings import (
     BoshRecordingTarget,
     CfRecordingTarget,
@@ -133,7 +134,7 @@ def arm_result(origin: str, address: str, namespace: str, agent_rid: str, answer
         return (RecordingAgent(origin=origin, address=address, namespace=namespace,
                                recording_id=agent_rid), answer.sources[0])
     text = answer.text if isinstance(answer, Error) else "an unexpected answer"
-    return Absent(name=origin, reason=f"{origin}: {text}", partial=True)
+    return fitted_absent(origin, f"{origin}: {text}", partial=True)
 
 
 def new_record(*, recording_id: str, owner: str, user_name: str,

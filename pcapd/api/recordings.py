@@ -77,6 +77,7 @@ from pcapd.proto import (
     Start,
     Trigger,
 )
+from pcapd.proto.messages import absent as fitted_absent
 from pcapd.store import CaptureInfo, Store
 from pcapd.store.recording_store import RecordingStore, recordings_of
 from pcapd.store.recordings import Recording as Record_
@@ -269,7 +270,7 @@ class ApiRecorder:
             try:
                 answer = await self._ask(job, request)
             except _NoAnswer as exc:
-                results[index] = Absent(name=job.origin, reason=str(exc), partial=True)
+                results[index] = fitted_absent(job.origin, str(exc), partial=True)
                 return
             results[index] = books.arm_result(job.origin, job.address, job.target.namespace,
                                               agent_rid, answer)
@@ -279,7 +280,7 @@ class ApiRecorder:
                 nursery.start_soon(arm, index, job)
         armed = [r for _, r in sorted(results.items()) if isinstance(r, tuple)]
         absent = [r for _, r in sorted(results.items()) if isinstance(r, Absent)]
-        absent += [Absent(name=u.origin, reason=u.text) for u in resolution.unavailable]
+        absent += [fitted_absent(u.origin, u.text) for u in resolution.unavailable]
         return armed, absent
 
     async def listing(self, identity: Identity, recording_ids: list[str]) -> list[Recording]:

@@ -13,7 +13,6 @@ local mode's :class:`LocalResolver` needs no platform.
 from __future__ import annotations
 
 import json
-import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +25,7 @@ from pcapd.config.model import BoshTokensConfig, CfTokensConfig
 from pcapd.errors import Refusal
 from pcapd.proto import AgentTarget, BoshTarget, CfTarget, Code, LocalTarget, Start
 from pcapd.tokens import Acceptance, Identity, Unauthenticated
+from pcapd.transport.tls import platform_context
 
 if TYPE_CHECKING:  # they build on this module
     from pcapd.api.bosh import BoshResolver
@@ -165,12 +165,15 @@ class UaaPlatform:
     platform: str = "the platform"
     """Its name, for messages (``Cloud Foundry``)."""
 
+    setting: str = "tokens"
+    """The config section of its acceptance rule, for messages (``cf.tokens``)."""
+
     def __init__(self, http: httpx.AsyncClient, tokens: CfTokensConfig | BoshTokensConfig
                  ) -> None:
         self.http = http
         self.accept = Acceptance(platform=self.platform, login=self.login,
                                  audiences=frozenset(tokens.audiences), scopes=tokens.scopes,
-                                 clients=frozenset(tokens.clients))
+                                 clients=frozenset(tokens.clients), setting=self.setting)
         """The one acceptance rule for this platform's tokens, on every request."""
         self._found: tuple[str, TokenVerifier] | None = None
         self._finding = trio.Lock()
@@ -235,10 +238,13 @@ def _origin(url: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc.decode()}"
 
 
-def http_client(ca: str | None) -> httpx.AsyncClient:
-    """An HTTP client for a platform API: its own CA when configured, the system's otherwise.
+def http_client(ca: str | None, *, what: str = "ca") -> httpx.AsyncClient:
+    """An HTTP client for a platform API: its own CA when configured, the default trust
+    otherwise; TLS 1.2 at least, AEAD suites only, as on pcapd's own links
+    (:func:`pcapd.transport.tls.platform_context`). ``what`` is the CA's config key, for
+    errors (``cf.ca``).
 
     Built before the event loop starts (reading the CA file blocks).
     """
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
-    return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(15.0), follow_redirects=False)
+    return httpx.AsyncClient(verify=platform_context(ca, what=what),
+                             timeout=httpx.Timeout(15.0), follow_redirects=False)

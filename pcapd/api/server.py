@@ -78,6 +78,7 @@ from pcapd.proto import (
     Stop,
     Token,
 )
+from pcapd.proto.messages import MAX_NAME, fit_text, source_problem
 from pcapd.store import CaptureInfo, DownloadRefused, InvalidId, Store, Upload
 from pcapd.tokens import Identity, Unauthenticated, bearer_token
 from pcapd.transport.groups import open_nursery
@@ -297,9 +298,9 @@ class Api(RoleService[ApiCapture]):
         async with open_nursery() as nursery:
             for job in resolution.jobs:
                 nursery.start_soon(ask, job)
-        order = [j.origin for j in resolution.jobs]
+        order = [fit_text(j.origin, MAX_NAME) for j in resolution.jobs]  # as answers name them
         answers.sort(key=lambda a: order.index(a.origin))
-        answers += [SourceDevices(origin=u.origin, problem=u.text) for u in resolution.unavailable]
+        answers += [source_problem(u.origin, u.text) for u in resolution.unavailable]
         await link.send(DeviceList(sources=answers[:MAX_LIST]))
         return True
 

@@ -289,36 +289,56 @@ class AgentsConfig(_Section, frozen=True):
             yield "server_name", f"expected a DNS name, got {self.server_name!r}"
 
 
+ANY_CLIENT = "*"
+"""In ``cf.tokens.clients`` / ``bosh.tokens.clients``: any OAuth client (``pcapd.tokens``)."""
+
+
+def _clients_rule(clients: tuple[str, ...], example: str) -> Iterator[Rule]:
+    if not clients:
+        yield ("clients", f"empty: no token would be accepted — list the OAuth clients whose "
+                          f"tokens the api takes (e.g. [{example}]), or [\"*\"] for any client")
+    elif ANY_CLIENT in clients and len(clients) > 1:
+        yield ("clients", f"{ANY_CLIENT!r} already accepts every client — list either "
+                          "client ids or only \"*\"")
+
+
 class CfTokensConfig(_Section, frozen=True):
     """Which UAA access tokens the api accepts for Cloud Foundry, on every request (captures,
     renewals, stored captures): the ``cf`` CLI's by default. A token must name one of
-    ``audiences`` in its ``aud``, carry one of ``scopes`` and, when ``clients`` is set, come
-    from one of those OAuth clients. Id tokens are always refused."""
+    ``audiences`` in its ``aud``, carry one of ``scopes`` and come from one of ``clients``
+    (OAuth client ids). Id tokens are always refused."""
 
     audiences: tuple[NonEmpty, ...] = ("cloud_controller",)  # one must be in the token's aud
     # one of the token's scopes must match one of these (* matches within a scope)
     scopes: tuple[NonEmpty, ...] = ("cloud_controller.read", "cloud_controller.admin",
                                     "cloud_controller.admin_read_only",
                                     "cloud_controller.global_auditor")
-    # OAuth client ids whose tokens are accepted, e.g. [cf]; empty: any client whose token
-    # has the audience and a scope above
-    clients: tuple[NonEmpty, ...] = ()
+    # OAuth client ids whose tokens are accepted: the cf CLI's; add others (a
+    # client-credentials login's client) by id, or ["*"] for any client whose token has the
+    # audience and a scope above
+    clients: tuple[NonEmpty, ...] = ("cf",)
+
+    def _rules(self) -> Iterator[Rule]:
+        yield from _clients_rule(self.clients, "cf")
 
 
 class BoshTokensConfig(_Section, frozen=True):
     """Which UAA access tokens the api accepts for BOSH, on every request (captures, renewals,
-    stored captures): the ``bosh`` CLI's by default (and client-credentials logins with BOSH
-    scopes). A token must name one of ``audiences`` in its ``aud``, carry one of ``scopes``
-    and, when ``clients`` is set, come from one of those OAuth clients. Id tokens are always
-    refused."""
+    stored captures): the ``bosh`` CLI's by default. A token must name one of ``audiences``
+    in its ``aud``, carry one of ``scopes`` and come from one of ``clients`` (OAuth client
+    ids). Id tokens are always refused."""
 
     audiences: tuple[NonEmpty, ...] = ("bosh",)  # one must be in the token's aud
     # one of the token's scopes must match one of these (* matches within a scope)
     scopes: tuple[NonEmpty, ...] = ("bosh.admin", "bosh.read", "bosh.*.admin", "bosh.*.read",
                                     "bosh.teams.*.admin", "bosh.teams.*.read")
-    # OAuth client ids whose tokens are accepted, e.g. [bosh_cli, ci]; empty: any client
-    # whose token has the audience and a scope above
-    clients: tuple[NonEmpty, ...] = ()
+    # OAuth client ids whose tokens are accepted: the bosh CLI's; add others (BOSH_CLIENT
+    # logins, e.g. [bosh_cli, ci]) by id, or ["*"] for any client whose token has the
+    # audience and a scope above
+    clients: tuple[NonEmpty, ...] = ("bosh_cli",)
+
+    def _rules(self) -> Iterator[Rule]:
+        yield from _clients_rule(self.clients, "bosh_cli")
 
 
 class CfConfig(_Section, frozen=True):

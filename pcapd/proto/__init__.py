@@ -76,6 +76,9 @@ from pcapd.proto.messages import (
     Triggered,
     TriggerFired,
     Welcome,
+    absent,
+    fit_text,
+    source_problem,
     type_code,
 )
 from pcapd.proto.session import (
@@ -157,9 +160,12 @@ __all__ = [
     "TriggerFired",
     "Triggered",
     "Welcome",
+    "absent",
     "decode_binary",
     "decode_text",
     "encode",
     "encode_data",
+    "fit_text",
+    "source_problem",
     "type_code",
 ]

@@ -597,6 +597,19 @@ def fit_text(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def absent(name: str, reason: str, *, partial: bool = False) -> Absent:
+    """An :class:`Absent` whose name and reason fit the protocol's limits, cut with "…" (an
+    agent's refusal quoting a 4 KiB filter, behind its origin): a message that does not fit
+    is never sent, and the capture's answer with it."""
+    return Absent(name=fit_text(name, MAX_NAME), reason=fit_text(reason), partial=partial)
+
+
+def source_problem(origin: str, problem: str) -> SourceDevices:
+    """A :class:`SourceDevices` saying why a source's devices are unknown, cut to fit like
+    :func:`absent`."""
+    return SourceDevices(origin=fit_text(origin, MAX_NAME), problem=fit_text(problem))
+
+
 def type_code(msg: Message | type[Message]) -> str:
     """The wire ``type`` of a message or message class, e.g. ``status_reply``."""
     tag = msg.__struct_config__.tag

@@ -34,7 +34,6 @@ import builtins
 import contextlib
 import io
 import logging
-import os
 import re
 import threading
 import time
@@ -45,7 +44,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-import certifi
 import outcome
 import trio
 import urllib3
@@ -80,6 +78,7 @@ from pcapd.store.recordings import (
     parse_key,
     recording_key,
 )
+from pcapd.transport.tls import platform_context
 
 log = logging.getLogger("pcapd.store")
 
@@ -98,12 +97,13 @@ T = TypeVar("T")
 def make_client(
     endpoint: str, access_key: str, secret_key: str, *, secure: bool, region: str | None
 ) -> Minio:
-    """A minio client with bounded timeouts (the SDK's default waits 5 minutes per try)."""
+    """A minio client with bounded timeouts (the SDK's default waits 5 minutes per try), and
+    TLS hardened like every other link of the api (TLS 1.2+, AEAD suites only)."""
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=10.0, read=120.0),
         maxsize=32,
         cert_reqs="CERT_REQUIRED",
-        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        ssl_context=platform_context(None, what="storage"),
         retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
     return Minio(endpoint, access_key, secret_key, secure=secure, region=region, http_client=http)

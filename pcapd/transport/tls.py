@@ -6,12 +6,14 @@ the api only trusts agents whose certificate chains to ``agents.tls.ca`` *and* n
 and TLS 1.2 offers only AEAD suites with forward secrecy (ECDHE with AES-GCM or
 ChaCha20-Poly1305): the CBC suites OpenSSL still enables by default (Lucky13-style padding
 oracles, no forward secrecy with the ``RSA`` key exchange) are never negotiated. TLS 1.3
-suites are all AEAD already.
+suites are all AEAD already. The api's HTTPS clients of the platform (Cloud Controller, UAA,
+the BOSH director) and of S3 are built here too (:func:`platform_context`), the same way.
 Files are read here, once, at start-up; a failure names the file and the config key it came from.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -25,7 +27,8 @@ class TlsSetupError(PcapdError):
     """A certificate, key or CA file could not be loaded."""
 
 
-def _harden(ctx: ssl.SSLContext) -> None:
+def harden(ctx: ssl.SSLContext) -> None:
+    """TLS 1.2 at least, and in TLS 1.2 only :data:`TLS12_CIPHERS` (TLS 1.3's are AEAD)."""
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
 
@@ -54,7 +57,7 @@ def server_context(certificate: Path | str, private_key: Path | str, *,
                    client_ca: Path | str | None = None, what: str = "tls") -> ssl.SSLContext:
     """A server context; with ``client_ca`` it requires a client certificate from that CA."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _harden(ctx)
+    harden(ctx)
     _load_chain(ctx, certificate, private_key, what)
     if client_ca is not None:
         _load_ca(ctx, client_ca, f"{what}.client_ca")
@@ -72,7 +75,7 @@ def client_context(*, ca: Path | str | None = None, certificate: Path | str | No
     ``certificate`` the context presents it (the api's client certificate toward agents).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name by default
-    _harden(ctx)
+    harden(ctx)
     if ca is None:
         ctx.load_default_certs()
     else:
@@ -84,6 +87,35 @@ def client_context(*, ca: Path | str | None = None, certificate: Path | str | No
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def platform_context(ca: Path | str | None, *, what: str) -> ssl.SSLContext:
+    """The api's client context toward a platform service (Cloud Controller, UAA, the BOSH
+    director, S3), hardened like pcapd's own links: the server's chain and name checked
+    against ``ca`` or, without one, the trust the HTTP libraries use by default —
+    ``$SSL_CERT_FILE``, ``$SSL_CERT_DIR``, else certifi's bundle (what the api used before it
+    built these contexts itself, so no deployment's trust changes). ``what`` names the config
+    key for errors (``cf.ca``)."""
+    if ca is not None:
+        return client_context(ca=ca, what=what.removesuffix(".ca"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    harden(ctx)
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile:
+        source, capath = f"$SSL_CERT_FILE {cafile}", None
+    elif capath:
+        source = f"$SSL_CERT_DIR {capath}"
+    else:
+        import certifi  # noqa: PLC0415  # the api's; a laptop's install never gets here
+
+        cafile = certifi.where()
+        source = f"certifi's bundle {cafile}"
+    try:
+        ctx.load_verify_locations(cafile=cafile or None, capath=capath)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsSetupError(f"{what}: not set, and the default CAs ({source}) cannot be "
+                            f"loaded: {exc}") from exc
     return ctx
 
 

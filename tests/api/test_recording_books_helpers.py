@@ -1,20 +1,37 @@
 """The api's flight recorder helpers that need no agent: the id of a trigger's stored capture,
-the record's target and back, and what ``record list`` shows of the api's answer."""
+the record's target and back, what ``record list`` shows of the api's answer, and reasons
+that fit the protocol's limits however long an agent's refusal was."""
 
 from __future__ import annotations
 
-from pcapd.api.recording_books import guid_in, record_target, target_of, trigger_capture_id
+from pcapd.api.recording_books import (
+    arm_result,
+    guid_in,
+    record_target,
+    target_of,
+    trigger_capture_id,
+)
 from pcapd.api.resolve import Resolution
 from pcapd.client.record import row_of
 from pcapd.proto import (
+    MAX_NAME,
+    MAX_TEXT,
+    Absent,
     CaptureOptions,
     CfTarget,
+    DeviceList,
+    Error,
     Recording,
+    RecordingStarted,
     RecordRing,
     RingStatus,
     Source,
     Trigger,
+    decode_text,
+    encode,
+    source_problem,
 )
+from pcapd.proto import absent as absent_of
 from pcapd.store.recordings import CfRecordingTarget
 
 RID = "3f2a9c0e" * 4
@@ -62,3 +79,31 @@ def test_the_listing_row_holds_the_least_window_and_counts_lost_rings() -> None:
         recording_id=RID, options=CaptureOptions(device="eth0"), ring=RecordRing(keep=600),
         started_at=now - 900, ends_at=now - 10, state="ended", end_reason="stopped"), now)
     assert (ended.state, ended.stopped_at) == ("stopped", now - 10)
+
+
+def test_an_agents_longest_refusal_still_fits_the_answer() -> None:
+    """An agent refuses with a text at the protocol's limit (a 4 KiB filter quoted); the api
+    puts its origin before it: cut with "…", the answer is still sent (it used to fail to
+    encode, and the user got no answer at all)."""
+    origin = "router/d55b2a4e-41b8-4b4b-a0b6-51c4d44c7b4e"
+    refusal = Error(code="INVALID_REQUEST", text="bad filter: " + "x" * (MAX_TEXT - 12))
+    absent = arm_result(origin, "198.18.0.2:9494", "host", RID + "-0", refusal)
+    assert isinstance(absent, Absent) and absent.partial and absent.name == origin
+    assert len(absent.reason) == MAX_TEXT and absent.reason.endswith("x…")
+    assert absent.reason.startswith(f"{origin}: bad filter: ")
+    started = RecordingStarted(recording_id=RID, sources=[], ring=RecordRing(keep=60.0),
+                               ends_at=1_764_240_600.0, absent=[absent])
+    assert decode_text(encode(started)) == started
+
+
+def test_a_long_reason_and_name_are_cut_to_fit_and_short_ones_kept() -> None:
+    long_name = "an-app-with-a-very-long-name-" * 12 + "/0"
+    kept = absent_of("my-app/0", "its cell is down", partial=True)
+    assert (kept.name, kept.reason, kept.partial) == ("my-app/0", "its cell is down", True)
+    cut = absent_of(long_name, "r" * (MAX_TEXT * 2))
+    assert len(cut.name) == MAX_NAME and cut.name.endswith("…")
+    assert len(cut.reason) == MAX_TEXT and cut.reason.endswith("r…")
+    devices = source_problem(long_name, "cannot reach its agent: " + "e" * MAX_TEXT)
+    assert len(devices.problem) == MAX_TEXT and devices.problem.endswith("e…")
+    answer = DeviceList(sources=[devices])
+    assert decode_text(encode(answer)) == answer

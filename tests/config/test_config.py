@@ -348,6 +348,10 @@ def test_local_mode_config_is_built_in_code_and_still_validated() -> None:
         ("limits: {max_duration: -5}", "limits.max_duration: expected a number greater than 0"),
         ("merge: {lateness: 0}", "merge.lateness: expected a number greater than 0"),
         ("buffer: {size: 9000}", "buffer.upper_limit: must not exceed buffer.size (9500 > 9000)"),
+        ("cf: {api: 'https://x', tokens: {clients: []}}",
+         "cf.tokens.clients: empty: no token would be accepted"),
+        ("bosh: {director: 'https://x', tokens: {clients: [ci, '*']}}",
+         "bosh.tokens.clients: '*' already accepts every client"),
     ],
 )
 def test_api_problems(section: str, problem: str) -> None:

@@ -498,6 +498,34 @@ def test_internal_links_resolve(doc: Path) -> None:
     assert not broken, f"{doc.relative_to(ROOT)}: {broken}"
 
 
+def test_the_tests_security_md_cites_exist() -> None:
+    """Each threat's row names the test that covers it: ``tests/x.py``, ``tests/x.py::test_y``,
+    ``::test_z`` (the file named before it in the row) or a bare ``test_y`` (any test file).
+    A renamed or removed test must take its citation with it."""
+    def defines(files: list[Path], name: str) -> bool:
+        pattern = re.compile(rf"^\s*(async )?def {re.escape(name)}\b", re.MULTILINE)
+        return any(pattern.search(f.read_text(encoding="utf-8")) for f in files)
+
+    every_test = sorted((ROOT / "tests").rglob("test_*.py"))
+    stale = []
+    for number, line in enumerate((DOCS / "security.md").read_text().splitlines(), 1):
+        last: Path | None = None
+        for cited in re.findall(r"`([^`\s]+)`", line):
+            if cited.startswith("tests/"):
+                path, _, name = cited.partition("::")
+                last = ROOT / path
+                if not last.exists():
+                    stale.append(f"line {number}: {cited}: no such file or directory")
+                elif name and not defines([last], name):
+                    stale.append(f"line {number}: {cited}: no such test")
+            elif cited.startswith("::test_") and last is not None:
+                if not defines([last], cited[2:]):
+                    stale.append(f"line {number}: {cited}: no such test in {last.name}")
+            elif re.fullmatch(r"test_\w+", cited) and not defines(every_test, cited):
+                stale.append(f"line {number}: {cited}: no such test")
+    assert not stale, "docs/security.md cites tests that do not exist:\n" + "\n".join(stale)
+
+
 def test_slugs_follow_github() -> None:
     assert reference.slug("api: `storage` (kind: s3)") == "api-storage-kind-s3"
     assert reference.slug("`CONGESTED`") == "congested"

@@ -31,6 +31,7 @@ from tests.e2e.procs import AGENT_PORT, PCAPD, agent_status
 from tests.fakes import ALICE, FakeCloudController, FakeDirector, FakeUAA
 from tests.fakes.cloud_controller import App, Instance, Space
 from tests.fakes.director import Instance as VmInstance
+from tests.fakes.dns import with_resolv_conf
 from tests.netns import Host, Netns, named_netns, netns_dir, vm
 
 
@@ -97,17 +98,20 @@ class Landscape:
                  storage: dict[str, object] | None = None,
                  api_settings: dict[str, object] | None = None,
                  agent_settings: dict[str, object] | None = None,
-                 metadata_store: bool = True) -> None:
+                 metadata_store: bool = True, api_resolv_conf: Path | None = None) -> None:
         """``api_settings`` and ``agent_settings``: config sections (``limits``, ``buffer``,
         ...) merged into the api's and every agent's config, key by key within a section.
         ``metadata_store`` False: the cells' agents run without ``containers.metadata_store``
-        (they cannot check a container's app themselves; the api's checks must hold alone)."""
+        (they cannot check a container's app themselves; the api's checks must hold alone).
+        ``api_resolv_conf``: the api (and the filter compilers it starts) resolve names with
+        this file as ``/etc/resolv.conf`` (:class:`tests.fakes.dns.FakeDns`)."""
         self.tmp = tmp
         self.storage = storage or {"kind": "local", "path": str(tmp / "store")}
         self.api_settings = api_settings or {}
         self.agent_settings = agent_settings or {}
         self.n_cells, self.n_vms = cells, vms
         self.metadata_store = metadata_store
+        self.api_resolv_conf = api_resolv_conf
         self.stack = ExitStack()
         self.processes: list[Process] = []
         self.cells: list[Cell] = []
@@ -147,8 +151,10 @@ class Landscape:
         self.other_space = self.cc.add_space(self.org, "elsewhere")
         self.api_port = free_port()
         stack.callback(self._stop_processes)
-        self.api = self._start(start_process("api", [
-            PCAPD, "api", "--config", str(self._api_config())]))
+        argv = [PCAPD, "api", "--config", str(self._api_config())]
+        if self.api_resolv_conf is not None:
+            argv = with_resolv_conf(self.api_resolv_conf, argv)
+        self.api = self._start(start_process("api", argv))
 
     def _start(self, process: Process) -> Process:
         self.processes.append(process)

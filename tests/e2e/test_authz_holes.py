@@ -49,8 +49,12 @@ EXTERNAL_URL = "https://pcap.sys.example.com"
 
 @pytest.fixture(scope="module")
 def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
+    # the operator also takes a client-credentials login whose client id is alice's user id
+    # (hole 8): a client must be listed to be accepted at all (cf.tokens.clients)
     with Landscape(tmp_path_factory.mktemp("authz"), cells=1, vms=1, metadata_store=False,
-                   api_settings={"external_url": EXTERNAL_URL}) as built:
+                   api_settings={"external_url": EXTERNAL_URL,
+                                 "cf": {"tokens": {"clients": ["cf", ALICE.user_id]}}}
+                   ) as built:
         built.app_a = built.deploy_app("app-a", instances=1)  # type: ignore[attr-defined]
         built.app_b = built.deploy_app(  # type: ignore[attr-defined]
             "app-b", instances=1, space=built.other_space)
@@ -149,6 +153,9 @@ def foreign_tokens(uaa: FakeUAA) -> dict[str, str]:
     """Tokens UAA really signs for alice that are not a cf/bosh CLI access token."""
     return {
         "another client": uaa.issue(ALICE, client_id="some-dashboard", scopes=["openid"]),
+        # a dashboard granted cf's read scope: the audience and scope of a cf CLI token
+        "another client with cf's scope": uaa.issue(
+            ALICE, client_id="some-dashboard", scopes=["openid", "cloud_controller.read"]),
         "an id token": uaa.issue(ALICE, scopes=["openid"], extra={
             "aud": ["cf"], "nonce": "n-0S6_WzA2Mj", "amr": ["pwd"]}),
         "id-token claims on an access token": uaa.issue(ALICE, extra={
@@ -156,8 +163,12 @@ def foreign_tokens(uaa: FakeUAA) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("kind", ["another client", "an id token",
-                                  "id-token claims on an access token"])
+DASHBOARD_REFUSED = ("the token belongs to the OAuth client 'some-dashboard', which this api "
+                     "does not accept for Cloud Foundry (it accepts ")
+
+
+@pytest.mark.parametrize("kind", ["another client", "another client with cf's scope",
+                                  "an id token", "id-token claims on an access token"])
 async def test_stored_captures_want_a_cli_access_token(landscape: Landscape, kind: str) -> None:
     capture_id = await store_a_capture(landscape, landscape.uaa.issue(ALICE))
     token = foreign_tokens(landscape.uaa)[kind]
@@ -165,6 +176,8 @@ async def test_stored_captures_want_a_cli_access_token(landscape: Landscape, kin
         answer = await ask_store(landscape, token, question)
         assert isinstance(answer, Error), f"{kind}: {type(question).__name__} got {answer}"
         assert answer.code == "UNAUTHENTICATED" and "cf login" in answer.text, answer.text
+        if kind == "another client with cf's scope":
+            assert answer.text.startswith(DASHBOARD_REFUSED), answer.text
     # the CLI's own token still works
     listed = await ask_store(landscape, landscape.uaa.issue(ALICE), ListCaptures())
     assert isinstance(listed, CaptureList)
@@ -176,6 +189,8 @@ async def test_a_capture_wants_a_cli_access_token(landscape: Landscape) -> None:
     for kind, token in foreign_tokens(landscape.uaa).items():
         answer = await first_answer(landscape, token, cf_start(app_a.guid))
         assert isinstance(answer, Error) and answer.code == "UNAUTHENTICATED", (kind, answer)
+        if kind == "another client with cf's scope":
+            assert answer.text.startswith(DASHBOARD_REFUSED), answer.text
 
 
 # --- hole 8: a client whose id is a user's id ----------------------------------------------

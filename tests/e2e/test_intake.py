@@ -63,6 +63,7 @@ from tests.e2e.platform_landscape import Landscape, all_idle
 from tests.e2e.procs import AGENT_PORT, Figures, wait_until
 from tests.fakes import ALICE, BOB, CAROL
 from tests.fakes.cloud_controller import Instance
+from tests.fakes.dns import FakeDns
 from tests.fakes.uaa import User
 
 pytestmark = [pytest.mark.root]
@@ -75,8 +76,16 @@ STATUS_WORST = 0.5
 
 
 @pytest.fixture(scope="module")
-def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
-    with Landscape(tmp_path_factory.mktemp("intake"), cells=0, api_settings={"limits": {
+def dns() -> Iterator[FakeDns]:
+    """The api's DNS server: every name it looks up is seen here."""
+    with FakeDns() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def landscape(tmp_path_factory: pytest.TempPathFactory, dns: FakeDns) -> Iterator[Landscape]:
+    tmp = tmp_path_factory.mktemp("intake")
+    with Landscape(tmp, cells=0, api_resolv_conf=dns.resolv_conf(tmp), api_settings={"limits": {
             "concurrent_captures": 3, "concurrent_captures_per_user": 2,
             "requests_per_minute": 600, "authentication_timeout": AUTH_TIMEOUT,
             "unauthenticated_connections": TOTAL,
@@ -117,20 +126,49 @@ async def test_a_costly_filter_without_a_valid_token_is_refused_at_once(
 
 
 async def test_host_names_in_filters_are_looked_up_only_after_authorization(
-        landscape: Landscape) -> None:
-    """A caller without a token, or without permission, learns nothing about the api's names."""
-    start = bosh_start("host no-such-host.invalid")
-    nobody = landscape.uaa.issue(CAROL, client_id="bosh_cli", scopes=["openid"])
-    for token in (None, nobody):
+        landscape: Landscape, dns: FakeDns) -> None:
+    """A caller without a token, or with a good token but no permission on the target,
+    learns nothing about the api's names: the api's DNS server is never asked."""
+    name = f"pcapd-{uuid.uuid4().hex[:12]}.example.internal"
+    start = bosh_start(f"host {name}")
+    # CLI tokens the acceptance rule takes, for users who may not capture deployment cf:
+    # a reader, and an admin of another team
+    reader = landscape.uaa.issue(CAROL, client_id="bosh_cli", scopes=["openid", "bosh.read"])
+    outsider = landscape.uaa.issue(CAROL, client_id="bosh_cli",
+                                   scopes=["openid", "bosh.teams.team-b.admin"])
+    for token, code in ((None, "UNAUTHENTICATED"), ("not-a-jwt", "UNAUTHENTICATED"),
+                        (reader, "PERMISSION_DENIED"), (outsider, "PERMISSION_DENIED")):
         with trio.fail_after(10):
             answer = await first_answer(landscape, token, start)
-        assert isinstance(answer, Error), answer
-        assert answer.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"), answer
-        assert "no-such-host" not in answer.text, answer
+        assert isinstance(answer, Error) and answer.code == code, answer
+        assert name not in answer.text, answer
+    assert dns.asked(name) == [], "the api looked the name up before authorization"
+    # authorized: now the name is looked up (the server answers "no such name")
     with trio.fail_after(WALL_SECONDS + 5):
         answer = await first_answer(landscape, admin(landscape), start)
     assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST", answer
-    assert "no-such-host.invalid" in answer.text
+    assert name in answer.text, answer
+    assert dns.asked(name), "the api's lookups do not reach the test's DNS server"
+
+
+async def test_a_name_that_resolves_slowly_ends_at_the_deadline_and_stalls_nobody(
+        landscape: Landscape, dns: FakeDns) -> None:
+    """A resolver that never answers costs the authorized user the compile deadline, with a
+    message that says why, and nobody else anything: /status answers throughout."""
+    name = f"pcapd-{uuid.uuid4().hex[:12]}.slow.example.internal"
+    dns.silent.add(name)
+    async with sampling_status(landscape.api_url) as status:
+        with trio.fail_after(WALL_SECONDS + 10):
+            began = trio.current_time()
+            answer = await first_answer(landscape, admin(landscape), bosh_start(f"host {name}"))
+            took = trio.current_time() - began
+    assert dns.asked(name), "the lookup did not reach the test's DNS server"
+    assert isinstance(answer, Error) and answer.code == "INVALID_REQUEST", answer
+    assert f"took too long to compile (over {WALL_SECONDS:g} s" in answer.text, answer.text
+    assert "a host name that resolves slowly" in answer.text and name in answer.text
+    assert WALL_SECONDS <= took < WALL_SECONDS + 5, took
+    assert status.worst < STATUS_WORST, status.samples
+    await wait_until(lambda: all_idle(landscape), 10, "no capture left")
 
 
 async def test_a_costly_filter_of_an_authorized_user_is_refused_without_stalling_the_api(
