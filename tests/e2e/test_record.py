@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,12 +35,15 @@ from pcapd.proto import (
     RecordRing,
     RecordSave,
     RecordStop,
+    RingStatus,
     StoredCapture,
     Trigger,
 )
+from pcapd.pcapng import InterfaceStatistics, PcapngDecoder
+from pcapd.proto.ring_note import RingNote
 from tests.e2e.platform_landscape import Landscape, developer_tokens, start_process
 from tests.e2e.procs import PCAPD
-from tests.fakes import BOB
+from tests.fakes import ALICE, BOB
 from tests.fakes.cloud_controller import App
 from tests.fakes.uaa import make_user
 from tests.links import api_link
@@ -129,31 +133,101 @@ async def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[by
                                       capture_stderr=True, check=False)
 
 
+async def rings_of(landscape: Landscape, token: str, rid: str) -> list[RingStatus]:
+    """What the agents report of the recording's rings (``record list``'s source)."""
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList) and len(listing.recordings) == 1, listing
+    return listing.recordings[0].sources
+
+
+async def until_aged(landscape: Landscape, token: str, rid: str, packets: int) -> None:
+    """Until every ring has let ``packets`` go as older than ``--keep`` (as the agents say)."""
+    with trio.fail_after(60):
+        while any(r.aged_out_time < packets for r in await rings_of(landscape, token, rid)):
+            await trio.sleep(0.3)  # the agents age by their clock: nothing to wait on but it
+
+
+def ring_notes(path: Path) -> dict[str, RingNote | None]:
+    """Each interface's ring figures, as the file's statistics blocks say them."""
+    decoder = PcapngDecoder()
+    decoder.receive_data(path.read_bytes())
+    notes = {}
+    while (block := decoder.next_block()) is not None:
+        if isinstance(block, InterfaceStatistics):
+            name = decoder.interfaces[block.interface_id].name
+            notes[name] = RingNote.find(block.comments)
+    return notes
+
+
+async def aged_out_metric(landscape: Landscape) -> float:
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{landscape.api_url}/metrics")).text
+    value, = [line.split()[-1] for line in text.splitlines()
+              if line.startswith("pcapd_recording_packets_aged_out ")]
+    return float(value)
+
+
 async def test_save_last_holds_exactly_the_window_from_both_instances(
         landscape: Landscape, tmp_path: Path) -> None:
+    """Three rounds on both instances: ``old`` ages out (older than --keep), ``mid`` is held
+    but older than --last, ``new`` is the window. The file holds exactly the window, the
+    statistics block of each interface says what its ring held and let go — as the agents
+    list it — and so does the summary."""
     token, refresh = developer_tokens(landscape)
     env = landscape.cf_home(token, refresh)
-    start = await cli(env, "record", "start", "cf", "rec-app", "-i", "lo", "--keep", "1m",
+    aged_before = await aged_out_metric(landscape)
+    keep, last = 12, 3
+    start = await cli(env, "record", "start", "cf", "rec-app", "-i", "lo", "--keep", f"{keep}s",
                       "udp", "port", "9999")
     assert start.returncode == 0, start.stderr.decode()
     rid = start.stdout.decode().strip()
     assert re.fullmatch(r"[0-9a-f]{32}", rid), start.stdout
-    assert ": 2 instances (rec-app/0:lo, rec-app/1:lo) keep their last 1m" in \
+    assert f": 2 instances (rec-app/0:lo, rec-app/1:lo) keep their last {keep}s" in \
         start.stderr.decode()
     await send_marked(landscape, "old")
-    await trio.sleep(10)  # the window's edge: that time passes is what is tested
+    await until_aged(landscape, token, rid, 10)
+    assert await aged_out_metric(landscape) == aged_before + 20
+    await send_marked(landscape, "mid")
+    await trio.sleep(last + 1)  # older than --last, younger than --keep: time passing is tested
     await send_marked(landscape, "new")
-    out = tmp_path / "window.pcapng"
-    save = await cli(env, "record", "save", rid[:10], "--last", "5s", "-w", str(out), "-q")
+    out, everything = tmp_path / "window.pcapng", tmp_path / "everything.pcapng"
+    asked = time.time()
+    save = await cli(env, "record", "save", rid[:10], "--last", f"{last}s", "-w", str(out), "-q")
     assert save.returncode == 0, save.stderr.decode()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["window.pcapng"]  # noqa: ASYNC240
+    whole_asked = time.time()
+    whole = await cli(env, "record", "save", rid, "-w", str(everything), "-q")
+    assert whole.returncode == 0, whole.stderr.decode()
+    rings = await rings_of(landscape, token, rid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # noqa: ASYNC240
+        "everything.pcapng", "window.pcapng"]
+
     packets = markers(out)
     for index in (0, 1):
         mine = [w for iface, w, _ in packets if iface == f"rec-app/{index}:lo"]
         assert mine == [f"new-{index}"] * 10, packets
     times = [t for *_, t in packets]
-    assert times == sorted(times)
+    assert times == sorted(times) and times[0] >= asked - last, (asked, times)
     assert "Number of interfaces in file: 2" in run_tool("capinfos", out)
+    held = markers(everything)
+    for index in (0, 1):
+        mine = [w for iface, w, _ in held if iface == f"rec-app/{index}:lo"]
+        assert mine == [f"mid-{index}"] * 10 + [f"new-{index}"] * 10, held
+    assert min(t for *_, t in held) >= whole_asked - keep  # nothing older than --keep
+
+    # what the agents list, the file's statistics blocks and the summary agree
+    assert [(r.source.name, r.packets, r.aged_out_time, r.aged_out_size, r.captured)
+            for r in rings] == [("rec-app/0:lo", 20, 10, 0, 30), ("rec-app/1:lo", 20, 10, 0, 30)]
+    for path, window in ((out, 10), (everything, 20)):
+        notes = ring_notes(path)
+        assert {name: note and (note.window, note.held, note.aged_out_time, note.aged_out_size,
+                                note.captured) for name, note in notes.items()} == {
+            f"rec-app/{i}:lo": (window, 20, 10, 0, 30) for i in (0, 1)}, notes
+    assert save.stderr.decode().splitlines()[-1] == (
+        f"20 packets written to {out} from 2 sources (completed: 20 packets saved of 40 held, "
+        "20 aged out (20 older than --keep, 0 over --max-bytes)); captured 20, dropped 0 "
+        "(kernel 0, agent 0, api 0)")
+    assert "40 packets saved of 40 held, 20 aged out (20 older than --keep" in \
+        whole.stderr.decode()
 
     listing = await cli({**env, "COLUMNS": "200"}, "record", "list", "--json")
     assert listing.returncode == 0, listing.stderr.decode()
@@ -169,6 +243,19 @@ async def test_save_last_holds_exactly_the_window_from_both_instances(
     assert started_line["app_guid"] == app(landscape).guid
     assert started_line["instances"] == ["rec-app/0", "rec-app/1"]
     assert started_line["filter"] == "udp port 9999"
+    saved_lines = [e for e in landscape.api_events("recording_saved")
+                   if e["recording_id"] == rid]
+    stopped_line, = [e for e in landscape.api_events("recording_stopped")
+                     if e["recording_id"] == rid]
+    assert len(saved_lines) == 2
+    for line in [*saved_lines, stopped_line]:  # who, what, where: as the start's line
+        assert line["user"] == started_line["user"] == ALICE.user_name
+        assert line["target"] == started_line["target"]
+        assert line["app_guid"] == app(landscape).guid
+        assert line["space_guid"] == landscape.space.guid
+        assert line["instances"] == ["rec-app/0", "rec-app/1"]
+    assert saved_lines[0]["last"] == last and saved_lines[0]["upload"] is False
+    assert saved_lines[0]["sources"] == ["rec-app/0", "rec-app/1"]
 
 
 async def test_a_trigger_stores_the_window_before_and_after_it(landscape: Landscape,
