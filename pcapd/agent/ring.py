@@ -17,8 +17,8 @@ when its last packet ages out. Ageing by size drops whole oldest pieces, and it 
 *before* each new piece is stored, so ``memory`` (the bytes the store holds, in buffers or
 segment files, which is what the budget is about) never exceeds ``max_bytes``, not even in the
 middle of a batch larger than the ring; pieces are cut to at most a sixteenth of ``max_bytes``
-(and 1 MiB), so that over-dropping costs little. Every packet added is either held or counted aged out, by time or
-by size: ``captured == packets + aged_out_time + aged_out_size``.
+(and 1 MiB), so that over-dropping costs little. Every packet added is either held or
+counted aged out, by time or by size: ``captured == packets + aged_out_time + aged_out_size``.
 
 Where the pieces' bytes are is a :class:`PieceStore`'s business: memory here, or segment files
 (``pcapd.agent.ring_files``, called off the Trio thread); the size rule is the store's ``held``.
