@@ -9,7 +9,14 @@ from pathlib import Path
 import trio
 
 from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
-from pcapd.proto import InitiatorSession, Status, StatusReply, Welcome
+from pcapd.proto import (
+    InitiatorSession,
+    ListRecordings,
+    RecordingList,
+    Status,
+    StatusReply,
+    Welcome,
+)
 from pcapd.transport.link import Link
 from pcapd.transport.tls import client_context
 from pcapd.transport.ws import open_websocket
@@ -42,4 +49,21 @@ async def agent_status(address: str, port: int, *, ca: Path, certificate: Path,
             await link.send(Status())
             reply = await link.receive()
     assert isinstance(reply, StatusReply), reply
+    return reply
+
+
+async def agent_recordings(address: str, port: int, *, ca: Path, certificate: Path,
+                           private_key: Path) -> RecordingList:
+    """Every recording the agent at ``address:port`` knows (armed, held, or ended lately),
+    asked over mutual TLS as the api asks: what runs on the agent, not what the api says."""
+    ctx = client_context(ca=ca, certificate=certificate, private_key=private_key)
+    with trio.fail_after(10):
+        async with open_websocket(address, port, ssl_context=ctx,
+                                  server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
+            link = Link(ws, InitiatorSession("api"), "agent")
+            await link.send(link.session.make_hello())  # type: ignore[union-attr]
+            await link.receive()
+            await link.send(ListRecordings())
+            reply = await link.receive()
+    assert isinstance(reply, RecordingList), reply
     return reply

@@ -73,6 +73,7 @@ from pcapd.proto import (
     TriggerFired,
 )
 from pcapd.proto.messages import MAX_TRIGGERS_LISTED, RecordingEnd, RecordingState
+from pcapd.proto.ring_note import RingNote
 from pcapd.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -499,9 +500,8 @@ def save_end(recording: ActiveRecording, window: Window) -> Iterator[Data | Stat
         interface_id=0, timestamp=now, start_time=round(recording.started_at * _NS),
         end_time=now, received=recording.kernel_received, kernel_dropped=stats.kernel_dropped,
         interface_dropped=stats.interface_dropped, delivered=window.packets,
-        comment=f"recording {rid}: {window.packets} packets in the window of {stats.packets} "
-                f"held; {stats.aged_out_time} aged out (older than keep), "
-                f"{stats.aged_out_size} aged out (over max_bytes), {stats.captured} captured"))
+        comment=RingNote(rid, window.packets, stats.packets, stats.aged_out_time,
+                         stats.aged_out_size, stats.captured).text()))
     counters = Counters(packets=window.packets, bytes=window.bytes,
                         kernel_received=recording.kernel_received,
                         kernel_dropped=stats.kernel_dropped,

@@ -13,11 +13,12 @@ binary search: ageing by time cuts the oldest piece at the first packet inside `
 extracting a window cuts the two pieces at its ends.
 
 Ageing by time moves an offset into the oldest piece (no copy); the piece's buffer is freed
-when its last packet ages out. Ageing by size drops whole oldest pieces, so ``memory`` (the
-bytes of the buffers held, which is what the budget is about) never exceeds ``max_bytes``
-after a call; pieces are cut to at most a sixteenth of ``max_bytes`` (and 1 MiB), so that
-over-dropping costs little. Every packet added is either held or counted aged out, by time or
-by size: ``captured == packets + aged_out_time + aged_out_size``.
+when its last packet ages out. Ageing by size drops whole oldest pieces, and it does so
+*before* each new piece is stored, so ``memory`` (the bytes the store holds, in buffers or
+segment files, which is what the budget is about) never exceeds ``max_bytes``, not even in the
+middle of a batch larger than the ring; pieces are cut to at most a sixteenth of ``max_bytes``
+(and 1 MiB), so that over-dropping costs little. Every packet added is either held or
+counted aged out, by time or by size: ``captured == packets + aged_out_time + aged_out_size``.
 
 Where the pieces' bytes are is a :class:`PieceStore`'s business: memory here, or segment files
 (``pcapd.agent.ring_files``, called off the Trio thread); the size rule is the store's ``held``.
@@ -247,7 +248,10 @@ class Ring:
     # --- input -------------------------------------------------------------------------------
 
     def add(self, blocks: bytes, now_ns: int) -> None:
-        """Keep the EPBs ``blocks`` (of interface 0, any order), then age the ring at ``now_ns``."""
+        """Keep the EPBs ``blocks`` (of interface 0, any order), then age the ring at ``now_ns``.
+        What is older than ``keep`` goes first (counted as such); then each piece makes its
+        own room (:meth:`_push`)."""
+        self._age_by_time(now_ns)
         if blocks:
             stamps, ends, in_order = _index(blocks)
             self._captured += len(stamps)
@@ -263,13 +267,21 @@ class Ring:
 
     def age(self, now_ns: int) -> None:
         """Drop what is older than ``now_ns - keep_ns``, then what exceeds ``max_bytes``."""
+        self._age_by_time(now_ns)
+        self._make_room(0)
+
+    def _age_by_time(self, now_ns: int) -> None:
         cutoff = now_ns - self.keep_ns
         pieces = self._pieces
         while pieces and pieces[0].last < cutoff:
             self._aged_time += self._pop_head().packets
         if pieces and pieces[0].first < cutoff:
             self._cut_head(cutoff)
-        while pieces and self.store.held > self.max_bytes:
+
+    def _make_room(self, size: int) -> None:
+        """Drop the oldest pieces until ``size`` more bytes fit in ``max_bytes``."""
+        pieces = self._pieces
+        while pieces and self.store.held + size > self.max_bytes:
             self._aged_size += self._pop_head().packets
 
     def clear(self) -> None:
@@ -339,6 +351,10 @@ class Ring:
             lo = hi
 
     def _push(self, blocks: bytes, packets: int, first: int, last: int) -> None:
+        """Keep one piece, the oldest ones making room for it *before* it is stored: the
+        store (memory, or the disk) never holds more than ``max_bytes``, not even while a
+        batch larger than the ring goes in (a piece is at most ``max_bytes // 16``)."""
+        self._make_room(len(blocks))
         self._pieces.append(_Piece(self.store.put(blocks), len(blocks), 0, packets, first, last))
         self._packets += packets
         self._bytes += len(blocks)

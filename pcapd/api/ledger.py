@@ -42,7 +42,13 @@ from typing import Literal
 import msgspec
 
 from pcapd.config.model import ApiLimitsConfig
-from pcapd.pcapng import encode_interface_description, encode_interface_statistics
+from pcapd.pcapng import (
+    ISB,
+    RawBlock,
+    encode_interface_description,
+    encode_interface_statistics,
+)
+from pcapd.pcapng.parse import parse_interface_statistics
 from pcapd.proto import (
     Absent,
     CaptureLimits,
@@ -52,8 +58,9 @@ from pcapd.proto import (
     SourceStatistics,
     Statistics,
 )
-from pcapd.proto.messages import MAX_LIST, EndReason, SourceState, StopReason
+from pcapd.proto.messages import MAX_LIST, EndReason, SourceState, StopReason, fit_text
 from pcapd.proto.messages import absent as fitted_absent
+from pcapd.proto.ring_note import RingNote, summary
 
 __all__ = ["Account", "Ledger", "Limit", "LimitName", "Verdict", "effective_limits"]
 
@@ -134,6 +141,9 @@ class Account:
     api_dropped: int = 0
     written: int = 0
     discarded: int = 0
+    ring: RingNote | None = None
+    """A saved recording's source: what its ring held and let go (its agent's statistics
+    block says it), for this interface's statistics block and the save's summary."""
 
     def started(self, idb: bytes) -> bool:
         """Its agent sent its Interface Description Block; False if it had (a resumed agent's
@@ -150,6 +160,14 @@ class Account:
         fields.pop("source", None)
         fields.pop("state", None)
         self.counters = Counters(**fields)
+
+    def noted(self, statistics: Sequence[bytes]) -> None:
+        """Its agent's Interface Statistics Blocks (the end of its stream): a ring's figures
+        are kept (:class:`~pcapd.proto.ring_note.RingNote`); the counters come in ``end``."""
+        for block in statistics:
+            found = RingNote.find(parse_interface_statistics(RawBlock(ISB, block, 0,
+                                                                      False)).comments)
+            self.ring = found or self.ring
 
     def ended(self, end: End) -> None:
         """The agent ended its capture: its totals are final."""
@@ -377,11 +395,17 @@ class Ledger:
         started = [a for a in self.accounts if a.id >= 0]
         if self.settled and started and all(a.done for a in started):
             if any(a.end is not None for a in started):
-                return "completed", "every source ended"
+                return "completed", self.rings_summary() or "every source ended"
             return "failed", "every source was lost"
         return None
 
     # --- what the user is told ----------------------------------------------------------------
+
+    def rings_summary(self) -> str | None:
+        """A saved recording's packets saved, held and aged out over its rings (None: not a
+        save, or its agents did not say)."""
+        notes = [a.ring for a in self.accounts if a.ring is not None]
+        return fit_text(summary(notes)) if notes else None
 
     def header_comment(self) -> str | None:
         """The section header's comment: what the file lacks from the start (pcapng has no
@@ -428,11 +452,13 @@ class Ledger:
             c = a.counters
             lost = (f"pcapd: {a.why or 'lost'}; the capture is partial"
                     if a.state == "unavailable" else None)
+            notes = [a.ring.text() if a.ring is not None else None, lost]
             blocks.append(encode_interface_statistics(
                 interface_id=a.id, timestamp=now, start_time=started, end_time=now,
                 received=c.kernel_received, kernel_dropped=c.kernel_dropped,
                 interface_dropped=c.interface_dropped, delivered=a.written,
-                pcapd_dropped=c.agent_dropped + a.api_dropped, comment=lost))
+                pcapd_dropped=c.agent_dropped + a.api_dropped,
+                comment="; ".join(n for n in notes if n)[:4000] or None))
         captured = len(blocks)
         for offset, a in enumerate(self.placeholders):
             blocks.append(encode_interface_statistics(

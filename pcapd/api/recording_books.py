@@ -248,15 +248,15 @@ def listed(rec: Record_, rings: Mapping[str, RingAnswer], now: float) -> Recordi
 def saved_agents(rec: Record_, allowed: set[str]
                  ) -> tuple[list[RecordingAgent], list[tuple[str, str]]]:
     """The rings a ``record save`` reads: the recording's instances the platform still lets
-    the user see, and (origin, why not) for the others."""
+    the user see, and (origin, why not) for the others. A ring noted lost (its agent
+    restarted) is asked all the same: its agent's refusal makes the save partial (exit
+    status 3), as it does when no listing noticed the loss first — the file lacks what the
+    user armed it for, unlike an instance the platform removed."""
     agents, unavailable = [], []
     for agent in rec.agents:
         if agent.origin not in allowed:
             unavailable.append((agent.origin, f"{agent.origin}: no longer part of the target "
                                 "(removed, or no longer yours to see)"))
-        elif agent.lost_at is not None:
-            unavailable.append((agent.origin, f"{agent.origin}: its agent lost the ring "
-                                "(it restarted)"))
         else:
             agents.append(agent)
     return agents, unavailable

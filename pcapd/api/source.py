@@ -212,6 +212,8 @@ class SourceRun:
             if isinstance(msg, AgentPayload):
                 if msg.interfaces and account.started(msg.interfaces[0]):
                     self.capture.check_settled()
+                if msg.statistics:
+                    account.noted(msg.statistics)
                 if account.id < 0:
                     self.pending.append(msg)
                 else:

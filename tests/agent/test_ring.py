@@ -120,6 +120,43 @@ def test_a_large_batch_is_split_so_size_ageing_keeps_most_of_the_ring() -> None:
     assert all(len(bytes(c)) <= MAX_PIECE for c in ring.window(0, 2**64).chunks)
 
 
+class _Watched(DirectoryStore):
+    """A ring's files that note the most they ever held, after every write."""
+
+    most = 0
+
+    def put(self, blocks: bytes) -> object:
+        ref = super().put(blocks)
+        self.most = max(self.most, sum(p.stat().st_size for p in self.path.iterdir()))
+        return ref
+
+
+def test_a_batch_larger_than_the_ring_never_takes_the_disk_past_max_bytes(
+        tmp_path: Path) -> None:
+    """The oldest pieces make room before a piece is written, not after the batch: the disk
+    (or memory) holds at most ``max_bytes`` at every moment, whatever the batch's size."""
+    max_bytes = 64 << 10
+    files = _Watched(tmp_path, "r-1", max_bytes // 8)
+    ring = Ring(keep_ns=1000 * S, max_bytes=max_bytes, store=files)
+    for n in range(5):  # each batch ~5.7 times the ring
+        ring.add(batch(*(T0 + n * 1000 + i for i in range(250)), size=1400),
+                 now_ns=T0 + n * 1000 + 250)
+        assert files.most <= max_bytes
+    stats = ring.statistics()
+    assert stats.captured == stats.packets + stats.aged_out_size == 1250
+    assert stats.memory > max_bytes // 2  # only what had to go went
+    files.close()
+
+
+def test_what_is_older_than_keep_is_counted_as_such_even_when_room_is_made() -> None:
+    one = len(epb(0))
+    ring = Ring(keep_ns=S, max_bytes=4 * one)
+    ring.add(batch(T0, T0 + 1, T0 + 2), now_ns=T0 + 2)
+    ring.add(batch(*(T0 + 2 * S + i for i in range(4))), now_ns=T0 + 2 * S + 3)
+    stats = ring.statistics()
+    assert (stats.aged_out_time, stats.aged_out_size, stats.packets) == (3, 0, 4)
+
+
 def test_a_packet_larger_than_the_ring_is_counted_not_held() -> None:
     ring = Ring(keep_ns=S, max_bytes=100)
     ring.add(epb(T0, size=200), now_ns=T0)

@@ -16,11 +16,13 @@ from pcapd.pcapng import (
     RawBlock,
     encode_enhanced_packet,
     encode_interface_description,
+    encode_interface_statistics,
     parse,
 )
 from pcapd.pcapng.blocks import IDB
 from pcapd.proto import Absent, CaptureLimits, Counters, End, SourceStatistics
 from pcapd.proto.messages import MAX_LIST
+from pcapd.proto.ring_note import RingNote
 
 EPB_SIZE = 36
 IDB_OF = encode_interface_description(link_type=1, snaplen=65535, name="lo")
@@ -421,6 +423,48 @@ def test_a_source_lost_mid_capture_is_partial_in_its_statistics_block() -> None:
                             comments=("pcapd: not captured: start failed: no such device",)),
     ]
     assert [x.name for x in book.end().absent] == ["b", "c"]
+
+
+def test_a_saved_rings_figures_go_into_its_statistics_block_and_the_end() -> None:
+    """A ``record save``: each agent's statistics block says what its ring held and let go;
+    the file's block of that interface says it again, and ``end`` sums it for the user."""
+    book = ledger("my-app/0", "my-app/1", "my-app/2")
+    a, b = capturing(book, 0, 1)
+    book.accounts[2].why = "not recorded"
+    rings = [RingNote("r-0", 10, 20, 7, 3, 30), RingNote("r-1", 4, 4, 0, 0, 4)]
+    for account, note in zip((a, b), rings, strict=True):
+        account.noted([encode_interface_statistics(
+            interface_id=0, timestamp=5, delivered=note.window, comment=note.text())])
+        account.ended(End(reason="completed", totals=Counters(packets=note.window,
+                                                              written=note.window)))
+    b.why = "lost at 12:00:00 UTC: connection reset"
+    b.state = "unavailable"
+    for account in book.accounts:
+        account.over()
+    assert book.all_gone() == ("completed", "14 packets saved of 24 held, 10 aged out (7 "
+                               "older than --keep, 3 over --max-bytes)")
+    isbs = [parse(RawBlock(ISB, block, 0, False))
+            for block in book.statistics_blocks(now=2_000, started=1_000)]
+    assert [x.comments for x in isbs] == [  # type: ignore[union-attr]
+        ("recording r-0: 10 packets in the window of 20 held; 7 aged out (older than keep), "
+         "3 aged out (over max_bytes), 30 captured",),
+        ("recording r-1: 4 packets in the window of 4 held; 0 aged out (older than keep), "
+         "0 aged out (over max_bytes), 4 captured; pcapd: lost at 12:00:00 UTC: connection "
+         "reset; the capture is partial",),
+        ("pcapd: not captured: not recorded",)]
+    assert [RingNote.find(x.comments) for x in isbs[:2]] == rings  # type: ignore[union-attr]
+
+
+def test_a_live_capture_and_an_agent_without_figures_end_as_before() -> None:
+    book = ledger("a")
+    (a,) = capturing(book)
+    a.noted([encode_interface_statistics(interface_id=0, timestamp=5, pcapd_dropped=2)])
+    a.ended(End(reason="limit"))
+    a.over()
+    assert a.ring is None and book.rings_summary() is None
+    assert book.all_gone() == ("completed", "every source ended")
+    (isb,) = [parse(RawBlock(ISB, x, 0, False)) for x in book.statistics_blocks(2, 1)]
+    assert isb.comments == ()  # type: ignore[union-attr]
 
 
 def test_placeholder_interfaces_look_like_the_captured_ones() -> None:

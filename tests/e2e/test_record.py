@@ -6,16 +6,22 @@ reads it, the api's answers and audit lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from pcapd.agent.pcap import DEFAULT_BUFFER_SIZE
+from pcapd.pcapng import InterfaceStatistics, PcapngDecoder
 from pcapd.proto import (
     CaptureList,
     CaptureOptions,
@@ -34,15 +40,17 @@ from pcapd.proto import (
     RecordRing,
     RecordSave,
     RecordStop,
+    RingStatus,
     StoredCapture,
     Trigger,
 )
+from pcapd.proto.ring_note import RingNote
 from tests.e2e.platform_landscape import Landscape, developer_tokens, start_process
-from tests.e2e.procs import PCAPD
-from tests.fakes import BOB
+from tests.e2e.procs import AGENT_PORT, PCAPD
+from tests.fakes import ALICE, BOB
 from tests.fakes.cloud_controller import App
 from tests.fakes.uaa import make_user
-from tests.links import api_link
+from tests.links import agent_recordings, api_link
 from tests.netns import Netns, send_udp
 from tests.readers import run_tool, tshark_fields
 
@@ -129,31 +137,103 @@ async def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[by
                                       capture_stderr=True, check=False)
 
 
+async def rings_of(landscape: Landscape, token: str, rid: str) -> list[RingStatus]:
+    """What the agents report of the recording's rings (``record list``'s source)."""
+    listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+    assert isinstance(listing, RecordingList) and len(listing.recordings) == 1, listing
+    return listing.recordings[0].sources
+
+
+async def until_aged(landscape: Landscape, token: str, rid: str, packets: int) -> None:
+    """Until every ring has let ``packets`` go as older than ``--keep`` (as the agents say)."""
+    with trio.fail_after(60):
+        while True:
+            if all(r.aged_out_time >= packets for r in await rings_of(landscape, token, rid)):
+                return
+            await trio.sleep(0.3)  # the agents age by their clock: nothing to wait on but it
+
+
+def ring_notes(path: Path) -> dict[str, RingNote | None]:
+    """Each interface's ring figures, as the file's statistics blocks say them."""
+    decoder = PcapngDecoder()
+    decoder.receive_data(path.read_bytes())
+    notes = {}
+    while (block := decoder.next_block()) is not None:
+        if isinstance(block, InterfaceStatistics):
+            name = decoder.interfaces[block.interface_id].name
+            notes[name] = RingNote.find(block.comments)
+    return notes
+
+
+async def aged_out_metric(landscape: Landscape) -> float:
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{landscape.api_url}/metrics")).text
+    value, = [line.split()[-1] for line in text.splitlines()
+              if line.startswith("pcapd_recording_packets_aged_out ")]
+    return float(value)
+
+
 async def test_save_last_holds_exactly_the_window_from_both_instances(
         landscape: Landscape, tmp_path: Path) -> None:
+    """Three rounds on both instances: ``old`` ages out (older than --keep), ``mid`` is held
+    but older than --last, ``new`` is the window. The file holds exactly the window, the
+    statistics block of each interface says what its ring held and let go — as the agents
+    list it — and so does the summary."""
     token, refresh = developer_tokens(landscape)
     env = landscape.cf_home(token, refresh)
-    start = await cli(env, "record", "start", "cf", "rec-app", "-i", "lo", "--keep", "1m",
+    aged_before = await aged_out_metric(landscape)
+    keep, last = 12, 3
+    start = await cli(env, "record", "start", "cf", "rec-app", "-i", "lo", "--keep", f"{keep}s",
                       "udp", "port", "9999")
     assert start.returncode == 0, start.stderr.decode()
     rid = start.stdout.decode().strip()
     assert re.fullmatch(r"[0-9a-f]{32}", rid), start.stdout
-    assert ": 2 instances (rec-app/0:lo, rec-app/1:lo) keep their last 1m" in \
+    assert f": 2 instances (rec-app/0:lo, rec-app/1:lo) keep their last {keep}s" in \
         start.stderr.decode()
     await send_marked(landscape, "old")
-    await trio.sleep(10)  # the window's edge: that time passes is what is tested
+    await until_aged(landscape, token, rid, 10)
+    assert await aged_out_metric(landscape) == aged_before + 20
+    await send_marked(landscape, "mid")
+    await trio.sleep(last + 1)  # older than --last, younger than --keep: time passing is tested
     await send_marked(landscape, "new")
-    out = tmp_path / "window.pcapng"
-    save = await cli(env, "record", "save", rid[:10], "--last", "5s", "-w", str(out), "-q")
+    out, everything = tmp_path / "window.pcapng", tmp_path / "everything.pcapng"
+    asked = time.time()
+    save = await cli(env, "record", "save", rid[:10], "--last", f"{last}s", "-w", str(out), "-q")
     assert save.returncode == 0, save.stderr.decode()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["window.pcapng"]  # noqa: ASYNC240
+    whole_asked = time.time()
+    whole = await cli(env, "record", "save", rid, "-w", str(everything), "-q")
+    assert whole.returncode == 0, whole.stderr.decode()
+    rings = await rings_of(landscape, token, rid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # noqa: ASYNC240
+        "everything.pcapng", "window.pcapng"]
+
     packets = markers(out)
     for index in (0, 1):
         mine = [w for iface, w, _ in packets if iface == f"rec-app/{index}:lo"]
         assert mine == [f"new-{index}"] * 10, packets
     times = [t for *_, t in packets]
-    assert times == sorted(times)
+    assert times == sorted(times) and times[0] >= asked - last, (asked, times)
     assert "Number of interfaces in file: 2" in run_tool("capinfos", out)
+    held = markers(everything)
+    for index in (0, 1):
+        mine = [w for iface, w, _ in held if iface == f"rec-app/{index}:lo"]
+        assert mine == [f"mid-{index}"] * 10 + [f"new-{index}"] * 10, held
+    assert min(t for *_, t in held) >= whole_asked - keep  # nothing older than --keep
+
+    # what the agents list, the file's statistics blocks and the summary agree
+    assert [(r.source.name, r.packets, r.aged_out_time, r.aged_out_size, r.captured)
+            for r in rings] == [("rec-app/0:lo", 20, 10, 0, 30), ("rec-app/1:lo", 20, 10, 0, 30)]
+    for path, window in ((out, 10), (everything, 20)):
+        notes = ring_notes(path)
+        assert {name: note and (note.window, note.held, note.aged_out_time, note.aged_out_size,
+                                note.captured) for name, note in notes.items()} == {
+            f"rec-app/{i}:lo": (window, 20, 10, 0, 30) for i in (0, 1)}, notes
+    assert save.stderr.decode().splitlines()[-1] == (
+        f"20 packets written to {out} from 2 sources (completed: 20 packets saved of 40 held, "
+        "20 aged out (20 older than --keep, 0 over --max-bytes)); captured 20, dropped 0 "
+        "(kernel 0, agent 0, api 0)")
+    assert "40 packets saved of 40 held, 20 aged out (20 older than --keep" in \
+        whole.stderr.decode()
 
     listing = await cli({**env, "COLUMNS": "200"}, "record", "list", "--json")
     assert listing.returncode == 0, listing.stderr.decode()
@@ -169,6 +249,19 @@ async def test_save_last_holds_exactly_the_window_from_both_instances(
     assert started_line["app_guid"] == app(landscape).guid
     assert started_line["instances"] == ["rec-app/0", "rec-app/1"]
     assert started_line["filter"] == "udp port 9999"
+    saved_lines = [e for e in landscape.api_events("recording_saved")
+                   if e["recording_id"] == rid]
+    stopped_line, = [e for e in landscape.api_events("recording_stopped")
+                     if e["recording_id"] == rid]
+    assert len(saved_lines) == 2
+    for line in [*saved_lines, stopped_line]:  # who, what, where: as the start's line
+        assert line["user"] == started_line["user"] == ALICE.user_name
+        assert line["target"] == started_line["target"]
+        assert line["app_guid"] == app(landscape).guid
+        assert line["space_guid"] == landscape.space.guid
+        assert line["instances"] == ["rec-app/0", "rec-app/1"]
+    assert saved_lines[0]["last"] == last and saved_lines[0]["upload"] is False
+    assert saved_lines[0]["sources"] == ["rec-app/0", "rec-app/1"]
 
 
 async def test_a_trigger_stores_the_window_before_and_after_it(landscape: Landscape,
@@ -399,8 +492,9 @@ async def test_bosh_vms_record_and_save_through_the_cli(landscape: Landscape,
     assert line.split("\t")[2] == "stopped"
 
 
-async def test_an_agent_restart_shows_its_ring_as_lost(landscape: Landscape) -> None:
-    token, _ = developer_tokens(landscape)
+async def test_an_agent_restart_shows_its_ring_as_lost(landscape: Landscape,
+                                                      tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
     rid = await started(landscape, token, record(landscape))
     await send_marked(landscape, "before-restart")
     cell = landscape.cells[0]  # instance 0's
@@ -415,8 +509,16 @@ async def test_an_agent_restart_shows_its_ring_as_lost(landscape: Landscape) -> 
     assert "restarted" in rings[0].text and rings[1].packets == 10
     _, end = await saved(landscape, token, RecordSave(recording_id=rid))
     assert isinstance(end, End), end
-    assert [(a.name, "restarted" in a.reason) for a in end.absent] == [("rec-app/0", True)]
+    assert [(a.name, a.partial, "restarted" in a.reason) for a in end.absent] == [
+        ("rec-app/0", True, True)]
     assert end.totals.written == 10
+    out = tmp_path / "partial.pcapng"  # the CLI: a partial save, as a partial capture
+    partial = await cli(landscape.cf_home(token, refresh), "record", "save", rid, "-w",
+                        str(out), "-q")
+    err = partial.stderr.decode()
+    assert partial.returncode == 3, err
+    assert "1 of 2 sources; rec-app/0 unavailable" in err and "restarted" in err, err
+    assert [iface for iface, _, _ in markers(out)] == ["rec-app/1:lo"] * 10
     assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
 
 
@@ -465,3 +567,252 @@ async def test_a_save_never_overwrites_a_file_without_force(landscape: Landscape
     err = unknown.stderr.decode()
     assert unknown.returncode != 0 and "no recording" in err and "Traceback" not in err, err
     assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+# --- more of what users and operators see -------------------------------------------------------
+
+
+async def test_a_saved_window_uploaded_is_listed_and_downloaded_as_any_stored_capture(
+        landscape: Landscape, tmp_path: Path) -> None:
+    token, refresh = developer_tokens(landscape)
+    env = landscape.cf_home(token, refresh)
+    rid = await started(landscape, token, record(landscape))
+    await send_marked(landscape, "stored")
+    save = await cli(env, "record", "save", rid[:8], "--upload")
+    err = save.stderr.decode()
+    assert save.returncode == 0, err
+    found = re.search(r"^stored capture ([0-9a-z-]+): 20 packets, .* from 2 sources \(completed:"
+                      r" 20 packets saved of 20 held, 0 aged out", err, re.MULTILINE)
+    assert found, err
+    capture_id = found[1]
+    listed = await cli(env, "captures", "list")
+    assert listed.returncode == 0, listed.stderr.decode()
+    row, = [line.split("\t") for line in listed.stdout.decode().splitlines()
+            if line.startswith(capture_id)]
+    assert row[4] == "20" and row[6] == "completed", row  # packets, how it ended
+    out = tmp_path / "stored.pcapng"
+    download = await cli(env, "captures", "download", capture_id[:12], "-w", str(out), "-q")
+    assert download.returncode == 0, download.stderr.decode()
+    assert "Number of interfaces in file: 2" in run_tool("capinfos", out)
+    assert sorted(w for _, w, _ in markers(out)) == ["stored-0"] * 10 + ["stored-1"] * 10
+    assert [(n.window, n.held) if n else None for n in ring_notes(out).values()] == [
+        (10, 10), (10, 10)]
+    saved_line, = [e for e in landscape.api_events("recording_saved")
+                   if e["recording_id"] == rid]
+    assert saved_line["upload"] is True and saved_line["capture_id"]
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+async def agents_recordings(landscape: Landscape) -> set[str]:
+    """Every recording the cells' agents know, asked of the agents themselves."""
+    certs = landscape.certs
+    found: set[str] = set()
+    for cell in landscape.cells:
+        answer = await agent_recordings(cell.host.ip, AGENT_PORT, ca=certs.ca_cert,
+                                        certificate=certs.api_client_cert,
+                                        private_key=certs.api_client_key)
+        found |= {r.recording_id for r in answer.recordings}
+    return found
+
+
+async def test_record_start_without_the_permission_is_refused_and_arms_nothing(
+        landscape: Landscape) -> None:
+    frank = make_user("frank-auditor")  # sees the app, may not capture it
+    landscape.cc.grant(frank, "auditor", landscape.space)
+    token, refresh = landscape.uaa.issue_pair(frank)
+    before = await agents_recordings(landscape)
+    start = await cli(landscape.cf_home(token, refresh), "record", "start", "cf", "rec-app",
+                      "-i", "lo", "--keep", "1m", "udp", "port", "9999")
+    err = start.stderr.decode()
+    assert start.returncode == 1 and start.stdout == b"", err  # could not start (user guide)
+    assert "you may not capture app rec-app" in err and "Space Developer" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert await agents_recordings(landscape) == before
+    assert not [e for e in landscape.api_events("recording_started")
+                if e["user"] == frank.user_name]
+    listing = await ask(landscape, token, ListRecordings())
+    assert isinstance(listing, RecordingList) and listing.recordings == []
+
+
+async def triggers_metric(landscape: Landscape, outcome: str) -> float:
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{landscape.api_url}/metrics")).text
+    prefix = f'pcapd_recording_triggers_total{{outcome="{outcome}"}} '
+    return sum(float(line.removeprefix(prefix)) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+async def test_a_second_trigger_within_the_interval_is_counted_not_stored(
+        landscape: Landscape) -> None:
+    """The same incident seen by both instances (recorder.trigger_interval, 5 minutes): one
+    stored window; the other trigger is counted in ``record list`` and an audit line."""
+    token, refresh = developer_tokens(landscape)
+    suppressed_before = await triggers_metric(landscape, "suppressed")
+    rid = await started(landscape, token, record(landscape, Trigger(
+        filter="udp port 9999 and udp[8] = 0x54", after=1.0), keep=30))
+    await send_marked(landscape, "calm")
+    for index, container in enumerate(containers(landscape)):
+        await send_udp(container, "127.0.0.1", 9999, 1, marker=f"Trigger-{index}".encode())
+    with trio.fail_after(60):
+        while True:
+            listing = await ask(landscape, token, ListRecordings(recording_ids=[rid]))
+            assert isinstance(listing, RecordingList)
+            shown, = listing.recordings
+            if shown.triggers_saved + shown.triggers_suppressed >= 2:
+                break
+            await trio.sleep(0.3)  # the api handles triggers on its own: nothing else to watch
+    assert (shown.triggers_saved, shown.triggers_suppressed) == (1, 1)
+    stored = await stored_trigger(landscape, token, rid)
+    captures = await ask(landscape, token, ListCaptures())
+    assert isinstance(captures, CaptureList)
+    assert [c.capture_id for c in captures.captures if rid[:8] in c.target] == [
+        stored.capture_id]
+    rows = await cli({**landscape.cf_home(token, refresh), "COLUMNS": "200"}, "record", "list",
+                     "--json")
+    row, = [r for r in json.loads(rows.stdout) if r["recording_id"] == rid]
+    assert (row["triggers_fired"], row["triggers_suppressed"]) == (1, 1)
+    line, = [e for e in landscape.api_events("recording_trigger_suppressed")
+             if e["recording_id"] == rid]
+    assert line["origin"] in ("rec-app/0", "rec-app/1") and line["user"] == ALICE.user_name
+    assert await triggers_metric(landscape, "suppressed") == suppressed_before + 1
+    assert isinstance(await ask(landscape, token, RecordStop(recording_id=rid)), RecordingList)
+
+
+# --- ten times --max-bytes: the agent stays within its budget -----------------------------------
+
+BUDGET = 16 << 20
+"""--max-bytes of these tests: ten times it dwarfs what the agent needs whatever it keeps."""
+DATAGRAM = 1400
+SLACK = 8 << 20
+"""The interpreter's and the allocator's own growth under load (measured: 2-5 MiB)."""
+KERNEL_RING = DEFAULT_BUFFER_SIZE
+"""libpcap's kernel ring of the recording's capture, mapped into the agent (TPACKET_V3)."""
+
+
+@pytest.fixture(scope="module", params=["memory", "directory"])
+def lean(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
+    """One cell, one instance; its agent keeps rings in its memory, or in a directory."""
+    tmp = tmp_path_factory.mktemp(f"record-{request.param}")
+    recorder: dict[str, object] = {"storage": request.param}
+    if request.param == "directory":
+        recorder["directory"] = str(tmp / "rings")
+    with Landscape(tmp, cells=1, vms=0, agent_settings={"recorder": recorder}) as built:
+        built.rec_app = built.deploy_app("lean-app", instances=1)  # type: ignore[attr-defined]
+        yield built
+
+
+@dataclass
+class Peaks:
+    """The most the agent held at any moment sampled."""
+
+    anon: int = 0
+    """The process's anonymous memory (its heap: where a ring in memory is)."""
+    mapped: int = 0
+    """Its mapped pages (libraries, and libpcap's kernel ring, mapped into the process)."""
+    disk: int = 0
+    """Bytes allocated to the ring's files (``du``)."""
+    apparent: int = 0
+    """Bytes of the ring's files (their sizes)."""
+    samples: int = 0
+
+    def sample(self, pid: int, files: Path | None) -> None:
+        self.anon = max(self.anon, rss(pid, "RssAnon"))
+        self.mapped = max(self.mapped, rss(pid, "RssFile") + rss(pid, "RssShmem"))
+        if files is not None:
+            sizes = [(st.st_size, st.st_blocks * 512) for st in _stats(files)]
+            self.apparent = max(self.apparent, sum(size for size, _ in sizes))
+            self.disk = max(self.disk, sum(blocks for _, blocks in sizes))
+        self.samples += 1
+
+
+def rss(pid: int, kind: str = "VmRSS") -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kb, = [line.split()[1] for line in status.splitlines() if line.startswith(f"{kind}:")]
+    return int(kb) * 1024
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _stats(directory: Path) -> list[os.stat_result]:
+    found = []
+    for path in directory.glob("*"):
+        with contextlib.suppress(FileNotFoundError):  # a segment deleted meanwhile
+            found.append(path.stat())
+    return found
+
+
+async def test_ten_times_max_bytes_keeps_the_agent_within_its_budget(
+        lean: Landscape) -> None:
+    """An instance sends ten times ``--max-bytes`` while the agent is sampled from outside.
+
+    In a directory the ring's files never hold more than ``max_bytes``: the oldest pieces make
+    room before a piece is written (pcapd/agent/ring.py), so their sizes are bounded exactly;
+    ``du`` adds each file's last partial block — at most 17 segment files (a rotated segment
+    holds more than max_bytes/8 less a piece of max_bytes/16), ≤ 68 KiB with 4 KiB blocks;
+    one segment (max_bytes/8) is the bound asserted, leaving room for a filesystem that
+    allocates ahead. The agent's RSS is read in two parts: its mapped pages grow by the
+    capture's kernel ring (32 MiB, mapped in and touched as traffic passes) and no more; its
+    anonymous memory by at most the ring (in memory only), two read batches in flight (4096
+    packets each: the capture's buffer and the bytes handed to the ring) and :data:`SLACK`."""
+    storage = lean.agent_settings["recorder"]["storage"]  # type: ignore[index]
+    token, _ = developer_tokens(lean)
+    agent = lean.cells[0].agent
+    assert agent is not None
+    pid = agent.popen.pid  # `ip netns exec` execs the agent: the same process
+    assert "agent" in cmdline(pid)
+    anon, mapped = rss(pid, "RssAnon"), rss(pid, "RssFile") + rss(pid, "RssShmem")
+    answer = await ask(lean, token, Record(
+        target=CfTarget(app=lean.rec_app.guid),  # type: ignore[attr-defined]
+        options=CaptureOptions(device="lo", filter="udp port 9999"),
+        ring=RecordRing(keep=600, max_bytes=BUDGET)))
+    assert isinstance(answer, RecordingStarted), answer
+    rid = answer.recording_id
+    files = (Path(lean.agent_settings["recorder"]["directory"]) / f"{rid}-0"  # type: ignore[index]
+             if storage == "directory" else None)
+    container = next(iter(lean.cells[0].containers.values()))
+    peaks = Peaks()
+    sent = 0
+    async with trio.open_nursery() as nursery:
+        async def sampler() -> None:
+            while True:
+                peaks.sample(pid, files)
+                await trio.sleep(0.02)  # a sampling period, not synchronisation
+
+        nursery.start_soon(sampler)
+        with trio.fail_after(300):
+            while True:
+                ring, = await rings_of(lean, token, rid)
+                epb = ring.bytes // ring.packets if ring.packets else DATAGRAM
+                if ring.captured * epb >= 10 * BUDGET:
+                    break
+                await send_udp(container, "127.0.0.1", 9999, BUDGET // DATAGRAM,
+                               size=DATAGRAM, marker=b"flood")
+                sent += BUDGET // DATAGRAM
+        peaks.sample(pid, files)
+        nursery.cancel_scope.cancel()
+    assert ring.bytes <= BUDGET and ring.aged_out_size > 0
+    assert ring.captured == ring.packets + ring.aged_out_size + ring.aged_out_time
+    batches = 2 * 4096 * epb
+    grew, kernel = peaks.anon - anon, peaks.mapped - mapped
+    report = (f"{storage}: {peaks.samples} samples, {sent} datagrams sent, "
+              f"{ring.captured} captured ({ring.captured * epb >> 20} MiB), kernel dropped "
+              f"{ring.kernel_dropped}; anonymous memory grew {grew >> 10} KiB, mapped "
+              f"{kernel >> 10} KiB; disk {peaks.disk}, apparent {peaks.apparent}")
+    assert kernel <= KERNEL_RING + (4 << 20), report
+    if files is None:
+        assert grew <= BUDGET + batches + SLACK, report
+    else:
+        assert 0 < peaks.apparent <= BUDGET, report
+        assert peaks.disk <= BUDGET + BUDGET // 8, report
+        assert grew <= batches + SLACK, report  # the ring is not in memory
+    stopped = await ask(lean, token, RecordStop(recording_id=rid))
+    assert isinstance(stopped, RecordingList)
+    if files is not None:
+        with trio.fail_after(10):
+            while True:
+                if not _stats(files.parent):  # the files go in a worker thread, at once
+                    break
+                await trio.sleep(0.05)
