@@ -270,7 +270,10 @@ class ApiCapture:
             source.leave_merge()
             account.gone()
             if account.end is not None:
-                if not self.stop_requested.is_set():
+                # a saved window's source ends by itself once it has sent the window: that is
+                # the save completing, not news (its figures are in the summary)
+                finished_save = source.dial.saves is not None and account.end.reason == "completed"
+                if not self.stop_requested.is_set() and not finished_save:
                     await self.notify("CAPTURE_STOPPED", f"{account.name}: the agent stopped "
                                       f"the capture ({account.end.reason}"
                                       f"{': ' + account.end.text if account.end.text else ''})",

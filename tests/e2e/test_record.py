@@ -234,6 +234,8 @@ async def test_save_last_holds_exactly_the_window_from_both_instances(
         "(kernel 0, agent 0, api 0)")
     assert "40 packets saved of 40 held, 20 aged out (20 older than --keep" in \
         whole.stderr.decode()
+    # an instance that sent its window is the save completing, not a stopped capture to report
+    assert "CAPTURE_STOPPED" not in save.stderr.decode() + whole.stderr.decode()
 
     listing = await cli({**env, "COLUMNS": "200"}, "record", "list", "--json")
     assert listing.returncode == 0, listing.stderr.decode()
