@@ -25,6 +25,7 @@ import pytest
 
 from tests.client.cli_logins import cf_document, write_bosh_config, write_cf_config
 from tests.fakes import ALICE, FakeUAA
+from tests.silent import SilentServer
 
 PCAPD = os.environ.get("PCAPD_EXE") or str(Path(sys.executable).with_name("pcapd"))
 SIGNAL_PROMPTNESS = 3.0
@@ -94,41 +95,6 @@ def router() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
-
-
-class SilentServer:
-    """Accepts TCP connections and never answers (a hung api or UAA, a black-holing LB);
-    ``accepted`` is set once someone connected."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = int(self.listener.getsockname()[1])
-        self.accepted = threading.Event()
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                self._held.append(self.listener.accept()[0])
-            except OSError:
-                continue
-            self.accepted.set()
-
-    def __enter__(self) -> SilentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        for conn in self._held:
-            conn.close()
-        self.listener.close()
 
 
 @pytest.fixture(scope="module")
