@@ -36,6 +36,8 @@ class S3Server:
     access_key: str = "testing"
     secret_key: str = "testing"
     region: str = "us-east-1"
+    pid: int = 0
+    """moto_server's process: a test may stop it (SIGSTOP) to stand for an S3 that stalls."""
 
     @property
     def url(self) -> str:
@@ -91,7 +93,7 @@ def running_moto(start_timeout: float = 30.0) -> Iterator[S3Server]:
                             f"{start_timeout} s"
                         ) from None
                     time.sleep(0.05)
-            yield S3Server(f"{HOST}:{port}")
+            yield S3Server(f"{HOST}:{port}", pid=process.pid)
         finally:
             process.terminate()
             try:

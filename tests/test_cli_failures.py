@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.cli_logins import cf_document, write_cf_config
+from tests.client.cli_logins import cf_document, write_bosh_config, write_cf_config
 from tests.fakes import ALICE, FakeUAA
+from tests.silent import SilentServer
 
 PCAPD = os.environ.get("PCAPD_EXE") or str(Path(sys.executable).with_name("pcapd"))
 SIGNAL_PROMPTNESS = 3.0
@@ -37,23 +38,36 @@ def run(*args: str, env: dict[str, str] | None = None,
                           check=False, env=env, stdin=stdin)
 
 
+SAID_BEFORE = ("connecting to ", "refreshing your access token ", "pcapd: warning: ", "{")
+"""Lines that may come before the error: what pcapd does, warnings, a service's JSON log."""
+
+
 def assert_one_clear_failure(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode != 0, result
     assert "Traceback" not in result.stderr, result.stderr
     assert "internal error" not in result.stderr, result.stderr
     assert result.stderr.strip(), "a failure says why"
-    assert all(len(line) < 1000 for line in result.stderr.splitlines()), result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(SAID_BEFORE)]
+    assert len(errors) == 1, result.stderr  # one line says what is wrong
+    assert len(errors[0]) < 1000, errors
 
 
 @pytest.fixture(scope="module")
 def cf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A cf login (a token valid for an hour) with nothing deployed behind its target."""
+    """A cf login and a bosh login to environment ``lab`` (tokens valid for ten minutes:
+    no refresh, no UAA asked) with nothing deployed behind them."""
     home = tmp_path_factory.mktemp("cf-home")
     with FakeUAA() as uaa:
         access, refresh = uaa.issue_pair(ALICE)
         write_cf_config(home, cf_document(uaa.url, access, refresh))
-    env = {**os.environ, "CF_HOME": str(home), "HOME": str(home)}
-    env.pop("PCAPD_API", None)
+        write_bosh_config(home / ".bosh" / "config", [{
+            "url": f"https://127.0.0.1:{closed_port()}", "alias": "lab",
+            "access_token": uaa.issue(ALICE, client_id="bosh_cli", scopes=["bosh.admin"]),
+            "access_token_type": "bearer", "refresh_token": refresh}])
+    env = {**os.environ, "CF_HOME": str(home), "HOME": str(home),
+           "BOSH_CONFIG": str(home / ".bosh" / "config")}
+    for name in ("PCAPD_API", "BOSH_ENVIRONMENT", "BOSH_DEPLOYMENT", "BOSH_CLIENT"):
+        env.pop(name, None)
     return env
 
 
@@ -91,29 +105,8 @@ def router() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def silent_api() -> Iterator[str]:
-    """An api that accepts connections and never answers (a hung api, a black-holing LB)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
+    with SilentServer() as server:
+        yield f"http://127.0.0.1:{server.port}"
 
 
 # --- the sweep: every command, its failure paths, never a traceback ------------------------------
@@ -147,6 +140,43 @@ def failure_cases(tmp: Path, router: str) -> list[tuple[str, list[str]]]:
         ("capture cf: --api not a URL", ["capture", "cf", "app", "--api", "ftp://x", "-w", "a"]),
         ("capture bosh: no bosh login", ["capture", "bosh", "-d", "cf", "-g", "router", "-e",
                                          "nowhere", "--api", router, "-w", str(tmp / "b")]),
+        ("capture bosh: gorouter 404", ["capture", "bosh", "-d", "cf", "-g", "router", "-e",
+                                        "lab", "--api", f"{router}/404", "-w", str(tmp / "b")]),
+        ("capture bosh: gorouter 502", ["capture", "bosh", "-d", "cf", "-g", "router", "-e",
+                                        "lab", "--api", f"{router}/502", "-w", str(tmp / "b")]),
+        ("capture bosh: api refuses", ["capture", "bosh", "-d", "cf", "-g", "router", "-e",
+                                       "lab", "--api", closed, "-w", str(tmp / "b")]),
+        ("capture bosh: -w an existing file", ["capture", "bosh", "-d", "cf", "-g", "router",
+                                               "-e", "lab", "--api", router, "-w",
+                                               str(existing)]),
+        ("record start: api refuses", ["record", "start", "cf", "app", "--keep", "10m",
+                                       "--api", closed]),
+        ("record start: gorouter 404", ["record", "start", "cf", "app", "--keep", "10m",
+                                        "--api", f"{router}/404"]),
+        ("record start: gorouter 502", ["record", "start", "bosh", "-d", "cf", "-g", "router",
+                                        "-e", "lab", "--keep", "10m", "--api",
+                                        f"{router}/502"]),
+        ("record start: no --keep", ["record", "start", "cf", "app", "--api", closed]),
+        ("record list: api refuses", ["record", "list", "--api", closed]),
+        ("record list: gorouter 404", ["record", "list", "--api", f"{router}/404"]),
+        ("record list: gorouter 502", ["record", "list", "--bosh", "-e", "lab", "--api",
+                                       f"{router}/502"]),
+        ("record save: api refuses", ["record", "save", "0123abcd", "-w", str(tmp / "r"),
+                                      "--api", closed]),
+        ("record save: gorouter 404", ["record", "save", "0123abcd", "-w", str(tmp / "r"),
+                                       "--api", f"{router}/404"]),
+        ("record save: gorouter 502", ["record", "save", "0123abcd", "-w", str(tmp / "r"),
+                                       "--api", f"{router}/502"]),
+        ("record save: -w an existing file", ["record", "save", "0123abcd", "-w",
+                                              str(existing), "--api", router]),
+        ("record save: -w in a missing directory", ["record", "save", "0123abcd", "-w",
+                                                    "/nonexistent/r", "--api", router]),
+        ("record save: bad id", ["record", "save", "../../etc", "-w", str(tmp / "r"),
+                                 "--api", f"{router}/404"]),
+        ("record stop: api refuses", ["record", "stop", "0123abcd", "--api", closed]),
+        ("record stop: gorouter 404", ["record", "stop", "0123abcd", "--api", f"{router}/404"]),
+        ("record stop: gorouter 502", ["record", "stop", "0123abcd", "--api", f"{router}/502"]),
+        ("record stop: bad id", ["record", "stop", "", "--api", f"{router}/404"]),
         ("captures list: gorouter 404", ["captures", "list", "--api", f"{router}/404"]),
         ("captures list: api refuses", ["captures", "list", "--api", closed]),
         ("captures download: -w in a missing directory",
@@ -195,13 +225,23 @@ def test_no_login_is_one_line_for_every_remote_command(tmp_path: Path) -> None:
 # --- 2. gorouter's answers name the URL, the status and what to do -------------------------------
 
 
+def remote_commands(tmp: Path) -> list[list[str]]:
+    """Every command that asks an api, as far as the api's address is concerned."""
+    return [["capture", "cf", "my-app", "-w", str(tmp / "x.pcapng")],
+            ["capture", "bosh", "-d", "cf", "-g", "router", "-e", "lab", "-w",
+             str(tmp / "b.pcapng")],
+            ["captures", "list"], ["captures", "download", "0123abcd", "-w",
+                                   str(tmp / "d.pcapng")],
+            ["record", "start", "cf", "my-app", "--keep", "10m"],
+            ["record", "list"], ["record", "save", "0123abcd", "-w", str(tmp / "r.pcapng")],
+            ["record", "stop", "0123abcd"]]
+
+
 @pytest.mark.parametrize("status", [404, 502])
 def test_gorouter_answers_are_one_line_with_status_and_router_error(
         cf_env: dict[str, str], router: str, tmp_path: Path, status: int) -> None:
     api = f"{router}/{status}"
-    for argv in (["capture", "cf", "my-app", "-w", str(tmp_path / "x.pcapng")],
-                 ["captures", "list"], ["captures", "download", "0123abcd", "-w",
-                                        str(tmp_path / "d.pcapng")]):
+    for argv in remote_commands(tmp_path):
         result = run(*argv, "--api", api, env=cf_env)
         assert_one_clear_failure(result)
         error = result.stderr.strip().splitlines()[-1]
@@ -209,6 +249,19 @@ def test_gorouter_answers_are_one_line_with_status_and_router_error(
                                 "X-Cf-Routererror: "), error
         assert ("is pcapd deployed there? use --api URL or PCAPD_API" in error if status == 404
                 else "is pcapd's api running?" in error), error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_api_nobody_listens_at_is_one_line_naming_it(cf_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    api = f"http://127.0.0.1:{closed_port()}"
+    for argv in remote_commands(tmp_path):
+        result = run(*argv, "--api", api, env=cf_env)
+        assert_one_clear_failure(result)
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"pcapd: error: cannot connect to {api} (from --api): Connection refused: is the "
+            "address right, and pcapd's api running there? use --api URL or PCAPD_API for "
+            "another address"), (argv, result.stderr)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -232,6 +285,25 @@ def test_a_service_with_a_missing_key_file_names_the_key_and_path(tmp_path: Path
     result = run("agent", "--config", str(config))
     assert_one_clear_failure(result)
     assert f"tls.private_key: {certs}/gone.key: no such file" in result.stderr, result.stderr
+    assert "None" not in result.stderr
+
+
+def test_an_api_with_a_missing_key_file_names_the_key_and_path(tmp_path: Path) -> None:
+    """What lands in the BOSH job's log: the config key and the path, in one line."""
+    certs = tmp_path / "certs"
+    assert run("certs", "init", str(certs)).returncode == 0
+    config = tmp_path / "api.yml"
+    config.write_text(
+        f"id: pcap-api/0\nlisten: {{address: 127.0.0.1, port: {closed_port()}}}\n"
+        f"agents: {{tls: {{certificate: {certs}/api-client.crt, "
+        f"private_key: {certs}/gone.key, ca: {certs}/ca.crt}}}}\n"
+        "bosh: {director: 'https://127.0.0.1:25555'}\n"
+        f"storage: {{kind: local, path: {tmp_path}/store}}\n")
+    result = run("api", "--config", str(config))
+    assert_one_clear_failure(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pcapd: error")]
+    assert errors == [f"pcapd: error: {config}: agents.tls.private_key: {certs}/gone.key: "
+                      "no such file — create it or fix the path"], result.stderr
     assert "None" not in result.stderr
 
 
@@ -269,6 +341,57 @@ def test_signal_while_connecting_exits_130_at_once(cf_env: dict[str, str], silen
     assert took < SIGNAL_PROMPTNESS, took
     assert "Traceback" not in rest
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("platform", ["cf", "bosh"])
+def test_signal_while_refreshing_the_login_exits_130_at_once(
+        silent_api: str, tmp_path: Path, platform: str, signum: int) -> None:
+    """An expired token, and a UAA (or, for bosh, the director asked for its UAA) that
+    accepts and stays silent: pcapd says at once what it waits for, and a signal ends it."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    out.mkdir()
+    with FakeUAA() as uaa:
+        expired, refresh = uaa.expired(ALICE), uaa.issue_refresh(ALICE)
+    with SilentServer() as silent:
+        url = f"https://127.0.0.1:{silent.port}"
+        if platform == "cf":
+            config = write_cf_config(home, cf_document(url, expired, refresh))
+            argv = ["capture", "cf", "my-app"]
+            first = f"refreshing your access token at {url} (it has expired)\n"
+        else:
+            config = write_bosh_config(home / ".bosh" / "config", [{
+                "url": url, "alias": "lab", "access_token": expired,
+                "access_token_type": "bearer", "refresh_token": refresh}])
+            argv = ["capture", "bosh", "-d", "cf", "-g", "router", "-e", "lab"]
+            first = ("refreshing your access token at the UAA of bosh environment lab "
+                     f"({url}) (it has expired)\n")
+        env = {**os.environ, "CF_HOME": str(home), "HOME": str(home),
+               "BOSH_CONFIG": str(home / ".bosh" / "config")}
+        before = config.read_bytes()
+        process = subprocess.Popen(
+            [*IGNORING_SIGINT, PCAPD, *argv, "--api", silent_api, "-w", str(out / "x")],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline().decode()  # said before UAA is asked
+            assert silent.accepted.wait(30), "pcapd never asked UAA"
+            sent = time.monotonic()
+            process.send_signal(signum)
+            status = process.wait(timeout=30)
+            took = time.monotonic() - sent
+            rest = process.stderr.read().decode()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert line == first, line + rest
+    assert status == 130, rest
+    assert took < SIGNAL_PROMPTNESS, took
+    assert rest == "pcapd: interrupted before the capture started: nothing was written\n", rest
+    assert list(out.iterdir()) == []
+    assert config.read_bytes() == before
 
 
 # --- 5. words: a terminal is no place for a pcapng; a closed pipe is no user ---------------------

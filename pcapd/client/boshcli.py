@@ -209,6 +209,10 @@ class BoshCredentials(Credentials):
             self._tmp = None
         self._verify = None
 
+    def refresh_where(self) -> str:
+        env = self.environment
+        return self._uaa_url or f"the UAA of bosh environment {env.name} ({env.url})"
+
     def uaa_url(self) -> str:
         """The director's UAA, from its ``/info`` (asked once)."""
         if self._uaa_url is None:
@@ -286,6 +290,9 @@ class BoshClientCredentials(BoshCredentials):
 
     def needs_refresh(self, now: float) -> bool:
         return not self.tokens.access_token or super().needs_refresh(now)
+
+    def refresh_line(self, now: float) -> str:
+        return f"logging in as client {self._client[0]} at {self.refresh_where()}"
 
     def can_refresh(self) -> bool:
         return True

@@ -5,7 +5,9 @@ started with SIGINT ignored (a background job of a script). Before the capture h
 (resolving, connecting, starting) SIGINT or SIGTERM ends pcapd at once: :class:`Interrupted`,
 exit 130, nothing written. Once it runs, the first one asks the api to stop: agents stop, their
 tails and statistics arrive, the file ends complete. A second one gives up at once — the file
-still holds only whole blocks, so it opens, but without the final statistics. A refusal (bad
+still holds only whole blocks, so it opens, but without the final statistics. With
+``--upload``, once the capture has ended (its final statistics came) and the api is storing it,
+a signal ends pcapd at once: the api finishes storing by itself. A refusal (bad
 filter, no instance) raises :class:`CaptureRefused` with the api's words for the CLI's one-line
 error.
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,12 +105,16 @@ class Interrupts:
         self.received = 0
         self.graceful: Callable[[], Awaitable[bool]] | None = None
         """Once the capture runs: ask the api to stop; False if that could not be sent."""
+        self.ended: str | None = None
+        """Once the capture has ended (its final statistics came) and only the api's ``end``
+        is awaited — the api storing an ``--upload`` —: what a signal then leaves behind; it
+        ends pcapd at once, as there is nothing left to stop."""
         self.abandoned = False
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for _ in signals:
             self.received += 1
-            if self.graceful is not None and await self.graceful():
+            if self.ended is None and self.graceful is not None and await self.graceful():
                 with trio.move_on_after(STOP_GRACE):  # the api's time to end the capture
                     async for _ in signals:
                         break
@@ -128,8 +136,8 @@ async def interruptible() -> AsyncIterator[Interrupts]:
             yield interrupts
             nursery.cancel_scope.cancel()
     if interrupts.abandoned:
-        raise CaptureInterrupted("stopped at once: the file holds whole packets but not "
-                                 "the final statistics")
+        raise CaptureInterrupted(interrupts.ended or "stopped at once: the file holds whole "
+                                 "packets but not the final statistics")
     if interrupts.received and interrupts.graceful is None:
         raise Interrupted()
 
@@ -168,10 +176,45 @@ def rejection_text(api: ApiAddress, exc: HandshakeRejected) -> str:
     return f"{api.shown}{origin} answered HTTP {exc.status}{router}, not pcapd: {hint}"
 
 
+def unreachable_text(api: ApiAddress, exc: LinkClosed) -> str:
+    """One line for an api that could not be reached (nothing listens, no such name, a
+    timeout, a certificate not trusted): the URL and where it came from, the socket's or the
+    TLS library's reason, and what to try."""
+    origin = f" (from {api.origin})" if api.origin else ""
+    reason = str(exc).removeprefix(f"{api.host}:{api.port}: ").removeprefix("cannot connect: ")
+    inner = _socket_reason(exc)
+    if inner is not None:
+        reason = inner
+    if "TLS handshake failed" in reason:
+        hint = ("a private CA: --cacert CA_FILE; an api without TLS: http://; or -k on a "
+                "test installation")
+    else:
+        hint = ("is the address right, and pcapd's api running there? use --api URL or "
+                "PCAPD_API for another address")
+    return f"cannot connect to {api.shown}{origin}: {reason}: {hint}"
+
+
+def _socket_reason(exc: BaseException) -> str | None:
+    """The socket's own words (``Connection refused``, ``Name or service not known``) under
+    trio's ``all attempts to connect to … failed``; None if there are none."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BaseExceptionGroup):
+            seen = seen.exceptions[0] if seen.exceptions else None
+            continue
+        if isinstance(seen, OSError) and seen.strerror:  # trio's: "Error connecting to …: …"
+            return os.strerror(seen.errno) if isinstance(seen.errno, int) and seen.errno > 0 \
+                and not isinstance(seen, socket.gaierror) else seen.strerror
+        seen = seen.__cause__
+    return None
+
+
 @asynccontextmanager
 async def open_api_link(api: ApiAddress, extra_headers: Headers | None = None
                         ) -> AsyncIterator[Link]:
-    """A link to the api, past the handshake; an api that refuses raises CaptureRefused."""
+    """A link to the api, past the handshake; an api that refuses, or cannot be reached,
+    raises CaptureRefused (one line: :func:`rejection_text`, :func:`unreachable_text`)."""
+    welcomed = False
     try:
         async with open_websocket(api.host, api.port, ssl_context=api.ssl_context,
                                   server_hostname=api.server_hostname,
@@ -183,9 +226,14 @@ async def open_api_link(api: ApiAddress, extra_headers: Headers | None = None
             if isinstance(welcome, Error):
                 raise CaptureRefused(refusal_text(welcome))
             assert isinstance(welcome, Welcome)
+            welcomed = True
             yield link
     except HandshakeRejected as exc:
         raise CaptureRefused(rejection_text(api, exc)) from None
+    except LinkClosed as exc:
+        if welcomed or api.unix_path is not None:
+            raise
+        raise CaptureRefused(unreachable_text(api, exc)) from exc
 
 
 async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
@@ -209,7 +257,7 @@ async def run_capture(api: ApiAddress, start: Start, output: PcapngOutput,
         async with open_nursery() as nursery:
             if token_source is not None:
                 nursery.start_soon(keep_token_fresh, link, token_source, progress)
-            end = await _stream(link, output, progress, interrupts)
+            end = await _stream(link, output, progress, interrupts, storing=start.upload)
             nursery.cancel_scope.cancel()
         return end
 
@@ -229,8 +277,17 @@ def _graceful_stop(link: Link, progress: Progress) -> Callable[[], Awaitable[boo
     return stop
 
 
+STORING = ("the capture has ended: the api is storing it (Ctrl-C stops waiting; "
+           "`pcapd captures list` shows it once stored)")
+LEFT_STORING = ("stopped waiting: the capture has ended and the api goes on storing it; "
+                "`pcapd captures list` shows it once stored")
+
+
 async def _stream(link: Link, output: PcapngOutput, progress: Progress,
-                  interrupts: Interrupts) -> End:
+                  interrupts: Interrupts, *, storing: bool = False) -> End:
+    """The api's messages until its ``end``; ``storing``: an ``--upload``, whose ``end``
+    comes once the api has stored the capture (a stalled store must not hold the user: after
+    the final statistics a signal ends pcapd at once, see :class:`Interrupts`)."""
     reader_gone = False
     while True:
         try:
@@ -250,6 +307,9 @@ async def _stream(link: Link, output: PcapngOutput, progress: Progress,
                     await link.send(Stop())
         elif isinstance(msg, Statistics):
             progress.statistics(msg)
+            if msg.final and storing:
+                interrupts.ended = LEFT_STORING
+                progress.note(STORING)
         elif isinstance(msg, Notice):
             progress.notice(msg)
         elif isinstance(msg, Started):

@@ -31,7 +31,7 @@ from pcapd.client.cfcli import CfCredentials, cf_config_path, derive_api_url, lo
 from pcapd.client.credentials import Credentials
 from pcapd.client.output import check_target, partial_path
 from pcapd.client.output import put_in_place as partial_into_place
-from pcapd.client.remote import api_address, api_origin, choose_api_url
+from pcapd.client.remote import api_address, api_origin, choose_api_url, refresh_login
 from pcapd.errors import PcapdError, UsageError
 from pcapd.proto import (
     CaptureList,
@@ -73,7 +73,7 @@ def captures_plan(args: argparse.Namespace) -> Iterator[CapturesPlan]:
             config = load_cf_config(cf_config_path())
             credentials = CfCredentials(config)
             url = choose_api_url(args, derive_api_url(config.target), "")
-        credentials.ensure_fresh(time.time())
+        refresh_login(credentials, args)
         yield CapturesPlan(args, api_address(url, cacert=args.cacert, insecure=args.insecure,
                                              origin=api_origin(args)), credentials)
 

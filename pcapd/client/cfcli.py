@@ -175,6 +175,9 @@ class CfCredentials(Credentials):
     def client_credentials(self) -> bool:
         return self.config.grant_type == CLIENT_CREDENTIALS
 
+    def refresh_where(self) -> str:
+        return self.config.authorization_endpoint
+
     def can_refresh(self) -> bool:
         if not self.config.authorization_endpoint:
             return False

@@ -31,6 +31,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -365,14 +366,38 @@ class Credentials(abc.ABC):
             log.info("refreshed the access token (valid until %s)", _clock(new.access_token))
             return new.access_token
 
-    def ensure_fresh(self, now: float | None = None) -> None:
-        """Refresh now if the token expires within the margin (before a capture starts)."""
-        if not self.needs_refresh(time.time() if now is None else now):
+    def ensure_fresh(self, now: float | None = None,
+                     announce: Callable[[str], None] | None = None) -> None:
+        """Refresh now if the token expires within the margin (before a capture starts).
+
+        ``announce`` is told first what is about to happen (:meth:`refresh_line`): a UAA that
+        hangs must not leave the user looking at nothing.
+        """
+        now = time.time() if now is None else now
+        if not self.needs_refresh(now):
             return
         if not self.can_refresh():
             raise RefreshFailed(f"your session expired: run {self.login_command} again",
                                 permanent=True)
+        if announce is not None:
+            announce(self.refresh_line(now))
         self.refresh()
+
+    def refresh_line(self, now: float) -> str:
+        """What a refresh does, said before it starts (no network: the director is not asked
+        for its UAA yet): ``refreshing your access token at https://uaa… (it has expired)``."""
+        exp = self.expires_at()
+        if exp is None:
+            state = ""
+        elif exp <= now:
+            state = " (it has expired)"
+        else:
+            state = f" (it expires in {max(1, round(exp - now))} s)"
+        return f"refreshing your access token at {self.refresh_where()}{state}"
+
+    @abc.abstractmethod
+    def refresh_where(self) -> str:
+        """Where a refresh goes, for the user (``https://uaa.sys.example.com``)."""
 
     @property
     @abc.abstractmethod

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import socket
-import time
 from contextlib import ExitStack
 
 import trio
 
 from pcapd.client.capture import ApiAddress, CaptureRefused, open_api_link, refusal_text
-from pcapd.client.remote import api_address, login_and_target
+from pcapd.client.remote import api_address, login_and_target, refresh_login
 from pcapd.errors import UsageError
 from pcapd.proto import DeviceList, Error, ListDevices
 from pcapd.proto.messages import Target
@@ -55,7 +54,7 @@ def remote_devices(args: argparse.Namespace) -> Listing:
     with ExitStack() as stack:
         credentials, target, url = login_and_target(args, stack)
         api = api_address(url, cacert=args.cacert, insecure=args.insecure)
-        credentials.ensure_fresh(time.time())
+        refresh_login(credentials, args)
         headers = [(b"authorization", credentials.tokens.authorization.encode())]
         answer = trio.run(_ask, api, target, headers)
     return [(s.origin, s.problem or list(s.devices)) for s in answer.sources]

@@ -40,7 +40,13 @@ from pcapd.client.recordings import (
     table_lines,
     unique_recording_id,
 )
-from pcapd.client.remote import api_address, api_origin, choose_api_url, login_and_target
+from pcapd.client.remote import (
+    api_address,
+    api_origin,
+    choose_api_url,
+    login_and_target,
+    refresh_login,
+)
 from pcapd.errors import UsageError
 from pcapd.proto import (
     CaptureOptions,
@@ -108,7 +114,7 @@ def record_plan(args: argparse.Namespace) -> Iterator[RecordPlan]:
         output = None
         if args.record_command == "save":
             output = stack.enter_context(opened_output(args.write, args.upload, args.force))
-        credentials.ensure_fresh(time.time())
+        refresh_login(credentials, args)
         yield RecordPlan(args, api, credentials, request, output)
 
 
@@ -225,7 +231,8 @@ async def save_recording(plan: RecordPlan, recording_id: str, interrupts: Interr
         try:
             async with open_api_link(plan.api, [(b"authorization", authorization)]) as link:
                 await link.send(request)
-                end = await _stream(link, output, progress, interrupts)
+                end = await _stream(link, output, progress, interrupts,
+                                    storing=bool(args.upload))
         except LinkClosed as exc:
             raise RecordError(f"lost the connection to the api: {exc}") from exc
     progress.end(end, output.target)

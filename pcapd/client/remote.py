@@ -112,6 +112,18 @@ def _warn(text: str) -> None:
     print(f"pcapd: warning: {text}", file=sys.stderr)
 
 
+def say(text: str) -> None:
+    """A line of what pcapd does now, on stderr at once (not with ``-q``: see ``announce``)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def refresh_login(credentials: Credentials, args: argparse.Namespace) -> None:
+    """Refresh a token about to expire (blocking), saying first where (not with ``-q``): with
+    a UAA that hangs the user sees what pcapd waits for, and a signal ends it (exit 130)."""
+    credentials.ensure_fresh(time.time(),
+                             announce=None if getattr(args, "quiet", False) else say)
+
+
 def choose_api_url(args: argparse.Namespace, derived: str | None, why_not: str) -> str:
     """``--api``, else ``$PCAPD_API``, else ``derived``; else a UsageError saying what to pass."""
     url = args.api or os.environ.get(API_ENV) or derived
@@ -210,7 +222,7 @@ def remote_plan(args: argparse.Namespace) -> Iterator[RemotePlan]:
                      f"({credentials.environment.url})")
         else:
             where = "?"
-        credentials.ensure_fresh(time.time())
+        refresh_login(credentials, args)
         plan = RemotePlan(args, start, output, api, credentials, where)
         if not args.quiet:  # before anything is sent to the api
             print(connecting_line(plan), file=sys.stderr, flush=True)

@@ -35,7 +35,8 @@ _TOP = "config"  # the "key" of a problem with the whole document
 def parse_agent_config(data: ConfigSource, source: str = "<agent config>") -> AgentConfig:
     """Validate an agent config; raise :class:`ConfigError` naming ``source`` and every problem."""
     problems: list[str] = []
-    config = _parse(_load_yaml(data, problems), AgentConfig, problems)
+    raw = _load_yaml(data, problems)
+    config = None if _unreadable(raw, problems) else _parse(raw, AgentConfig, problems)
     if config is None or problems:
         raise ConfigError(source, problems)
     return config
@@ -51,7 +52,7 @@ def parse_api_config(
     """
     problems: list[str] = []
     raw = _load_yaml(data, problems)
-    config = _parse(raw, ApiConfig, problems)
+    config = None if _unreadable(raw, problems) else _parse(raw, ApiConfig, problems)
     platforms = [raw.get(key) for key in ("cf", "bosh")] if isinstance(raw, Mapping) else []
     if require_platform and platforms and all(p is None for p in platforms):
         problems.append(
@@ -151,6 +152,12 @@ def _load_yaml(data: ConfigSource, problems: list[str]) -> object:
     finally:
         problems.extend(loader.duplicates)
         loader.dispose()
+
+
+def _unreadable(raw: object, problems: list[str]) -> bool:
+    """The YAML could not be read (its problem is noted): there is no document to check, and
+    calling it empty would be a second, wrong, problem."""
+    return raw is None and bool(problems)
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:

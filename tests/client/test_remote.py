@@ -216,7 +216,9 @@ def test_an_expired_session_is_one_line_and_never_shows_a_token(
                    "-w", str(tmp_path / "out.pcapng")])
     captured = capsys.readouterr()
     assert status == 1
-    assert captured.err == "pcapd: error: your session expired: run cf login again\n"
+    said, error = captured.err.splitlines()  # what it tried, then the one error line
+    assert said.startswith(f"refreshing your access token at {uaa.url} (it expires in ")
+    assert error == "pcapd: error: your session expired: run cf login again"
     for secret in (access, refresh, *access.split("."), *refresh.split(".")):
         assert secret not in captured.out and secret not in captured.err
     assert not (tmp_path / "out.pcapng").exists()

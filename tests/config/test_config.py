@@ -301,6 +301,14 @@ def test_a_utf8_byte_order_mark_is_fine() -> None:
     assert parse_agent_config(b"\xef\xbb\xbf" + AGENT.encode()).id == "router/0"
 
 
+@pytest.mark.parametrize("parse", [parse_agent_config, parse_api_config])
+def test_unreadable_yaml_is_one_problem_not_also_an_empty_document(
+        parse: object) -> None:
+    problems = problems_of(parse, "id: [unclosed\n")
+    assert problems == ["config: YAML syntax error at line 2, column 1: expected ',' or ']', "
+                        "but got '<stream end>' — fix the YAML"]
+
+
 def test_listen_address_must_be_an_address_or_host_name() -> None:
     problems = problems_of(parse_agent_config, AGENT + "listen: {address: 'not an address'}\n")
     assert problems == ["listen.address: expected an IP address or host name, got 'not an address'"]
