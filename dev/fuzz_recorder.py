@@ -184,8 +184,8 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
             for shape in (data, bytearray(data), memoryview(data)):
                 got = compiled_index(compiled, shape)
                 if got != want:
-                    print(f"DIFFERENCE in epb_index (seed {seed}, run {indexes}): C {got!r:.300}"
-                          f" pure {want!r:.300}; input {data.hex()}")
+                    print(f"DIFFERENCE in epb_index (seed {seed}, after {indexes} indexes): "
+                          f"C {got!r:.300} pure {want!r:.300}; input {data.hex()}")
                     return 1
             indexes += 1
         rows = rng.choice(programs)
@@ -204,8 +204,8 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
         except ValueError:
             c_ok = False
         if pure_ok != c_ok:
-            print(f"DIFFERENCE in the program checks (seed {seed}): C accepts {c_ok}, "
-                  f"pure {pure_ok}: {text}")
+            print(f"DIFFERENCE in the program checks (seed {seed}, after {matches} matches): "
+                  f"C accepts {c_ok}, pure {pure_ok}: {text}")
             return 1
         if not pure_ok:
             refused += 1
@@ -222,8 +222,8 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
             if not blocks and got == []:
                 got = want  # Matcher answers an empty batch before it looks at the program
             if got != want:
-                print(f"DIFFERENCE in match_epbs (seed {seed}): C {got!r:.300} pure {want!r:.300}"
-                      f"; program {text}; blocks {blocks.hex()}")
+                print(f"DIFFERENCE in match_epbs (seed {seed}, after {matches} matches): "
+                      f"C {got!r:.300} pure {want!r:.300}; program {text}; blocks {blocks.hex()}")
                 return 1
             matches += 1
     print(f"fuzz_recorder: {indexes} indexes, {matches} matches and {refused} refused programs "

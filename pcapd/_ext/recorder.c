@@ -28,9 +28,15 @@
  * bpf_filter abort()s on the rest, e.g. LDX|W|ABS or RET|X); every jump forward and inside the
  * program, summed in 64 bits (1.10 lets "ja -1" through: 1 + 0xffffffff wraps to 0, and the
  * interpreter then loops for ever); scratch memory in range; no constant division, modulo or
- * shift libpcap's newer validator refuses; a return at the end. Returns the index of the first
- * bad instruction, count for a program without a final return, or -1. */
+ * shift libpcap's newer validator refuses; no load of a scratch memory slot that some path to it
+ * did not store first (1.10's interpreter leaves the slots uninitialised: such a load reads
+ * the stack, and the answer changes from call to call); a return at the end. Forward jumps
+ * only, so one pass in order knows, at each instruction, the slots stored on every path to it.
+ * Returns the index of the first bad instruction, count for a program without a final return,
+ * or -1. */
 static Py_ssize_t check_program(const struct bpf_insn *insns, Py_ssize_t count) {
+    uint16_t stored[PCAPD_BPF_MAXINSNS];  /* slots stored on every path to each instruction */
+    for (Py_ssize_t i = 0; i < count; i++) stored[i] = i ? 0xffff : 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         const struct bpf_insn *p = &insns[i];
         uint64_t from = (uint64_t)i + 1;
@@ -67,6 +73,18 @@ static Py_ssize_t check_program(const struct bpf_insn *insns, Py_ssize_t count) 
             ok = 0;
         }
         if (!ok) return i;
+        uint16_t have = stored[i];
+        if ((p->code == 0x60 || p->code == 0x61) && !(have & (1u << p->k))) return i;
+        if (p->code == 0x02 || p->code == 0x03) have |= (uint16_t)(1u << p->k);
+        if ((p->code & 0x07) == 0x06) continue;                 /* RET: no successor */
+        if (p->code == 0x05) {
+            stored[from + p->k] &= have;
+        } else if ((p->code & 0x07) == 0x05) {
+            stored[from + p->jt] &= have;
+            stored[from + p->jf] &= have;
+        } else if (i + 1 < count) {
+            stored[i + 1] &= have;
+        }
     }
     return count > 0 && (insns[count - 1].code & 0x07) == 0x06 ? -1 : count;
 }

@@ -61,16 +61,26 @@ def _valid(i: int, n: int, code: int, jt: int, jf: int, k: int) -> bool:
 
 def check_program(insns: bytes) -> None:
     """Raise :class:`CaptureError` unless every instruction of ``insns`` is one libpcap's
-    interpreter runs, every jump lands forward inside the program, and it ends with a return.
+    interpreter runs, every jump lands forward inside the program, no scratch memory slot is
+    loaded before every path to the load stored it (libpcap 1.10's interpreter leaves them
+    uninitialised: such a load reads its stack), and it ends with a return.
 
     Stricter than libpcap 1.10's ``bpf_validate`` (see ``_ANY_K``), and the same rules as the
     compiled matcher's own check (``pcapd/_ext/recorder.c``), so both paths refuse alike.
     """
     rows = [_INSN.unpack_from(insns, i) for i in range(0, len(insns), _INSN.size)]
     n = len(rows)
-    for i, row in enumerate(rows):
-        if not _valid(i, n, *row):
+    stored = [0] + [0xFFFF] * n  # scratch slots stored on every path to each instruction
+    for i, (code, jt, jf, k) in enumerate(rows):
+        have = stored[i]
+        if not _valid(i, n, code, jt, jf, k) or (code in (0x60, 0x61) and not have >> k & 1):
             raise CaptureError(f"the trigger's BPF program is not valid (instruction {i})")
+        if code in (0x02, 0x03):
+            have |= 1 << k
+        if code & 0x07 == 0x06:  # BPF_RET: no successor
+            continue
+        for after in ((k,) if code == _JUMP else (jt, jf) if code in _JUMP_IF else (0,)):
+            stored[i + 1 + after] &= have
     if not n or rows[-1][0] & 0x07 != 0x06:  # must end with BPF_RET
         raise CaptureError("the trigger's BPF program does not end with a return")
 
