@@ -17,7 +17,9 @@ tcpdump's 1 s buffer timeout hands over the last ring block), then sends SIGINT 
 capture to exit. Loss is counted from the file: every sequence number must be there (pcapd's
 own decoders read both files). Beside it: the tool's own drop counts (tcpdump's "dropped by
 kernel"; pcapd's kernel / agent / api drops from its summary line) and its CPU time per packet
-while the traffic ran (user + system of all its threads, from /proc, 10 ms resolution).
+while the traffic ran (user + system of all its threads, from /proc, 10 ms resolution), and per
+rate the ratio of the two, pcapd's over tcpdump's (the step's repeats pooled), in the table and
+again after it: issue #16's target for ``capture local`` is ≤ 4×, in one run.
 
 "Highest zero-loss rate" is the achieved generator rate of the highest step below which no step
 lost anything (in any repeat). The generator's achieved rate is what counts, not the target.
@@ -411,6 +413,24 @@ def highest_lossless(steps: list[Step], tool: str) -> float:
     return best
 
 
+def cpu_per_packet(runs: list[tuple[Sent, Captured]]) -> float:
+    """CPU seconds per packet received over ``runs`` (all repeats of a step, pooled)."""
+    return sum(c.cpu_seconds for _, c in runs) / max(sum(c.received for _, c in runs), 1)
+
+
+def cpu_ratio(step: Step, tool: str = "pcapd", reference: str = "tcpdump") -> float:
+    """``tool``'s CPU per packet over ``reference``'s at this step, in the same run (the issue
+    #16 targets are such ratios: ≤ 4× for ``capture local``); NaN without both."""
+    if not step.runs.get(tool) or not step.runs.get(reference):
+        return float("nan")
+    theirs = cpu_per_packet(step.runs[reference])
+    return cpu_per_packet(step.runs[tool]) / theirs if theirs else float("nan")
+
+
+def rate_label(target: int) -> str:
+    return "max" if target == 0 else f"{target // 1000}k"
+
+
 def _cell(sent: Sent, c: Captured) -> str:
     us = c.cpu_seconds / max(c.received, 1) * 1e6
     return (f"{sent.pps / 1000:7.1f}k {c.lost:>7} / {c.received:<7} "
@@ -418,20 +438,28 @@ def _cell(sent: Sent, c: Captured) -> str:
 
 
 def print_row(step: Step) -> None:
-    target = "max" if step.target == 0 else f"{step.target // 1000}k"
     repeats = max(len(step.runs.get(t.name, [])) for t in TOOLS)
     for i in range(repeats):
         cells = []
         for tool in TOOLS:
             runs = step.runs.get(tool.name, [])
             cells.append(_cell(*runs[i]) if i < len(runs) else "")
-        label = target if i == 0 else ""
-        print(f"{label:>6} {step.count:>8}  {cells[0]:<58} {cells[1]}", flush=True)
+        label = rate_label(step.target) if i == 0 else ""
+        ratio = f"{cpu_ratio(step):5.1f}×" if i == 0 else ""
+        line = f"{label:>6} {step.count:>8}  {cells[0]:<58} {cells[1]:<66} {ratio}"
+        print(line.rstrip(), flush=True)
 
 
 def print_header() -> None:
     head = "achieved  lost / received  cpu/pkt  tool's own drops"
-    print(f"{'target':>6} {'N':>8}  {'tcpdump: ' + head:<58} pcapd: {head}")
+    print(f"{'target':>6} {'N':>8}  {'tcpdump: ' + head:<58} {'pcapd: ' + head:<66} "
+          "cpu pcapd/tcpdump (the step's repeats pooled)")
+
+
+def print_cpu_ratios(steps: list[Step]) -> None:
+    """The same run's CPU ratios, one per rate: what issue #16's target (≤ 4×) is about."""
+    ratios = ", ".join(f"{rate_label(step.target)} {cpu_ratio(step):.1f}×" for step in steps)
+    print(f"CPU per packet, pcapd capture local / tcpdump -w: {ratios} (target ≤ 4×)")
 
 
 def _first_line(argv: list[str]) -> str:
@@ -499,6 +527,7 @@ def run(args: argparse.Namespace, rates: list[int]) -> int:
                     step.runs.setdefault(tool.name, []).append(outcome)
             print_row(step)
     print(f"\n{_load()} at the end")
+    print_cpu_ratios(steps)
     best = {tool.name: highest_lossless(steps, tool.name) for tool in TOOLS}
     ratio = best["pcapd"] / best["tcpdump"] if best["tcpdump"] else float("nan")
     print(f"highest zero-loss rate: tcpdump {best['tcpdump']:,.0f} pps, "

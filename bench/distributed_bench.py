@@ -18,6 +18,9 @@ on ``capture_bench.py``'s own veth pair and generator, ``tcpdump -w`` and ``pcap
 local`` capture the same aggregate rate from one generator (``capture_bench.capture_once``):
 the references. A tool stops climbing after its first lossy step. The figure is the achieved
 aggregate rate of the highest step at and below which nothing was lost (as in capture_bench).
+Each row ends with the same run's CPU ratios, repeated per rate after the table: the two agents'
+CPU per packet over tcpdump's (issue #16's target: ≤ 2×) and ``capture local``'s over tcpdump's
+(≤ 4×); the summary's distributed / ``capture local`` zero-loss ratio has its target, ≥ 0.90.
 
 **Memory** (measured first, on a fresh api). The api's RSS (``VmRSS``) with 1, 10 and 50
 captures running at once (``--concurrent``),
@@ -287,7 +290,8 @@ def throughput(bench: Bench, args: argparse.Namespace, rates: list[int]) -> None
             print(f"references:  {cb.TOOLS[0].name} and {cb.TOOLS[1].name} capture local on "
                   f"veth {topo.tx}:{topo.tx_dev} → {topo.rx}:{topo.rx_dev}, one generator")
         print(f"{'target':>6} {'N':>8}  {DISTRIBUTED_HEAD:<{CELL}} "
-              + (f"pcapd local: {REFERENCE_HEAD} │ tcpdump: {REFERENCE_HEAD}" if topo else ""))
+              + (f"pcapd local: {REFERENCE_HEAD} │ tcpdump: {REFERENCE_HEAD} │ "
+                 "CPU per packet ratios" if topo else ""))
         climbing = set(tools)
         for i, step in enumerate(steps):
             order = tools if i % 2 == 0 else tools[::-1]
@@ -312,19 +316,49 @@ def throughput(bench: Bench, args: argparse.Namespace, rates: list[int]) -> None
                     cells.append(_short_cell(*step.runs[tool][0]) if tool in step.runs
                                  else "(stopped after a loss)")
             print(f"{step.target // 1000:>5}k {step.count:>8}  {cells[0]:<{CELL}} "
-                  + " │ ".join(cells[1:]), flush=True)
+                  + " │ ".join(cells[1:])
+                  + (f" │ {_ratios_cell(step, cpus.get(i))}" if topo else ""), flush=True)
             if not climbing:
                 break
+    if topo is not None:
+        print_cpu_ratios(steps, cpus)
     best = {tool: cb.highest_lossless(steps, tool) for tool in tools}
     line = f"highest zero-loss aggregate rate: distributed {best['distributed']:,.0f} pps"
-    for tool, label in (("pcapd", "pcapd capture local"), ("tcpdump", "tcpdump")):
+    for tool, label, target in (("pcapd", "pcapd capture local", " ≥ 0.90"),
+                                ("tcpdump", "tcpdump", "")):
         if tool in best:
             ratio = best["distributed"] / best[tool] if best[tool] else float("nan")
-            line += f"; {label} {best[tool]:,.0f} pps (ratio {ratio:.2f}, target ≥ 0.80)"
+            line += (f"; {label} {best[tool]:,.0f} pps (ratio {ratio:.2f}"
+                     + (f", target{target})" if target else ")"))
     print(line)
     for tool in tools:
         if tool in climbing and any(tool in s.runs for s in steps):
             print(f"note: {tool} lost nothing at the highest step: its figure is a lower bound")
+
+
+def _agents_ratio(step: cb.Step, cpu: Cpu | None) -> float:
+    """Both agents' CPU per packet over ``tcpdump -w``'s at this step, in the same run."""
+    if cpu is None or not step.runs.get("distributed") or not step.runs.get("tcpdump"):
+        return float("nan")
+    received = step.runs["distributed"][0][1].received
+    theirs = cb.cpu_per_packet(step.runs["tcpdump"])
+    return cpu.agents / max(received, 1) / theirs if theirs else float("nan")
+
+
+def _ratios_cell(step: cb.Step, cpu: Cpu | None) -> str:
+    return (f"agents/tcpdump {_agents_ratio(step, cpu):4.1f}× "
+            f"local/tcpdump {cb.cpu_ratio(step):4.1f}×")
+
+
+def print_cpu_ratios(steps: list[cb.Step], cpus: dict[int, Cpu]) -> None:
+    """The same run's CPU ratios per rate, against issue #16's targets: the agents (each as its
+    own process, as on a cell) ≤ 2× ``tcpdump -w``, ``capture local`` ≤ 4×."""
+    ran = [(i, step) for i, step in enumerate(steps) if step.runs]
+    agents = ", ".join(f"{cb.rate_label(step.target)} {_agents_ratio(step, cpus.get(i)):.1f}×"
+                       for i, step in ran)
+    local = ", ".join(f"{cb.rate_label(step.target)} {cb.cpu_ratio(step):.1f}×" for _, step in ran)
+    print(f"CPU per packet, the agents / tcpdump -w: {agents} (target ≤ 2×)")
+    print(f"CPU per packet, pcapd capture local / tcpdump -w: {local} (target ≤ 4×)")
 
 
 def _short_cell(sent: cb.Sent, c: cb.Captured) -> str:

@@ -40,15 +40,17 @@ SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
               "-fno-omit-frame-pointer", "-g", "-O1"]  # fmt: skip
 
 
-def build(directory: Path) -> Path:
-    """The walker compiled with the sanitizers, as an importable module in ``directory``."""
+def build(directory: Path, source: Path = SOURCE, name: str = "_pcapngwalk",
+          libraries: tuple[str, ...] = ()) -> Path:
+    """An extension (the walker by default) compiled with the sanitizers, as an importable
+    module in ``directory`` (``dev/fuzz_recorder.py`` builds ``_recorder`` with ``pcap``)."""
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    target = directory / f"_pcapngwalk{suffix}"
+    target = directory / f"{name}{suffix}"
     include = sysconfig.get_paths()["include"]
     subprocess.run(
         ["gcc", "-shared", "-fPIC", *SANITIZERS, "-Wall", "-Wextra", "-Werror",
          "-Wno-unused-parameter", "-Wno-missing-field-initializers", f"-I{include}",
-         str(SOURCE), "-o", str(target)],
+         str(source), "-o", str(target), *(f"-l{lib}" for lib in libraries)],
         check=True,
     )  # fmt: skip
     return target
@@ -258,6 +260,21 @@ def fuzz(module_path: Path, seconds: float, seed: int, corpus: Path | None) -> i
     return 0
 
 
+def find_corpus(given: Path) -> Path:
+    """``given``, or in a worktree the corpus beside the main checkout."""
+    if given.is_dir():
+        return given
+    return next((p / "shared/corpus/interop" for p in ROOT.parents
+                 if (p / "shared/corpus/interop").is_dir()), given)  # fmt: skip
+
+
+def sanitized_env() -> dict[str, str]:
+    """The environment of the fuzzing child: libasan preloaded, every report fatal."""
+    return dict(os.environ, LD_PRELOAD=sanitizer_runtime(),
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -266,17 +283,12 @@ def main() -> int:
     parser.add_argument("--module", type=Path, help=argparse.SUPPRESS)  # the sanitized run
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
-    corpus = args.corpus
-    if not corpus.is_dir():  # a worktree: the corpus sits beside the main checkout
-        corpus = next((p / "shared/corpus/interop" for p in ROOT.parents
-                       if (p / "shared/corpus/interop").is_dir()), corpus)  # fmt: skip
+    corpus = find_corpus(args.corpus)
     if args.module:
         return fuzz(args.module, args.seconds, seed, corpus)
     with tempfile.TemporaryDirectory(prefix="fuzz_walk.") as scratch:
         module = build(Path(scratch))
-        env = dict(os.environ, LD_PRELOAD=sanitizer_runtime(),
-                   ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
-                   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")  # fmt: skip
+        env = sanitized_env()
         return subprocess.run(
             [sys.executable, __file__, "--module", str(module), "--seconds", str(args.seconds),
              "--seed", str(seed), "--corpus", str(corpus)],

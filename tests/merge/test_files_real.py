@@ -63,6 +63,7 @@ def merged_ok(result: subprocess.CompletedProcess[str]) -> None:
 @pytest.mark.parametrize(
     "name", ["python-pcapng/test006-fixed.ntar", "scapy/pfcp.pcap"], ids=["little", "big"]
 )
+@pytest.mark.tools
 def test_obsolete_packet_blocks_are_merged_as_mergecap_merges_them(
     tmp_path: Path, name: str
 ) -> None:
@@ -85,6 +86,7 @@ CUT_CASES = [
 
 
 @pytest.mark.parametrize(("name", "cuts"), CUT_CASES, ids=[c[0] for c in CUT_CASES])
+@pytest.mark.tools
 def test_a_file_cut_short_keeps_every_packet_before_the_cut(
     tmp_path: Path, name: str, cuts: tuple[int, ...]
 ) -> None:
@@ -107,6 +109,7 @@ def test_a_file_cut_short_keeps_every_packet_before_the_cut(
         assert len(expected) < len(packets(corpus(name)))
 
 
+@pytest.mark.tools
 def test_a_broken_block_in_the_middle_keeps_the_packets_before_it_and_the_other_inputs(
     tmp_path: Path,
 ) -> None:
@@ -141,6 +144,7 @@ def merged_by_mergecap(tmp_path: Path, damaged: Path) -> Path:
     return out
 
 
+@pytest.mark.tools
 def test_a_section_of_an_unknown_version_is_skipped_and_the_others_kept(tmp_path: Path) -> None:
     name = corpus("gopacket/le/test901.pcapng")  # sections 1.0 (0..479), 2.0, 1.0 (988..)
     data = name.read_bytes()
@@ -171,6 +175,7 @@ def custom_blocks(data: bytes) -> list[bytes]:
     return found
 
 
+@pytest.mark.tools
 def test_copyable_custom_blocks_of_big_endian_sections_are_copied(tmp_path: Path) -> None:
     big, little = tmp_path / "be.pcapng", tmp_path / "le.pcapng"
     merged_ok(pcapd_merge("-w", big, corpus("pcapng-test-generator/be/test102.pcapng")))
@@ -181,6 +186,7 @@ def test_copyable_custom_blocks_of_big_endian_sections_are_copied(tmp_path: Path
     assert packets(big) == packets(little)
 
 
+@pytest.mark.tools
 def test_inputs_with_the_same_file_name_get_distinct_interface_names(tmp_path: Path) -> None:
     le, be = (corpus(f"pcapng-test-generator/{order}/test001.pcapng") for order in ("le", "be"))
     out = tmp_path / "out.pcapng"
