@@ -10,8 +10,10 @@ import trio
 
 from pcapd.config.model import DEFAULT_AGENT_SERVER_NAME
 from pcapd.proto import (
+    Data,
     InitiatorSession,
     ListRecordings,
+    Message,
     RecordingList,
     Status,
     StatusReply,
@@ -35,10 +37,10 @@ async def api_link(port: int, token: str | None, host: str = "127.0.0.1"
         yield link
 
 
-async def agent_status(address: str, port: int, *, ca: Path, certificate: Path,
-                       private_key: Path) -> StatusReply:
-    """Ask the agent at ``address:port`` for its status over mutual TLS, as the api asks,
-    presenting ``certificate``."""
+async def agent_answer(address: str, port: int, request: Message, *, ca: Path,
+                       certificate: Path, private_key: Path) -> Message | Data:
+    """The agent at ``address:port``'s answer to ``request``, asked over mutual TLS as the api
+    asks, presenting ``certificate``: what runs on the agent, not what the api says."""
     ctx = client_context(ca=ca, certificate=certificate, private_key=private_key)
     with trio.fail_after(10):
         async with open_websocket(address, port, ssl_context=ctx,
@@ -46,24 +48,23 @@ async def agent_status(address: str, port: int, *, ca: Path, certificate: Path,
             link = Link(ws, InitiatorSession("api"), "agent")
             await link.send(link.session.make_hello())  # type: ignore[union-attr]
             await link.receive()
-            await link.send(Status())
-            reply = await link.receive()
+            await link.send(request)
+            return await link.receive()
+
+
+async def agent_status(address: str, port: int, *, ca: Path, certificate: Path,
+                       private_key: Path) -> StatusReply:
+    """The agent's status."""
+    reply = await agent_answer(address, port, Status(), ca=ca, certificate=certificate,
+                               private_key=private_key)
     assert isinstance(reply, StatusReply), reply
     return reply
 
 
 async def agent_recordings(address: str, port: int, *, ca: Path, certificate: Path,
                            private_key: Path) -> RecordingList:
-    """Every recording the agent at ``address:port`` knows (armed, held, or ended lately),
-    asked over mutual TLS as the api asks: what runs on the agent, not what the api says."""
-    ctx = client_context(ca=ca, certificate=certificate, private_key=private_key)
-    with trio.fail_after(10):
-        async with open_websocket(address, port, ssl_context=ctx,
-                                  server_hostname=DEFAULT_AGENT_SERVER_NAME) as ws:
-            link = Link(ws, InitiatorSession("api"), "agent")
-            await link.send(link.session.make_hello())  # type: ignore[union-attr]
-            await link.receive()
-            await link.send(ListRecordings())
-            reply = await link.receive()
+    """Every recording the agent knows (armed, held, or ended lately)."""
+    reply = await agent_answer(address, port, ListRecordings(), ca=ca,
+                               certificate=certificate, private_key=private_key)
     assert isinstance(reply, RecordingList), reply
     return reply
