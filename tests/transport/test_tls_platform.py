@@ -19,8 +19,8 @@ import trustme
 import urllib3
 
 from pcapd.api.resolve import get_json, http_client
+from pcapd.errors import Refusal
 from pcapd.store.s3 import make_client
-from pcapd.transport.service import Refusal
 from tests.transport.test_tls_policy import CBC_ONLY
 
 ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
