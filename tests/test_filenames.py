@@ -77,7 +77,6 @@ TESTED_THROUGH = {
     "config/parse.py": "parsing, errors by key; tests/config/test_config.py",
     "config/reference.py": "renders docs/config-reference.md; tests/docs/test_docs.py",
     "pcapng/blocks.py": "block structs; tests/pcapng/test_encode.py and test_reader.py",
-    "pcapng/buffer.py": "the decoders' buffer; tests/pcapng/test_reader.py (byte by byte)",
     "pcapng/options.py": "option codes and values; tests/pcapng/test_encode.py and test_rewrite.py",
     "pcapng/parse.py": "block parsing; tests/pcapng/test_reader.py and test_reader_fuzz.py",
     "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
