@@ -76,8 +76,6 @@ TESTED_THROUGH = {
     "config/model.py": "the config structs; tests/config/test_config.py and tests/docs",
     "config/parse.py": "parsing, errors by key; tests/config/test_config.py",
     "config/reference.py": "renders docs/config-reference.md; tests/docs/test_docs.py",
-    "pcapng/blocks.py": "block structs; tests/pcapng/test_encode.py and test_reader.py",
-    "pcapng/parse.py": "block parsing; tests/pcapng/test_reader.py and test_reader_fuzz.py",
     "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
     "transport/listen.py": "accept that waits out EMFILE; tests/transport/test_service.py",
     "transport/streams.py": "the client's stream; tests/transport/test_ws_tls_reads.py",

@@ -25,7 +25,6 @@ from pcapd.pcapng import (
     UnknownBlock,
     encode_enhanced_packet,
     encode_interface_description,
-    encode_interface_statistics,
     parse,
     ticks_to_ns,
 )
@@ -217,12 +216,6 @@ def test_a_section_of_another_major_version_is_passed_over_whole() -> None:
         )  # fmt: skip
 
 
-def test_epb_flags_option() -> None:
-    (*_, epb) = decode_all([SHB_LE + IDB_LE + le_epb(options=b"\x02\0\x04\0\1\0\0\0")])
-    assert isinstance(epb, EnhancedPacket)
-    assert epb.flags == 1
-
-
 def test_big_endian_section_then_little_endian_section() -> None:
     second = SHB_LE + encode_interface_description(link_type=101, snaplen=9, tsresol=9)
     second += encode_enhanced_packet(interface_id=0, timestamp=5, data=b"ok")
@@ -272,31 +265,3 @@ def test_tsresol(option: bytes, tsresol: int) -> None:
     assert dec.timestamp_ns(blocks[2]) == 3_000_000_000 + (500_000_000 if tsresol > 1 else 0)
     with pytest.raises(ValueError):
         dec.timestamp_ns(EnhancedPacket(1, 0, 0, 0, b""))
-
-
-def test_options_without_end_of_options_unknown_and_lenient_strings() -> None:
-    options = (
-        b"\x02\0\x05\0eth0\0\0\0\0"  # NUL-terminated, as some writers do
-        + b"\x03\0\x02\0\xff\xfe\0\0"  # not UTF-8
-        + b"\x63\0\x01\0\x01\0\0\0"  # unknown code
-        + b"\xad\x0b\x04\0abcd"  # custom option 2989
-        + b"\x0b\0\x03\0\x01\x02\x03\0"  # BPF byte code filter: not a string
-    )
-    (_, idb) = decode_all([SHB_LE + le_block(IDB, IDB_FIXED + options)])
-    assert idb == InterfaceDescription(1, 0, "eth0", "\ufffd\ufffd", filter=None)
-
-
-@pytest.mark.parametrize(
-    "text", ["pcapd-dropped: x", "pcapd-dropped: " + "9" * 21, f"pcapd-dropped: {2**64}", "a"]
-)
-def test_other_isb_comments_stay_comments(text: str) -> None:
-    isb = encode_interface_statistics(interface_id=0, timestamp=0, comment=text, pcapd_dropped=1)
-    (*_, block) = decode_all([SHB_LE + IDB_LE + isb])
-    assert block == InterfaceStatistics(0, 0, pcapd_dropped=1, comments=(text,))
-
-
-def test_simple_packet_is_cut_to_interface_zero_snaplen() -> None:
-    idb = encode_interface_description(link_type=1, snaplen=5)
-    spb = le_block(SPB, struct.pack("<I", 7) + b"abcdefg\0")
-    (*_, block) = decode_all([SHB_LE + idb + spb])
-    assert block == SimplePacket(7, b"abcde")
