@@ -72,10 +72,6 @@ TESTED_THROUGH = {
     "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
                             "tests/e2e/test_record.py",
     "client/selectors.py": "extcap's reload values; tests/client/extcap/test_protocol.py",
-    "config/files.py": "--check's file checks; tests/config/test_config.py",
-    "config/model.py": "the config structs; tests/config/test_config.py and tests/docs",
-    "config/parse.py": "parsing, errors by key; tests/config/test_config.py",
-    "config/reference.py": "renders docs/config-reference.md; tests/docs/test_docs.py",
     "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
     "transport/listen.py": "accept that waits out EMFILE; tests/transport/test_service.py",
     "transport/streams.py": "the client's stream; tests/transport/test_ws_tls_reads.py",
