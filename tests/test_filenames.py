@@ -44,9 +44,6 @@ CROSS_CUTTING = {
 # Modules with logic and no test file of their own: the file that tests them, and why.
 TESTED_THROUGH = {
     "extras.py": "the server roles' dependencies missing; tests/e2e/test_client_install.py",
-    "logs.py": "JSON log lines, read by tests/e2e (procs.json_event) and tests/roles",
-    "metrics.py": "Prometheus counters, read from /metrics in tests/api/test_server_limits.py",
-    "units.py": "sizes and durations in words; tests/api/test_recording_policy.py",
     "agent/bpf_worker.py": "the filter compiler's child process; tests/agent/test_server.py",
     "agent/capture.py": "one capture on an agent (tasks over a live engine); "
                         "tests/agent/test_server.py and tests/e2e/test_agents.py",
@@ -75,14 +72,6 @@ TESTED_THROUGH = {
     "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
                             "tests/e2e/test_record.py",
     "client/selectors.py": "extcap's reload values; tests/client/extcap/test_protocol.py",
-    "config/files.py": "--check's file checks; tests/config/test_config.py",
-    "config/model.py": "the config structs; tests/config/test_config.py and tests/docs",
-    "config/parse.py": "parsing, errors by key; tests/config/test_config.py",
-    "config/reference.py": "renders docs/config-reference.md; tests/docs/test_docs.py",
-    "pcapng/blocks.py": "block structs; tests/pcapng/test_encode.py and test_reader.py",
-    "pcapng/buffer.py": "the decoders' buffer; tests/pcapng/test_reader.py (byte by byte)",
-    "pcapng/options.py": "option codes and values; tests/pcapng/test_encode.py and test_rewrite.py",
-    "pcapng/parse.py": "block parsing; tests/pcapng/test_reader.py and test_reader_fuzz.py",
     "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
     "transport/listen.py": "accept that waits out EMFILE; tests/transport/test_service.py",
     "transport/streams.py": "the client's stream; tests/transport/test_ws_tls_reads.py",

@@ -15,7 +15,6 @@ from pcapd.api.recording_policy import (
 from pcapd.client.arguments import parse_duration, parse_size
 from pcapd.config import parse_api_config
 from pcapd.config.model import ApiRecorderConfig
-from pcapd.units import format_duration, format_size
 
 CONFIG = parse_api_config({
     "id": "t", "agents": {"tls": {"certificate": "c", "private_key": "k", "ca": "a"}},
@@ -172,19 +171,3 @@ def test_a_limiter_rebuilt_from_the_record_remembers_the_last_save() -> None:
 def test_an_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="above 0"):
         TriggerLimiter(0.0)
-
-
-@pytest.mark.parametrize(("seconds", "text"), [
-    (30, "30s"), (90, "1m30s"), (600, "10m"), (5400, "1h30m"), (3725, "3725s"), (86400, "1d"),
-    (93600, "1d2h"), (7 * 86400, "7d"), (0.5, "0.5s"), (0, "0s")])
-def test_durations_are_said_as_typed(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize(("size", "text"), [
-    (256_000_000, "256MB"), (1 << 30, "1GiB"), (64 << 20, "64MiB"), (1000, "1kB"),
-    (65536, "64KiB"), (10, "10B"), (1_500_000_000, "1500MB")])
-def test_sizes_are_said_as_typed(size: int, text: str) -> None:
-    assert format_size(size) == text
-    assert parse_size(text) == size

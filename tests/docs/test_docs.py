@@ -526,12 +526,6 @@ def test_the_tests_security_md_cites_exist() -> None:
     assert not stale, "docs/security.md cites tests that do not exist:\n" + "\n".join(stale)
 
 
-def test_slugs_follow_github() -> None:
-    assert reference.slug("api: `storage` (kind: s3)") == "api-storage-kind-s3"
-    assert reference.slug("`CONGESTED`") == "congested"
-    assert reference.slug("Limits and sizing — buffers") == "limits-and-sizing--buffers"
-
-
 def test_output_matching() -> None:
     actual = "capturing 1 source: host:lo\n  1 0.0 127.0.0.1 → 127.0.0.1 UDP 48 1 → 9999\ndone\n"
     assert missing_output("capturing 1 source: ...\n1 ... UDP ... → 9999\n", actual) is None

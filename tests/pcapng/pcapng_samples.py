@@ -149,6 +149,24 @@ def chunked(data: bytes, sizes: Iterable[int]) -> Iterator[bytes]:
         i += 1
 
 
+SHB_LE = encode_section_header()
+IDB_LE = encode_interface_description(link_type=1, snaplen=0)
+IDB_FIXED = struct.pack("<HHI", 1, 0, 0)
+"""An IDB's fixed fields (Ethernet, snaplen 0), for ``le_block(IDB, IDB_FIXED + options)``."""
+
+
+def le_block(block_type: int, body: bytes, total: int | None = None) -> bytes:
+    """A little-endian block around ``body``; ``total`` sets both lengths (to make a bad one)."""
+    total = len(body) + 12 if total is None else total
+    return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
+
+
+def le_epb(interface_id: int = 0, caplen: int = 4, room: int = 4, options: bytes = b"") -> bytes:
+    """An EPB of ``room`` zero bytes of data that claims ``caplen`` of them, then ``options``."""
+    body = struct.pack("<5I", interface_id, 0, 0, caplen, caplen) + b"\0" * room + options
+    return le_block(EPB, body)
+
+
 def be_block(block_type: int, body: bytes) -> bytes:
     """A big-endian block around ``body`` (which the caller encodes big-endian)."""
     total = len(body) + 12

@@ -57,25 +57,6 @@ def test_shb_without_options_has_no_end_of_options() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("comment", "option"),
-    [
-        ("", "0100 0000"),
-        ("a", "0100 0100 61000000"),
-        ("ab", "0100 0200 61620000"),
-        ("abc", "0100 0300 61626300"),
-        ("abcd", "0100 0400 61626364"),
-        ("abcde", "0100 0500 6162636465000000"),
-        ("é", "0100 0200 c3a90000"),  # UTF-8
-    ],
-)
-def test_option_padding(comment: str, option: str) -> None:
-    options = h(option) + h("0000 0000")
-    total = (28 + len(options)).to_bytes(4, "little")
-    expected = h("0a0d0d0a") + total + h("4d3c2b1a 0100 0000 ffffffffffffffff") + options + total
-    assert encode_section_header(comment=comment) == expected
-
-
 def test_idb_exact_bytes() -> None:
     got = encode_interface_description(link_type=1, snaplen=64, name="eth0", tsresol=9)
     assert got == h(
@@ -158,8 +139,3 @@ def test_refuses_values_that_do_not_fit(call: object) -> None:
     assert callable(call)
     with pytest.raises(ValueError):
         call()
-
-
-def test_option_of_exactly_65535_bytes_is_accepted() -> None:
-    block = encode_section_header(comment="x" * 65535)
-    assert len(block) == 28 + 4 + 65536 + 4

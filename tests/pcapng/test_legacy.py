@@ -90,10 +90,3 @@ def test_sniff_format() -> None:
     for bad in (b"", b"\xa1\xb2", b"GIF89a", b"\x0a\x0d\x0d\x0b"):
         with pytest.raises(PcapngFormatError, match="pcap"):
             sniff_format(bad)
-
-
-def test_receive_data_after_end_is_a_local_error() -> None:
-    dec = PcapDecoder()
-    dec.receive_data(b"")
-    with pytest.raises(RuntimeError):
-        dec.receive_data(b"x")
