@@ -13,7 +13,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Hashable, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,27 +104,30 @@ def _read(path: str | os.PathLike[str]) -> bytes:
 # -- YAML ----------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, plus a note of duplicate keys (YAML keeps the last silently)."""
-
-    def __init__(self, stream: str | bytes) -> None:
-        super().__init__(stream)
-        self.duplicates: list[str] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+def _duplicates(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> Iterator[str]:
+    """Every key given twice in one mapping of the composed document, named by its whole path
+    (``listen.port``), with both lines: YAML itself keeps the last one silently. A node reached
+    again through an alias is not walked again (aliases may nest exponentially, or loop)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
         first: dict[object, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            line = key_node.start_mark.line + 1
-            if key_node.value in first:
-                self.duplicates.append(
-                    f"{key_node.value}: duplicate key (lines {first[key_node.value]} and {line}) "
-                    "— keep one; YAML would silently use the last"
-                )
-            else:
-                first[key_node.value] = line
-        return super().construct_mapping(node, deep=deep)
+        for key_node, value_node in node.value:
+            name = path
+            if isinstance(key_node, yaml.ScalarNode) and not key_node.tag.endswith(":merge"):
+                name = f"{path}.{key_node.value}" if path else str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key_node.value in first:
+                    yield (f"{name}: duplicate key (lines {first[key_node.value]} and {line}) "
+                           "— keep one; YAML would silently use the last")
+                else:
+                    first[key_node.value] = line
+            yield from _duplicates(value_node, name, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicates(item, f"{path}[{index}]", seen)
 
 
 def _load_yaml(data: ConfigSource, problems: list[str]) -> object:
@@ -140,17 +143,20 @@ def _load_yaml(data: ConfigSource, problems: list[str]) -> object:
             problems.append(_not_utf8(raw, exc.start))
             return None
     try:
-        loader = _Loader(data)  # the reader checks the characters right here
+        loader = yaml.SafeLoader(data)  # the reader checks the characters right here
     except yaml.YAMLError as exc:
         problems.append(_yaml_problem(exc, data))
         return None
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems.extend(_duplicates(node))
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         problems.append(_yaml_problem(exc, data))
         return None
     finally:
-        problems.extend(loader.duplicates)
         loader.dispose()
 
 
@@ -343,7 +349,9 @@ def _shown(value: object, *, hide: bool = False) -> str:
         return "true" if value else "false"
     if not hide and isinstance(value, int | float | str):
         text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "...'"
+        if len(text) <= 60:
+            return text
+        return text[:57] + ("...'" if isinstance(value, str) else "...")
     kinds = {str: "a string", int: "an integer", float: "a number", list: "a list"}
     for kind, name in kinds.items():
         if isinstance(value, kind):

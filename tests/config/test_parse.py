@@ -232,6 +232,34 @@ def test_a_long_bad_value_is_cut_in_the_message() -> None:
     assert problem == f"listen.port: expected an integer between 1 and 65535, got '{'9' * 56}...'"
 
 
+def test_a_long_bad_number_is_cut_without_a_quote() -> None:
+    [problem] = problems_of(parse_agent_config, AGENT + f"listen: {{port: {'9' * 100}}}\n")
+    assert problem == f"listen.port: expected an integer between 1 and 65535, got {'9' * 57}..."
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (AGENT + "listen:\n  port: 1\n  port: 2\n",
+         "listen.port: duplicate key (lines 5 and 6)"),
+        (AGENT + "x:\n- {a: 1, a: 2}\n", "x[0].a: duplicate key (lines 5 and 5)"),
+    ],
+)
+def test_a_duplicate_key_is_named_by_its_whole_path(text: str, problem: str) -> None:
+    problems = problems_of(parse_agent_config, text)
+    assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_aliases_are_walked_once_for_duplicates() -> None:
+    """A document of nested aliases (a 'billion laughs') or an alias of its own ancestor is
+    checked in one pass over its nodes, not once per path to them."""
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n"
+        for i in range(12))
+    assert not any("duplicate" in p for p in problems_of(parse_agent_config, laughs))
+    assert not any("duplicate" in p for p in problems_of(parse_agent_config, "a: &x [*x]\n"))
+
+
 def test_text_no_unicode_string_can_hold_is_a_problem_not_a_crash() -> None:
     assert problems_of(parse_agent_config, AGENT + 'log: {level: "\\ud800"}\n') == [
         "log.level: holds characters that are not valid Unicode text"]
