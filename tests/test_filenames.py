@@ -52,7 +52,6 @@ TESTED_THROUGH = {
                         "tests/agent/test_server.py and tests/e2e/test_agents.py",
     "agent/main.py": "starts the agent role; tests/e2e/test_agents.py",
     "agent/pkthdr.py": "libpcap's packet headers; tests/agent/test_pcap.py",
-    "agent/triggers.py": "the recorder's trigger windows; tests/agent/test_ring.py",
     "api/agents.py": "one agent link; tests/api/test_capture.py and test_server_links.py",
     "api/intake.py": "the api's intake limits; tests/e2e/test_intake.py",
     "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
@@ -68,9 +67,6 @@ TESTED_THROUGH = {
                       "tests/client/test_arguments_dialects.py",
     "client/recordings.py": "`pcapd record`; tests/client/test_record_arguments.py",
     "client/record.py": "`pcapd record` against the real api and agents; tests/e2e/test_record.py",
-    "agent/ring_files.py": "the ring's segment files; tests/agent/test_ring.py drives a "
-                           "file-backed and a memory ring alike, tests/agent/test_recorder.py "
-                           "on a tmpfs",
     "api/recordings.py": "`pcapd record`'s endpoints, end to end; tests/e2e/test_record.py",
     "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
                             "tests/e2e/test_record.py",
