@@ -51,7 +51,6 @@ TESTED_THROUGH = {
     "agent/capture.py": "one capture on an agent (tasks over a live engine); "
                         "tests/agent/test_server.py and tests/e2e/test_agents.py",
     "agent/main.py": "starts the agent role; tests/e2e/test_agents.py",
-    "agent/pkthdr.py": "libpcap's packet headers; tests/agent/test_pcap.py",
     "api/agents.py": "one agent link; tests/api/test_capture.py and test_server_links.py",
     "api/intake.py": "the api's intake limits; tests/e2e/test_intake.py",
     "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
