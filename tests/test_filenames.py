@@ -52,7 +52,6 @@ TESTED_THROUGH = {
                         "tests/agent/test_server.py and tests/e2e/test_agents.py",
     "agent/main.py": "starts the agent role; tests/e2e/test_agents.py",
     "api/agents.py": "one agent link; tests/api/test_capture.py and test_server_links.py",
-    "api/intake.py": "the api's intake limits; tests/e2e/test_intake.py",
     "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
     "client/capture.py": "one capture from the CLI; tests/e2e/test_capture_local.py and "
                          "tests/client/test_remote.py",
