@@ -79,7 +79,6 @@ TESTED_THROUGH = {
     "pcapng/parse.py": "block parsing; tests/pcapng/test_reader.py and test_reader_fuzz.py",
     "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
     "transport/listen.py": "accept that waits out EMFILE; tests/transport/test_service.py",
-    "transport/streams.py": "the client's stream; tests/transport/test_ws_tls_reads.py",
 }
 
 
