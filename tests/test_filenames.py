@@ -78,7 +78,6 @@ TESTED_THROUGH = {
     "pcapng/options.py": "option codes and values; tests/pcapng/test_encode.py and test_rewrite.py",
     "pcapng/parse.py": "block parsing; tests/pcapng/test_reader.py and test_reader_fuzz.py",
     "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
-    "transport/listen.py": "accept that waits out EMFILE; tests/transport/test_service.py",
 }
 
 
