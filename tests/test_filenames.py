@@ -77,7 +77,6 @@ TESTED_THROUGH = {
     "pcapng/buffer.py": "the decoders' buffer; tests/pcapng/test_reader.py (byte by byte)",
     "pcapng/options.py": "option codes and values; tests/pcapng/test_encode.py and test_rewrite.py",
     "pcapng/parse.py": "block parsing; tests/pcapng/test_reader.py and test_reader_fuzz.py",
-    "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
 }
 
 
