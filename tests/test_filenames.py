@@ -43,7 +43,6 @@ CROSS_CUTTING = {
 
 # Modules with logic and no test file of their own: the file that tests them, and why.
 TESTED_THROUGH = {
-    "extras.py": "the server roles' dependencies missing; tests/e2e/test_client_install.py",
     "logs.py": "JSON log lines, read by tests/e2e (procs.json_event) and tests/roles",
     "metrics.py": "Prometheus counters, read from /metrics in tests/api/test_server_limits.py",
     "units.py": "sizes and durations in words; tests/api/test_recording_policy.py",
