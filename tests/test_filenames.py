@@ -60,8 +60,6 @@ TESTED_THROUGH = {
     "client/extcap/answer.py": "Wireshark's exchange; tests/client/extcap/test_protocol.py "
                                "runs it as Wireshark does",
     "client/local.py": "the embedded agent and api; tests/e2e/test_capture_local.py",
-    "client/plan.py": "a capture request from the arguments; "
-                      "tests/client/test_arguments_dialects.py",
     "client/recordings.py": "`pcapd record`; tests/client/test_record_arguments.py",
     "client/record.py": "`pcapd record` against the real api and agents; tests/e2e/test_record.py",
     "api/recordings.py": "`pcapd record`'s endpoints, end to end; tests/e2e/test_record.py",
