@@ -65,7 +65,6 @@ TESTED_THROUGH = {
     "api/recordings.py": "`pcapd record`'s endpoints, end to end; tests/e2e/test_record.py",
     "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
                             "tests/e2e/test_record.py",
-    "client/selectors.py": "extcap's reload values; tests/client/extcap/test_protocol.py",
     "config/files.py": "--check's file checks; tests/config/test_config.py",
     "config/model.py": "the config structs; tests/config/test_config.py and tests/docs",
     "config/parse.py": "parsing, errors by key; tests/config/test_config.py",
