@@ -50,7 +50,6 @@ TESTED_THROUGH = {
     "agent/capture.py": "one capture on an agent (tasks over a live engine); "
                         "tests/agent/test_server.py and tests/e2e/test_agents.py",
     "agent/main.py": "starts the agent role; tests/e2e/test_agents.py",
-    "api/agents.py": "one agent link; tests/api/test_capture.py and test_server_links.py",
     "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
     "client/capture.py": "one capture from the CLI; tests/e2e/test_capture_local.py and "
                          "tests/client/test_remote.py",
