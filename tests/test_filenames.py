@@ -38,7 +38,7 @@ CROSS_CUTTING = {
     "test_peer_input_fuzz.py": "every file a peer or user controls (configs, cf and bosh CLI "
                                "files) fuzzed through its parser",
     "client/test_record_arguments.py": "`pcapd record`'s command line: cli.py's parser and "
-                                       "client/recordings.py's table (the flight recorder's work)",
+                                       "client/arguments.py's flags for the flight recorder",
 }
 
 # Modules with logic and no test file of their own: the file that tests them, and why.
@@ -57,7 +57,6 @@ TESTED_THROUGH = {
     "client/extcap/answer.py": "Wireshark's exchange; tests/client/extcap/test_protocol.py "
                                "runs it as Wireshark does",
     "client/local.py": "the embedded agent and api; tests/e2e/test_capture_local.py",
-    "client/recordings.py": "`pcapd record`; tests/client/test_record_arguments.py",
     "client/record.py": "`pcapd record` against the real api and agents; tests/e2e/test_record.py",
     "api/recordings.py": "`pcapd record`'s endpoints, end to end; tests/e2e/test_record.py",
     "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
