@@ -53,7 +53,6 @@ TESTED_THROUGH = {
     "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
     "client/capture.py": "one capture from the CLI; tests/e2e/test_capture_local.py and "
                          "tests/client/test_remote.py",
-    "client/devices.py": "`pcapd capture -D`; tests/e2e/test_devices.py",
     "client/extcap/answer.py": "Wireshark's exchange; tests/client/extcap/test_protocol.py "
                                "runs it as Wireshark does",
     "client/local.py": "the embedded agent and api; tests/e2e/test_capture_local.py",
