@@ -46,7 +46,6 @@ TESTED_THROUGH = {
     "logs.py": "JSON log lines, read by tests/e2e (procs.json_event) and tests/roles",
     "metrics.py": "Prometheus counters, read from /metrics in tests/api/test_server_limits.py",
     "units.py": "sizes and durations in words; tests/api/test_recording_policy.py",
-    "agent/bpf_worker.py": "the filter compiler's child process; tests/agent/test_server.py",
     "agent/capture.py": "one capture on an agent (tasks over a live engine); "
                         "tests/agent/test_server.py and tests/e2e/test_agents.py",
     "agent/main.py": "starts the agent role; tests/e2e/test_agents.py",
