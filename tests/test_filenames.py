@@ -46,19 +46,27 @@ TESTED_THROUGH = {
     "logs.py": "JSON log lines, read by tests/e2e (procs.json_event) and tests/roles",
     "metrics.py": "Prometheus counters, read from /metrics in tests/api/test_server_limits.py",
     "units.py": "sizes and durations in words; tests/api/test_recording_policy.py",
-    "agent/capture.py": "one capture on an agent (tasks over a live engine); "
-                        "tests/agent/test_server.py and tests/e2e/test_agents.py",
-    "agent/main.py": "starts the agent role; tests/e2e/test_agents.py",
-    "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
-    "client/capture.py": "one capture from the CLI; tests/e2e/test_capture_local.py and "
-                         "tests/client/test_remote.py",
-    "client/extcap/answer.py": "Wireshark's exchange; tests/client/extcap/test_protocol.py "
-                               "runs it as Wireshark does",
-    "client/local.py": "the embedded agent and api; tests/e2e/test_capture_local.py",
-    "client/record.py": "`pcapd record` against the real api and agents; tests/e2e/test_record.py",
-    "api/recordings.py": "`pcapd record`'s endpoints, end to end; tests/e2e/test_record.py",
-    "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
-                            "tests/e2e/test_record.py",
+    "agent/capture.py": "one capture on an agent: tasks over a live libpcap engine and the "
+                        "api's link, nothing pure to test apart; tests/agent/test_server.py "
+                        "and tests/e2e/test_agents.py (root: namespaces)",
+    "agent/main.py": "starts the agent role (config, signals, serve): only a process shows "
+                     "it; tests/e2e/test_agents.py",
+    "api/main.py": "starts the api role (config, signals, serve): only a process shows it; "
+                   "tests/e2e/test_api_role.py",
+    "client/capture.py": "one capture from the CLI: the link to an api, signals, progress "
+                         "and the file together; tests/client/test_remote.py (a stand-in api) "
+                         "and tests/e2e/test_capture_local.py",
+    "client/extcap/answer.py": "Wireshark's exchange (stdout, stderr held back, the FIFO): "
+                               "tests/client/extcap/test_protocol.py runs it as Wireshark and "
+                               "tshark do",
+    "client/record.py": "`pcapd record` against the real api and agents (its table and "
+                        "flags: test_recordings.py, test_record_arguments.py); "
+                        "tests/e2e/test_record.py",
+    "api/recordings.py": "`pcapd record`'s endpoints: each request drives agents' rings and "
+                         "the store together (its policy: test_recording_policy.py); "
+                         "tests/e2e/test_record.py",
+    "api/trigger_watch.py": "triggers fired on agents saved by the api, also after a restart: "
+                            "needs agents with rings; tests/e2e/test_record.py",
     "config/files.py": "--check's file checks; tests/config/test_config.py",
     "config/model.py": "the config structs; tests/config/test_config.py and tests/docs",
     "config/parse.py": "parsing, errors by key; tests/config/test_config.py",
