@@ -38,43 +38,32 @@ CROSS_CUTTING = {
     "test_peer_input_fuzz.py": "every file a peer or user controls (configs, cf and bosh CLI "
                                "files) fuzzed through its parser",
     "client/test_record_arguments.py": "`pcapd record`'s command line: cli.py's parser and "
-                                       "client/recordings.py's table (the flight recorder's work)",
+                                       "client/arguments.py's flags for the flight recorder",
 }
 
 # Modules with logic and no test file of their own: the file that tests them, and why.
 TESTED_THROUGH = {
-    "extras.py": "the server roles' dependencies missing; tests/e2e/test_client_install.py",
-    "agent/bpf_worker.py": "the filter compiler's child process; tests/agent/test_server.py",
-    "agent/capture.py": "one capture on an agent (tasks over a live engine); "
-                        "tests/agent/test_server.py and tests/e2e/test_agents.py",
-    "agent/main.py": "starts the agent role; tests/e2e/test_agents.py",
-    "agent/pkthdr.py": "libpcap's packet headers; tests/agent/test_pcap.py",
-    "agent/triggers.py": "the recorder's trigger windows; tests/agent/test_ring.py",
-    "api/agents.py": "one agent link; tests/api/test_capture.py and test_server_links.py",
-    "api/intake.py": "the api's intake limits; tests/e2e/test_intake.py",
-    "api/main.py": "starts the api role; tests/e2e/test_api_role.py",
-    "client/capture.py": "one capture from the CLI; tests/e2e/test_capture_local.py and "
-                         "tests/client/test_remote.py",
-    "client/captures.py": "stored captures; tests/client/test_arguments_dialects.py and "
-                          "tests/e2e/test_upload.py",
-    "client/devices.py": "`pcapd capture -D`; tests/e2e/test_devices.py",
-    "client/extcap/answer.py": "Wireshark's exchange; tests/client/extcap/test_protocol.py "
-                               "runs it as Wireshark does",
-    "client/local.py": "the embedded agent and api; tests/e2e/test_capture_local.py",
-    "client/plan.py": "a capture request from the arguments; "
-                      "tests/client/test_arguments_dialects.py",
-    "client/recordings.py": "`pcapd record`; tests/client/test_record_arguments.py",
-    "client/record.py": "`pcapd record` against the real api and agents; tests/e2e/test_record.py",
-    "agent/ring_files.py": "the ring's segment files; tests/agent/test_ring.py drives a "
-                           "file-backed and a memory ring alike, tests/agent/test_recorder.py "
-                           "on a tmpfs",
-    "api/recordings.py": "`pcapd record`'s endpoints, end to end; tests/e2e/test_record.py",
-    "api/trigger_watch.py": "triggers saved by the api (also after a restart); "
-                            "tests/e2e/test_record.py",
-    "client/selectors.py": "extcap's reload values; tests/client/extcap/test_protocol.py",
-    "store/recording_store.py": "recordings in the store; tests/store/test_recordings.py",
-    "transport/listen.py": "accept that waits out EMFILE; tests/transport/test_service.py",
-    "transport/streams.py": "the client's stream; tests/transport/test_ws_tls_reads.py",
+    "agent/capture.py": "one capture on an agent: tasks over a live libpcap engine and the "
+                        "api's link, nothing pure to test apart; tests/agent/test_server.py "
+                        "and tests/e2e/test_agents.py (root: namespaces)",
+    "agent/main.py": "starts the agent role (config, signals, serve): only a process shows "
+                     "it; tests/e2e/test_agents.py",
+    "api/main.py": "starts the api role (config, signals, serve): only a process shows it; "
+                   "tests/e2e/test_api_role.py",
+    "client/capture.py": "one capture from the CLI: the link to an api, signals, progress "
+                         "and the file together; tests/client/test_remote.py (a stand-in api) "
+                         "and tests/e2e/test_capture_local.py",
+    "client/extcap/answer.py": "Wireshark's exchange (stdout, stderr held back, the FIFO): "
+                               "tests/client/extcap/test_protocol.py runs it as Wireshark and "
+                               "tshark do",
+    "client/record.py": "`pcapd record` against the real api and agents (its table and "
+                        "flags: test_recordings.py, test_record_arguments.py); "
+                        "tests/e2e/test_record.py",
+    "api/recordings.py": "`pcapd record`'s endpoints: each request drives agents' rings and "
+                         "the store together (its policy: test_recording_policy.py); "
+                         "tests/e2e/test_record.py",
+    "api/trigger_watch.py": "triggers fired on agents saved by the api, also after a restart: "
+                            "needs agents with rings; tests/e2e/test_record.py",
 }
 
 

@@ -244,29 +244,6 @@ def test_a_leading_direction_is_split_off_only_when_it_covers_the_whole_filter(
     assert split_direction(user) == (direction, rest if direction else user)
 
 
-def test_pkthdr_layout_probe_and_raw_read() -> None:
-    offset = pkthdr.header_offset()
-    assert offset is not None, "the Pkthdr layout probe failed on this build"
-    hdr = cypcap.Pkthdr(ts=1700000000.5, caplen=64, len=1514)
-    assert pkthdr.raw_reader(offset, nanoseconds=False)(hdr) == (1700000000_500000000, 1514)
-    reader = pkthdr.timestamp_reader(nanoseconds=True)
-    assert reader.exact
-    # at nanosecond precision libpcap's tv_usec field holds nanoseconds: 500000 → 500 µs
-    assert reader.read(hdr) == (1700000000_000500000, 1514)
-
-
-def test_pkthdr_fallback_is_microseconds_via_the_float(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pkthdr, "header_offset", lambda: None)
-    reader = pkthdr.timestamp_reader(nanoseconds=False)
-    assert not reader.exact and "microsecond" in reader.why
-    assert reader.read(cypcap.Pkthdr(ts=1700000000.25, caplen=1, len=9)) == (
-        1700000000_250000000,
-        9,
-    )
-    with pytest.raises(ValueError, match="MICRO"):
-        pkthdr.timestamp_reader(nanoseconds=True)
-
-
 # -- capturing ----------------------------------------------------------------------------------
 
 

@@ -1,10 +1,10 @@
-"""The flight recorder's ring, budget and triggers: pure, time as data, checked exhaustively."""
+"""The flight recorder's ring and budget: pure, time as data, checked exhaustively.
+
+The ring's pieces in files (``recorder.storage: directory``) are tested in test_ring_files.py,
+the trigger windows in test_triggers.py."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,37 +18,12 @@ from pcapd.agent.ring import (
     BudgetRefused,
     Ring,
     RingError,
-    Window,
     _index,
     index,
 )
-from pcapd.agent.ring_files import DirectoryStore, prepare_directory
-from pcapd.agent.triggers import MIN_INTERVAL_NS, Triggers
-from pcapd.pcapng import encode_enhanced_packet, split_packets
-
-S = 1_000_000_000
-T0 = 1_700_000_000 * S
-
-
-def epb(ts: int, tag: int = 0, size: int = 20) -> bytes:
-    data = tag.to_bytes(4, "little") + bytes(max(0, size - 4))
-    return encode_enhanced_packet(interface_id=0, timestamp=ts, data=data)
-
-
-def batch(*stamps: int, size: int = 20) -> bytes:
-    return b"".join(epb(ts, i, size) for i, ts in enumerate(stamps))
-
-
-def packets(window: Window) -> list[tuple[int, bytes]]:
-    """(timestamp, block) of every packet of ``window``, in its order."""
-    got = split_packets(b"".join(bytes(c) for c in window.chunks))
-    assert len(got.blocks) == window.packets
-    assert sum(len(b) for b in got.blocks) == window.bytes
-    return list(zip(got.timestamps, got.blocks, strict=True))
-
-
-def held(ring: Ring) -> list[tuple[int, bytes]]:
-    return packets(ring.window(0, 2**64))
+from pcapd.agent.ring_files import DirectoryStore
+from pcapd.pcapng import encode_enhanced_packet
+from tests.agent.rings import PACKET, T0, S, batch, epb, held, operations, packets
 
 
 def test_keeps_what_is_inside_keep_and_cuts_inside_a_batch() -> None:
@@ -231,16 +206,6 @@ def test_the_compiled_index_agrees_with_the_pure_one(
 
 # --- properties --------------------------------------------------------------------------------
 
-PACKET = len(epb(0))
-operations = st.lists(
-    st.tuples(
-        st.integers(0, 3 * S),  # time passing before the step
-        st.lists(st.integers(-S, S // 10), max_size=12),  # packet times relative to now
-    ),
-    max_size=25,
-)
-
-
 def _run(ops: list[tuple[int, list[int]]], ring: Ring) -> tuple[list[tuple[int, int]], int]:
     """Drive ``ring``; return every packet added as (timestamp, serial), and the final now."""
     now, serial, added = T0, 0, []
@@ -318,140 +283,3 @@ def test_budget_refuses_a_new_recording_rather_than_squeezing_running_ones() -> 
         budget.reserve("d", 1)
     budget.release("nobody")  # harmless
     assert budget.statistics().recordings == 3
-
-
-# --- triggers ----------------------------------------------------------------------------------
-
-
-def test_a_trigger_fires_and_completes_when_its_window_is_whole() -> None:
-    triggers = Triggers(keep_ns=10 * S, after_ns=5 * S, once=False)
-    fired = triggers.matched([T0])
-    assert fired is not None and (fired.at, fired.window_start, fired.window_end) == (
-        T0, T0 - 10 * S, T0 + 5 * S)
-    assert triggers.matched([T0 + S, T0 + 5 * S]) is None  # inside its window: the same one
-    assert triggers.complete(T0 + 5 * S) is None  # not past the window's end yet
-    done = triggers.complete(T0 + 5 * S + 1)
-    assert done is fired and done.matches == 3 and done.complete and not triggers.done
-    assert triggers.matched([T0 + 30 * S]) is None  # within the minute: rate-limited
-    assert triggers.suppressed == 1
-    again = triggers.matched([T0 + MIN_INTERVAL_NS])
-    assert again is not None and again.number == 2 and triggers.total == 2
-
-
-def test_once_fires_one_trigger_and_is_done_when_its_window_is_whole() -> None:
-    triggers = Triggers(keep_ns=S, after_ns=2 * S, once=True, min_interval_ns=1)
-    assert triggers.matched([T0 + 5, T0]) is not None  # the earliest match fires
-    assert triggers.open is not None and triggers.open.at == T0
-    assert triggers.matched([T0 + 3 * S]) is None  # after the window: not a second trigger
-    assert triggers.complete(T0 + 2 * S + 1) is not None and triggers.done
-    assert triggers.matched([T0 + 100 * S]) is None and triggers.total == 1
-
-
-# --- the same ring in files (recorder.storage: directory) --------------------------------------
-
-
-def _segments(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir())
-
-
-@settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
-@given(operations, st.integers(1, 5 * S), st.integers(PACKET, 40 * PACKET), st.data())
-def test_a_ring_in_files_holds_what_the_memory_ring_holds_within_max_bytes_on_disk(
-    ops: list[tuple[int, list[int]]], keep: int, max_bytes: int, data: st.DataObject
-) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        files = DirectoryStore(Path(tmp), "r-1", max(1, max_bytes // 8))
-        on_disk, in_memory = Ring(keep, max_bytes, files), Ring(keep, max_bytes)
-        now = T0
-        for step, offsets in ops:
-            now += step
-            blocks = b"".join(epb(now + o, i) for i, o in enumerate(offsets))
-            on_disk.add(blocks, now)
-            in_memory.add(blocks, now)
-            disk = sum(p.stat().st_size for p in files.path.iterdir())
-            assert disk == files.held == on_disk.statistics().memory <= max_bytes
-        assert held(on_disk) == held(in_memory)
-        t_from = data.draw(st.integers(T0 - 2 * S, now + S), label="from")
-        t_to = data.draw(st.integers(t_from, now + 2 * S), label="to")
-        window = on_disk.window(t_from, t_to)
-        assert packets(window) == packets(in_memory.window(t_from, t_to))
-        on_disk_stats, in_memory_stats = on_disk.statistics(), in_memory.statistics()
-        assert (on_disk_stats.packets, on_disk_stats.bytes, on_disk_stats.captured) == (
-            in_memory_stats.packets, in_memory_stats.bytes, in_memory_stats.captured)
-        files.close()
-        assert not files.path.exists()
-        packets(window)  # a window read before the files went stays whole
-
-
-def test_a_segment_is_deleted_when_its_last_packet_ages_out(tmp_path: Path) -> None:
-    files = DirectoryStore(tmp_path, "r-1", segment_bytes=2 * PACKET)
-    ring = Ring(keep_ns=10 * S, max_bytes=1 << 20, store=files)
-    for i in range(6):  # two packets a segment: three segments
-        ring.add(batch(T0 + i * S), now_ns=T0 + i * S)
-    assert len(_segments(files.path)) == 3
-    assert (files.path.stat().st_mode & 0o777) == 0o700
-    assert all((p.stat().st_mode & 0o777) == 0o600 for p in files.path.iterdir())
-    ring.age(T0 + 10 * S + S // 2)  # T0 goes: its segment still holds T0 + 1 s
-    assert len(_segments(files.path)) == 3
-    ring.age(T0 + 11 * S + S // 2)  # T0 + 1 s goes: the first segment is deleted
-    assert len(_segments(files.path)) == 2 and files.held == 4 * PACKET
-    ring.clear()
-    assert _segments(files.path) == [] and files.held == 0
-    files.close()
-    assert not files.path.exists()
-
-
-def test_a_ring_directory_refuses_unsafe_names_and_symlinks(tmp_path: Path) -> None:
-    for name in ("../x", "a/b", "", ".hidden"):
-        with pytest.raises(ValueError, match="not a safe directory name"):
-            DirectoryStore(tmp_path, name, 4096)
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "r-2").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(FileExistsError):
-        DirectoryStore(tmp_path, "r-2", 4096)
-    link = tmp_path / "rings"
-    link.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(NotADirectoryError, match=r"recorder\.directory"):
-        prepare_directory(link)
-
-
-def test_prepare_directory_removes_a_previous_runs_rings(tmp_path: Path) -> None:
-    rings = tmp_path / "rings"
-    prepare_directory(rings)
-    assert (rings.stat().st_mode & 0o777) == 0o700
-    old = DirectoryStore(rings, "r-old", 4096)
-    old.put(epb(T0))
-    (rings / "stray").write_bytes(b"x")
-    prepare_directory(rings)
-    assert list(rings.iterdir()) == []
-
-
-def test_a_window_of_a_ring_in_files_is_read_as_it_is_sent(tmp_path: Path) -> None:
-    """A 16 MiB window of a disk ring holds in memory only the two pieces at its ends (cut
-    by time); the rest is read when sent, and stays readable after its segments aged out
-    and were deleted, until the window is gone."""
-    files = DirectoryStore(tmp_path, "r-1", segment_bytes=4 << 20)
-    ring = Ring(keep_ns=60 * S, max_bytes=32 << 20, store=files)
-    per_batch = (1 << 20) // 1044  # 1 KiB packets: a piece (1 MiB) a batch
-    for i in range(16):
-        ring.add(b"".join(epb(T0 + (i * per_batch + j) * 1000, j, size=1000)
-                          for j in range(per_batch)), now_ns=T0 + i * S // 10)
-    window = ring.window(T0 + 500, 2**64)  # cuts the first piece
-    in_memory = sum(len(c) for c in window.chunks if isinstance(c, memoryview))
-    assert window.bytes > 15 << 20 and in_memory <= 2 * MAX_PIECE, in_memory
-    expected = packets(window)
-    ring.age(T0 + 3600 * S)  # everything aged out: the segments are deleted
-    assert _segments(files.path) == [] and files.held == 0
-    assert packets(window) == expected
-    del window, expected  # its segments' descriptors go with it
-
-    def open_segments(mine: str = f"{files.path}/segment-") -> list[str]:
-        found = []
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(FileNotFoundError):  # (listdir's own descriptor)
-                if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith(mine):
-                    found.append(target)
-        return found
-
-    assert open_segments() == []
-    files.close()

@@ -15,9 +15,7 @@ import trio
 import trustme
 
 from pcapd.client.arguments import parse_duration, parse_size
-from pcapd.client.captures import unique_id
-from pcapd.errors import UsageError
-from pcapd.proto import BoshTarget, CaptureLimits, CaptureOptions, CfTarget, StoredCapture
+from pcapd.proto import BoshTarget, CaptureLimits, CaptureOptions, CfTarget
 from tests.client.cli_logins import (
     SPACE_GUID,
     RecordingUAA,
@@ -174,17 +172,3 @@ def test_a_client_without_its_secret_says_what_to_set(tmp_path: Path) -> None:
                                  BOSH_ENVIRONMENT="https://10.0.0.6"))
     assert result.returncode == 2
     assert "BOSH_CLIENT_SECRET" in result.stderr and result.stderr.count("\n") == 1
-
-
-def stored(capture_id: str) -> StoredCapture:
-    return StoredCapture(capture_id=capture_id, started_at=1.0, expires_at=2.0)
-
-
-def test_capture_ids_by_unique_prefix_as_git_takes_them() -> None:
-    captures = [stored("3f2a0001"), stored("3f2b0002"), stored("9c")]
-    assert unique_id("3f2a", captures) == "3f2a0001"
-    assert unique_id("9c", captures) == "9c"  # exact wins
-    assert unique_id("77", captures) == "77"  # the api says it does not exist
-    with pytest.raises(UsageError, match="3f2 is ambiguous; it starts 2 captures: "
-                                         "3f2a0001, 3f2b0002"):
-        unique_id("3f2", captures)

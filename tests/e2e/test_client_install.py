@@ -44,6 +44,7 @@ CLIENT_UNIT_TESTS = [
     "tests/client/test_output.py",
     "tests/client/test_progress.py",
     "tests/client/test_record_arguments.py",
+    "tests/client/test_recordings.py",
 ]
 """The client's tests that need no server library. The others in tests/client talk to the fake
 UAA, which signs its tokens with cryptography (through trustme and PyJWT's crypto extra), or

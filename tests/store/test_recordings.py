@@ -1,36 +1,23 @@
-"""Recording records: the format refuses what pcapd did not write, and both stores (the api's
-disk, a real S3 server on loopback) keep, list, isolate and delete them alike."""
+"""Recording records: the format refuses what pcapd did not write, keys hold only what pcapd
+makes, and time expires, stops and forgets records. Pure: the stores that keep the records (the
+api's disk, a bucket) are tested in test_recording_store.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-import trio
 
-from pcapd.config import parse_api_config
 from pcapd.errors import PcapdError
-from pcapd.store import open_store
 from pcapd.store import recordings as records
-from pcapd.store.local import LocalStore
-from pcapd.store.recording_store import LocalRecordings, RecordingStore, recordings_of
 from pcapd.store.recordings import (
     MAX_FIRED,
     BoshRecordingTarget,
-    CfRecordingTarget,
     FiredTrigger,
-    Recording,
-    RecordingAgent,
     RecordingRecordError,
-    Trigger,
     armed_owners,
     current_state,
     decode_recording,
@@ -45,42 +32,7 @@ from pcapd.store.recordings import (
     recording_key,
     stop,
 )
-from pcapd.store.s3 import S3Recordings
-from tests.s3_server import S3Server, new_bucket
-
-NOW = 1_800_000_000.0
-ALICE = "0123456789ab.user.alice-guid"
-BOB = "0123456789ab.user.bob-guid"
-ROBOT = "0123456789ab.client.alice-guid"  # a client whose id equals alice's user id
-
-
-def recording(owner: str = ALICE, *, n: int = 1, created: float = NOW, **fields: Any
-              ) -> Recording:
-    values: dict[str, Any] = {
-        "recording_id": f"{n:032x}", "owner": owner, "user_name": "alice",
-        "target": CfRecordingTarget(org_guid="org-1", space_guid="space-1",
-                                    app_guid="app-guid-1", app_name="my-app",
-                                    instances=[0, 1]),
-        "label": "cf:my-org/my-space/my-app", "device": "eth0", "filter": "tcp port 443",
-        "snaplen": 65535, "keep": 600.0, "max_bytes": 256_000_000, "created_at": created,
-        "ends_at": created + 86400, "trigger": Trigger(filter="tcp[tcpflags] & tcp-rst != 0",
-                                                       after=30.0),
-        "agents": [
-            RecordingAgent(origin="my-app/0", address="10.0.16.4:9494",
-                           namespace="11111111-2222", recording_id="r-1"),
-            RecordingAgent(origin="my-app/1", address="10.0.16.5:9494",
-                           namespace="33333333-4444", recording_id="r-2"),
-        ],
-    }
-    values.update(fields)
-    return Recording(**values)
-
-
-def as_json(rec: Recording) -> dict[str, Any]:
-    value = json.loads(encode_recording(rec))
-    assert isinstance(value, dict)
-    return value
-
+from tests.store.recording_samples import ALICE, BOB, NOW, as_json, recording
 
 # -- the format (pure) ---------------------------------------------------------------------------
 
@@ -230,140 +182,3 @@ def test_the_format_module_is_pure() -> None:
             "import pcapd.store.recordings\n"
             "assert not {'pcapd.store.local', 'pcapd.store.s3'} & set(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-# -- both stores ---------------------------------------------------------------------------------
-
-
-def _api_config(storage: dict[str, Any]) -> Any:
-    return parse_api_config(
-        {"id": "t", "agents": {"tls": {"certificate": "c", "private_key": "k", "ca": "a"}},
-         "storage": storage}, require_platform=False)
-
-
-@pytest.fixture(params=["local", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RecordingStore]:
-    if request.param == "local":
-        captures = open_store(_api_config({"kind": "local", "path": str(tmp_path)}).storage)
-    else:
-        server: S3Server = request.getfixturevalue("s3_server")
-        captures = open_store(_api_config(server.storage(new_bucket())).storage)
-    with trio.fail_after(30):
-        await captures.prepare()
-    found = recordings_of(captures)
-    assert isinstance(found, LocalRecordings if request.param == "local" else S3Recordings)
-    yield found
-
-
-async def test_put_get_replace_delete(store: RecordingStore) -> None:
-    rec = recording()
-    with trio.fail_after(30):
-        assert await store.get(ALICE, rec.recording_id) is None
-        await store.put(rec)
-        assert await store.get(ALICE, rec.recording_id) == rec
-        fired = record_fired(rec, FiredTrigger(at=NOW + 9, origin="my-app/1",
-                                               capture_id="a" * 32))
-        await store.put(fired)
-        assert await store.get(ALICE, rec.recording_id) == fired
-        assert await store.delete(ALICE, rec.recording_id)
-        assert await store.get(ALICE, rec.recording_id) is None
-        assert not await store.delete(ALICE, rec.recording_id)
-
-
-async def test_owners_see_only_their_own(store: RecordingStore) -> None:
-    mine = [recording(ALICE, n=1, created=NOW), recording(ALICE, n=2, created=NOW + 60)]
-    theirs = recording(BOB, n=3)
-    robots = recording(ROBOT, n=4)
-    with trio.fail_after(30):
-        for rec in (*mine, theirs, robots):
-            await store.put(rec)
-        assert await store.list_owned(ALICE) == [mine[1], mine[0]]  # newest first
-        assert await store.list_owned(BOB) == [theirs]
-        assert await store.list_owned(ROBOT) == [robots]
-        assert await store.list_owned("0123456789ab.user.nobody") == []
-        # another owner's id under my key: not found, not theirs
-        assert await store.get(ALICE, theirs.recording_id) is None
-        assert await store.get(BOB, mine[0].recording_id) is None
-        assert not await store.delete(BOB, mine[0].recording_id)
-        assert [r.recording_id for r in await store.list_all()] == \
-            [r.recording_id for r in sorted((*mine, theirs, robots),
-                                            key=lambda r: (r.created_at, r.recording_id),
-                                            reverse=True)]
-
-
-async def test_a_new_store_object_sees_the_same_records(store: RecordingStore) -> None:
-    """An api restart, or a second api VM: nothing lives in the process."""
-    rec = recording()
-    with trio.fail_after(30):
-        await store.put(rec)
-        if isinstance(store, LocalRecordings):
-            other: RecordingStore = LocalRecordings(store.root)
-        else:
-            assert isinstance(store, S3Recordings)
-            other = S3Recordings(store.client, store.bucket)
-        assert await other.get(ALICE, rec.recording_id) == rec
-        assert await other.list_all() == [rec]
-
-
-async def _plant(store: RecordingStore, key: str, data: bytes) -> None:
-    if isinstance(store, LocalRecordings):
-        path = store.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    else:
-        assert isinstance(store, S3Recordings)
-        import io
-
-        store.client.put_object(store.bucket, key, io.BytesIO(data), len(data))
-
-
-async def test_damaged_and_foreign_records_are_refused_by_get_and_skipped_by_lists(
-    store: RecordingStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    good = recording(ALICE, n=1)
-    bob = recording(BOB, n=2)
-    with trio.fail_after(30):
-        await store.put(good)
-        await _plant(store, recording_key(ALICE, f"{3:032x}"), b'{"format": 1, "owner": ')
-        # bob's record copied into alice's folder, under its own id
-        await _plant(store, recording_key(ALICE, bob.recording_id), encode_recording(bob))
-        await _plant(store, f"recordings/{ALICE}/notes.txt", b"hello")
-        with pytest.raises(RecordingRecordError, match=f"{3:032x}.json: not a recording"):
-            await store.get(ALICE, f"{3:032x}")
-        with pytest.raises(RecordingRecordError, match="another recording"):
-            await store.get(ALICE, bob.recording_id)
-        assert await store.list_owned(ALICE) == [good]
-        assert await store.list_all() == [good]
-    assert "skipping recording record" in caplog.text
-    assert "Traceback" not in caplog.text
-
-
-async def test_hostile_ids_never_reach_a_path_or_key(store: RecordingStore) -> None:
-    with trio.fail_after(30):
-        for owner, rid in ((ALICE, "../../../etc/passwd"), ("../..", f"{1:032x}"),
-                           (ALICE, f"{1:032x}/../x")):
-            with pytest.raises(RecordingRecordError):
-                await store.get(owner, rid)
-            with pytest.raises(RecordingRecordError):
-                await store.delete(owner, rid)
-        with pytest.raises(RecordingRecordError):
-            await store.list_owned("..")
-
-
-async def test_local_records_are_private_and_replaced_whole(tmp_path: Path) -> None:
-    captures = open_store(_api_config({"kind": "local", "path": str(tmp_path)}).storage)
-    assert isinstance(captures, LocalStore)
-    store = recordings_of(captures)
-    rec = recording()
-    os.umask(0o022)
-    with trio.fail_after(30):
-        await store.put(rec)
-        await store.put(stop(rec, NOW + 1))
-    path = tmp_path / recording_key(ALICE, rec.recording_id)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert stat.S_IMODE((tmp_path / "recordings").stat().st_mode) == 0o700
-    assert sorted(os.listdir(path.parent)) == [path.name]  # no temporary file left
-    assert msgspec.json.decode(path.read_bytes())["state"] == "stopped"
-    # the captures' listing is not confused by the recordings folder
-    assert await captures.list(ALICE) == []
