@@ -73,6 +73,13 @@ async def filter_program(expr: str, link_type: int, snaplen: int) -> str:
     return result.program
 
 
+async def _kill(process: trio.Process) -> None:
+    """Past the deadline the child is killed at once: Trio's default (SIGTERM, then SIGKILL
+    5 s later) would let a child stuck in libpcap's optimiser, or ignoring SIGTERM, hold the
+    user's start and a compile slot for twice ``WALL_SECONDS``."""
+    process.kill()
+
+
 async def _run(request: CompileRequest) -> CompileResult:
     try:
         limiter = _limiter.get()
@@ -83,7 +90,7 @@ async def _run(request: CompileRequest) -> CompileResult:
         with trio.move_on_after(WALL_SECONDS) as deadline:
             done = await trio.run_process(
                 [sys.executable, "-I", "-m", "pcapd.agent.bpf"], stdin=msgspec.json.encode(request),
-                capture_stdout=True, capture_stderr=True, check=False)
+                capture_stdout=True, capture_stderr=True, check=False, deliver_cancel=_kill)
     if deadline.cancelled_caught:
         raise FilterTooCostly(
             f"the BPF filter {quoted(request.filter)} took too long to compile (over "
