@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -288,6 +288,24 @@ def test_a_service_with_a_missing_key_file_names_the_key_and_path(tmp_path: Path
     assert "None" not in result.stderr
 
 
+def test_a_hostile_config_is_checked_in_one_line_each_without_a_hang(tmp_path: Path) -> None:
+    """A config file is input too: a key given twice deep inside is named by its path, and a
+    document of nested aliases (a 'billion laughs') or an alias of its own ancestor is read
+    in one pass, through ``pcapd agent --check`` as an operator runs it."""
+    duplicate = tmp_path / "duplicate.yml"
+    duplicate.write_text("id: router/0\nlisten:\n  port: 1\n  port: 2\n")
+    result = run("agent", "--check", "--config", str(duplicate))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "listen.port: duplicate key (lines 3 and 4)" in result.stderr, result.stderr
+    laughs = tmp_path / "laughs.yml"
+    laughs.write_text("id: router/0\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n"
+        for i in range(12)) + "me: &me [*me]\n")
+    result = run("agent", "--check", "--config", str(laughs))  # run() gives up after 60 s
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "duplicate" not in result.stderr and "unknown key" in result.stderr, result.stderr
+
+
 def test_an_api_with_a_missing_key_file_names_the_key_and_path(tmp_path: Path) -> None:
     """What lands in the BOSH job's log: the config key and the path, in one line."""
     certs = tmp_path / "certs"
@@ -314,29 +332,42 @@ IGNORING_SIGINT = ["bash", "-c", 'trap "" INT; exec "$@"', "bash"]
 """Runs a command with SIGINT ignored, as bash starts ``pcapd … &`` in a script."""
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_while_connecting_exits_130_at_once(cf_env: dict[str, str], silent_api: str,
-                                                   tmp_path: Path, signum: int) -> None:
-    out = tmp_path / "never.pcapng"
-    process = subprocess.Popen(
-        [*IGNORING_SIGINT, PCAPD, "capture", "cf", "my-app", "--api", silent_api, "-w",
-         str(out)], env=cf_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+def signalled_after_first_line(args: list[str], env: dict[str, str], signum: int,
+                               wait: Callable[[], None]) -> tuple[str, int, float, str]:
+    """``pcapd ARGS`` as a script's background job (SIGINT ignored): once it printed its first
+    line and ``wait`` returned, sent ``signum``; (that line, exit status, seconds from the
+    signal to the exit, the rest of stderr)."""
+    process = subprocess.Popen([*IGNORING_SIGINT, PCAPD, *args], env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     try:
         assert process.stderr is not None
-        first = process.stderr.readline().decode()  # printed before connecting
-        assert first == (f"connecting to {silent_api} (from --api) as alice, "
-                         "my-org/dev\n"), first
-        time.sleep(0.5)  # into the connection (no event to wait for: it is another process)
+        first = process.stderr.readline().decode()
+        wait()
         sent = time.monotonic()
         process.send_signal(signum)
         status = process.wait(timeout=30)
         took = time.monotonic() - sent
-        rest = process.stderr.read().decode()
+        return first, status, took, process.stderr.read().decode()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_connecting_exits_130_at_once(cf_env: dict[str, str], silent_api: str,
+                                                   tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "never.pcapng"
+
+    def into_the_connection() -> None:
+        time.sleep(0.5)  # (no event to wait for: the connection is another process's)
+
+    first, status, took, rest = signalled_after_first_line(
+        ["capture", "cf", "my-app", "--api", silent_api, "-w", str(out)], cf_env, signum,
+        into_the_connection)
+    assert first == (f"connecting to {silent_api} (from --api) as alice, "  # before connecting
+                     "my-org/dev\n"), first
     assert status == 130, rest
     assert took < SIGNAL_PROMPTNESS, took
     assert "Traceback" not in rest
@@ -369,23 +400,12 @@ def test_signal_while_refreshing_the_login_exits_130_at_once(
         env = {**os.environ, "CF_HOME": str(home), "HOME": str(home),
                "BOSH_CONFIG": str(home / ".bosh" / "config")}
         before = config.read_bytes()
-        process = subprocess.Popen(
-            [*IGNORING_SIGINT, PCAPD, *argv, "--api", silent_api, "-w", str(out / "x")],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
-        try:
-            assert process.stderr is not None
-            line = process.stderr.readline().decode()  # said before UAA is asked
+
+        def uaa_asked() -> None:
             assert silent.accepted.wait(30), "pcapd never asked UAA"
-            sent = time.monotonic()
-            process.send_signal(signum)
-            status = process.wait(timeout=30)
-            took = time.monotonic() - sent
-            rest = process.stderr.read().decode()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+
+        line, status, took, rest = signalled_after_first_line(  # said before UAA is asked
+            [*argv, "--api", silent_api, "-w", str(out / "x")], env, signum, uaa_asked)
     assert line == first, line + rest
     assert status == 130, rest
     assert took < SIGNAL_PROMPTNESS, took

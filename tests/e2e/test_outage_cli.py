@@ -247,24 +247,13 @@ async def interrupted_once_running(args: list[str], env: dict[str, str], signum:
                                    ) -> tuple[int, Lines]:
     """``pcapd ARGS`` started as a script's background job (SIGINT ignored), sent ``signum``
     once its stderr says ``running`` (and ``before_signal`` had a look); its exit status and
-    stderr lines."""
-    process = await trio.lowlevel.open_process(
-        [*IGNORING_SIGINT, PCAPD, *args], env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = Lines()
-    try:
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                assert process.stderr is not None
-                nursery.start_soon(_pump_lines, process.stderr, stderr)
-                await stderr.wait_for(lambda line: line.startswith(running))
-                before_signal()
-                process.send_signal(signum)
-                return await process.wait(), stderr
-    finally:
-        if process.returncode is None:
-            process.kill()
-    raise AssertionError("unreachable")
+    stderr lines (:func:`signalled_when`)."""
+    async def ready(stderr: Lines) -> None:
+        await stderr.wait_for(lambda line: line.startswith(running))
+        before_signal()
+
+    status, _, stderr = await signalled_when(args, env, signum, ready=ready)
+    return status, stderr
 
 
 async def test_a_duration_beyond_the_apis_limit_is_said_at_the_start(env: dict[str, str],
